@@ -1,0 +1,5 @@
+import sys
+
+from diffdict.cli import main
+
+sys.exit(main())

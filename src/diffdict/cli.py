@@ -1,0 +1,57 @@
+"""Command line: a thin argparse layer over the public API.
+
+Each sub-command lives in its own module under ``diffdict.commands`` and exposes
+``register(subparsers)``; the module adds its parser and sets ``func`` to a function
+taking the parsed arguments. To add a command, write the module and list it in
+``COMMAND_MODULES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from diffdict.errors import DiffdictError
+
+COMMAND_MODULES = [
+    "diffdict.commands.collect",
+    "diffdict.commands.generate",
+    "diffdict.commands.world",
+    "diffdict.commands.store",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffdict",
+        description="Dictionary learning for text-to-image diffusion models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except DiffdictError as error:
+        print(f"diffdict: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("diffdict: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    if os.environ.get("DIFFDICT_TRACE"):
+        print(f"diffdict: {args.command} done", file=sys.stderr)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

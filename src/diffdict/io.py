@@ -1,0 +1,135 @@
+"""Safe file I/O shared by every stage: atomic writes and safetensors-only weights.
+
+Nothing in diffdict loads pickles. Checkpoints that hold optimiser state and counters
+are flattened into one safetensors file (tensors) plus JSON metadata (everything else).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from diffdict.errors import DiffdictError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise DiffdictError(f"file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DiffdictError(f"corrupt JSON file {path}: {error}") from None
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Atomically write a safetensors file (tensors are made contiguous and detached)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing or corrupt file is one clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise DiffdictError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise DiffdictError(f"corrupt or unreadable weights file {path}: {error}") from None
+
+
+def flatten_state(tree: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
+    """Split a nested structure into its tensors (by dotted path) and a JSON skeleton."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, torch.Tensor):
+            tensors[path] = node
+            return {"__tensor__": path}
+        if isinstance(node, dict):
+            return {"__dict__": [[walk(k, f"{path}.k{i}"), walk(v, f"{path}.{i}")] for i, (k, v) in enumerate(node.items())]}
+        if isinstance(node, (list, tuple)):
+            return {"__list__" if isinstance(node, list) else "__tuple__": [walk(v, f"{path}.{i}") for i, v in enumerate(node)]}
+        return node
+
+    return tensors, walk(tree, prefix or "root")
+
+
+def unflatten_state(tensors: dict[str, torch.Tensor], skeleton: Any) -> Any:
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "__tensor__" in node:
+                return tensors[node["__tensor__"]]
+            if "__dict__" in node:
+                return {walk(k): walk(v) for k, v in node["__dict__"]}
+            if "__list__" in node:
+                return [walk(v) for v in node["__list__"]]
+            if "__tuple__" in node:
+                return tuple(walk(v) for v in node["__tuple__"])
+        return node
+
+    return walk(skeleton)
+
+
+def save_checkpoint(path: str | Path, state: Any) -> None:
+    """Save any nest of dicts/lists/tensors/JSON scalars (e.g. optimizer state) as safetensors."""
+    tensors, skeleton = flatten_state(state)
+    save_tensors(path, tensors, metadata={"skeleton": json.dumps(skeleton)})
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    path = Path(path)
+    tensors = load_tensors(path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if "skeleton" not in metadata:
+        raise DiffdictError(f"{path} is not a diffdict checkpoint (no skeleton metadata)")
+    return unflatten_state(tensors, json.loads(metadata["skeleton"]))
