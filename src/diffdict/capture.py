@@ -1,0 +1,375 @@
+"""Hooks that read a site and hooks that edit it, in one token layout for every host.
+
+A site's tensors are given to hooks as (B, T, d) tokens, T = rows * cols of the site's
+image grid in row-major order, whatever the model's native layout (UNet blocks are NCHW,
+FLUX blocks are token sequences, a FLUX single block's sequence starts with the text
+tokens, which are dropped). What a hook sees (``what``):
+
+- ``update``: the block's output minus its input (the SDXL Turbo paper);
+- ``output``: the block's output, i.e. the residual stream after it (the Flux paper);
+- ``mlp``: the hidden units of the block's MLP (site ``NAME.mlp``; the neuron baseline).
+
+Under classifier-free guidance (a batch [unconditional; conditional]) a hook sees the
+conditional half by default (``half='cond'``; also ``'uncond'`` or ``'both'``).
+``steps`` gates a hook to chosen denoising steps (0-based; None: every step).
+
+Hooks on one site run in the order given; an edit changes what later hooks on the same
+site see. Values reach hooks as float32; an edit's result is cast back to the model's
+dtype. Edits are applied as ``output + (f(x) - x)`` for ``update``, so an identity edit
+leaves the model bit-for-bit unchanged.
+
+    with host.hooks([ReadHook("mid.0", fn=print_stats), EditHook("up.0.1", fn=steer, steps=[0])]):
+        images = host.generate(prompts, seed=0)
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Collection, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from diffdict.errors import DiffdictError
+from diffdict.hosts.base import WHATS, SiteInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffdict.hosts.base import HostModel
+
+HALVES = ("cond", "uncond", "both")
+
+
+def _check_common(site: str, what: str | None, steps, half: str) -> frozenset[int] | None:
+    if what is not None and what not in WHATS:
+        raise DiffdictError(f"unknown capture {what!r} for site {site!r}; expected one of {', '.join(WHATS)}")
+    if half not in HALVES:
+        raise DiffdictError(f"unknown batch half {half!r}; expected one of {', '.join(HALVES)}")
+    if steps is None:
+        return None
+    steps = frozenset(int(s) for s in steps)
+    if any(s < 0 for s in steps):
+        raise DiffdictError(f"denoising steps must be >= 0, got {sorted(steps)}")
+    return steps
+
+
+@dataclass
+class ReadHook:
+    """Call ``fn(x, step)`` with the site's value x (B, T, d) float32 at each active step.
+    ``what`` None: ``update`` for a block site, ``mlp`` for an MLP site. ``x`` may share
+    memory with the model's tensors: copy what you keep."""
+
+    site: str
+    fn: Callable[[torch.Tensor, int | None], None]
+    what: str | None = None
+    steps: Collection[int] | None = None
+    half: str = "cond"
+
+    def __post_init__(self):
+        self.steps = _check_common(self.site, self.what, self.steps, self.half)
+
+
+@dataclass
+class EditHook:
+    """Replace the site's value x (B, T, d) float32 by ``fn(x, step)`` (same shape) at
+    each active step, on the chosen half of a CFG batch. ``what='update'`` edits the
+    block's update (output = input + f(update)); ``'output'`` the block's output;
+    ``'mlp'`` the MLP's hidden units. ``what`` None: ``update`` / ``mlp`` by site kind."""
+
+    site: str
+    fn: Callable[[torch.Tensor, int | None], torch.Tensor]
+    what: str | None = None
+    steps: Collection[int] | None = None
+    half: str = "cond"
+
+    def __post_init__(self):
+        self.steps = _check_common(self.site, self.what, self.steps, self.half)
+
+
+# -- native layout <-> tokens ----------------------------------------------------------
+def _unet_out(output):
+    if isinstance(output, tuple):
+        return output[0]
+    if hasattr(output, "sample"):
+        return output.sample
+    return output
+
+
+def _unet_replace(output, new):
+    if isinstance(output, tuple):
+        return (new,) + tuple(output[1:])
+    if hasattr(output, "sample"):
+        return type(output)(sample=new)
+    return new
+
+
+def _first_arg(args, kwargs, name="hidden_states"):
+    if name in kwargs:
+        return kwargs[name]
+    if args:
+        return args[0]
+    raise DiffdictError(f"cannot find the block input {name!r} in the hooked call")
+
+
+class _Layout:
+    """How one kind of site maps native tensors to (B, T, d) tokens and back."""
+
+    def __init__(self, info: SiteInfo):
+        self.info = info
+
+    def check_tokens(self, t: int, exact: bool = True) -> None:
+        if (t != self.info.tokens) if exact else (t < self.info.tokens):
+            raise DiffdictError(
+                f"site {self.info.name}: got {t} tokens, expected {self.info.grid[0]}x{self.info.grid[1]}"
+                f"={self.info.tokens} (is the image size the host was built for?)"
+            )
+
+
+class _UNetLayout(_Layout):
+    def inputs(self, args, kwargs):
+        x = _first_arg(args, kwargs)
+        return x.flatten(2).transpose(1, 2)
+
+    def outputs(self, output):
+        x = _unet_out(output)
+        if x.dim() != 4:
+            raise DiffdictError(f"site {self.info.name}: expected an NCHW output, got shape {tuple(x.shape)}")
+        self.check_tokens(x.shape[2] * x.shape[3])
+        return x.flatten(2).transpose(1, 2)
+
+    def replace(self, output, tokens):
+        native = _unet_out(output)
+        b, c, h, w = native.shape
+        return _unet_replace(output, tokens.transpose(1, 2).reshape(b, c, h, w).contiguous())
+
+
+class _DiTLayout(_Layout):
+    """FLUX double and single blocks: forward(hidden_states=image, encoder_hidden_states=text)
+    returns (text, image)."""
+
+    def inputs(self, args, kwargs):
+        return _first_arg(args, kwargs)
+
+    def outputs(self, output):
+        x = output[1]
+        self.check_tokens(x.shape[1])
+        return x
+
+    def replace(self, output, tokens):
+        return (output[0], tokens)
+
+
+class _MLPLayout(_Layout):
+    """Hidden units (B, T_all, m); the image tokens are the last T (FLUX single blocks put
+    the text tokens first)."""
+
+    def inputs(self, args, kwargs):  # pragma: no cover - guarded by resolve_site
+        raise DiffdictError(f"site {self.info.name} holds MLP neurons, which have no update")
+
+    def outputs(self, output):
+        x = output[0] if isinstance(output, tuple) else output
+        self.check_tokens(x.shape[1], exact=False)
+        return x[:, x.shape[1] - self.info.tokens:]
+
+    def replace(self, output, tokens):
+        x = output[0] if isinstance(output, tuple) else output
+        if x.shape[1] != tokens.shape[1]:
+            tokens = torch.cat([x[:, : x.shape[1] - tokens.shape[1]], tokens], dim=1)
+        return (tokens,) + tuple(output[1:]) if isinstance(output, tuple) else tokens
+
+
+LAYOUTS = {"unet-block": _UNetLayout, "dit-block": _DiTLayout, "mlp": _MLPLayout}
+
+
+# -- installing hooks ------------------------------------------------------------------
+@dataclass
+class _Entry:
+    hook: ReadHook | EditHook
+    info: SiteInfo
+    mode: str  # update | output | mlp
+
+    def active(self, step: int | None) -> bool:
+        steps = self.hook.steps
+        return steps is None or (step is not None and step in steps)
+
+
+def resolve(host: "HostModel", hook: ReadHook | EditHook) -> _Entry:
+    """The site a hook acts on and its mode (``what`` None picks by site kind)."""
+    info = host.site(hook.site)
+    what = hook.what or ("mlp" if info.kind == "mlp" else "update")
+    info = host.resolve_site(hook.site, what)
+    mode = "mlp" if info.kind == "mlp" else what
+    return _Entry(hook, info, mode)
+
+
+def _dispatcher(host: "HostModel", layout: _Layout, entries: list[_Entry]):
+    def forward_hook(module, args, kwargs, output):
+        step = host.current_step
+        active = [e for e in entries if e.active(step)]
+        if not active:
+            return None
+        out_tokens = layout.outputs(output)
+        in_tokens = None
+        edited = None
+        for entry in active:
+            rows = host.batch_rows(out_tokens.shape[0], entry.hook.half)
+            if rows is None:
+                continue
+            current = edited if edited is not None else out_tokens
+            if entry.mode == "update":
+                if in_tokens is None:
+                    in_tokens = layout.inputs(args, kwargs)
+                    if in_tokens.shape != out_tokens.shape:
+                        raise DiffdictError(
+                            f"site {entry.info.name}: input {tuple(in_tokens.shape)} and output "
+                            f"{tuple(out_tokens.shape)} differ, so it has no update; capture 'output'"
+                        )
+                x = current[rows].float() - in_tokens[rows].float()
+            else:
+                x = current[rows].float()
+            if isinstance(entry.hook, ReadHook):
+                entry.hook.fn(x, step)
+                continue
+            new = entry.hook.fn(x, step)
+            if not isinstance(new, torch.Tensor) or new.shape != x.shape:
+                shape = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+                raise DiffdictError(
+                    f"edit hook at site {entry.info.name} returned {shape}, expected a tensor of shape {tuple(x.shape)}"
+                )
+            if entry.mode == "update":
+                value = current[rows].float() + (new.to(x.dtype) - x)
+            else:
+                value = new
+            if edited is None:
+                edited = out_tokens.clone()
+            edited[rows] = value.to(edited.dtype)
+        if edited is None:
+            return None
+        return layout.replace(output, edited)
+
+    return forward_hook
+
+
+@contextmanager
+def install_hooks(host: "HostModel", hooks: Sequence[ReadHook | EditHook]) -> Iterator[list[_Entry]]:
+    """Register ``hooks`` on ``host`` for the duration of the block (``host.hooks`` calls this)."""
+    by_module: dict[str, list[_Entry]] = {}
+    for hook in hooks:
+        if not isinstance(hook, (ReadHook, EditHook)):
+            raise DiffdictError(f"expected ReadHook or EditHook, got {type(hook).__name__}")
+        entry = resolve(host, hook)
+        by_module.setdefault(entry.info.module, []).append(entry)
+    handles = []
+    try:
+        for path, entries in by_module.items():
+            layout = LAYOUTS[entries[0].info.kind](entries[0].info)
+            handles.append(host.module(path).register_forward_hook(
+                _dispatcher(host, layout, entries), with_kwargs=True))
+        yield [e for es in by_module.values() for e in es]
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# -- recording for collection ----------------------------------------------------------
+@dataclass
+class Recorder:
+    """Records what ``what`` gives at ``sites`` during ``generate`` calls, and hands it
+    back per token with its prompt id, step, row and column.
+
+    Token order within a batch: prompt (as given), then step, then row-major position.
+    Site names in the result are the resolved ones (``mid.0`` with ``what='mlp'`` is
+    ``mid.0.mlp``). Values are kept on the model's device as float32 until ``take``.
+    """
+
+    host: "HostModel"
+    sites: Sequence[str]
+    what: str = "update"
+    steps: Collection[int] | None = None
+    half: str = "cond"
+    infos: dict[str, SiteInfo] = field(init=False)
+
+    def __post_init__(self):
+        if self.what not in WHATS:
+            raise DiffdictError(f"unknown capture {self.what!r}; expected one of {', '.join(WHATS)}")
+        if not self.sites:
+            raise DiffdictError("no sites to capture")
+        self.infos = {}
+        for name in self.sites:
+            info = self.host.resolve_site(name, self.what)
+            if info.name in self.infos:
+                raise DiffdictError(f"site {name!r} given twice")
+            self.infos[info.name] = info
+        self.steps = None if self.steps is None else sorted({int(s) for s in self.steps})
+        self._records: dict[str, list[tuple[int, torch.Tensor]]] = {name: [] for name in self.infos}
+
+    def hooks(self) -> list[ReadHook]:
+        mode = self.what
+        out = []
+        for name, info in self.infos.items():
+            def record(x, step, _name=name):
+                self._records[_name].append((-1 if step is None else int(step), x.detach().clone()))
+
+            out.append(ReadHook(name, record, what="mlp" if info.kind == "mlp" else mode,
+                                steps=self.steps, half=self.half))
+        return out
+
+    def clear(self) -> None:
+        for records in self._records.values():
+            records.clear()
+
+    def take(self, prompt_ids: Sequence[int]) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+        """(acts {site: (n_tokens, d) float32 CPU}, meta {site: {prompt_id, step, row, col}})
+        for the batch of prompts whose ids are ``prompt_ids``; clears the records."""
+        ids = torch.as_tensor(list(prompt_ids), dtype=torch.int64)
+        acts: dict[str, torch.Tensor] = {}
+        meta: dict[str, dict[str, torch.Tensor]] = {}
+        for name, records in self._records.items():
+            info = self.infos[name]
+            steps = [s for s, _ in records]
+            if len(set(steps)) != len(steps):
+                raise DiffdictError(f"site {name} ran more than once in a denoising step (steps seen: {steps})")
+            if not records:
+                acts[name] = torch.zeros(0, info.d)
+                meta[name] = {k: torch.zeros(0, dtype=torch.int64) for k in ("prompt_id", "step", "row", "col")}
+                continue
+            for _, x in records:
+                if x.shape[0] != len(ids):
+                    raise DiffdictError(f"site {name}: recorded {x.shape[0]} rows for {len(ids)} prompts")
+            stacked = torch.stack([x for _, x in records], dim=1)  # (B, S, T, d)
+            b, s, t, d = stacked.shape
+            acts[name] = stacked.reshape(b * s * t, d).to("cpu", torch.float32)
+            h, w = info.grid
+            position = torch.arange(t, dtype=torch.int64)
+            meta[name] = {
+                "prompt_id": ids.repeat_interleave(s * t),
+                "step": torch.as_tensor(steps, dtype=torch.int64).repeat_interleave(t).repeat(b),
+                "row": (position // w).repeat(b * s),
+                "col": (position % w).repeat(b * s),
+            }
+        self.clear()
+        return acts, meta
+
+
+def capture(
+    host: "HostModel",
+    prompts: Sequence[str],
+    sites: Sequence[str],
+    what: str = "update",
+    steps: Collection[int] | None = None,
+    seed: int = 0,
+    seeds: Sequence[int] | None = None,
+    prompt_ids: Sequence[int] | None = None,
+    num_steps: int | None = None,
+    guidance: float | None = None,
+) -> tuple[np.ndarray, dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+    """Generate ``prompts`` and capture ``what`` at ``sites``: (images, acts, meta)."""
+    recorder = Recorder(host, sites, what, steps)
+    ids = list(prompt_ids) if prompt_ids is not None else list(range(len(prompts)))
+    with host.hooks(recorder.hooks()):
+        images = host.generate(prompts, seed=seed, seeds=seeds, steps=num_steps, guidance=guidance)
+    acts, meta = recorder.take(ids)
+    return images, acts, meta
+
+
+__all__ = ["HALVES", "ReadHook", "EditHook", "Recorder", "capture", "install_hooks", "resolve"]

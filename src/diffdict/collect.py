@@ -1,0 +1,232 @@
+"""Collection: run a host model over prompts and write what chosen sites compute into a store.
+
+Work is split into the store's chunks (consecutive prompt ids). A chunk's images and
+activations depend only on the seed and its prompt ids: prompt ``i`` starts from noise
+seeded by ``seed + i`` and each chunk is generated in the same batches (``batch_size``
+consecutive prompts from the chunk start), whichever process or run makes it. So a
+resumed run, or several ``torchrun`` ranks (chunks split by ``index % world_size``), give
+the same store as one uninterrupted process.
+
+Token order in a chunk (per site): prompt id, then denoising step, then row-major position.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Collection, Sequence
+
+import torch
+
+from diffdict.capture import Recorder
+from diffdict.errors import DiffdictError
+from diffdict.hosts import HostModel
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.initialized_here:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def distributed_from_env() -> DistContext:
+    """The rank and world size set by ``torchrun`` (gloo process group, for barriers only)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext()
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    initialized = False
+    if not dist.is_initialized():
+        # a rank may wait at the final barrier while others collect: allow long waits
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+        initialized = True
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, initialized)
+
+
+def parse_steps(spec: str | Collection[int] | None, num_steps: int) -> list[int]:
+    """``all`` / None -> every step; ``"0,3"`` or a list -> those steps, checked against the run."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
+        return list(range(num_steps))
+    if isinstance(spec, str):
+        try:
+            steps = [int(s) for s in spec.split(",") if s.strip()]
+        except ValueError:
+            raise DiffdictError(f"bad --steps {spec!r}: expected 'all' or comma-separated step numbers like 0,3") from None
+    else:
+        steps = [int(s) for s in spec]
+    if not steps:
+        raise DiffdictError("no denoising steps to capture")
+    for step in steps:
+        if not 0 <= step < num_steps:
+            raise DiffdictError(
+                f"step {step} out of range: the run has {num_steps} denoising step(s), numbered 0..{num_steps - 1}"
+            )
+    return sorted(set(steps))
+
+
+def collect_settings(host: HostModel, what: str, steps: list[int], num_steps: int, guidance: float,
+                     seed: int, images: bool) -> dict:
+    """What a store records about how it was made; reopening with other settings is refused."""
+    return {
+        "model": host.name,
+        "host": host.describe(),
+        "capture": {"what": what, "steps": steps, "half": "cond"},
+        "generation": {"num_steps": num_steps, "guidance": guidance, "seed": seed, "noise_seed": "seed + prompt_id"},
+        "images": bool(images),
+    }
+
+
+def collect(
+    host: HostModel,
+    prompts: Sequence[str],
+    sites: Sequence[str],
+    out: str | Path,
+    what: str = "update",
+    steps: str | Collection[int] | None = None,
+    seed: int = 0,
+    num_steps: int | None = None,
+    guidance: float | None = None,
+    dtype: str = "float16",
+    chunk_size: int = 64,
+    batch_size: int = 16,
+    images: bool = True,
+    progress: bool | None = None,
+    dist: DistContext | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> dict | None:
+    """Capture ``what`` at ``sites`` for every prompt into the store ``out`` (resumable).
+
+    Returns ``store_info(out)`` on rank 0 (None on other ranks). Everything is checked
+    (sites, prompts, steps, store settings) before anything is written.
+    """
+    from diffdict.store import StoreWriter, store_info
+
+    dist = dist or DistContext()
+    prompts = list(prompts)
+    if not prompts:
+        raise DiffdictError("no prompts to collect")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DiffdictError(f"bad batch size {batch_size!r}: expected a positive integer")
+    num_steps = host.default_steps if num_steps is None else int(num_steps)
+    if num_steps < 1:
+        raise DiffdictError(f"number of denoising steps {num_steps} must be at least 1")
+    guidance = host.default_guidance if guidance is None else float(guidance)
+    step_list = parse_steps(steps, num_steps)
+    recorder = Recorder(host, list(sites), what, step_list)
+    host.check_prompts(prompts)
+
+    settings = collect_settings(host, what, step_list, num_steps, guidance, seed, images)
+    site_d = {name: info.d for name, info in recorder.infos.items()}
+    site_grid = {name: info.grid for name, info in recorder.infos.items()}
+
+    def open_writer():
+        return StoreWriter.open(out, settings=settings, sites=site_d, grid=site_grid, prompts=prompts,
+                                chunk_size=chunk_size, dtype=dtype)
+
+    # rank 0 creates the store; the others reopen it (the writer refuses to mix either way)
+    writer = open_writer() if dist.rank == 0 else None
+    dist.barrier()
+    if writer is None:
+        writer = open_writer()
+    pending = writer.pending_chunks(dist.rank, dist.world_size)
+    tokens_per_prompt = sum(len(step_list) * info.tokens for info in recorder.infos.values())
+    total = sum(len(writer.chunk_prompt_ids(i)) for i in pending) * tokens_per_prompt
+
+    from tqdm import tqdm
+
+    show = (sys.stderr.isatty() if progress is None else progress) and dist.rank == 0
+    desc = f"collect {host.name}" + (f" [rank 0 of {dist.world_size}]" if dist.world_size > 1 else "")
+    bar = tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not show, smoothing=0.1)
+    try:
+        with host.hooks(recorder.hooks()):
+            for index in pending:
+                acts, meta, chunk_images = collect_chunk(
+                    host, recorder, prompts, writer.chunk_prompt_ids(index), seed, num_steps, guidance, batch_size
+                )
+                writer.write_chunk(index, acts, meta, chunk_images if images else None)
+                bar.update(len(writer.chunk_prompt_ids(index)) * tokens_per_prompt)
+                if on_chunk is not None:
+                    on_chunk(index)
+    finally:
+        bar.close()
+    dist.barrier()
+    if dist.rank != 0:
+        return None
+    writer.finalize()
+    return store_info(out)
+
+
+def collect_chunk(host: HostModel, recorder: Recorder, prompts: Sequence[str], ids: range, seed: int,
+                  num_steps: int, guidance: float, batch_size: int):
+    """(acts, meta, images) of one chunk; ``recorder``'s hooks must be installed."""
+    acts: dict[str, list[torch.Tensor]] = {name: [] for name in recorder.infos}
+    meta: dict[str, dict[str, list[torch.Tensor]]] = {
+        name: {k: [] for k in ("prompt_id", "step", "row", "col")} for name in recorder.infos
+    }
+    images = []
+    recorder.clear()
+    for start in range(ids.start, ids.stop, batch_size):
+        batch = list(range(start, min(start + batch_size, ids.stop)))
+        images.append(host.generate([prompts[i] for i in batch], seeds=[seed + i for i in batch],
+                                    steps=num_steps, guidance=guidance))
+        batch_acts, batch_meta = recorder.take(batch)
+        for name in recorder.infos:
+            acts[name].append(batch_acts[name])
+            for key, value in batch_meta[name].items():
+                meta[name][key].append(value)
+    import numpy as np
+
+    return (
+        {name: torch.cat(parts) for name, parts in acts.items()},
+        {name: {k: torch.cat(v) for k, v in fields.items()} for name, fields in meta.items()},
+        np.concatenate(images),
+    )
+
+
+def read_prompts(spec: str | int, seed: int = 0, split: str = "train") -> list[str]:
+    """``--prompts``: a count (sampled from the shapes world) or a text file, one prompt a line
+    (blank lines skipped)."""
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit() and not Path(spec).exists()):
+        count = int(spec)
+        if count < 1:
+            raise DiffdictError(f"--prompts count must be at least 1, got {count}")
+        from diffdict.world import sample_prompts
+
+        return sample_prompts(count, seed=seed, split=split)
+    path = Path(spec)
+    if not path.exists():
+        raise DiffdictError(f"prompt file not found: {path} (expected a count or a text file with one prompt a line)")
+    if not path.is_file():
+        raise DiffdictError(f"--prompts {path} is not a file (expected a count or a text file)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DiffdictError(f"prompt file {path} is not UTF-8 text") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise DiffdictError(f"prompt file {path} has no prompts")
+    return prompts
+
+
+__all__ = ["DistContext", "collect", "collect_chunk", "collect_settings", "distributed_from_env", "parse_steps",
+           "read_prompts"]

@@ -1,0 +1,93 @@
+"""``diffdict collect``: capture site activations of a host model into an activation store.
+
+    diffdict collect --model toy --sites mid.0,up.0.0 --prompts 20000 --what update \\
+        --steps 0 --seed 0 --out STORE
+    torchrun --nproc_per_node=N -m diffdict collect ...   # chunks split by rank
+
+Rerunning the same command resumes (complete chunks are skipped); a different model,
+site set or capture setting on the same STORE is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from diffdict.errors import DiffdictError
+
+
+def register(subparsers) -> None:
+    from diffdict.hosts import DEFAULT_HOST, HOSTS, WHATS
+    from diffdict.store import DTYPES
+
+    parser = subparsers.add_parser(
+        "collect", help="capture site activations of a model over prompts into a store (resumable)",
+        description="Capture what chosen sites of a text-to-image model compute, over many prompts, into a "
+                    "sharded, resumable activation store. Run under torchrun to split the work by rank.",
+    )
+    parser.add_argument("--model", default=DEFAULT_HOST, help=f"host model: {', '.join(HOSTS)} (default: {DEFAULT_HOST})")
+    parser.add_argument("--model-path", help="toy: a saved model folder (default: shipped weights); "
+                                             "real models: a hub id or local folder (default: the official one)")
+    parser.add_argument("--sites", required=True, help="comma-separated sites, e.g. mid.0,up.0.0")
+    parser.add_argument("--prompts", required=True,
+                        help="a count (sampled from the shapes world) or a text file with one prompt a line")
+    parser.add_argument("--split", default="train", help="world split when --prompts is a count (default: train)")
+    parser.add_argument("--what", default="update", choices=list(WHATS),
+                        help="update (block output - input), output (residual stream) or mlp (neurons)")
+    parser.add_argument("--steps", default="all", help="denoising steps to capture: all, or e.g. 0 or 0,5 (default: all)")
+    parser.add_argument("--denoise-steps", type=int, default=None,
+                        help="number of denoising steps of each generation (default: the model's)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0, help="prompt sampling seed; prompt i's noise seed is seed + i")
+    parser.add_argument("--out", required=True, help="store folder (created, or resumed)")
+    parser.add_argument("--dtype", default="float16", choices=list(DTYPES), help="stored dtype (default: float16)")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default: 16)")
+    parser.add_argument("--chunk-size", type=int, default=64, help="prompts per store chunk (default: 64)")
+    parser.add_argument("--no-images", action="store_true", help="do not keep the generated images")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--model-dtype", default=None, choices=["float16", "bfloat16", "float32"],
+                        help="compute dtype of a real model (default: float16 on CUDA, float32 on CPU)")
+    parser.add_argument("--quantize", default=None, choices=["nf4"], help="real models: load in 4-bit NF4 (bitsandbytes)")
+    parser.add_argument("--image-size", type=int, default=None, help="real models: image size (default: the model's)")
+    bar = parser.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show the progress bar")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
+    parser.set_defaults(func=run)
+
+
+def host_options(args: argparse.Namespace, local_rank: int = 0) -> dict:
+    import torch
+
+    device = args.device
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if args.model == "toy":
+        options = {"path": args.model_path, "device": device, "dtype": args.model_dtype}
+    else:
+        options = {"model": args.model_path, "device": device, "dtype": args.model_dtype}
+    options.update(quantize=args.quantize, image_size=args.image_size)
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffdict.collect import collect, distributed_from_env, read_prompts
+    from diffdict.hosts import host_class, load_host
+
+    host_class(args.model)  # unknown model: fail before reading anything
+    sites = [s.strip() for s in args.sites.split(",") if s.strip()]
+    if not sites:
+        raise DiffdictError(f"no sites given in --sites {args.sites!r}")
+    prompts = read_prompts(args.prompts, seed=args.seed, split=args.split)
+    dist = distributed_from_env()
+    try:
+        host = load_host(args.model, **host_options(args, dist.local_rank))
+        info = collect(
+            host, prompts, sites, args.out, what=args.what, steps=args.steps, seed=args.seed,
+            num_steps=args.denoise_steps, guidance=args.guidance, dtype=args.dtype, chunk_size=args.chunk_size,
+            batch_size=args.batch_size, images=not args.no_images, progress=args.progress, dist=dist,
+        )
+    finally:
+        dist.close()
+    if info is not None:
+        tokens = ", ".join(f"{site} {n:,}" for site, n in info["tokens"].items())
+        print(f"wrote {args.out}: {info['n_prompts']} prompts; tokens {tokens}; digest {info['digest']}")
+    return 0

@@ -1,0 +1,231 @@
+"""The host-model interface: what every adapter (toy, SDXL Turbo, SDXL, FLUX) provides.
+
+A host names its *sites* (transformer blocks, or a block's MLP neurons), generates uint8
+images for a batch of prompts, and lets hooks read and edit a site at chosen denoising
+steps (``with host.hooks([...]): host.generate(...)``; the hooks are in
+:mod:`diffdict.capture`). Under classifier-free guidance the host knows which rows of the
+denoiser's batch are the conditional half, so hooks read and edit that half only.
+
+Adding a host is one file (a ``HostModel`` subclass) plus one line in
+``diffdict.hosts.HOSTS``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffdict.errors import DiffdictError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffdict.capture import EditHook, ReadHook
+
+#: what a hook can read or edit at a site
+WHATS = ("update", "output", "mlp")
+
+#: kinds of site, i.e. how the module's native tensors map to the (B, T, d) token layout
+SITE_KINDS = ("unet-block", "dit-block", "mlp")
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """One site of a host model.
+
+    ``d`` is the width of a token; ``grid`` the (rows, cols) of the image token grid at
+    the host's image size (T = rows * cols tokens, row-major); ``module`` the dotted path
+    of the hooked module (first component a component of the host: ``unet``,
+    ``transformer``); ``kind`` one of ``SITE_KINDS``: ``unet-block`` (a
+    Transformer2DModel, native NCHW), ``dit-block`` (a FLUX block, image-stream tokens),
+    ``mlp`` (an MLP's hidden units; image tokens are the last T of the sequence).
+    """
+
+    name: str
+    d: int
+    grid: tuple[int, int]
+    module: str
+    kind: str
+
+    @property
+    def tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def to_dict(self) -> dict:
+        return {"d": self.d, "grid": list(self.grid), "module": self.module, "kind": self.kind}
+
+
+def parse_dtype(name: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
+    """``float16`` / ``bfloat16`` / ``float32`` (None: float16 on CUDA, float32 elsewhere)."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name is None:
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    table = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+    if name not in table:
+        raise DiffdictError(f"unknown model dtype {name!r}; expected one of float16, bfloat16, float32")
+    return table[name]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str | torch.device | None) -> str:
+    """A usable device name (None: cuda if available, else cpu)."""
+    if device is None:
+        return default_device()
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DiffdictError(f"unknown device {device!r}; expected cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DiffdictError(f"device {device!r} asked for, but no CUDA device is available")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise DiffdictError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    return str(device)
+
+
+class HostModel:
+    """Base class of host-model adapters. Subclasses implement ``sites``,
+    ``components``, ``uses_cfg``, ``check_prompts``, ``describe`` and ``_generate``."""
+
+    name: str = "base"
+    default_steps: int = 1
+    default_guidance: float = 0.0
+
+    def __init__(self) -> None:
+        self._cfg_active = False
+        self._step: int | None = None
+
+    # -- to implement -------------------------------------------------------------------
+    def sites(self) -> dict[str, SiteInfo]:
+        raise NotImplementedError
+
+    def components(self) -> dict[str, nn.Module]:
+        """The host's modules by name; ``SiteInfo.module`` paths start with one of them."""
+        raise NotImplementedError
+
+    def uses_cfg(self, guidance: float) -> bool:
+        """Whether the denoiser's batch is [unconditional; conditional] at this guidance."""
+        raise NotImplementedError
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        """Raise DiffdictError for the first prompt the model cannot take."""
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise DiffdictError(f"prompt {i} is not a string: {prompt!r}")
+
+    def describe(self) -> dict:
+        """JSON-able description: what a store records about the model (refuses to mix)."""
+        raise NotImplementedError
+
+    def _generate(self, prompts: list[str], seeds: list[int], steps: int, guidance: float,
+                  on_step: Callable[[int], None] | None) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------
+    @property
+    def current_step(self) -> int | None:
+        """The denoising step being computed (0-based), None outside ``generate``."""
+        return self._step
+
+    @property
+    def device(self) -> torch.device:
+        for module in self.components().values():
+            for param in module.parameters():
+                return param.device
+        return torch.device("cpu")
+
+    def site(self, name: str) -> SiteInfo:
+        sites = self.sites()
+        if name not in sites:
+            raise DiffdictError(f"unknown site {name!r} for model {self.name}; valid sites: {', '.join(sites)}")
+        return sites[name]
+
+    def resolve_site(self, name: str, what: str) -> SiteInfo:
+        """The site that capturing ``what`` at ``name`` reads: ``what='mlp'`` on a block
+        site reads that block's MLP neurons (site ``NAME.mlp``)."""
+        if what not in WHATS:
+            raise DiffdictError(f"unknown capture {what!r}; expected one of {', '.join(WHATS)}")
+        info = self.site(name)
+        if what == "mlp" and info.kind != "mlp":
+            mlp_name = f"{name}.mlp"
+            if mlp_name not in self.sites():
+                raise DiffdictError(f"site {name!r} of model {self.name} has no MLP neurons to capture")
+            return self.sites()[mlp_name]
+        if what == "update" and info.kind == "mlp":
+            raise DiffdictError(
+                f"site {name!r} holds MLP neurons, which have no update (output - input); use --what mlp"
+            )
+        return info
+
+    def module(self, path: str) -> nn.Module:
+        head, _, rest = path.partition(".")
+        components = self.components()
+        if head not in components:
+            raise DiffdictError(f"module path {path!r} does not start with a component of {self.name}: {', '.join(components)}")
+        return components[head].get_submodule(rest) if rest else components[head]
+
+    def batch_rows(self, batch: int, half: str) -> slice | None:
+        """Rows of the denoiser's batch a hook with ``half`` ('cond', 'uncond', 'both')
+        sees. Under CFG the batch is [unconditional; conditional]."""
+        if half == "both":
+            return slice(0, batch)
+        if not self._cfg_active:
+            return slice(0, batch) if half == "cond" else None
+        if batch % 2:
+            raise DiffdictError(f"expected a [unconditional; conditional] batch under guidance, got {batch} rows")
+        return slice(batch // 2, batch) if half == "cond" else slice(0, batch // 2)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        seed: int = 0,
+        seeds: Sequence[int] | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """uint8 images (N, H, W, 3). Image i starts from noise seeded by ``seeds[i]``
+        (default ``seed + i``), independent of the rest of its batch."""
+        prompts = list(prompts)
+        if not prompts:
+            raise DiffdictError("no prompts to generate")
+        self.check_prompts(prompts)
+        seeds = [int(s) for s in seeds] if seeds is not None else [seed + i for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            raise DiffdictError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+        steps = self.default_steps if steps is None else int(steps)
+        guidance = self.default_guidance if guidance is None else float(guidance)
+        if steps < 1:
+            raise DiffdictError(f"number of denoising steps {steps} must be at least 1")
+        self._cfg_active = self.uses_cfg(guidance)
+        try:
+            images = self._generate(prompts, seeds, steps, guidance, on_step)
+        finally:
+            self._cfg_active = False
+            self._step = None
+        return images
+
+    @contextmanager
+    def hooks(self, hooks: Sequence["ReadHook | EditHook"]) -> Iterator[None]:
+        """Install read/edit hooks (:mod:`diffdict.capture`) for the duration of the block."""
+        from diffdict.capture import install_hooks
+
+        with install_hooks(self, list(hooks)):
+            yield
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}: {len(self.sites())} sites>"
