@@ -20,6 +20,15 @@ COMMAND_MODULES = [
     "diffdict.commands.generate",
     "diffdict.commands.world",
     "diffdict.commands.store",
+    "diffdict.commands.feature_stats",
+    "diffdict.commands.intervene",
+    "diffdict.commands.ablate_block",
+    "diffdict.commands.train",
+    "diffdict.commands.evaluate",
+    "diffdict.commands.interpret",
+    "diffdict.commands.report",
+    "diffdict.commands.app",
+    "diffdict.commands.study",
 ]
 
 
