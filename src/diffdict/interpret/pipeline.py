@@ -1,0 +1,347 @@
+"""``diffdict interpret``: statistics, visualisations, explanations and scores per feature.
+
+Output folder::
+
+    OUT/
+      interpret.json             run, store, site, settings, and a summary row per feature
+      stats/stats.safetensors    the streaming pass (ActivationStats), stats/stats.json
+      features/f000012.json      one record per feature: stats, top examples, explanation, scores, files
+      images/f000012_top.png     top images with heatmaps (grid), f000012_top_0.png ... one per example,
+      images/f000012_hist.png    the activation histogram, and with --icons f000012_icon.png and
+                                 f000012_add.png (prompts x strengths of the ``add`` intervention)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from diffdict.errors import DiffdictError
+from diffdict.imaging import image_grid, save_png
+from diffdict.interpret.base import FeatureView, InterpretContext, feature_file, make_explainer, make_scorer
+from diffdict.interpret.stats import ActivationStats, compute_activation_stats
+from diffdict.io import read_json, write_json
+
+SITE_FILES = ("config.json", "cfg.json", "train.json", "training.json", "run.json", "settings.json", "meta.json",
+              "metadata.json", "member.json")
+SITE_KEYS = ("site", "hookpoint", "hook_name")
+INDEX_FILE = "interpret.json"
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def _is_dictionary_folder(path: Path) -> bool:
+    return any((path / name).exists() for name in ("config.json", "sae.safetensors", "sae_weights.safetensors")) and \
+        any((path / name).exists() for name in ("model.safetensors", "sae.safetensors", "sae_weights.safetensors"))
+
+
+def resolve_run(run: str | Path, member: str | None = None) -> Path:
+    """The dictionary folder of ``run``: the folder itself, or its member ``member``
+    (or its only member) when ``run`` is a training run with several dictionaries."""
+    run = Path(run)
+    if not run.is_dir():
+        raise DiffdictError(f"dictionary folder not found: {run}")
+    if member is not None:
+        folder = run / member
+        if not folder.is_dir():
+            raise DiffdictError(f"run {run} has no member {member!r}")
+        return folder
+    if _is_dictionary_folder(run):
+        return run
+    members = sorted(p.name for p in run.iterdir() if p.is_dir() and _is_dictionary_folder(p))
+    if len(members) == 1:
+        return run / members[0]
+    if members:
+        raise DiffdictError(f"run {run} holds {len(members)} dictionaries ({', '.join(members[:6])}"
+                            f"{', ...' if len(members) > 6 else ''}); choose one with --member")
+    raise DiffdictError(f"{run} is not a dictionary folder (no config.json + model.safetensors) nor a run of them")
+
+
+def dictionary_site(folder: Path) -> str | None:
+    """The site a dictionary was trained on, when its folder (or its run) records it."""
+    from diffdict.feature_stats import dictionary_metadata
+
+    try:
+        site = dictionary_metadata(folder).get("site")
+    except DiffdictError:
+        site = None
+    if isinstance(site, str) and site:
+        return site
+    for where in (folder, folder.parent):
+        for name in SITE_FILES:
+            path = where / name
+            if not path.is_file():
+                continue
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            found = _find_site(data)
+            if found:
+                return found
+    return None
+
+
+def _find_site(data: Any, depth: int = 0) -> str | None:
+    if not isinstance(data, dict) or depth > 2:
+        return None
+    for key in SITE_KEYS:
+        if isinstance(data.get(key), str) and data[key]:
+            return data[key]
+    for value in data.values():
+        found = _find_site(value, depth + 1)
+        if found:
+            return found
+    return None
+
+
+def load_for_store(run: str | Path, store, site: str | None = None, member: str | None = None):
+    """(dictionary, folder, site): the dictionary of ``run`` checked against ``store``.
+
+    A dictionary that records its site must be used on that site; its width must equal
+    the site's d. Without a record, ``site`` or the one store site of matching d is used.
+    """
+    from diffdict.dictionaries import load_dictionary
+
+    folder = resolve_run(run, member)
+    dictionary = load_dictionary(folder)
+    trained_on = dictionary_site(folder)
+    if trained_on is not None and trained_on not in store.sites:
+        raise DiffdictError(f"dictionary {folder} was trained on site {trained_on!r}, but store {store.path} has "
+                            f"site(s) {', '.join(store.sites)}")
+    if trained_on is not None and site is not None and site != trained_on:
+        raise DiffdictError(f"dictionary {folder} was trained on site {trained_on!r}, not on --site {site!r}")
+    site = site or trained_on
+    if site is None:
+        matching = [s for s in store.sites if store.d(s) == dictionary.d_in]
+        if len(matching) == 1:
+            site = matching[0]
+        elif not matching:
+            widths = ", ".join(f"{s} (d={store.d(s)})" for s in store.sites)
+            raise DiffdictError(f"dictionary {folder} reads d={dictionary.d_in} activations, but no site of store "
+                                f"{store.path} has that width: {widths}")
+        else:
+            raise DiffdictError(f"dictionary {folder} does not record its site and store {store.path} has several of "
+                                f"width {dictionary.d_in} ({', '.join(matching)}); choose one with --site")
+    if site not in store.sites:
+        raise DiffdictError(f"unknown site {site!r}; store {store.path} has {', '.join(store.sites)}")
+    if store.d(site) != dictionary.d_in:
+        raise DiffdictError(f"dictionary {folder} reads d={dictionary.d_in} activations, but site {site!r} of store "
+                            f"{store.path} has d={store.d(site)}")
+    return dictionary, folder, site
+
+
+def host_for_store(store, model_path: str | Path | None = None):
+    """The host model that made a store (for icons, interventions and the app)."""
+    from diffdict.hosts import load_host
+
+    settings = store.settings or {}
+    name = settings.get("model")
+    if not name:
+        raise DiffdictError(f"store {store.path} records no host model (an imported array?): icons and edits need one")
+    if name == "toy":
+        source = (settings.get("host") or {}).get("source")
+        path = model_path or (source if source not in (None, "shipped", "in-memory") else None)
+        return load_host("toy", path=str(path) if path else None)
+    return load_host(name, model=str(model_path) if model_path else (settings.get("host") or {}).get("model"))
+
+
+def typical_activations(folder: Path, dictionary, stats: ActivationStats) -> torch.Tensor:
+    """a_i per feature: the statistics saved with the dictionary (``diffdict.feature_stats``)
+    when there are some for these weights, else those of this pass (the same definition)."""
+    from diffdict.feature_stats import load_feature_stats
+
+    try:
+        saved = load_feature_stats(folder, dictionary, required=False)
+    except DiffdictError:
+        saved = None
+    return (saved or stats.base).mean_activation.float()
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def parse_features(spec: str | Sequence[int] | None, n_features: int) -> list[int] | None:
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        out: list[int] = []
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "-" in part:
+                    a, b = part.split("-", 1)
+                    out += list(range(int(a), int(b) + 1))
+                else:
+                    out.append(int(part))
+            except ValueError:
+                raise DiffdictError(f"bad feature list {spec!r}: expected numbers and ranges like 0,5,10-20") from None
+    else:
+        out = [int(f) for f in spec]
+    for f in out:
+        if not 0 <= f < n_features:
+            raise DiffdictError(f"feature {f} out of range: the dictionary has features 0..{n_features - 1}")
+    return sorted(set(out))
+
+
+def write_feature_images(view: FeatureView, out: Path, stats: ActivationStats, n_show: int, scale: int = 4) -> None:
+    from diffdict.interpret.visualize import histogram_png, overlay_heatmap, top_images_grid
+
+    f = view.feature
+    images_dir = out / "images"
+    shown = [e for e in view.examples if e.image is not None and e.map is not None][:n_show]
+    if shown:
+        vmax = view.vmax
+        save_png(feature_file(images_dir, f, "_top.png"),
+                 top_images_grid([e.image for e in shown], [e.map for e in shown], vmax=vmax, scale=scale))
+        view.files["top"] = f"images/f{f:06d}_top.png"
+        for j, e in enumerate(shown):
+            save_png(feature_file(images_dir, f, f"_top_{j}.png"), overlay_heatmap(e.image, e.map, vmax, scale=scale))
+            view.files[f"top_{j}"] = f"images/f{f:06d}_top_{j}.png"
+    counts, edges = stats.histogram(f)
+    histogram_png(feature_file(images_dir, f, "_hist.png"), counts, edges, title=f"feature {f}")
+    view.files["hist"] = f"images/f{f:06d}_hist.png"
+    if view.icon is not None:
+        save_png(feature_file(images_dir, f, "_icon.png"), np.asarray(view.icon).repeat(scale, 0).repeat(scale, 1))
+        view.files["icon"] = f"images/f{f:06d}_icon.png"
+    if view.gallery is not None:
+        save_png(feature_file(images_dir, f, "_add.png"), image_grid(view.gallery, columns=view.gallery_columns, scale=scale, gap=2))
+        view.files["add"] = f"images/f{f:06d}_add.png"
+
+
+def interpret(
+    run: str | Path,
+    store: str | Path | Any,
+    out: str | Path,
+    explainer: str | None = "concept-oracle",
+    scorers: Sequence[str] = ("concept-oracle",),
+    site: str | None = None,
+    member: str | None = None,
+    features: str | Sequence[int] | None = None,
+    max_features: int | None = None,
+    top_n: int = 16,
+    rank_by: str = "max",
+    min_active: int = 1,
+    n_show: int = 8,
+    icons: bool = False,
+    gallery_strengths: Sequence[float] = (0.0, 2.0, 5.0),
+    model_path: str | Path | None = None,
+    seed: int = 0,
+    options: dict | None = None,
+    host: Any = None,
+    clip: Any = None,
+    block_tokens: int = 16384,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Run the whole interpretation of a dictionary on a store; returns the index written
+    to ``OUT/interpret.json``. ``options`` go to the explainer and scorers (VLM URL, model,
+    key variable, cache folder...)."""
+    from diffdict.store import Store, open_store
+
+    say = progress or (lambda message: None)
+    store = store if isinstance(store, Store) else open_store(store)
+    out = Path(out)
+    dictionary, folder, site = load_for_store(run, store, site, member)
+    if not store.has_images:
+        raise DiffdictError(f"store {store.path} has no images: interpretation shows the images that activate each "
+                            "feature; collect the store with images")
+    options = dict(options or {})
+    options.setdefault("cache_dir", str(out / "vlm-cache"))
+    if "vlm" in (explainer, *scorers) and options.get("client") is None:
+        from diffdict.interpret.explainers import vlm_client
+
+        keys = ("base_url", "model", "api_key_env", "cache_dir", "timeout", "max_retries", "requests_per_minute", "backoff")
+        options["client"] = vlm_client(**{k: options.get(k) for k in keys})  # one client: one rate limit
+    explainer_obj = make_explainer(explainer, **options) if explainer else None
+    scorer_objs = [make_scorer(name, **options) for name in scorers]
+    chosen = parse_features(features, dictionary.n_features)
+    if icons and host is None:
+        host = host_for_store(store, model_path)
+
+    say(f"statistics of {dictionary.n_features} features over {store.num_tokens(site):,} tokens of {site}")
+    stats = compute_activation_stats(store, dictionary, site, top_n=top_n, rank_by=rank_by, min_active=min_active,
+                                  block_tokens=block_tokens)
+    stats.save(out / "stats")
+    if chosen is None:
+        chosen = [int(f) for f in torch.nonzero(stats.fire_count > 0).flatten()]
+        if max_features is not None and len(chosen) > max_features:
+            rng = np.random.default_rng(seed)
+            chosen = sorted(int(f) for f in rng.choice(chosen, size=max_features, replace=False))
+    context = InterpretContext(store, dictionary, site, stats, seed=seed, host=host, clip=clip)
+    if explainer_obj is not None:
+        explainer_obj.prepare(context, chosen)
+    for scorer in scorer_objs:
+        scorer.prepare(context, chosen)
+    typical = typical_activations(folder, dictionary, stats) if icons else None
+    gallery_prompts = store.prompts[:2] if icons else []
+
+    rows = []
+    for i, f in enumerate(chosen):
+        examples = context.examples(f)
+        view = FeatureView(f, context, examples, stats.feature_summary(f))
+        if icons and float(typical[f]) > 0:
+            from diffdict.interpret.visualize import gallery, icon_image
+
+            view.icon = icon_image(host, dictionary, site, f, float(typical[f]), seed=seed, store_settings=store.settings)
+            if gallery_prompts:
+                view.gallery = gallery(host, dictionary, site, f, float(typical[f]), gallery_prompts,
+                                       gallery_strengths, seed=seed, store_settings=store.settings)
+                view.gallery_columns = len(gallery_strengths)
+        write_feature_images(view, out, stats, n_show)
+        explanation = explainer_obj.explain(view) if explainer_obj is not None and examples else None
+        scores = {}
+        if explanation is not None:
+            for scorer in scorer_objs:
+                scores[scorer.name] = scorer.score(explanation, view)
+        record = {
+            "feature": f,
+            "site": site,
+            "stats": view.summary,
+            "examples": [{**e.to_json(), "file": view.files.get(f"top_{j}")} for j, e in enumerate(examples)],
+            "explanation": explanation.to_json() if explanation is not None else None,
+            "scores": scores,
+            "files": view.files,
+        }
+        if icons and typical is not None:
+            record["stats"]["typical_activation"] = float(typical[f])
+            record["gallery"] = {"prompts": gallery_prompts, "strengths": list(gallery_strengths)}
+        write_json(feature_file(out / "features", f, ".json"), record)
+        rows.append({"feature": f, **{k: view.summary[k] for k in ("frequency", "mean_activation", "max_activation")},
+                     "explanation": explanation.text if explanation else None,
+                     "scores": {name: s.get("score") for name, s in scores.items()}})
+        if (i + 1) % 50 == 0:
+            say(f"{i + 1} of {len(chosen)} features")
+    index = {
+        "run": str(folder),
+        "store": str(store.path),
+        "site": site,
+        "grid": list(stats.grid),
+        "n_features": dictionary.n_features,
+        "num_tokens": stats.num_tokens,
+        "num_images": stats.num_images,
+        "settings": {"explainer": explainer, "scorers": list(scorers), "top_n": top_n, "rank_by": rank_by,
+                     "min_active": min_active, "seed": seed, "icons": icons},
+        "features": rows,
+    }
+    write_json(out / INDEX_FILE, index)
+    return index
+
+
+def load_interpretation(folder: str | Path) -> tuple[dict, list[dict]]:
+    """(index, records) of an interpret folder."""
+    folder = Path(folder)
+    if not (folder / INDEX_FILE).exists():
+        raise DiffdictError(f"{folder} is not an interpret folder (no {INDEX_FILE}); run 'diffdict interpret' first")
+    index = read_json(folder / INDEX_FILE)
+    records = []
+    for row in index.get("features", []):
+        path = feature_file(folder / "features", int(row["feature"]), ".json")
+        records.append(read_json(path) if path.exists() else {"feature": row["feature"], "stats": row})
+    return index, records
