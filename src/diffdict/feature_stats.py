@@ -1,0 +1,457 @@
+"""Per-feature statistics of a dictionary over an activation store, in one streaming pass.
+
+For every feature i: how often it fires (``frequency``: share of tokens with a non-zero
+code), its typical activation ``mean_activation`` (a_i: the mean of its non-zero codes,
+what the ``add`` intervention scales the decoder direction by), ``max_activation``,
+``min_activation``, ``mean_abs_activation`` and the raw ``count`` of firing tokens.
+
+The statistics are saved with the dictionary, as ``feature_stats.safetensors`` in its
+folder (tensors plus a JSON header: site, what was captured, model, store digest, token
+count, and a fingerprint of the dictionary's weights so that stale statistics are
+refused). :func:`load_feature_stats` reads them back.
+
+Codes are read through the :class:`~diffdict.dictionaries.Dictionary` interface, so every
+kind works. A neuron dictionary (``kind == "neurons"``) applied at an MLP site, whose
+captured values *are* the neuron activations (site width == number of neurons), is
+encoded with ``encode_activations``; see :func:`site_space`.
+
+    stats = compute_feature_stats(dictionary, open_store("acts"), site="mid.0")
+    save_feature_stats("runs/sae", stats)
+    a = load_feature_stats("runs/sae").mean_activation
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from diffdict.dictionaries.base import CONFIG_FILE, WEIGHTS_FILE, Dictionary, SparseCodes
+from diffdict.errors import DiffdictError
+from diffdict.io import read_json, save_tensors
+
+STATS_FILE = "feature_stats.safetensors"
+_META_KEY = "diffdict-feature-stats"
+_TENSORS = ("count", "frequency", "mean_activation", "max_activation", "min_activation", "mean_abs_activation")
+
+#: the two ways a dictionary can sit on a site (see :func:`site_space`)
+SPACES = ("dense", "neurons")
+
+
+# -- how a dictionary reads a site ---------------------------------------------------------
+def site_space(dictionary: Dictionary, d: int, site: str = "the site") -> str:
+    """How ``dictionary`` reads values of width ``d``: ``"dense"`` when d == d_in (encode,
+    decode in the site's own space), ``"neurons"`` for a neuron dictionary on its MLP site
+    (the values are the neuron activations themselves: codes = top-k of them, feature i's
+    direction is the unit vector e_i). Anything else is a mismatch: one clear error."""
+    if dictionary.d_in == d:
+        return "dense"
+    if getattr(dictionary, "kind", None) == "neurons" and dictionary.n_features == d:
+        return "neurons"
+    extra = (f" or {dictionary.n_features} neurons" if getattr(dictionary, "kind", None) == "neurons" else "")
+    raise DiffdictError(
+        f"dictionary width mismatch: this {dictionary.kind} dictionary takes d={dictionary.d_in}{extra}, "
+        f"but {site} has d={d} (was it trained on another site?)"
+    )
+
+
+def encode_codes(dictionary: Dictionary, x: Tensor, space: str) -> SparseCodes:
+    """Sparse codes of site values x (B, d) in ``space`` (see :func:`site_space`)."""
+    if space == "neurons":
+        return dictionary.encode_activations(x)
+    return dictionary.encode_sparse(x)
+
+
+def encode_dense(dictionary: Dictionary, x: Tensor, space: str) -> Tensor:
+    """Dense codes (B, n_features) of site values x (B, d)."""
+    if space == "neurons":
+        return dictionary.encode_activations(x).to_dense(dictionary.n_features)
+    return dictionary.encode(x)
+
+
+# -- accumulating --------------------------------------------------------------------------
+class FeatureStatsAccumulator:
+    """Streaming per-feature counts, sums and extremes of non-zero codes.
+
+    ``update(codes)`` takes :class:`SparseCodes` (B, m) or dense codes (B, n); a feature
+    index repeated within a token (matching pursuit) is summed first, as ``decode`` does.
+    Memory is O(n_features) whatever the number of tokens."""
+
+    def __init__(self, n_features: int):
+        self.n_features = int(n_features)
+        self.tokens = 0
+        self.count = torch.zeros(self.n_features, dtype=torch.int64)
+        self.total = torch.zeros(self.n_features, dtype=torch.float64)
+        self.total_abs = torch.zeros(self.n_features, dtype=torch.float64)
+        self.maximum = torch.full((self.n_features,), -float("inf"), dtype=torch.float64)
+        self.minimum = torch.full((self.n_features,), float("inf"), dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, codes: SparseCodes | Tensor) -> None:
+        if isinstance(codes, Tensor):
+            if codes.ndim != 2 or codes.shape[1] != self.n_features:
+                raise DiffdictError(f"codes have shape {tuple(codes.shape)}, expected (tokens, {self.n_features})")
+            rows, feats = codes.nonzero(as_tuple=True)
+            values = codes[rows, feats]
+            self.tokens += codes.shape[0]
+        else:
+            values, indices = codes.values, codes.indices
+            self.tokens += values.shape[0]
+            if values.numel() == 0:
+                return
+            if values.shape[1] > 1 and bool((indices.sort(-1).values.diff(dim=-1) == 0).any()):
+                # repeated indices within a token: sum them per (token, feature) first
+                keys = (torch.arange(values.shape[0], device=indices.device).unsqueeze(1) * self.n_features
+                        + indices).reshape(-1)
+                unique, inverse = torch.unique(keys, return_inverse=True)
+                values = torch.zeros(unique.shape[0], dtype=values.dtype, device=values.device).index_add_(
+                    0, inverse, values.reshape(-1))
+                feats = unique % self.n_features
+            else:
+                values, feats = values.reshape(-1), indices.reshape(-1)
+            keep = values != 0
+            values, feats = values[keep], feats[keep]
+        values = values.detach().to("cpu", torch.float64)
+        feats = feats.detach().to("cpu", torch.int64)
+        if feats.numel() == 0:
+            return
+        self.count += torch.bincount(feats, minlength=self.n_features)
+        self.total.index_add_(0, feats, values)
+        self.total_abs.index_add_(0, feats, values.abs())
+        self.maximum.scatter_reduce_(0, feats, values, reduce="amax")
+        self.minimum.scatter_reduce_(0, feats, values, reduce="amin")
+
+    def result(self, **meta: Any) -> "FeatureStats":
+        fired = self.count > 0
+        safe = self.count.clamp_min(1).double()
+        zero = torch.zeros(self.n_features, dtype=torch.float64)
+        return FeatureStats(
+            count=self.count.clone(),
+            frequency=(self.count.double() / max(self.tokens, 1)).float(),
+            mean_activation=torch.where(fired, self.total / safe, zero).float(),
+            max_activation=torch.where(fired, self.maximum, zero).float(),
+            min_activation=torch.where(fired, self.minimum, zero).float(),
+            mean_abs_activation=torch.where(fired, self.total_abs / safe, zero).float(),
+            meta={"tokens": int(self.tokens), "n_features": self.n_features, **meta},
+        )
+
+
+@dataclass
+class FeatureStats:
+    """Per-feature statistics (tensors of shape (n_features,)) and where they came from
+    (``meta``: tokens, n_features, site, what, model, store, store_digest, space,
+    dictionary fingerprint)."""
+
+    count: Tensor
+    frequency: Tensor
+    mean_activation: Tensor
+    max_activation: Tensor
+    min_activation: Tensor
+    mean_abs_activation: Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.count.shape[0])
+
+    @property
+    def tokens(self) -> int:
+        return int(self.meta.get("tokens", 0))
+
+    @property
+    def site(self) -> str | None:
+        return self.meta.get("site")
+
+    @property
+    def what(self) -> str | None:
+        return self.meta.get("what")
+
+    @property
+    def dead(self) -> Tensor:
+        """Features that never fired (bool, (n_features,))."""
+        return self.count == 0
+
+    def typical_activation(self, feature: int) -> float:
+        """a_i, the mean of feature i's non-zero activations; a clear error when it never fired."""
+        if not 0 <= int(feature) < self.n_features:
+            raise DiffdictError(f"feature {feature} out of range: the statistics cover features 0..{self.n_features - 1}")
+        if int(self.count[feature]) == 0:
+            raise DiffdictError(
+                f"feature {feature} never fired on the {self.tokens} tokens its statistics were computed on, so it "
+                "has no typical activation; pick another feature or give the activation explicitly"
+            )
+        return float(self.mean_activation[feature])
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in _TENSORS}
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able summary (no per-feature arrays)."""
+        return {**self.meta, "dead_fraction": float(self.dead.float().mean()) if self.n_features else 0.0,
+                "mean_frequency": float(self.frequency.float().mean()) if self.n_features else 0.0}
+
+
+def dictionary_fingerprint(dictionary: Dictionary) -> str:
+    """A short hash of a dictionary's weights (the statistics record it to catch staleness)."""
+    digest = hashlib.sha256()
+    for name, value in sorted(dictionary.state_tensors().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(value.shape)).encode())
+        digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def compute_feature_stats(
+    dictionary: Dictionary,
+    source: Any,
+    site: str | None = None,
+    batch_size: int = 4096,
+    max_tokens: int | None = None,
+    progress: bool = False,
+) -> FeatureStats:
+    """Statistics of ``dictionary``'s codes over ``source``, streamed.
+
+    ``source``: a :class:`~diffdict.store.Store` (or its path; ``site`` picks the site,
+    optional when the store has one), or any iterable of (B, d) tensors. ``max_tokens``
+    stops early (the first tokens in store order)."""
+    return compute_feature_stats_many([dictionary], source, site, batch_size, max_tokens, progress)[0]
+
+
+def compute_feature_stats_many(
+    dictionaries: list[Dictionary],
+    source: Any,
+    site: str | None = None,
+    batch_size: int = 4096,
+    max_tokens: int | None = None,
+    progress: bool = False,
+) -> list[FeatureStats]:
+    """:func:`compute_feature_stats` for several dictionaries of one site in one pass."""
+    from diffdict.store import Store, open_store
+
+    if not dictionaries:
+        raise DiffdictError("no dictionaries to compute feature statistics for")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DiffdictError(f"batch size must be a positive integer, got {batch_size!r}")
+    if max_tokens is not None and max_tokens < 1:
+        raise DiffdictError(f"max tokens must be positive, got {max_tokens}")
+    meta: dict[str, Any] = {}
+    spaces: list[str] | None = None
+    total = None
+    if isinstance(source, (str, Path)):
+        source = open_store(source)
+    if isinstance(source, Store):
+        store = source
+        site = resolve_store_site(store, site)
+        d = store.d(site)
+        spaces = [site_space(dic, d, f"site {site!r} of store {store.path}") for dic in dictionaries]
+        settings = store.settings or {}
+        capture = settings.get("capture") or {}
+        meta.update(site=site, what=capture.get("what"), model=settings.get("model"), store=str(store.path),
+                    store_digest=store.digest, grid=list(store.grid(site)))
+        total = store.num_tokens(site)
+        batches: Iterable[Tensor] = store.iter_batches(site, batch_size, shuffle=False)
+    else:
+        batches = source
+        meta.update(site=site)
+    accs = [FeatureStatsAccumulator(dic.n_features) for dic in dictionaries]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        if total is not None and max_tokens is not None:
+            total = min(total, max_tokens)
+        bar = tqdm(total=total, unit="tok", unit_scale=True, desc="feature stats")
+    seen = 0
+    with torch.no_grad():
+        for x in batches:
+            if not isinstance(x, Tensor):
+                x = torch.as_tensor(x)
+            if x.ndim != 2:
+                raise DiffdictError(f"expected batches of shape (tokens, d), got {tuple(x.shape)}")
+            if spaces is None:
+                spaces = [site_space(dic, x.shape[1], "the activations") for dic in dictionaries]
+            if max_tokens is not None:
+                x = x[: max(0, max_tokens - seen)]
+                if x.shape[0] == 0:
+                    break
+            x = x.float()
+            if not bool(torch.isfinite(x).all()):
+                raise DiffdictError(f"non-finite activations after {seen} tokens of {site or 'the source'}")
+            for dic, space, acc in zip(dictionaries, spaces, accs):
+                acc.update(encode_codes(dic, x, space))
+            seen += x.shape[0]
+            if bar is not None:
+                bar.update(x.shape[0])
+    if bar is not None:
+        bar.close()
+    if seen == 0:
+        raise DiffdictError("no tokens to compute feature statistics from")
+    return [acc.result(dictionary_kind=dic.kind, dictionary=dictionary_fingerprint(dic), space=space, **meta)
+            for dic, space, acc in zip(dictionaries, spaces, accs)]
+
+
+def resolve_store_site(store: Any, site: str | None) -> str:
+    """``site`` checked against the store, or the store's only site."""
+    if site is None:
+        if len(store.sites) != 1:
+            raise DiffdictError(f"store {store.path} has several sites ({', '.join(store.sites)}); choose one with --site")
+        return store.sites[0]
+    if site not in store.sites:
+        raise DiffdictError(f"unknown site {site!r}; the store {store.path} has {', '.join(store.sites)}")
+    return site
+
+
+# -- saving and loading --------------------------------------------------------------------
+def save_feature_stats(folder: str | Path, stats: FeatureStats) -> Path:
+    """Write ``folder/feature_stats.safetensors`` (atomically); returns its path."""
+    path = Path(folder) / STATS_FILE
+    save_tensors(path, stats.tensors(), metadata={_META_KEY: json.dumps(stats.meta, sort_keys=True)})
+    return path
+
+
+def load_feature_stats(folder: str | Path, dictionary: Dictionary | None = None,
+                       required: bool = True) -> FeatureStats | None:
+    """The statistics saved in a dictionary folder. Missing: a clear error (None when not
+    ``required``). With ``dictionary``, statistics computed for other weights are refused."""
+    folder = Path(folder)
+    path = folder / STATS_FILE
+    if not path.exists():
+        if not required:
+            return None
+        raise DiffdictError(
+            f"no feature statistics in {folder}; compute them with 'diffdict feature-stats --run {folder} --store STORE'"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get(_META_KEY, "{}"))
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise DiffdictError(f"corrupt or unreadable feature statistics {path}: {error}") from None
+    missing = [name for name in _TENSORS if name not in tensors]
+    if missing:
+        raise DiffdictError(f"feature statistics {path} lack {', '.join(missing)}")
+    stats = FeatureStats(**{name: tensors[name] for name in _TENSORS}, meta=meta)
+    if dictionary is not None:
+        if stats.n_features != dictionary.n_features:
+            raise DiffdictError(
+                f"feature statistics in {folder} cover {stats.n_features} features but the dictionary has "
+                f"{dictionary.n_features}; recompute them with 'diffdict feature-stats'"
+            )
+        recorded = meta.get("dictionary")
+        if recorded and recorded != dictionary_fingerprint(dictionary):
+            raise DiffdictError(
+                f"feature statistics in {folder} were computed for other weights; recompute them with 'diffdict feature-stats'"
+            )
+    return stats
+
+
+# -- dictionary folders ---------------------------------------------------------------------
+_DICTIONARY_MARKERS = ((CONFIG_FILE, WEIGHTS_FILE), ("cfg.json", "sae.safetensors"), ("cfg.json", "sae_weights.safetensors"))
+
+
+def is_dictionary_folder(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / a).exists() and (folder / b).exists() for a, b in _DICTIONARY_MARKERS)
+
+
+def dictionary_folders(path: str | Path) -> list[Path]:
+    """A dictionary folder itself, or the member folders of a training run (``RUN/<member>/``)."""
+    path = Path(path)
+    if not path.exists():
+        raise DiffdictError(f"dictionary or run folder not found: {path}")
+    if is_dictionary_folder(path):
+        return [path]
+    members = sorted(p for p in path.iterdir() if is_dictionary_folder(p)) if path.is_dir() else []
+    if not members:
+        raise DiffdictError(f"{path} holds no dictionary: expected {CONFIG_FILE} + {WEIGHTS_FILE} in it or in its member folders")
+    return members
+
+
+def single_dictionary_folder(path: str | Path) -> Path:
+    """The one dictionary named by ``path`` (a dictionary, or a run with one member)."""
+    folders = dictionary_folders(path)
+    if len(folders) > 1:
+        names = ", ".join(p.name for p in folders[:8]) + (", ..." if len(folders) > 8 else "")
+        raise DiffdictError(f"run {path} has {len(folders)} dictionaries ({names}); name one, e.g. {folders[0]}")
+    return folders[0]
+
+
+def dictionary_metadata(folder: str | Path) -> dict[str, Any]:
+    """What is known about where a saved dictionary was trained: ``site``, ``what``,
+    ``model``. Sources, later ones winning: the training run's ``settings.json`` in the
+    parent folder (its ``site``, and the store it names: the store's only site, model and
+    captured ``what``), the feature statistics, and the dictionary's own config.json."""
+    folder = Path(folder)
+    known: dict[str, Any] = {}
+    known.update(_run_metadata(folder.parent / "settings.json"))
+    stats = load_feature_stats(folder, required=False)
+    if stats is not None:
+        known.update({k: stats.meta.get(k) for k in ("site", "what", "model") if stats.meta.get(k) is not None})
+    config_path = folder / CONFIG_FILE
+    if config_path.exists():
+        config = read_json(config_path)
+        if isinstance(config, dict):
+            for key in ("site", "what", "model"):
+                value = config.get(key)
+                if value is None and isinstance(config.get("source"), dict):
+                    value = config["source"].get(key)
+                if value is not None:
+                    known[key] = value
+    return known
+
+
+def _run_metadata(settings_path: Path) -> dict[str, Any]:
+    """Best effort: what a training run's settings.json and its store say (nothing on any problem)."""
+    if not settings_path.is_file():
+        return {}
+    try:
+        settings = json.loads(settings_path.read_text())
+        acts, site = settings.get("acts"), settings.get("site")
+        out: dict[str, Any] = {}
+        store_path = Path(acts) if acts else None
+        if store_path is not None and not store_path.is_absolute():
+            candidates = [store_path, settings_path.parent / store_path]
+            store_path = next((c for c in candidates if (c / "manifest.json").exists()), None)
+        if store_path is not None and (store_path / "manifest.json").exists():
+            from diffdict.store import open_store
+
+            store = open_store(store_path)
+            if site is None and len(store.sites) == 1:
+                site = store.sites[0]
+            store_settings = store.settings or {}
+            if store_settings.get("model"):
+                out["model"] = store_settings["model"]
+            what = (store_settings.get("capture") or {}).get("what")
+            if what:
+                out["what"] = what
+        if site is not None:
+            out["site"] = site
+        return out
+    except (OSError, ValueError, AttributeError, TypeError, DiffdictError):
+        return {}
+
+
+__all__ = [
+    "FeatureStats",
+    "FeatureStatsAccumulator",
+    "SPACES",
+    "STATS_FILE",
+    "compute_feature_stats",
+    "compute_feature_stats_many",
+    "dictionary_fingerprint",
+    "dictionary_folders",
+    "dictionary_metadata",
+    "encode_codes",
+    "encode_dense",
+    "is_dictionary_folder",
+    "load_feature_stats",
+    "resolve_store_site",
+    "save_feature_stats",
+    "single_dictionary_folder",
+    "site_space",
+]

@@ -1,0 +1,274 @@
+"""Image backbones that the image metrics read images with, behind one small interface.
+
+``shapes-clip`` (the default) is the project's own offline model of the shapes world.
+For real models: ``open-clip`` (CLIP score, embeddings, Fréchet features; package
+``open_clip_torch``), ``lpips`` (the learned perceptual distance; package ``lpips``) and
+``inception`` (Inception-v3 pool features for FID; package ``pytorch-fid``). These come
+from the optional extra ``diffdict[metrics]`` and are imported only when asked for; a
+missing one is one clear error naming the extra.
+
+A backbone provides what it can of: ``feature_maps`` (for the LPIPS-style distance),
+``perceptual_distance``, ``image_embeddings`` / ``text_embeddings`` (CLIP score),
+``fid_features`` and ``read(images, target)`` (the probability, or score, that a concept
+or text is true of each image, for causal strength). Images are uint8 (N, H, W, 3)
+arrays or tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from diffdict.errors import DiffdictError
+
+EXTRA = "metrics"
+DEFAULT_BACKBONE = "shapes-clip"
+
+
+def require(module: str, package: str, backbone: str) -> Any:
+    """Import ``module`` or fail with one line naming the package and the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        missing = getattr(error, "name", None)
+        if missing and missing != module.split(".")[0] and not module.startswith(missing):
+            raise DiffdictError(
+                f"backbone {backbone!r}: importing {package!r} failed because {missing!r} is missing; "
+                f"pip install 'diffdict[{EXTRA}]'"
+            ) from None
+        raise DiffdictError(
+            f"backbone {backbone!r} needs the package {package!r}, which is not installed: "
+            f"pip install 'diffdict[{EXTRA}]' (or pip install {package})"
+        ) from None
+
+
+def as_uint8(images: Any) -> Tensor:
+    """uint8 (N, H, W, 3) tensor from an array or tensor of images."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
+        raise DiffdictError(f"expected uint8 images of shape (N, H, W, 3), got {shape}")
+    return images
+
+
+def to_unit_range(images: Any) -> Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
+    return as_uint8(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+class Backbone:
+    """Base class: subclasses override what they provide."""
+
+    name = "base"
+
+    def _unsupported(self, what: str) -> DiffdictError:
+        return DiffdictError(f"backbone {self.name!r} does not provide {what}")
+
+    def feature_maps(self, images: Any) -> list[Tensor]:
+        raise self._unsupported("feature maps (for the perceptual distance)")
+
+    def perceptual_distance(self, a: Any, b: Any) -> Tensor:
+        """(N,) LPIPS-style distance from :meth:`feature_maps` (see ``image.lpips_style``)."""
+        from diffdict.metrics.image import lpips_style
+
+        return lpips_style(self.feature_maps(a), self.feature_maps(b))
+
+    def image_embeddings(self, images: Any) -> Tensor:
+        raise self._unsupported("image embeddings (for the CLIP score)")
+
+    def text_embeddings(self, texts: list[str]) -> Tensor:
+        raise self._unsupported("text embeddings (for the CLIP score)")
+
+    def fid_features(self, images: Any) -> Tensor:
+        raise self._unsupported("features for Fréchet distances")
+
+    def read(self, images: Any, target: str) -> Tensor:
+        raise self._unsupported("concept or text readings (for causal strength)")
+
+
+class ShapesClipBackbone(Backbone):
+    """The shapes world's own judge. ``read``: the probability of a concept
+    (``family:value``, e.g. ``color:red``, from the attribute heads) or of a text."""
+
+    name = "shapes-clip"
+
+    def __init__(self, model: Any = None, path: str | None = None):
+        from diffdict.models.shapes_clip import ShapesClip
+
+        self.model = model if model is not None else ShapesClip.from_pretrained(path)
+        self.model.eval()
+
+    @torch.no_grad()
+    def feature_maps(self, images):
+        return self.model.feature_maps(as_uint8(images))
+
+    @torch.no_grad()
+    def image_embeddings(self, images):
+        return self.model.image_embeddings(as_uint8(images))
+
+    @torch.no_grad()
+    def text_embeddings(self, texts):
+        return self.model.text_embeddings(list(texts))
+
+    @torch.no_grad()
+    def fid_features(self, images):
+        return self.model.fid_features(as_uint8(images))
+
+    @torch.no_grad()
+    def read(self, images, target):
+        images = as_uint8(images)
+        if is_concept(target):
+            return self.model.concept_probability(images, target)
+        return self.model.text_probability(images, [target])[:, 0]
+
+    @torch.no_grad()
+    def read_concepts(self, images) -> dict[str, Tensor]:
+        return self.model.read_concepts(as_uint8(images))
+
+
+def is_concept(target: str) -> bool:
+    """Whether ``target`` names a shapes-world concept (``family:value``)."""
+    from diffdict.world import FAMILIES
+
+    family, sep, value = target.partition(":")
+    return bool(sep) and family in FAMILIES and value.replace("_", " ") in FAMILIES[family]
+
+
+class OpenClipBackbone(Backbone):
+    """open_clip models (``model``, ``pretrained`` as open_clip names them). ``read`` is
+    the CLIP score (cosine similarity) of the target text: CLIP gives no calibrated
+    probability."""
+
+    name = "open-clip"
+
+    def __init__(self, model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k", device: str | None = None):
+        open_clip = require("open_clip", "open_clip_torch", self.name)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, _, _ = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=self.device)
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model)
+        size = getattr(self.model.visual, "image_size", 224)
+        self.size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        cfg = getattr(self.model.visual, "preprocess_cfg", None) or {}
+        self.mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))).view(1, 3, 1, 1)
+
+    def _pixels(self, images) -> Tensor:
+        x = F.interpolate(to_unit_range(images), size=self.size, mode="bicubic", antialias=True, align_corners=False)
+        return ((x.clamp(0, 1) - self.mean) / self.std).to(self.device)
+
+    @torch.no_grad()
+    def image_embeddings(self, images):
+        return F.normalize(self.model.encode_image(self._pixels(images)).float(), dim=-1).cpu()
+
+    @torch.no_grad()
+    def text_embeddings(self, texts):
+        return F.normalize(self.model.encode_text(self.tokenizer(list(texts)).to(self.device)).float(), dim=-1).cpu()
+
+    @torch.no_grad()
+    def fid_features(self, images):
+        return self.image_embeddings(images)
+
+    @torch.no_grad()
+    def read(self, images, target):
+        return (self.image_embeddings(images) @ self.text_embeddings([target]).T)[:, 0]
+
+
+class LpipsBackbone(Backbone):
+    """The learned LPIPS distance (Zhang et al. 2018), ``net`` alex / vgg / squeeze."""
+
+    name = "lpips"
+
+    def __init__(self, net: str = "alex", device: str | None = None):
+        lpips = require("lpips", "lpips", self.name)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = lpips.LPIPS(net=net, verbose=False).to(self.device).eval()
+
+    @torch.no_grad()
+    def perceptual_distance(self, a, b):
+        xa = (to_unit_range(a) * 2 - 1).to(self.device)
+        xb = (to_unit_range(b) * 2 - 1).to(self.device)
+        return self.model(xa, xb).reshape(-1).float().cpu()
+
+
+class InceptionBackbone(Backbone):
+    """Inception-v3 pool features (2048-d), as FID uses them (pytorch-fid's weights)."""
+
+    name = "inception"
+
+    def __init__(self, device: str | None = None):
+        module = require("pytorch_fid.inception", "pytorch-fid", self.name)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        block = module.InceptionV3.BLOCK_INDEX_BY_DIM[2048]
+        self.model = module.InceptionV3([block]).to(self.device).eval()
+
+    @torch.no_grad()
+    def fid_features(self, images):
+        return self.model(to_unit_range(images).to(self.device))[0].flatten(1).float().cpu()
+
+
+BACKBONES: dict[str, Callable[..., Backbone]] = {
+    "shapes-clip": ShapesClipBackbone,
+    "open-clip": OpenClipBackbone,
+    "lpips": LpipsBackbone,
+    "inception": InceptionBackbone,
+}
+_ALIASES = {"open_clip": "open-clip", "openclip": "open-clip", "shapes_clip": "shapes-clip", "fid": "inception"}
+_CACHE: dict[tuple, Backbone] = {}
+
+
+def load_backbone(name: "str | Backbone | None" = None, **options: Any) -> Backbone:
+    """A backbone by name (cached per name and options), or the given instance."""
+    if isinstance(name, Backbone):
+        return name
+    name = _ALIASES.get(name or DEFAULT_BACKBONE, name or DEFAULT_BACKBONE)
+    if name not in BACKBONES:
+        raise DiffdictError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+    key = (name, tuple(sorted(options.items())))
+    if key not in _CACHE:
+        _CACHE[key] = BACKBONES[name](**options)
+    return _CACHE[key]
+
+
+def backbone_available(name: str) -> tuple[bool, str]:
+    """(available, reason) without loading weights: whether the backbone's package is
+    installed (for shapes-clip: whether its shipped weights exist)."""
+    name = _ALIASES.get(name, name)
+    packages = {"open-clip": ("open_clip", "open_clip_torch"), "lpips": ("lpips", "lpips"),
+                "inception": ("pytorch_fid", "pytorch-fid")}
+    if name == "shapes-clip":
+        from importlib import resources
+
+        path = resources.files("diffdict.models.weights").joinpath("shapes-clip", "model.safetensors")
+        return (path.is_file(), "" if path.is_file() else "shapes-clip weights are not shipped yet")
+    if name not in packages:
+        return False, f"unknown backbone {name!r}"
+    module, package = packages[name]
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        return False, f"{package} is not installed (pip install 'diffdict[{EXTRA}]')"
+    return True, ""
+
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "DEFAULT_BACKBONE",
+    "EXTRA",
+    "InceptionBackbone",
+    "LpipsBackbone",
+    "OpenClipBackbone",
+    "ShapesClipBackbone",
+    "as_uint8",
+    "backbone_available",
+    "is_concept",
+    "load_backbone",
+    "to_unit_range",
+]

@@ -1,0 +1,354 @@
+"""Intervention experiments: generate with and without an edit, measure what changed.
+
+- :func:`run_intervention`: originals and edited images for prompts, per-image metrics
+  (pixel and perceptual distance, Manhattan locality and in-mask share, the target's
+  probability and CLIP similarity with the explanation, the random-direction control)
+  and their aggregates with 95% intervals; :func:`save_intervention_report` writes the
+  image grids (original | edited | difference heatmap) and ``metrics.json``.
+- :func:`block_ablation`: remove each site's update in turn and report which concepts
+  (read by shapes-clip) change.
+
+The ``diffdict intervene`` and ``ablate-block`` commands are thin layers over these.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from diffdict.errors import DiffdictError
+from diffdict.interventions import Ablate, Intervention, generate
+from diffdict.io import write_json
+from diffdict.metrics.backbones import Backbone, is_concept, load_backbone
+from diffdict.metrics.causal import causal_strength, mean_interval, read_target
+from diffdict.metrics.image import clip_score, perceptual_distance, pixel_mae
+from diffdict.metrics.locality import change_map, manhattan_locality
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffdict.hosts import HostModel
+
+
+def concept_text(target: str) -> str:
+    """The phrase shapes-clip reads a concept by: ``color:red`` -> "red",
+    ``bg_color:gray`` -> "gray background", ``texture:stripes`` -> "striped background";
+    any other text is returned as it is."""
+    if not is_concept(target):
+        return target
+    from diffdict.world.concepts import TEXTURES
+
+    family, _, value = target.partition(":")
+    value = value.replace("_", " ")
+    if family == "bg_color":
+        return f"{value} background"
+    if family == "texture":
+        return f"{TEXTURES[value]} background"
+    return value
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: NaN / inf become None, numpy scalars plain floats."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _aggregate(per: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, values in per.items():
+        mean, low, high = mean_interval(values)
+        out[name] = {"mean": mean, "low": low, "high": high}
+    return out
+
+
+@dataclass
+class InterventionReport:
+    prompts: list[str]
+    seed: int
+    intervention: dict[str, Any]
+    original: np.ndarray
+    edited: np.ndarray
+    mask_grid: np.ndarray  # (rows, cols) token weights (ones without a mask)
+    per_image: dict[str, np.ndarray] = field(default_factory=dict)
+    aggregate: dict[str, Any] = field(default_factory=dict)
+    causal: dict[str, Any] | None = None
+    control: np.ndarray | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        rows = []
+        for i, prompt in enumerate(self.prompts):
+            row = {"prompt": prompt, "seed": self.seed + i}
+            row.update({name: values[i] for name, values in self.per_image.items()})
+            rows.append(row)
+        return _finite({"intervention": self.intervention, "settings": self.settings, "per_image": rows,
+                        "aggregate": self.aggregate, "causal_strength": self.causal})
+
+
+def run_intervention(
+    host: "HostModel",
+    intervention: Intervention,
+    prompts: Sequence[str],
+    seed: int = 0,
+    num_steps: int | None = None,
+    guidance: float | None = None,
+    target: str | None = None,
+    backbone: "str | Backbone | None" = "shapes-clip",
+    control: bool = True,
+    control_seed: int | None = None,
+    batch_size: int = 16,
+    locality_threshold: float = 0.0,
+) -> InterventionReport:
+    """Generate ``prompts`` with and without ``intervention`` and measure the difference.
+
+    With a ``target`` (a concept ``color:red`` or an explanation text) and a backbone, adds
+    its probability before / after, the CLIP similarity of the edited images with it, and
+    (``control``) causal strength against a random direction of equal norm (seeded by
+    ``control_seed``, default ``seed``). ``backbone=None`` keeps to pixel metrics."""
+    prompts = list(prompts)
+    if not prompts:
+        raise DiffdictError("no prompts to intervene on")
+    intervention.bind(host, num_steps if num_steps is not None else host.default_steps)  # fail before generating
+    if target is not None and backbone is None:
+        raise DiffdictError("a target needs a backbone to read it")
+    kwargs = dict(seed=seed, num_steps=num_steps, guidance=guidance, batch_size=batch_size)
+    original = generate(host, prompts, [], **kwargs)
+    edited = generate(host, prompts, [intervention], **kwargs)
+    info = intervention.info
+    weights = intervention.weights
+    grid = np.ones(info.grid) if weights is None else weights.numpy().reshape(info.grid)
+    per: dict[str, np.ndarray] = {"pixel_mae": pixel_mae(original, edited)}
+    locality = manhattan_locality(original, edited, grid, threshold=locality_threshold)
+    per["locality_distance"] = locality["distance"]
+    per["inside_share"] = locality["inside_share"]
+    per["total_change"] = locality["total_change"]
+    model = load_backbone(backbone) if backbone is not None else None
+    causal = None
+    control_images = None
+    if model is not None:
+        per["perceptual"] = perceptual_distance(original, edited, model)
+        if target is not None:
+            text = concept_text(target)
+            per["clip_explanation_original"] = clip_score(original, text, model)
+            per["clip_explanation_edited"] = clip_score(edited, text, model)
+            if control:
+                result, images = causal_strength(host, intervention, target, prompts, control_seed=control_seed,
+                                                 backbone=model, original=original, edited=edited, **kwargs)
+                per["p_target_original"], per["p_target_edited"] = result.original, result.edited
+                per["p_target_control"] = result.control
+                causal = result.to_json()
+                control_images = images["control"]
+            else:
+                per["p_target_original"] = read_target(original, target, model)
+                per["p_target_edited"] = read_target(edited, target, model)
+    settings = {"seed": seed, "num_steps": num_steps if num_steps is not None else host.default_steps,
+                "guidance": guidance if guidance is not None else host.default_guidance, "model": host.name,
+                "target": target, "backbone": model.name if model is not None else None,
+                "control_seed": (seed if control_seed is None else control_seed) if causal is not None else None,
+                "locality_threshold": locality_threshold, "grid": list(info.grid), "site": info.name}
+    return InterventionReport(prompts, seed, intervention.describe(), original, edited, grid, per, _aggregate(per),
+                              causal, control_images, settings)
+
+
+# -- pictures ---------------------------------------------------------------------------------
+def heatmap(change: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """(N, H, W) change in [0, 1] -> uint8 (N, H, W, 3) heatmap (black → red → yellow → white)."""
+    change = np.asarray(change, dtype=np.float64)
+    top = vmax if vmax is not None else float(change.max()) if change.size else 0.0
+    x = np.clip(change / top, 0.0, 1.0) if top > 0 else np.zeros_like(change)
+    r = np.clip(3 * x, 0, 1)
+    g = np.clip(3 * x - 1, 0, 1)
+    b = np.clip(3 * x - 2, 0, 1)
+    return (np.stack([r, g, b], -1) * 255).round().astype(np.uint8)
+
+
+def outline(images: np.ndarray, grid_mask: np.ndarray, color=(0, 200, 255)) -> np.ndarray:
+    """Draw the border of the mask's tokens (weights > 0) on images (N, H, W, 3)."""
+    images = np.array(images, copy=True)
+    n, h, w, _ = images.shape
+    rows, cols = grid_mask.shape
+    inside = (grid_mask > 0)[(np.arange(h) * rows) // h][:, (np.arange(w) * cols) // w]
+    if inside.all():
+        return images
+    pad = np.pad(inside, 1, constant_values=False)
+    border = inside & ~(pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:])
+    images[:, border] = color
+    return images
+
+
+def triptych_rows(original: np.ndarray, edited: np.ndarray, grid_mask: np.ndarray | None = None,
+                  vmax: float | None = None) -> np.ndarray:
+    """(3N, H, W, 3): per prompt, original | edited | difference heatmap (mask outlined)."""
+    heat = heatmap(change_map(original, edited), vmax)
+    if grid_mask is not None:
+        heat = outline(heat, grid_mask)
+    return np.stack([original, edited, heat], 1).reshape(-1, *original.shape[1:])
+
+
+def save_grids(out: Path, original: np.ndarray, edited: np.ndarray, grid_mask: np.ndarray | None,
+               scale: int = 4, rows_per_file: int = 16, prefix: str = "grid") -> list[str]:
+    from diffdict.imaging import image_grid, save_png
+
+    change = change_map(original, edited)
+    vmax = float(change.max()) if change.size else 0.0
+    names = []
+    for page, start in enumerate(range(0, len(original), rows_per_file)):
+        sl = slice(start, start + rows_per_file)
+        tiles = triptych_rows(original[sl], edited[sl], grid_mask, vmax or None)
+        name = f"{prefix}_{page:02d}.png" if len(original) > rows_per_file else f"{prefix}.png"
+        save_png(out / name, image_grid(tiles, columns=3, scale=scale))
+        names.append(name)
+    return names
+
+
+def save_intervention_report(report: InterventionReport, out: str | Path, scale: int = 4) -> Path:
+    """Write ``out/grid.png`` (original | edited | difference; one row per prompt; pages of
+    16 rows), ``out/control.png`` when a control ran, and ``out/metrics.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = report.to_json()
+    data["grids"] = save_grids(out, report.original, report.edited, report.mask_grid, scale)
+    if report.control is not None:
+        data["control_grids"] = save_grids(out, report.original, report.control, report.mask_grid, scale,
+                                           prefix="control")
+    data["heatmap_max_change"] = float(change_map(report.original, report.edited).max())
+    write_json(out / "metrics.json", data)
+    return out / "metrics.json"
+
+
+# -- block ablation ---------------------------------------------------------------------------
+def block_ablation(
+    host: "HostModel",
+    sites: Sequence[str],
+    prompts: Sequence[str],
+    seed: int = 0,
+    scale: float = 0.0,
+    steps: Any = None,
+    num_steps: int | None = None,
+    guidance: float | None = None,
+    backbone: "str | Backbone | None" = "shapes-clip",
+    batch_size: int = 16,
+    top: int = 5,
+) -> dict[str, Any]:
+    """For each site: generate with its update removed (scaled by ``scale``) and report,
+    per concept family (read by the backbone's attribute heads), the mean absolute change
+    of the concept probabilities and the share of images whose most likely value changed,
+    plus the ``top`` concepts that rose and fell most, and pixel / perceptual distances.
+    Also returns the images (``images``: original and per site)."""
+    from diffdict.world import FAMILIES
+
+    sites = list(sites)
+    if not sites:
+        raise DiffdictError("no sites to ablate")
+    for site in sites:
+        host.site(site)
+    if len(set(sites)) != len(sites):
+        raise DiffdictError("a site is given twice")
+    model = load_backbone(backbone)
+    if not hasattr(model, "read_concepts"):
+        raise DiffdictError(f"block ablation reads concepts with shapes-clip; backbone {model.name!r} cannot")
+    kwargs = dict(seed=seed, num_steps=num_steps, guidance=guidance, batch_size=batch_size)
+    original = generate(host, prompts, [], **kwargs)
+    before = {k: v.double().cpu().numpy() for k, v in model.read_concepts(original).items()}
+    result: dict[str, Any] = {"sites": {}, "settings": {
+        "seed": seed, "scale": float(scale), "steps": steps, "prompts": len(prompts), "model": host.name,
+        "num_steps": num_steps if num_steps is not None else host.default_steps,
+        "guidance": guidance if guidance is not None else host.default_guidance, "backbone": model.name}}
+    images = {"original": original}
+    for site in sites:
+        ablated = generate(host, prompts, [Ablate(site, scale, steps=steps)], **kwargs)
+        images[site] = ablated
+        after = {k: v.double().cpu().numpy() for k, v in model.read_concepts(ablated).items()}
+        families = {}
+        changes = []
+        for family, values in FAMILIES.items():
+            delta = after[family] - before[family]
+            flipped = (after[family].argmax(1) != before[family].argmax(1))
+            families[family] = {"mean_abs_change": float(np.abs(delta).mean()), "label_change_rate": float(flipped.mean())}
+            for j, value in enumerate(values):
+                changes.append((f"{family}:{value.replace(' ', '_')}", float(delta[:, j].mean())))
+        changes.sort(key=lambda kv: kv[1])
+        entry = {
+            "families": families,
+            "most_changed_family": max(families, key=lambda f: families[f]["mean_abs_change"]),
+            "rose": [{"concept": c, "mean_change": v} for c, v in reversed(changes[-top:]) if v > 0],
+            "fell": [{"concept": c, "mean_change": v} for c, v in changes[:top] if v < 0],
+            **{k: v for k, v in _aggregate({"pixel_mae": pixel_mae(original, ablated),
+                                             "perceptual": perceptual_distance(original, ablated, model)}).items()},
+        }
+        result["sites"][site] = entry
+    result["images"] = images
+    return result
+
+
+def ablation_table(result: dict[str, Any]) -> str:
+    """A markdown table of :func:`block_ablation`: per site, each family's mean |Δp| and
+    label change rate."""
+    from diffdict.world import FAMILIES
+
+    head = "| site | pixel MAE | perceptual | " + " | ".join(FAMILIES) + " | most changed |"
+    lines = [head, "|" + "---|" * (len(FAMILIES) + 4)]
+    for site, entry in result["sites"].items():
+        cells = [f"{entry['families'][f]['mean_abs_change']:.3f} ({entry['families'][f]['label_change_rate']:.0%})"
+                 for f in FAMILIES]
+        lines.append(f"| {site} | {entry['pixel_mae']['mean']:.4f} | {entry['perceptual']['mean']:.4f} | "
+                     + " | ".join(cells) + f" | {entry['most_changed_family']} |")
+    return "\n".join(lines) + "\n\nCells: mean |Δ probability| over values and images (share of images whose most likely value changed).\n"
+
+
+def save_block_ablation(result: dict[str, Any], out: str | Path, scale: int = 4) -> Path:
+    """Write ``out/metrics.json``, ``out/table.md`` and ``out/<site>.png`` grids."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = result["images"]
+    grids = {}
+    for site in result["sites"]:
+        grids[site] = save_grids(out, images["original"], images[site], None, scale, prefix=site.replace("/", "_"))
+    data = {k: v for k, v in result.items() if k != "images"}
+    data["grids"] = grids
+    write_json(out / "metrics.json", _finite(data))
+    (out / "table.md").write_text(ablation_table(result))
+    return out / "metrics.json"
+
+
+def format_summary(report: InterventionReport) -> str:
+    """A few lines for the terminal."""
+    agg = report.aggregate
+    parts = [f"{len(report.prompts)} image(s): pixel MAE {agg['pixel_mae']['mean']:.4f}"]
+    if "perceptual" in agg:
+        parts.append(f"perceptual {agg['perceptual']['mean']:.4f}")
+    parts.append(f"locality {agg['locality_distance']['mean']:.2f} tokens")
+    share = agg["inside_share"]["mean"]
+    if share == share:
+        parts.append(f"in-mask share {share:.0%}")
+    lines = [", ".join(parts)]
+    if report.causal is not None:
+        c = report.causal
+        lines.append(f"causal strength on {c['target']}: {c['strength']['mean']:+.3f} "
+                     f"[{c['strength']['low']:+.3f}, {c['strength']['high']:+.3f}] (edit {c['effect']['mean']:+.3f}, "
+                     f"random {c['control_effect']['mean']:+.3f}, wins {c['win_rate']:.0%})")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "InterventionReport",
+    "ablation_table",
+    "block_ablation",
+    "concept_text",
+    "format_summary",
+    "heatmap",
+    "run_intervention",
+    "save_block_ablation",
+    "save_intervention_report",
+    "triptych_rows",
+]
