@@ -22,6 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, log, exported model/)")
     p.add_argument("--export", type=Path, help="also export the EMA weights to this folder (e.g. the package's weights/toy)")
+    p.add_argument("--extend", action="store_true", help="continue a finished run in --out to a larger --steps")
     p.set_defaults(func=run_train_model)
 
     p = sub.add_parser("train-clip", help="train shapes-clip (resumable)")
@@ -63,7 +64,7 @@ def run_train_model(args: argparse.Namespace) -> int:
 
     _positive("--batch-size", args.batch_size)
     train_toy_model(args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                    export_to=args.export, threads=args.threads)
+                    export_to=args.export, threads=args.threads, extend=args.extend)
     print(f"toy model written to {args.out / 'model'}")
     return 0
 

@@ -39,6 +39,7 @@ def train_toy_model(
     export_to: str | Path | None = None,
     threads: int | None = None,
     config: ToyConfig | None = None,
+    extend: bool = False,
 ) -> ToyDiffusion:
     out = Path(out)
     config = config or ToyConfig()
@@ -56,4 +57,4 @@ def train_toy_model(
         if export_to is not None:
             ema.save_pretrained(export_to)
 
-    return run_training(model, loss_fn, loop, out, export, settings)
+    return run_training(model, loss_fn, loop, out, export, settings, extend=extend)

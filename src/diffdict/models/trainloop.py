@@ -58,16 +58,21 @@ def run_training(
     export: Callable[[nn.Module], None],
     settings: dict,
     log_every: int = 25,
+    extend: bool = False,
 ) -> nn.Module:
     """Train ``model`` with ``loss_fn(model, step, generator)``; checkpoint to
     ``out/checkpoint.safetensors``; call ``export(ema_model)`` at every checkpoint and at
-    the end. ``settings`` is stored and must match when resuming."""
+    the end. ``settings`` is stored and must match when resuming; with ``extend`` only
+    ``steps`` may differ (a longer schedule continued from the last checkpoint)."""
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
     settings_path, checkpoint_path = out / "settings.json", out / "checkpoint.safetensors"
-    if settings_path.exists() and read_json(settings_path) != settings:
+    previous = read_json(settings_path) if settings_path.exists() else None
+    if extend and previous is not None:
+        previous = {**previous, "steps": settings["steps"]}
+    if previous is not None and previous != settings:
         raise DiffdictError(
             f"{out} holds a run with different settings; use a new --out folder or the same settings to resume"
         )
