@@ -1,0 +1,37 @@
+"""``diffdict evaluate``: reconstruction metrics of every dictionary of a training run.
+
+    diffdict evaluate --run RUN --acts STORE|acts.npy [--site mid.0] --out metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="mse, fvu, explained variance, l0 and dead fraction of each dictionary of a run",
+        description="Evaluate every dictionary of a training run on activations (in their stored order).",
+    )
+    parser.add_argument("--run", required=True, help="training run folder (diffdict train --out)")
+    parser.add_argument("--acts", required=True, help="a store folder, or an (N, d) .npy / .safetensors file")
+    parser.add_argument("--site", default=None, help="the store site (required when the store has several)")
+    parser.add_argument("--out", required=True, help="JSON file for the metrics")
+    parser.add_argument("--batch-size", type=int, default=4096, help="tokens per batch (default: 4096)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="evaluate on the first this many tokens")
+    parser.add_argument("--seed", type=int, default=0, help="unused: evaluation is deterministic")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffdict.errors import DiffdictError
+    from diffdict.evaluate import evaluate_run
+    from diffdict.io import write_json
+
+    if args.batch_size < 1:
+        raise DiffdictError(f"--batch-size must be positive, got {args.batch_size}")
+    results = evaluate_run(args.run, args.acts, site=args.site, batch_size=args.batch_size, max_tokens=args.max_tokens)
+    write_json(args.out, {"run": str(args.run), "acts": str(args.acts), "site": args.site, "members": results})
+    for name, metrics in results.items():
+        print(f"{name}: fvu {metrics['fvu']:.4f}  l0 {metrics['l0']:.1f}  dead {metrics['dead_fraction']:.3f}")
+    return 0

@@ -1,0 +1,163 @@
+"""The dictionary interface shared by SAEs, ITDA and MLP neurons, and the folder format.
+
+A dictionary maps activations x (B, d_in) to codes (B, n_features) and back. Codes are
+handed around either dense (a (B, n) tensor with zeros) or as :class:`SparseCodes`
+(values and indices of the non-zero entries, (B, m) each), which every ``decode``
+accepts. A saved dictionary is a folder with ``config.json`` (``kind`` plus what the
+kind needs) and ``model.safetensors``; :func:`load_dictionary` reads it back, and also
+reads EleutherAI sparsify and SAE Lens folders (see ``foreign.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from diffdict.errors import DiffdictError
+from diffdict.io import load_tensors, read_json, save_tensors, write_json
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+DICTIONARY_KINDS: dict[str, type["Dictionary"]] = {}
+
+
+def register_kind(cls: type["Dictionary"]) -> type["Dictionary"]:
+    DICTIONARY_KINDS[cls.kind] = cls
+    return cls
+
+
+class SparseCodes(NamedTuple):
+    """Non-zero codes of each token: values (B, m) and feature indices (B, m).
+
+    Entries with value 0 are padding; an index may repeat (matching pursuit), and
+    repeated entries add up.
+    """
+
+    values: Tensor
+    indices: Tensor
+
+    def to_dense(self, n_features: int) -> Tensor:
+        dense = torch.zeros(self.values.shape[0], n_features, dtype=self.values.dtype, device=self.values.device)
+        return dense.index_put_(
+            (torch.arange(self.values.shape[0], device=self.values.device).unsqueeze(1).expand_as(self.indices),
+             self.indices),
+            self.values,
+            accumulate=True,
+        )
+
+    @staticmethod
+    def from_dense(codes: Tensor) -> "SparseCodes":
+        """The non-zero entries of dense codes, padded to the busiest token's count."""
+        width = max(1, int((codes != 0).sum(-1).max())) if codes.numel() else 1
+        values, indices = codes.abs().topk(min(width, codes.shape[-1]), dim=-1)
+        return SparseCodes(codes.gather(-1, indices), indices)
+
+
+class Dictionary(nn.Module):
+    """Base class: subclasses set ``kind`` and implement the abstract methods."""
+
+    kind: ClassVar[str]
+
+    @property
+    def d_in(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def n_features(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def decoder_directions(self) -> Tensor:
+        """(n_features, d_in): what one unit of each code adds to the reconstruction,
+        in the space of the activations (after undoing any input normalisation)."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Dense codes (B, n_features)."""
+        raise NotImplementedError
+
+    def encode_sparse(self, x: Tensor) -> SparseCodes:
+        return SparseCodes.from_dense(self.encode(x))
+
+    def decode(self, codes: Tensor | SparseCodes) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode_sparse(x))
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_saved(cls, config: dict[str, Any], tensors: dict[str, Tensor]) -> "Dictionary":
+        raise NotImplementedError
+
+    def check_input(self, x: Tensor, what: str = "activations") -> None:
+        if x.ndim != 2 or x.shape[1] != self.d_in:
+            raise DiffdictError(
+                f"{what} have shape {tuple(x.shape)}, but this {self.kind} dictionary expects (tokens, {self.d_in})"
+            )
+
+    def check_codes(self, codes: Tensor | SparseCodes) -> None:
+        if isinstance(codes, SparseCodes):
+            if codes.values.shape != codes.indices.shape or codes.values.ndim != 2:
+                raise DiffdictError(
+                    f"sparse codes need values and indices of one shape (tokens, m), got "
+                    f"{tuple(codes.values.shape)} and {tuple(codes.indices.shape)}"
+                )
+            if codes.indices.numel() and not (0 <= int(codes.indices.min()) and int(codes.indices.max()) < self.n_features):
+                raise DiffdictError(f"code indices must lie in 0..{self.n_features - 1}")
+        elif codes.ndim != 2 or codes.shape[1] != self.n_features:
+            raise DiffdictError(f"codes have shape {tuple(codes.shape)}, expected (tokens, {self.n_features})")
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_tensors(folder / WEIGHTS_FILE, self.state_tensors())
+        write_json(folder / CONFIG_FILE, {"kind": self.kind, **self.config()})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Dictionary":
+        dictionary = load_dictionary(folder)
+        if not isinstance(dictionary, cls):
+            raise DiffdictError(f"{folder} holds a {dictionary.kind} dictionary, not a {cls.kind}")
+        return dictionary
+
+
+def load_dictionary(folder: str | Path) -> Dictionary:
+    """Load a diffdict dictionary folder, an EleutherAI sparsify folder (``cfg.json`` +
+    ``sae.safetensors``) or an SAE Lens folder (``cfg.json`` + ``sae_weights.safetensors``)."""
+    import diffdict.dictionaries  # noqa: F401  (registers every kind)
+    from diffdict.dictionaries import foreign
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DiffdictError(f"dictionary folder not found: {folder}")
+    if (folder / CONFIG_FILE).exists():
+        config = read_json(folder / CONFIG_FILE)
+        kind = config.pop("kind", None) if isinstance(config, dict) else None
+        if kind not in DICTIONARY_KINDS:
+            raise DiffdictError(
+                f"{folder / CONFIG_FILE} names dictionary kind {kind!r}; expected one of {', '.join(sorted(DICTIONARY_KINDS))}"
+            )
+        tensors = load_tensors(folder / WEIGHTS_FILE)
+        try:
+            return DICTIONARY_KINDS[kind].from_saved(config, tensors)
+        except (KeyError, TypeError) as error:
+            raise DiffdictError(f"{folder} is not a valid {kind} dictionary: {error}") from None
+    if (folder / foreign.SPARSIFY_WEIGHTS).exists():
+        return foreign.load_sparsify(folder)
+    if (folder / foreign.SAE_LENS_WEIGHTS).exists():
+        return foreign.load_sae_lens(folder)
+    raise DiffdictError(
+        f"{folder} is not a dictionary folder: expected {CONFIG_FILE} + {WEIGHTS_FILE}, "
+        f"or cfg.json + {foreign.SPARSIFY_WEIGHTS} (sparsify), or cfg.json + {foreign.SAE_LENS_WEIGHTS} (SAE Lens)"
+    )

@@ -1,0 +1,126 @@
+"""Each sparsity mechanism against a plain reference of its formula: forward, penalty and
+gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffdict.dictionaries import MECHANISMS, make_mechanism
+from diffdict.errors import DiffdictError
+
+B, N = 6, 12
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def pre_activations(seed: int = 0) -> torch.Tensor:
+    return torch.randn(B, N, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def run(mechanism, pre: torch.Tensor, norms: torch.Tensor | None = None):
+    """Codes, penalty and the gradients of (codes · w).sum() + penalty."""
+    pre = pre.clone().requires_grad_()
+    norms = torch.rand(N, dtype=torch.float64, generator=torch.Generator().manual_seed(9)) + 0.5 if norms is None else norms
+    weights = torch.randn(B, N, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    codes = mechanism(pre)
+    penalty = mechanism.penalty(pre, codes, norms)
+    ((codes * weights).sum() + penalty).backward()
+    return codes.detach(), penalty.detach(), pre.grad, weights, norms
+
+
+def test_registry_lists_every_mechanism():
+    assert set(MECHANISMS) == {"topk", "batchtopk", "relu-l1", "relu", "soft-threshold", "jumprelu"}
+    with pytest.raises(DiffdictError, match="unknown sparsity mechanism 'gated'"):
+        make_mechanism("gated", N)
+
+
+def test_topk_matches_reference():
+    pre = pre_activations()
+    codes, penalty, grad, weights, _ = run(make_mechanism("topk", N, k=3).double(), pre)
+    kth = pre.topk(3, dim=1).values[:, -1:]
+    keep = (pre >= kth) & (pre > 0)
+    assert torch.equal(codes, torch.where(keep, pre, 0))
+    assert penalty == 0
+    assert torch.equal(grad, torch.where(keep, weights, 0))
+
+
+def test_batchtopk_training_and_inference_match_reference():
+    mechanism = make_mechanism("batchtopk", N, k=2, threshold_decay=0.9).double().train()
+    pre = pre_activations()
+    codes, _, grad, weights, _ = run(mechanism, pre)
+    acts = pre.relu()
+    cutoff = acts.flatten().topk(2 * B).values[-1]
+    keep = (acts >= cutoff) & (acts > 0)
+    assert torch.equal(codes, torch.where(keep, pre, 0))
+    assert torch.equal(grad, torch.where(keep, weights, 0))
+    assert mechanism.threshold.item() == pytest.approx(float(acts[keep].min()))
+    second = pre_activations(1)
+    mechanism(second)
+    kept = second.relu().flatten().topk(2 * B).values
+    expected = 0.9 * float(acts[keep].min()) + 0.1 * float(kept[kept > 0].min())
+    assert mechanism.threshold.item() == pytest.approx(expected)
+
+    mechanism.eval()
+    inference = mechanism(pre)
+    assert torch.equal(inference, torch.where(pre > mechanism.threshold, pre, 0))
+
+
+def test_relu_l1_penalty_weighted_by_decoder_norm():
+    pre = pre_activations()
+    codes, penalty, grad, weights, norms = run(make_mechanism("relu-l1", N, l1=0.05), pre)
+    assert torch.equal(codes, pre.relu())
+    assert penalty.item() == pytest.approx(0.05 * float((pre.relu() * norms).sum(1).mean()))
+    assert torch.allclose(grad, (weights + 0.05 * norms / B) * (pre > 0))
+
+
+def test_relu_has_no_penalty():
+    pre = pre_activations()
+    codes, penalty, grad, weights, _ = run(make_mechanism("relu", N), pre)
+    assert torch.equal(codes, pre.relu()) and penalty == 0
+    assert torch.equal(grad, weights * (pre > 0))
+
+
+@pytest.mark.parametrize("learn", [False, True])
+def test_soft_threshold_shrinks(learn):
+    mechanism = make_mechanism("soft-threshold", N, theta=0.3, learn_theta=learn).double()
+    pre = pre_activations()
+    codes, _, grad, weights, _ = run(mechanism, pre)
+    assert torch.allclose(codes, (pre - 0.3).relu())
+    assert torch.equal(grad, weights * (pre > 0.3))
+    if learn:
+        assert torch.allclose(mechanism.threshold.grad, -(weights * (pre > 0.3)).sum(0))
+        mechanism.threshold.data.fill_(-1.0)
+        mechanism.after_step()
+        assert (mechanism.threshold == 0).all()  # θ stays a shrinkage
+    else:
+        assert not any(p.requires_grad for p in mechanism.parameters())
+
+
+def test_jumprelu_straight_through_gradients():
+    theta, eps, coef = 0.4, 0.5, 0.01
+    mechanism = make_mechanism("jumprelu", N, l0_coef=coef, theta=theta, bandwidth=eps).double()
+    pre = pre_activations()
+    codes, penalty, grad, weights, _ = run(mechanism, pre)
+    above = pre > theta
+    window = ((pre - theta).abs() < eps / 2).double()
+    assert torch.equal(codes, torch.where(above, pre, 0))
+    assert penalty.item() == pytest.approx(coef * float(above.sum(1).double().mean()))
+    assert torch.equal(grad, weights * above)
+    expected_theta_grad = (-(theta / eps) * window * weights).sum(0) + (-(coef / eps) * window / B).sum(0)
+    assert torch.allclose(mechanism.threshold.grad, expected_theta_grad)
+
+
+def test_bad_options_are_one_line_errors():
+    with pytest.raises(DiffdictError, match="k = 20 is larger than the dictionary width 12"):
+        make_mechanism("topk", N, k=20)
+    with pytest.raises(DiffdictError, match="k must be a positive integer"):
+        make_mechanism("batchtopk", N, k=0)
+    with pytest.raises(DiffdictError, match="l1 must be >= 0"):
+        make_mechanism("relu-l1", N, l1=-1)

@@ -1,0 +1,235 @@
+"""The trainer: the grid, planted-dictionary recovery, exact resume (also after kill -9),
+2-process data parallel against 1 process, evaluation, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffdict.cli import main as cli_main
+from diffdict.dictionaries import load_dictionary
+from diffdict.dictionaries.data import open_activations
+from diffdict.errors import DiffdictError
+from diffdict.evaluate import evaluate_run
+from diffdict.train import TrainSettings, grid_members, train
+
+D, N_TRUE, ACTIVE, TOKENS = 32, 48, 3, 20000
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Sparse combinations (3 of 48) of known unit directions plus noise: (acts.npy, directions)."""
+    gen = torch.Generator().manual_seed(0)
+    true = torch.randn(N_TRUE, D, generator=gen)
+    true /= true.norm(dim=1, keepdim=True)
+    chosen = torch.stack([torch.randperm(N_TRUE, generator=gen)[:ACTIVE] for _ in range(TOKENS)])
+    magnitude = torch.rand(TOKENS, ACTIVE, generator=gen) + 0.5
+    x = (magnitude.unsqueeze(2) * true[chosen]).sum(1) + 0.02 * torch.randn(TOKENS, D, generator=gen)
+    path = tmp_path_factory.mktemp("acts") / "acts.npy"
+    np.save(path, x.numpy())
+    return path, true
+
+
+def small_settings(acts, **overrides) -> TrainSettings:
+    options = dict(acts=str(acts), arch=["topk"], k=[3], expansion=[3.0], lr=[3e-3], batch_size=256, tokens=6000,
+                   dead_window=1000, init_tokens=2048)
+    options.update(overrides)
+    return TrainSettings(**options)
+
+
+def weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {p.name: load_file(str(p / "model.safetensors")) for p in sorted(run.iterdir()) if (p / "model.safetensors").exists()}
+
+
+def test_grid_names_and_options():
+    settings = TrainSettings(acts="x.npy", arch=["topk", "relu-l1", "itda"], k=[5, 10], l1=[1e-3, 1e-2],
+                             expansion=[4.0], lr=[1e-4, 3e-4])
+    names = [m.name for m in grid_members(settings)]
+    assert names == [
+        "topk-k5-x4-lr0.0001", "topk-k5-x4-lr0.0003", "topk-k10-x4-lr0.0001", "topk-k10-x4-lr0.0003",
+        "relu-l1-l1_0.001-x4-lr0.0001", "relu-l1-l1_0.001-x4-lr0.0003", "relu-l1-l1_0.01-x4-lr0.0001",
+        "relu-l1-l1_0.01-x4-lr0.0003", "itda-tau0.3-l0_10",
+    ]
+    assert [m.name for m in grid_members(TrainSettings(acts="x", auxk=[True, False], k=[10]))] == [
+        "topk-k10-x4-auxk", "topk-k10-x4-noauxk"]
+
+
+def test_topk_sae_recovers_planted_directions(planted, tmp_path):
+    acts, true = planted
+    settings = small_settings(acts, tokens=40000, lr=[1e-2])
+    folders = train(settings, tmp_path / "run", progress=False)
+    sae = load_dictionary(folders["topk-k3-x3"])
+    directions = sae.decoder_directions / sae.decoder_directions.norm(dim=1, keepdim=True)
+    best = (true @ directions.t()).max(1).values
+    assert (best >= 0.9).float().mean() >= 0.9
+
+    metrics = evaluate_run(tmp_path / "run", acts)["topk-k3-x3"]
+    assert metrics["fvu"] < 0.1 and metrics["l0"] == pytest.approx(3, abs=0.01)
+    assert metrics["explained_variance"] == pytest.approx(1 - metrics["fvu"])
+    last = json.loads((tmp_path / "run" / "topk-k3-x3" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(last) >= {"mse", "fvu", "explained_variance", "l0", "dead_fraction", "aux_loss", "tokens_per_s"}
+
+
+GRID = dict(arch=["topk", "batchtopk", "jumprelu", "soft-threshold", "itda"], learn_theta=[True], tau=[0.2], l0=[4])
+
+
+def test_resume_after_interruption_gives_identical_weights(planted, tmp_path):
+    acts, _ = planted
+    settings = small_settings(acts, **GRID, dead_window=512)
+    train(settings, tmp_path / "whole", checkpoint_every=4, log_every=2, progress=False)
+    # "killed" after 10 steps: the last checkpoint is step 8, steps 8-9 are redone
+    assert train(settings, tmp_path / "cut", checkpoint_every=4, log_every=2, progress=False, stop_after_step=10) == {}
+    assert json.loads((tmp_path / "cut" / "state.json").read_text())["step"] == 8
+    train(settings, tmp_path / "cut", checkpoint_every=4, log_every=2, progress=False)
+    whole, cut = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    assert set(whole) == set(cut) and len(whole) == 5
+    for member in whole:
+        for name in whole[member]:
+            assert torch.equal(whole[member][name], cut[member][name]), (member, name)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "topk-k3-x3" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == settings.total_steps
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "diffdict", *args], capture_output=True, text=True, **kwargs)
+
+
+def test_kill_9_then_rerun_the_same_command(planted, tmp_path):
+    acts, _ = planted
+    args = ["train", "--acts", str(acts), "--arch", "topk,relu-l1", "--k", "3", "--expansion", "3", "--lr", "0.003",
+            "--batch-size", "32", "--tokens", "8000", "--init-tokens", "1024", "--checkpoint-every", "50",
+            "--threads", "1", "--no-progress", "--out", str(tmp_path / "run")]
+    process = subprocess.Popen([sys.executable, "-m", "diffdict", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    state = tmp_path / "run" / "state.json"
+    while not state.exists() and process.poll() is None:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    if json.loads(state.read_text())["done"]:
+        pytest.skip("the run finished before it could be killed")
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    settings = small_settings(acts, arch=["topk", "relu-l1"], batch_size=32, tokens=8000, init_tokens=1024,
+                              dead_window=10_000_000)
+    train(settings, tmp_path / "reference", checkpoint_every=50, progress=False)
+    killed, reference = weights(tmp_path / "run"), weights(tmp_path / "reference")
+    assert set(killed) == set(reference)
+    for member in reference:
+        for name in reference[member]:
+            assert torch.equal(killed[member][name], reference[member][name]), (member, name)
+
+
+def test_two_processes_equal_one(planted, tmp_path):
+    acts, _ = planted
+    common = ["--acts", str(acts), "--arch", "topk,batchtopk,itda", "--k", "3", "--expansion", "3", "--lr", "0.003",
+              "--batch-size", "256", "--tokens", "2560", "--dead-window", "512", "--init-tokens", "1024",
+              "--threads", "1", "--no-progress"]
+    distributed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "diffdict",
+         "train", *common, "--out", str(tmp_path / "two")], capture_output=True, text=True)
+    assert distributed.returncode == 0, distributed.stderr[-2000:]
+    assert cli_main(["train", *common, "--out", str(tmp_path / "one")]) == 0
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert set(one) == set(two) == {"topk-k3-x3", "batchtopk-k3-x3", "itda-tau0.3-l0_10"}
+    for member in one:
+        for name in one[member]:
+            assert torch.allclose(one[member][name].float(), two[member][name].float(), atol=1e-5), (member, name)
+
+
+def test_store_source_and_evaluate_command(planted, tmp_path, capsys):
+    from diffdict.store import import_array
+
+    acts, _ = planted
+    import_array(acts, tmp_path / "store", site="mid.0", dtype="float32", chunk_tokens=4096, progress=False)
+    assert cli_main(["train", "--acts", str(tmp_path / "store"), "--arch", "topk,itda", "--k", "3", "--expansion", "2",
+                     "--batch-size", "256", "--tokens", "2048", "--init-tokens", "512", "--l0", "3",
+                     "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    itda = load_dictionary(tmp_path / "run" / "itda-tau0.3-l0_3")
+    assert set(itda.labels) == {"prompt_id", "step", "row", "col"} and itda.n_features > 0
+    assert cli_main(["evaluate", "--run", str(tmp_path / "run"), "--acts", str(tmp_path / "store"), "--max-tokens",
+                     "3000", "--out", str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())["members"]
+    assert set(result) == {"topk-k3-x2", "itda-tau0.3-l0_3"}
+    assert all(m["tokens"] == 3000 for m in result.values())
+    capsys.readouterr()
+    assert cli_main(["train", "--acts", str(tmp_path / "store"), "--site", "up.9", "--out", str(tmp_path / "r2")]) == 2
+    assert "unknown site 'up.9'" in capsys.readouterr().err
+
+
+def one_line_error(capsys, argv: list[str], *expected: str) -> str:
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffdict: error: ") and err.count("\n") == 1, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def test_existing_run_with_other_settings_is_refused(planted, tmp_path, capsys):
+    acts, _ = planted
+    base = ["train", "--acts", str(acts), "--k", "3", "--expansion", "2", "--batch-size", "256", "--tokens", "1024",
+            "--init-tokens", "512", "--no-progress", "--out", str(tmp_path / "run")]
+    assert cli_main(base) == 0
+    assert cli_main(base) == 0  # same settings: resumes (here: nothing left to do)
+    one_line_error(capsys, base[:3] + ["--k", "4"] + base[5:], "holds a run with different settings", "k: [3] -> [4]")
+    assert cli_main(["train", "--out", str(tmp_path / "run"), "--resume", "--no-progress"]) == 0
+    one_line_error(capsys, ["train", "--out", str(tmp_path / "run"), "--resume", "--k", "5"], "--k [5] differs")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    one_line_error(capsys, base[:-1] + [str(tmp_path / "other")], "is not a diffdict training run")
+
+
+def test_nan_batch_stops_with_step_and_row_and_keeps_checkpoint(planted, tmp_path):
+    acts, _ = planted
+    x = np.load(acts)
+    bad_row = 777
+    x[bad_row, 5] = np.nan
+    path = tmp_path / "nan.npy"
+    np.save(path, x)
+    settings = small_settings(path, init_tokens=256)
+    source = open_activations(path)
+    bad_step = next(b.step for b in source.batches(256, settings.seed) if bad_row in b.labels["token"].tolist())
+    assert 0 < bad_step < settings.total_steps
+    with pytest.raises(DiffdictError) as error:
+        train(settings, tmp_path / "run", checkpoint_every=1, progress=False)
+    message = str(error.value)
+    assert f"step {bad_step} (token {bad_row} of {path})" in message and "\n" not in message
+    assert f"last good checkpoint (step {bad_step})" in message
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["step"] == bad_step
+    assert (tmp_path / "run" / "topk-k3-x3" / f"checkpoint-{bad_step}.safetensors").exists()
+
+
+def test_bad_input_one_line(planted, tmp_path, capsys):
+    acts, _ = planted
+    one_line_error(capsys, ["train", "--acts", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "r")],
+                   "activations not found", "missing.npy")
+    one_line_error(capsys, ["train", "--acts", str(acts), "--k", "100", "--width", "8", "--out", str(tmp_path / "r")],
+                   "k = 100 is larger than the dictionary width 8")
+    one_line_error(capsys, ["train", "--acts", str(acts), "--arch", "gated", "--out", str(tmp_path / "r")],
+                   "unknown --arch 'gated'")
+    assert cli_main(["train", "--acts", str(acts), "--k", "3", "--expansion", "2", "--batch-size", "256", "--tokens",
+                     "512", "--init-tokens", "256", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    narrow = tmp_path / "narrow.npy"
+    np.save(narrow, np.zeros((10, D // 2), dtype=np.float32))
+    one_line_error(capsys, ["evaluate", "--run", str(tmp_path / "run"), "--acts", str(narrow), "--out",
+                            str(tmp_path / "e.json")], "d mismatch", f"expects d = {D}", f"has d = {D // 2}")
