@@ -1,0 +1,344 @@
+"""What a study is: a typed config, a runner that records per-seed results, and a table.
+
+A study is a subclass of :class:`Study` with a ``Config`` dataclass (fields declared with
+:func:`option`: default, help, ``--quick`` value, and the checks each value must pass),
+the ``metrics`` its table reports and ``rows(config)``, the variants it compares. Its
+``run(ctx)`` calls ``ctx.record(row, seed, metric=value, ...)``; everything else
+(resolving and validating the config, the cache, the table with error bars, plots,
+``config.json``) is shared. Adding a study is one module plus one line in
+``diffdict.studies.STUDIES``.
+
+Config values are validated at the edge, once: :func:`resolve_config` turns CLI strings
+or Python values into the typed dataclass and checks list-valued options member by
+member, so a study's runner can trust its config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Sequence
+
+from diffdict.errors import DiffdictError
+
+MISSING = dataclasses.MISSING
+
+
+# -- options ------------------------------------------------------------------------------
+def option(default: Any, help: str, *, quick: Any = MISSING, choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
+           minimum: float | None = None, maximum: float | None = None, cli: bool = True) -> Any:
+    """A config field: ``quick`` is its value under ``--quick``; ``choices`` (or a function
+    returning them), ``minimum`` and ``maximum`` are checked for the value, or for every
+    member of a list-valued option."""
+    metadata = {"help": help, "quick": quick, "choices": choices, "minimum": minimum, "maximum": maximum, "cli": cli}
+    if isinstance(default, (list, tuple)):
+        value = tuple(default)
+        return field(default_factory=lambda: value, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class FieldType:
+    """What a config field holds: ``base`` (int, float, str, bool), a list of them, optional."""
+
+    base: type
+    is_list: bool
+    optional: bool
+
+    @classmethod
+    def of(cls, annotation: Any) -> "FieldType":
+        optional = False
+        args = typing.get_args(annotation)
+        origin = typing.get_origin(annotation)
+        if origin in (typing.Union, types.UnionType) and type(None) in args:
+            optional = True
+            (annotation,) = [a for a in args if a is not type(None)]
+            origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if origin in (tuple, list):
+            return cls(args[0], True, optional)
+        return cls(annotation, False, optional)
+
+
+def _convert(value: Any, base: type, where: str) -> Any:
+    """One scalar from a CLI string or a Python value, or a DiffdictError naming ``where``."""
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise DiffdictError(f"{where}: expected true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, bool):
+            raise DiffdictError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise DiffdictError(f"{where}: expected an integer, got {value!r}") from None
+    if base is float:
+        if isinstance(value, bool):
+            raise DiffdictError(f"{where}: expected a number, got {value!r}")
+        try:
+            number = float(str(value).strip()) if isinstance(value, str) else float(value)
+        except (TypeError, ValueError):
+            raise DiffdictError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise DiffdictError(f"{where}: expected a finite number, got {value!r}")
+        return number
+    if base is str:
+        if not isinstance(value, str) or not value.strip():
+            raise DiffdictError(f"{where}: expected a non-empty string, got {value!r}")
+        return value.strip()
+    raise TypeError(f"unsupported option type {base}")  # pragma: no cover - a study's declaration bug
+
+
+def _check_member(value: Any, meta: dict, where: str) -> None:
+    choices = meta.get("choices")
+    if callable(choices):
+        choices = choices()
+    if choices is not None and value not in choices:
+        raise DiffdictError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        raise DiffdictError(f"{where}: {value!r} must be at least {meta['minimum']}")
+    if meta.get("maximum") is not None and value > meta["maximum"]:
+        raise DiffdictError(f"{where}: {value!r} must be at most {meta['maximum']}")
+
+
+def parse_value(f: dataclasses.Field, kind: FieldType, value: Any) -> Any:
+    """Convert and check the value of one field (a CLI string or a Python value)."""
+    name = flag(f.name)
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none") and kind.optional):
+        if kind.optional:
+            return None
+        raise DiffdictError(f"{name}: a value is required")
+    if kind.is_list:
+        members = [m for m in value.split(",")] if isinstance(value, str) else value
+        if isinstance(members, (str, bytes)) or not isinstance(members, Iterable):
+            raise DiffdictError(f"{name}: expected a list, got {value!r}")
+        members = list(members)
+        if isinstance(value, str):
+            members = [m.strip() for m in members if m.strip()]
+        if not members:
+            if f.default_factory is not MISSING and f.default_factory() == ():  # e.g. --sites: empty = default
+                return ()
+            raise DiffdictError(f"{name}: give at least one value")
+        out = []
+        for i, member in enumerate(members):
+            where = f"{name} member {i + 1} ({member!r})"
+            converted = _convert(member, kind.base, where)
+            _check_member(converted, f.metadata, f"{name}")
+            out.append(converted)
+        if len(set(out)) != len(out):
+            raise DiffdictError(f"{name}: a value is given twice in {', '.join(map(str, out))}")
+        return tuple(out)
+    converted = _convert(value, kind.base, name)
+    _check_member(converted, f.metadata, name)
+    return converted
+
+
+def config_fields(config_class: type) -> list[tuple[dataclasses.Field, FieldType]]:
+    hints = typing.get_type_hints(config_class)
+    return [(f, FieldType.of(hints[f.name])) for f in dataclasses.fields(config_class)]
+
+
+def resolve_config(config_class: type, overrides: dict[str, Any] | None = None, quick: bool = False):
+    """The typed config: defaults, then the ``--quick`` values, then ``overrides`` (CLI
+    strings or Python values; None leaves the default), each validated."""
+    overrides = dict(overrides or {})
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise DiffdictError(f"unknown option {flag(unknown[0])}; options: {', '.join(flag(n) for n in sorted(known))}")
+    values: dict[str, Any] = {}
+    for f, kind in config_fields(config_class):
+        if f.name == "quick":
+            values[f.name] = bool(quick)
+            continue
+        if overrides.get(f.name) is not None:
+            values[f.name] = parse_value(f, kind, overrides[f.name])
+        elif quick and f.metadata.get("quick", MISSING) is not MISSING:
+            values[f.name] = parse_value(f, kind, f.metadata["quick"])
+        # defaults are trusted (declared by the study)
+    config = config_class(**values)
+    config.check()
+    return config
+
+
+# -- config -------------------------------------------------------------------------------
+def _host_names() -> list[str]:
+    from diffdict.hosts import HOSTS
+
+    return list(HOSTS)
+
+
+JUDGES = ("shapes-clip", "open-clip")
+
+
+@dataclass
+class StudyConfig:
+    """Options every study takes."""
+
+    model: str = option("toy", "host model", choices=_host_names)
+    model_path: str | None = option(None, "toy: a model folder (default: the shipped weights); real models: a hub id or folder")
+    sites: tuple[str, ...] = option((), "sites to study, comma-separated (default: the model's study sites)")
+    prompts_file: str | None = option(None, "a text file, one prompt a line, to draw every prompt set from "
+                                            "(default: shapes-world captions)")
+    seeds: int = option(3, "number of seeds (mean, std and 95%% interval over them)", quick=2, minimum=1)
+    seed: int = option(0, "first seed; seed i is SEED + i", minimum=0)
+    what: str | None = option(None, "what is read and edited at a block site (default: update; output for FLUX)",
+                              choices=("update", "output"))
+    judge: str = option("shapes-clip", "image-text backbone for the image metrics", choices=JUDGES)
+    judge_path: str | None = option(None, "shapes-clip: a weights folder (default: the shipped weights)")
+    device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda when available)")
+    model_dtype: str | None = option(None, "compute dtype of a real model", choices=("float16", "bfloat16", "float32"))
+    quantize: str | None = option(None, "real models: load 4-bit NF4 weights (bitsandbytes)", choices=("nf4",))
+    image_size: int | None = option(None, "real models: image size (default: the model's)", minimum=16)
+    denoise_steps: int | None = option(None, "denoising steps per generation (default: the model's)", quick=2, minimum=1)
+    guidance: float | None = option(None, "guidance scale (default: the model's)", minimum=0.0)
+    batch_size: int = option(32, "prompts per generation batch", minimum=1)
+    threads: int | None = option(None, "CPU threads for torch (default: torch's; 1 is fastest on a busy machine)",
+                                 minimum=1)
+    quick: bool = option(False, "a much smaller smoke version", cli=False)
+
+    def check(self) -> None:
+        """Cross-field checks (subclasses extend); member checks are done already."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+
+# -- metrics, records, the study ------------------------------------------------------------
+@dataclass(frozen=True)
+class Metric:
+    """A table column: ``lo``/``hi`` bound any correct value; ``better`` says which way is good."""
+
+    name: str
+    label: str
+    lo: float = -math.inf
+    hi: float = math.inf
+    better: str | None = None  # "higher" | "lower" | None
+    help: str = ""
+
+    def check(self, value: float) -> bool:
+        return math.isnan(value) or self.lo - 1e-9 <= value <= self.hi + 1e-9
+
+
+@dataclass
+class Record:
+    row: str
+    seed: int
+    values: dict[str, float]
+
+
+class Study:
+    """Base class of the studies; see the module docstring."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    question: ClassVar[str]  # what the study answers, one sentence
+    Config: ClassVar[type[StudyConfig]] = StudyConfig
+    metrics: ClassVar[tuple[Metric, ...]]
+
+    def rows(self, ctx: "StudyContext") -> list[str]:
+        """The rows (variants) the study's table will have, in order."""
+        raise NotImplementedError
+
+    def sites(self, ctx: "StudyContext") -> list[str]:
+        """The sites the study reads (default: the configured ones, or the host's default)."""
+        return ctx.sites
+
+    def run(self, ctx: "StudyContext") -> None:
+        raise NotImplementedError
+
+    def plot(self, ctx: "StudyContext", table, out: Path) -> list[Path]:
+        from diffdict.studies.plots import metric_bars
+
+        return [metric_bars(table, self.metrics, out / "metrics.png", title=self.title)]
+
+    def metric(self, name: str) -> Metric:
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+# -- the running context --------------------------------------------------------------------
+class StudyContext:
+    """What a study's runner works with: its config, output folder, the cache, the host
+    model and the judge (built on first use, or injected), and what it has recorded."""
+
+    def __init__(self, study: Study, config: StudyConfig, out: Path, cache, host=None, judge=None,
+                 log: Callable[[str], None] | None = None):
+        self.study, self.config, self.out, self.cache = study, config, out, cache
+        self._host, self._judge = host, judge
+        self.records: list[Record] = []
+        self.curves: dict[str, dict[str, list[list[float]]]] = {}
+        self.notes: list[str] = []
+        self.extras: dict[str, Any] = {}
+        self.trained = 0  # dictionaries trained by this run (0 when everything came from the cache)
+        self.started = time.monotonic()
+        self._log = log if log is not None else (lambda message: print(message, file=sys.stderr, flush=True))
+
+    # -- lazily built heavy objects ---------------------------------------------------------
+    @property
+    def host(self):
+        if self._host is None:
+            from diffdict.studies.pipeline import load_study_host
+
+            self._host = load_study_host(self.config)
+        return self._host
+
+    @property
+    def judge(self):
+        if self._judge is None:
+            from diffdict.studies.pipeline import load_judge
+
+            self._judge = load_judge(self.config)
+        return self._judge
+
+    @property
+    def sites(self) -> list[str]:
+        """The configured sites checked against the host (or its default study sites)."""
+        from diffdict.studies.pipeline import study_sites
+
+        return study_sites(self.host, self.config.sites)
+
+    # -- recording --------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        elapsed = time.monotonic() - self.started
+        self._log(f"[{self.study.name} {elapsed:6.1f}s] {message}")
+
+    def record(self, row: str, seed: int, **values: float) -> None:
+        known = {m.name for m in self.study.metrics}
+        for name in values:
+            if name not in known:
+                raise KeyError(f"study {self.study.name} has no metric {name!r}")  # a study bug, not user input
+        self.records.append(Record(row, seed, {k: float(v) for k, v in values.items()}))
+
+    def curve(self, name: str, row: str, points: Iterable[tuple[float, float]]) -> None:
+        """A curve (x, y) of ``row`` (e.g. dead fraction over training tokens); one per seed."""
+        self.curves.setdefault(name, {}).setdefault(row, []).append([list(map(float, p)) for p in points])
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+__all__ = ["FieldType", "JUDGES", "Metric", "Record", "Study", "StudyConfig", "StudyContext", "config_fields",
+           "flag", "option", "parse_value", "resolve_config"]

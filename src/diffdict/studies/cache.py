@@ -1,0 +1,150 @@
+"""A content-addressed cache of the studies' expensive steps.
+
+An entry is a folder ``ROOT/<kind>/<key>/`` where ``key`` is the sha256 of the canonical
+JSON of exactly the settings the step depends on (e.g. a dictionary: the store's content
+digest, the site, the member's architecture and options, the training settings and the
+seed). Changing a setting changes only the keys of the steps that depend on it, so a
+rerun recomputes those and reuses the rest. An entry is built in a temporary folder and
+renamed into place when complete, so an interrupted run never leaves a half entry;
+``entry.json`` beside the results records the settings for inspection.
+
+The cache counts what it served and what it computed per kind (``stats()``), which is
+how a study shows that a second run trained nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from diffdict.errors import DiffdictError
+from diffdict.io import read_json, write_json
+
+CACHE_VERSION = 1
+ENTRY_FILE = "entry.json"
+RESULT_FILE = "result.json"
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return repr(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def settings_key(kind: str, settings: dict[str, Any]) -> str:
+    text = json.dumps({"kind": kind, "version": CACHE_VERSION, "settings": _jsonable(settings)},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def text_digest(items: Any) -> str:
+    """sha256 of a JSON-able value (e.g. a list of prompts), short."""
+    return hashlib.sha256(json.dumps(_jsonable(items), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 of a module's parameters and buffers (names, dtypes, values), short."""
+    digest = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        digest.update(f"{name}{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class Cache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.hits: Counter[str] = Counter()
+        self.computed: Counter[str] = Counter()
+
+    def path(self, kind: str, settings: dict[str, Any]) -> Path:
+        return self.root / kind / settings_key(kind, settings)[:24]
+
+    def lookup(self, kind: str, settings: dict[str, Any]) -> Path | None:
+        """The entry's folder if it is complete (counted as a hit), else None."""
+        path = self.path(kind, settings)
+        if (path / ENTRY_FILE).exists():
+            self.hits[kind] += 1
+            return path
+        return None
+
+    def folder(self, kind: str, settings: dict[str, Any], build: Callable[[Path], None]) -> Path:
+        """The entry's folder, made by ``build(tmp_folder)`` when it is not cached."""
+        found = self.lookup(kind, settings)
+        if found is not None:
+            return found
+        final = self.path(kind, settings)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        try:
+            build(tmp)
+            self._commit(tmp, final, kind, settings)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def put(self, kind: str, settings: dict[str, Any], source: Path) -> Path:
+        """Move a finished folder (e.g. one member of a trained grid) into the cache."""
+        final = self.path(kind, settings)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        os.rmdir(tmp)
+        shutil.move(str(source), str(tmp))
+        self._commit(tmp, final, kind, settings)
+        return final
+
+    def _commit(self, tmp: Path, final: Path, kind: str, settings: dict[str, Any]) -> None:
+        write_json(tmp / ENTRY_FILE, {"kind": kind, "settings": _jsonable(settings)})
+        if final.exists():  # an incomplete leftover (no entry.json) or a concurrent twin
+            if (final / ENTRY_FILE).exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        self.computed[kind] += 1
+
+    def json(self, kind: str, settings: dict[str, Any], compute: Callable[[], dict]) -> dict:
+        """A JSON result, computed by ``compute()`` when it is not cached."""
+        def build(folder: Path) -> None:
+            result = compute()
+            if not isinstance(result, dict):
+                raise TypeError(f"cache step {kind} returned {type(result).__name__}, expected a dict")
+            write_json(folder / RESULT_FILE, _jsonable(result))
+
+        path = self.folder(kind, settings, build)
+        try:
+            return _restore_floats(read_json(path / RESULT_FILE))
+        except DiffdictError:
+            raise DiffdictError(f"cache entry {path} is damaged; delete it and rerun") from None
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {"hits": dict(self.hits), "computed": dict(self.computed)}
+
+
+def _restore_floats(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _restore_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_restore_floats(v) for v in obj]
+    if obj in ("nan", "inf", "-inf"):
+        return float(obj)
+    return obj
+
+
+__all__ = ["CACHE_VERSION", "Cache", "module_fingerprint", "settings_key", "text_digest"]

@@ -1,0 +1,145 @@
+"""What the dictionary studies share: data and training options, and one runner.
+
+A dictionary study names the members it trains (``members(config)``); the runner
+collects the training and evaluation stores once, trains every member of every seed
+(the trainer's grid, cached per member), evaluates them (reconstruction and
+interpretability on held-out prompts), lets the study pick the rows of its table
+(``select``, e.g. the member closest to a target L0), and measures the generation metrics
+(causal strength of steering, spliced fidelity) for the picked ones only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from diffdict.studies.base import Metric, Study, StudyConfig, StudyContext, option
+from diffdict.studies.pipeline import Member, activation_store, evaluation, spliced_fidelity, steering, train_members
+
+
+@dataclass
+class DictionaryStudyConfig(StudyConfig):
+    train_prompts: int = option(1024, "prompts collected for training", quick=48, minimum=1)
+    eval_prompts: int = option(96, "held-out prompts for evaluation and interpretation", quick=12, minimum=2)
+    capture_steps: str = option("all", "denoising steps captured: all, or e.g. 0,5")
+    k: int = option(10, "L0 target: k of TopK, and the L0 the other mechanisms are matched to", minimum=1)
+    expansion: float = option(4.0, "dictionary width / d", quick=2.0, minimum=0.01)
+    lr: float = option(1e-3, "learning rate", minimum=1e-9)
+    normalization: str = option("standardise", "input normalisation", choices=("none", "standardise", "scalar"))
+    train_batch: int = option(1024, "training batch (tokens)", quick=256, minimum=1)
+    tokens: int = option(300_000, "training tokens per dictionary", quick=12_288, minimum=1)
+    dead_window: int = option(50_000, "tokens without firing after which a feature counts as dead (AuxK)",
+                              quick=2048, minimum=1)
+    itda_tokens: int | None = option(None, "tokens ITDA builds on (default: all training tokens)", minimum=1)
+    oracle_features: int = option(256, "features scored by the concept oracle (a seeded sample)", quick=32, minimum=1)
+    clip_features: int = option(24, "features scored by CLIP similarity", quick=4, minimum=1)
+    steer_features: int = option(3, "features steered for causal strength", quick=1, minimum=1)
+    steer_prompts: int = option(8, "prompts per steered feature", quick=2, minimum=2)
+    fidelity_prompts: int = option(16, "prompts for spliced fidelity", quick=3, minimum=2)
+    strength: float = option(4.0, "steering strength s (adds s * a_i * d_i)")
+
+
+RECONSTRUCTION = (
+    Metric("mse", "MSE", 0, math.inf, "lower", "mean squared error per element"),
+    Metric("fvu", "FVU", 0, math.inf, "lower", "fraction of variance unexplained"),
+    Metric("explained_variance", "explained var.", -math.inf, 1, "higher"),
+    Metric("l0", "L0", 0, math.inf, None, "mean non-zero codes per token (reached)"),
+    Metric("dead_fraction", "dead", 0, 1, "lower", "share of features that never fire on the eval tokens"),
+)
+INTERPRETABILITY = (
+    Metric("auroc", "oracle AUROC", 0, 1, "higher", "concept-oracle AUROC (ground truth), mean over features"),
+    Metric("clip_score", "CLIP score", -1, 1, "higher", "CLIP similarity of explanation and top images"),
+)
+GENERATION = (
+    Metric("causal_strength", "causal strength", -1, 1, "higher",
+           "p(concept | steered) - p(concept | random direction of equal norm)"),
+    Metric("fidelity_lpips", "splice LPIPS", 0, math.inf, "lower", "perceptual distance, spliced vs original"),
+    Metric("fidelity_clip_drop", "splice CLIP drop", -2, 2, "lower", "CLIP score lost by splicing"),
+)
+
+
+@dataclass
+class Trained:
+    """A dictionary ready for evaluation: how to load it, where it is evaluated
+    (``eval_site`` of ``eval_store``) and which site of the host it edits (MLP neurons read
+    and edit their block's ``NAME.mlp`` site)."""
+
+    member: Member
+    key: dict
+    load: Callable[[], Any]
+    eval_store: Any
+    eval_site: str
+    edit_site: str
+    folder: Path | None = None
+
+
+class DictionaryStudy(Study):
+    Config = DictionaryStudyConfig
+    metrics = RECONSTRUCTION + INTERPRETABILITY + GENERATION
+
+    def members(self, config: DictionaryStudyConfig) -> list[Member]:
+        raise NotImplementedError
+
+    def labels(self, config: DictionaryStudyConfig) -> list[str]:
+        return list(dict.fromkeys(m.label for m in self.members(config)))
+
+    def rows(self, ctx: StudyContext) -> list[str]:
+        return [self.row_name(ctx, label, site) for site in ctx.sites for label in self.labels(ctx.config)]
+
+    def select(self, ctx: StudyContext, results: dict[Member, dict], seed: int) -> list[tuple[str, Member]]:
+        """(row, member) pairs of one seed's table; default every member under its label."""
+        return [(member.label, member) for member in results]
+
+    def row_name(self, ctx: StudyContext, row: str, site: str) -> str:
+        return row if len(ctx.sites) == 1 else f"{row} @ {site}"
+
+    def build(self, ctx: StudyContext, site: str, seed: int, train_store, eval_store) -> list[Trained]:
+        """The dictionaries of one seed (default: the members, trained or from the cache)."""
+        folders = train_members(ctx, train_store, site, self.members(ctx.config), seed)
+        return [trained_folder(member, folder, eval_store, site) for member, folder in folders.items()]
+
+    def run(self, ctx: StudyContext) -> None:
+        config = ctx.config
+        for site in ctx.sites:
+            train_store = activation_store(ctx, "train", config.train_prompts, [site])
+            eval_store = activation_store(ctx, "eval", config.eval_prompts, [site])
+            for seed in config.seed_list():
+                trained = {t.member: t for t in self.build(ctx, site, seed, train_store, eval_store)}
+                results = {member: evaluation(ctx, t.key, t.load, t.eval_store, t.eval_site, seed)
+                           for member, t in trained.items()}
+                for row, member in self.select(ctx, results, seed):
+                    t, result = trained[member], results[member]
+                    values = {m.name: result[m.name] for m in RECONSTRUCTION + INTERPRETABILITY}
+                    values.update(self.generation_metrics(ctx, t, result, seed))
+                    values.update(self.extra_metrics(ctx, t, result))
+                    name = self.row_name(ctx, row, site)
+                    ctx.record(name, seed, **values)
+                    if t.folder is not None:
+                        ctx.extras.setdefault("dictionaries", {}).setdefault(name, []).append(
+                            {"folder": str(t.folder), "store": str(t.eval_store.path), "site": t.eval_site})
+                self.after_seed(ctx, site, seed, trained, results)
+
+    # -- hooks for the studies -------------------------------------------------------------------
+    def generation_metrics(self, ctx: StudyContext, t: Trained, result: dict, seed: int) -> dict:
+        return {"causal_strength": steering(ctx, t.key, t.load, t.edit_site, result, seed)["causal_strength"],
+                **spliced_fidelity(ctx, t.key, t.load, t.edit_site)}
+
+    def extra_metrics(self, ctx: StudyContext, t: Trained, result: dict) -> dict[str, float]:
+        return {}
+
+    def after_seed(self, ctx: StudyContext, site: str, seed: int, trained: dict, results: dict) -> None:
+        pass
+
+
+def trained_folder(member: Member, folder: Path, eval_store, site: str) -> Trained:
+    """A cached dictionary folder: its cache entry name is its key (content-addressed)."""
+    from diffdict.dictionaries import load_dictionary
+
+    return Trained(member, {"entry": folder.name}, lambda: load_dictionary(folder), eval_store, site, site,
+                   folder=folder)
+
+
+__all__ = ["DictionaryStudy", "DictionaryStudyConfig", "GENERATION", "INTERPRETABILITY", "RECONSTRUCTION", "Trained",
+           "trained_folder"]

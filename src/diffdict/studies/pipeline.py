@@ -1,0 +1,567 @@
+"""The steps studies share, each cached by exactly the settings it depends on.
+
+    prompts ──collect──▶ store ──train (grid, one pass)──▶ dictionaries ──evaluate──▶ metrics
+                                                               │
+             interpretability (concept oracle, CLIP score) ◀──┤
+             causal strength, spliced fidelity (generation) ◀─┘
+
+Everything here is generic over the host model; the only shapes-world specific piece is
+the concept oracle (ground-truth interpretability), which is NaN for real models, as is
+every metric that needs a feature's explanation (there is none without the oracle).
+
+Training: a study asks for *members* (an architecture and its options); those not in the
+cache are trained together by :func:`diffdict.train.train` in as few passes as its grid
+allows (members whose options form a product share a pass), and each trained member is
+cached on its own, keyed by the store's digest, the site, the member's full training
+settings and the seed. A member's weights do not depend on the other members of its pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from diffdict.errors import DiffdictError
+from diffdict.studies.cache import module_fingerprint, text_digest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffdict.studies.base import StudyContext
+
+#: the sites a study reads when none are given (the SDXL Turbo paper's and the Flux paper's)
+DEFAULT_SITES: dict[str, tuple[str, ...]] = {
+    "toy": ("up.0.1",),
+    "sdxl-turbo": ("down.2.1", "up.0.1"),
+    "sdxl": ("down.2.1", "up.0.1"),
+    "flux-schnell": ("double.18",),
+}
+#: what a study reads at a block site: the update (SDXL Turbo paper) or the residual stream after the block (Flux paper)
+DEFAULT_WHAT: dict[str, str] = {"flux-schnell": "output"}
+CONCEPT_FAMILIES_WITH_HEADS = ("shape", "color", "size", "region", "bg_color", "texture")
+
+
+# -- host, judge, sites ------------------------------------------------------------------------
+def load_study_host(config):
+    from diffdict.hosts import load_host
+
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if config.model == "toy":
+        options = {"path": config.model_path, "device": device, "dtype": config.model_dtype}
+    else:
+        options = {"model": config.model_path, "device": device, "dtype": config.model_dtype,
+                   "quantize": config.quantize, "image_size": config.image_size}
+    return load_host(config.model, **options)
+
+
+def load_judge(config):
+    from diffdict.metrics.backbones import load_backbone
+
+    if config.judge == "shapes-clip":
+        return load_backbone(config.judge, **({"path": config.judge_path} if config.judge_path else {}))
+    return load_backbone(config.judge, device=config.device)
+
+
+_JUDGE_FINGERPRINTS: dict[int, tuple[Any, str]] = {}
+
+
+def judge_fingerprint(judge) -> str:
+    """The judge's name and a hash of its weights (computed once per judge object)."""
+    known = _JUDGE_FINGERPRINTS.get(id(judge))
+    if known is not None and known[0] is judge:
+        return known[1]
+    model = getattr(judge, "model", None)
+    value = f"{judge.name}:{module_fingerprint(model)}" if isinstance(model, torch.nn.Module) else judge.name
+    _JUDGE_FINGERPRINTS[id(judge)] = (judge, value)
+    return value
+
+
+def study_sites(host, sites: Sequence[str]) -> list[str]:
+    """``sites`` checked against the host (one clear error for an unknown one), or the
+    host's default study sites."""
+    if not sites:
+        sites = DEFAULT_SITES.get(host.name) or tuple(n for n, i in host.sites().items() if i.kind != "mlp")[:1]
+    for site in sites:
+        info = host.site(site)
+        if info.kind == "mlp":
+            raise DiffdictError(f"site {site!r} holds MLP neurons; studies read block sites (e.g. "
+                                f"{site.removesuffix('.mlp')}) and take the neurons from them")
+    return list(sites)
+
+
+def block_sites(host) -> list[str]:
+    return [name for name, info in host.sites().items() if info.kind != "mlp"]
+
+
+def capture_what(ctx: "StudyContext") -> str:
+    """What the study reads and edits at block sites (``--what``, else the host's default)."""
+    return ctx.config.what or DEFAULT_WHAT.get(ctx.host.name, "update")
+
+
+def site_what(ctx: "StudyContext", site: str) -> str | None:
+    """The ``what`` of an edit at ``site``: None at an MLP site (its neurons), else
+    :func:`capture_what`."""
+    return None if ctx.host.site(site).kind == "mlp" else capture_what(ctx)
+
+
+def has_ground_truth(host) -> bool:
+    """Whether the concept oracle applies: the host draws the shapes world."""
+    return host.name == "toy"
+
+
+# -- prompts, stores, images ---------------------------------------------------------------------
+PURPOSES = ("train", "eval", "edit")
+
+
+def study_prompts(config, purpose: str, count: int) -> list[str]:
+    """The prompts of one purpose (``train``, ``eval``, ``edit``): shapes-world captions
+    (valid English prompts for real models too), each purpose from its own range of a
+    split so the sets never overlap; or, with ``prompts_file``, consecutive (cycled) lines
+    of the file, train first, then eval, then edit."""
+    from diffdict.world import sample_prompts
+
+    if config.prompts_file:
+        from diffdict.collect import read_prompts
+
+        lines = read_prompts(config.prompts_file)
+        sizes = {"train": getattr(config, "train_prompts", 0), "eval": getattr(config, "eval_prompts", 0)}
+        start = sum(sizes.get(p, 0) for p in PURPOSES[:PURPOSES.index(purpose)])
+        return [lines[(start + i) % len(lines)] for i in range(count)]
+    split, start = {"train": ("train", 0), "eval": ("test", 0), "edit": ("test", 100_000)}[purpose]
+    return sample_prompts(count, seed=config.seed, split=split, start=start)
+
+
+def generation_settings(ctx: "StudyContext") -> dict:
+    host, config = ctx.host, ctx.config
+    return {"num_steps": config.denoise_steps or host.default_steps,
+            "guidance": host.default_guidance if config.guidance is None else config.guidance}
+
+
+def activation_store(ctx: "StudyContext", purpose: str, count: int, sites: Sequence[str], what: str | None = None):
+    """A store of ``what`` (default :func:`capture_what`) at ``sites`` over ``count``
+    prompts (cached), opened."""
+    from diffdict.collect import collect
+    from diffdict.store import open_store
+
+    what = what or capture_what(ctx)
+    prompts = study_prompts(ctx.config, purpose, count)
+    gen = generation_settings(ctx)
+    settings = {"host": ctx.host.describe(), "prompts": text_digest(prompts), "n": len(prompts), "sites": sorted(sites),
+                "what": what, "steps": ctx.config.capture_steps, "seed": ctx.config.seed, **gen}
+
+    def build(folder: Path) -> None:
+        ctx.log(f"collecting {len(prompts)} prompts at {', '.join(sites)} ({what})")
+        collect(ctx.host, prompts, list(sites), folder / "store", what=what, steps=ctx.config.capture_steps,
+                seed=ctx.config.seed, num_steps=gen["num_steps"], guidance=gen["guidance"], dtype="float32",
+                chunk_size=64, batch_size=ctx.config.batch_size, images=True, progress=False)
+
+    return open_store(ctx.cache.folder("store", settings, build) / "store")
+
+
+def generate_images(ctx: "StudyContext", prompts: Sequence[str], interventions: Sequence = (), seed_offset: int = 0):
+    from diffdict.interventions import generate
+
+    gen = generation_settings(ctx)
+    return generate(ctx.host, list(prompts), list(interventions), seed=ctx.config.seed + seed_offset,
+                    num_steps=gen["num_steps"], guidance=gen["guidance"], batch_size=ctx.config.batch_size)
+
+
+def original_images(ctx: "StudyContext", prompts: Sequence[str], seed_offset: int = 0) -> np.ndarray:
+    """Unedited generations (cached: every study compares against the same originals)."""
+    from diffdict.io import load_tensors, save_tensors
+
+    settings = {"host": ctx.host.describe(), "prompts": text_digest(list(prompts)), "n": len(prompts),
+                "seed": ctx.config.seed + seed_offset, **generation_settings(ctx)}
+
+    def build(folder: Path) -> None:
+        images = generate_images(ctx, prompts, seed_offset=seed_offset)
+        save_tensors(folder / "images.safetensors", {"images": torch.from_numpy(images)})
+
+    folder = ctx.cache.folder("images", settings, build)
+    return load_tensors(folder / "images.safetensors")["images"].numpy()
+
+
+# -- members and training ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Member:
+    """One dictionary to train: an architecture and its sparsity options (``k``, ``l1``,
+    ``theta``, ``l0_coef``, ``auxk``; ITDA: ``l0``, ``tau``). ``label`` names it in tables."""
+
+    arch: str
+    options: tuple[tuple[str, Any], ...] = ()
+    label: str = ""
+
+    @classmethod
+    def of(cls, arch: str, label: str = "", **options: Any) -> "Member":
+        return cls(arch, tuple(sorted(options.items())), label or arch)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.options).get(name, default)
+
+
+def training_settings(ctx: "StudyContext", store_path: Path, site: str, member: Member, seed: int):
+    """The trainer's settings for one member alone (its grid has one member)."""
+    from diffdict.train import TrainSettings
+
+    c = ctx.config
+    options = dict(member.options)
+    settings = TrainSettings(
+        acts=str(store_path), site=site, arch=[member.arch], expansion=[float(c.expansion)], lr=[float(c.lr)],
+        normalization=[c.normalization], batch_size=c.train_batch, tokens=c.tokens, seed=seed,
+        dead_window=c.dead_window, init_tokens=min(c.tokens, 16384), bf16=False, itda_tokens=c.itda_tokens,
+    )
+    for name, value in options.items():
+        if name not in ("auxk", "k", "l1", "l0_coef", "theta", "tau", "l0"):
+            raise ValueError(f"unknown member option {name!r}")  # a study bug
+        setattr(settings, name, [value])
+    return settings
+
+
+def _member_key(settings) -> dict:
+    """What a member's weights depend on: its settings minus where the store lies."""
+    data = settings.to_json()
+    data.pop("acts")
+    return data
+
+
+def _identity(settings) -> tuple:
+    from diffdict.train import grid_members
+
+    (spec,) = grid_members(settings)
+    return spec.arch, tuple(sorted((k, v) for k, v in spec.options.items()))
+
+
+def _merge(group: list) -> Any:
+    """One TrainSettings whose grid is the union of the members' option values (each
+    option's values taken from the members that use it)."""
+    from diffdict.train import GRID_OPTIONS
+
+    merged = dataclasses.replace(group[0])
+    used = [set(dict(_identity(settings)[1])) | {"arch"} for settings in group]
+    for name in GRID_OPTIONS:
+        values = []
+        for settings, names in zip(group, used):
+            for value in (getattr(settings, name) or []) if name in names else []:
+                if value not in values:
+                    values.append(value)
+        if values:
+            setattr(merged, name, values)
+    return merged
+
+
+def plan_passes(wanted: list) -> list[list]:
+    """Group single-member settings into passes whose grid is exactly the group."""
+    from diffdict.train import grid_members
+
+    groups: list[list] = []
+    for settings in wanted:
+        for group in groups:
+            candidate = group + [settings]
+            merged = _merge(candidate)
+            identities = {(m.arch, tuple(sorted(m.options.items()))) for m in grid_members(merged)}
+            if identities == {_identity(s) for s in candidate}:
+                group.append(settings)
+                break
+        else:
+            groups.append([settings])
+    return groups
+
+
+def train_members(ctx: "StudyContext", store, site: str, members: Sequence[Member], seed: int) -> dict[Member, Path]:
+    """Each member's dictionary folder (``config.json``, ``model.safetensors``,
+    ``metrics.jsonl``): cached ones as they are, the rest trained in shared passes."""
+    from diffdict.train import train
+
+    found: dict[Member, Path] = {}
+    missing: dict[tuple, tuple[Member, Any]] = {}
+    for member in members:
+        settings = training_settings(ctx, store.path, site, member, seed)
+        key = {"store": store.digest, "member": _member_key(settings)}
+        path = ctx.cache.lookup("dictionary", key)
+        if path is not None:
+            found[member] = path
+        else:
+            missing.setdefault(_identity(settings), (member, settings))
+    by_identity = {identity: settings for identity, (_, settings) in missing.items()}
+    for group in plan_passes(list(by_identity.values())):
+        names = ", ".join(m.label for m, s in missing.values() if any(s is g for g in group))
+        ctx.log(f"training {len(group)} dictionar{'y' if len(group) == 1 else 'ies'} on {site}, seed {seed}: {names}")
+        merged = _merge(group)
+        log_every = max(1, merged.total_steps // 20)
+        with tempfile.TemporaryDirectory(dir=ctx.cache.root) as tmp:
+            began = time.perf_counter()
+            folders = train(merged, Path(tmp) / "run", checkpoint_every=merged.total_steps, log_every=log_every,
+                            progress=False, device=str(ctx.host.device) if ctx.host.device.type == "cuda" else "cpu")
+            seconds = time.perf_counter() - began
+            ctx.trained += len(group)
+            from diffdict.io import read_json, write_json
+
+            for folder in folders.values():
+                spec = read_json(folder / "member.json")
+                identity = (spec["arch"], tuple(sorted(spec["options"].items())))
+                member, settings = missing[identity]
+                for checkpoint in folder.glob("checkpoint-*.safetensors"):
+                    checkpoint.unlink()
+                write_json(folder / "pass.json", {"members": len(group), "seconds": seconds})
+                key = {"store": store.digest, "member": _member_key(settings)}
+                found[member] = ctx.cache.put("dictionary", key, folder)
+    return {member: found[member] for member in members}
+
+
+def read_training_log(folder: Path) -> list[dict]:
+    import json
+
+    path = folder / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def build_seconds(folder: Path) -> float:
+    """Wall time the member itself took (its share of the pass), from its training log."""
+    seconds, previous = 0.0, 0
+    for row in read_training_log(folder):
+        tokens = row["tokens"] - previous
+        previous = row["tokens"]
+        if row.get("tokens_per_s"):
+            seconds += tokens / row["tokens_per_s"]
+    return seconds
+
+
+# -- dictionaries on a site: SAE / ITDA folders, or the block's MLP neurons -----------------------
+def neuron_dictionary(host, site: str, k: int):
+    """The MLP neurons of ``site``'s block as a dictionary (top-k codes; decoder = the
+    output projection), for hosts whose ``NAME.mlp`` site is ``ff.net.0`` of a diffusers
+    feed-forward (toy, SDXL) or the FLUX MLP."""
+    from diffdict.dictionaries import NeuronDictionary
+
+    info = host.site(f"{site}.mlp") if f"{site}.mlp" in host.sites() else None
+    if info is None or not info.module.endswith(".ff.net.0"):
+        raise DiffdictError(f"site {site!r} of model {host.name} has no feed-forward MLP neurons to compare with")
+    ff = host.module(info.module.rsplit(".", 2)[0])  # ...ff.net.0 -> ...ff
+    out_proj = ff.net[2] if hasattr(ff, "net") else None
+    if out_proj is None or not hasattr(out_proj, "weight"):
+        raise DiffdictError(f"cannot find the MLP output projection of site {site!r}")
+    return NeuronDictionary(out_proj.weight.detach().float().cpu(), None if out_proj.bias is None
+                            else out_proj.bias.detach().float().cpu(), k=min(k, info.d))
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+@torch.no_grad()
+def reconstruction_metrics(dictionary, store, site: str) -> dict[str, float]:
+    """mse, fvu, explained_variance, l0, dead_fraction on the store's tokens. A neuron
+    dictionary on its MLP site (the store holds the neuron activations) reconstructs the
+    MLP's output, from the top-k neurons against all of them."""
+    from diffdict.dictionaries.data import open_activations
+    from diffdict.evaluate import evaluate_dictionary
+    from diffdict.feature_stats import site_space
+
+    if site_space(dictionary, store.d(site), f"site {site!r}") == "neurons":
+        neurons = dictionary
+        sq_error = sum_sq = 0.0
+        sum_x = torch.zeros(neurons.d_in, dtype=torch.float64)
+        tokens = nonzero = 0
+        fired = torch.zeros(neurons.n_features, dtype=torch.bool)
+        for h in store.iter_batches(site, 4096, shuffle=False):
+            target = neurons.decode(h) - neurons.b_dec  # every neuron's contribution
+            codes = neurons.encode_activations(h)
+            recon = neurons.decode(codes) - neurons.b_dec
+            active = codes.values != 0
+            fired[codes.indices[active]] = True
+            sq_error += float((target - recon).double().pow(2).sum())
+            sum_x += target.double().sum(0)
+            sum_sq += float(target.double().pow(2).sum())
+            nonzero += int(active.sum())
+            tokens += h.shape[0]
+        variance = sum_sq - float(sum_x.pow(2).sum()) / tokens
+        fvu = sq_error / variance if variance > 0 else math.nan
+        return {"mse": sq_error / (tokens * neurons.d_in), "fvu": fvu, "explained_variance": 1 - fvu,
+                "l0": nonzero / tokens, "dead_fraction": float((~fired).float().mean())}
+    result = evaluate_dictionary(dictionary, open_activations(store.path, site))
+    return {k: float(result[k]) for k in ("mse", "fvu", "explained_variance", "l0", "dead_fraction")}
+
+
+def interpretability(ctx: "StudyContext", dictionary, store, site: str, seed: int) -> dict[str, Any]:
+    """Concept-oracle AUROC (mean over scored features) and the CLIP score of the oracle's
+    explanations; per feature: typical activation, frequency, concept, phrase, AUROC."""
+    from diffdict.interpret.base import Explanation, FeatureView, InterpretContext
+    from diffdict.interpret.groundtruth import oracle_results
+    from diffdict.interpret.scorers import ClipScorer
+    from diffdict.interpret.stats import compute_activation_stats
+
+    config = ctx.config
+    stats = compute_activation_stats(store, dictionary, site, top_n=8, keep_maps=True)
+    alive = [int(f) for f in torch.nonzero(stats.fire_count > 0).flatten()]
+    rng = np.random.default_rng([seed, 7])
+    scored = sorted(rng.choice(alive, size=min(len(alive), config.oracle_features), replace=False).tolist()) if alive else []
+    features: dict[int, dict[str, Any]] = {
+        f: {"frequency": float(stats.frequency[f]), "activation": float(stats.mean_activation[f])} for f in alive
+    }
+    result = {"auroc": math.nan, "clip_score": math.nan, "clip_contrast": math.nan, "scored": len(scored)}
+    if has_ground_truth(ctx.host) and scored:
+        clip = getattr(ctx.judge, "model", None) if ctx.judge.name == "shapes-clip" else None
+        context = InterpretContext(store, dictionary, site, stats, seed=seed, clip=clip, host=ctx.host)
+        oracle = oracle_results(context, scored)
+        for f, entry in oracle.items():
+            features[f].update(concept=entry["concept"], phrase=entry["phrase"], auroc=_nan(entry["auroc"]))
+        aurocs = [features[f]["auroc"] for f in scored if not math.isnan(features[f]["auroc"])]
+        result["auroc"] = float(np.mean(aurocs)) if aurocs else math.nan
+        if clip is not None:
+            scorer = ClipScorer()
+            clip_features = sorted(scored, key=lambda f: -features[f]["auroc"] if not math.isnan(features[f]["auroc"])
+                                   else 1.0)[: config.clip_features]
+            sims, contrasts = [], []
+            for f in clip_features:
+                view = FeatureView(f, context, context.examples(f, 5), stats.feature_summary(f))
+                score = scorer.score(Explanation(features[f]["phrase"], "concept-oracle",
+                                                 {"concept": features[f]["concept"]}), view)
+                if score.get("similarity") is not None:
+                    sims.append(score["similarity"])
+                if score.get("contrast") is not None:
+                    contrasts.append(score["contrast"])
+            result["clip_score"] = float(np.mean(sims)) if sims else math.nan
+            result["clip_contrast"] = float(np.mean(contrasts)) if contrasts else math.nan
+    result["features"] = {str(f): v for f, v in features.items()}
+    return result
+
+
+def _nan(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def evaluation(ctx: "StudyContext", dictionary_key: dict, load, eval_store, site: str, seed: int) -> dict[str, Any]:
+    """Reconstruction and interpretability of one dictionary on the eval store (cached)."""
+    settings = {"dictionary": dictionary_key, "store": eval_store.digest, "site": site, "seed": seed,
+                "oracle_features": ctx.config.oracle_features, "clip_features": ctx.config.clip_features,
+                "judge": judge_fingerprint(ctx.judge) if has_ground_truth(ctx.host) else None,
+                "oracle": has_ground_truth(ctx.host)}
+
+    def compute() -> dict:
+        dictionary = load()
+        return {**reconstruction_metrics(dictionary, eval_store, site),
+                **interpretability(ctx, dictionary, eval_store, site, seed)}
+
+    return ctx.cache.json("evaluation", settings, compute)
+
+
+def steering_features(evaluation_result: dict, count: int) -> list[dict[str, Any]]:
+    """The features to steer: the most interpretable ones, one per concept, whose concept
+    shapes-clip reads (without the oracle: the most frequent features, with no target)."""
+    features = [{"feature": int(f), **v} for f, v in evaluation_result["features"].items()]
+    with_concept = [f for f in features if f.get("concept", "").split(":")[0] in CONCEPT_FAMILIES_WITH_HEADS
+                    and not math.isnan(f.get("auroc", math.nan))]
+    chosen, concepts = [], set()
+    for f in sorted(with_concept, key=lambda f: (-f["auroc"], f["feature"])):
+        if f["concept"] not in concepts and f["activation"] > 0:
+            chosen.append(f)
+            concepts.add(f["concept"])
+        if len(chosen) == count:
+            return chosen
+    if not with_concept:
+        for f in sorted(features, key=lambda f: (-f["frequency"], f["feature"])):
+            if f["activation"] > 0:
+                chosen.append({**f, "concept": None, "phrase": None})
+            if len(chosen) == count:
+                break
+    return chosen
+
+
+def prompts_without(ctx: "StudyContext", phrase: str | None, count: int) -> list[str]:
+    """``count`` edit prompts, preferring those that do not already name ``phrase``."""
+    pool = study_prompts(ctx.config, "edit", 4 * count)
+    if phrase:
+        lacking = [p for p in pool if f" {phrase} " not in f" {p} "]
+        pool = lacking + [p for p in pool if p not in lacking]
+    return pool[:count]
+
+
+def causal_strength(ctx: "StudyContext", make_edit, feature: dict, prompts: Sequence[str], seed: int) -> float:
+    """Mean over prompts of p(target | edited) − p(target | random control of equal norm),
+    read by the judge; NaN when the feature has no target concept."""
+    from diffdict.metrics.causal import causal_strength as measure
+
+    if not feature.get("concept"):
+        return math.nan
+    gen = generation_settings(ctx)
+    result, _ = measure(ctx.host, make_edit(), feature["concept"], list(prompts), seed=ctx.config.seed,
+                        control_seed=seed, backbone=ctx.judge, num_steps=gen["num_steps"], guidance=gen["guidance"],
+                        batch_size=ctx.config.batch_size, original=original_images(ctx, prompts))
+    return float(result.summary["strength"]["mean"])
+
+
+def steering(ctx: "StudyContext", dictionary_key: dict, load, edit_site: str, evaluation_result: dict,
+             seed: int) -> dict[str, float]:
+    """Causal strength of ``add`` steering with the top features (cached)."""
+    from diffdict.interventions import Add
+
+    features = steering_features(evaluation_result, ctx.config.steer_features)
+    settings = {"dictionary": dictionary_key, "site": edit_site, "features": features, "seed": seed,
+                "prompts": ctx.config.steer_prompts, "strength": ctx.config.strength, "judge": judge_fingerprint(ctx.judge),
+                "host": ctx.host.describe(), **generation_settings(ctx)}
+
+    def compute() -> dict:
+        dictionary = load()
+        values = []
+        for f in features:
+            prompts = prompts_without(ctx, f.get("phrase"), ctx.config.steer_prompts)
+
+            def make_edit(f=f):
+                return Add(edit_site, dictionary, feature=f["feature"], strength=ctx.config.strength,
+                           activation=f["activation"], what=site_what(ctx, edit_site))
+
+            values.append(causal_strength(ctx, make_edit, f, prompts, seed))
+        finite = [v for v in values if not math.isnan(v)]
+        return {"causal_strength": float(np.mean(finite)) if finite else math.nan, "per_feature": values}
+
+    return ctx.cache.json("steering", settings, compute)
+
+
+def clip_scores(judge, images, texts: Sequence[str] | str) -> np.ndarray:
+    """CLIP score of each image with its text; shapes-clip reads only the shapes world's
+    words, so other words are dropped (NaN where none is left)."""
+    from diffdict.interpret.scorers import in_vocabulary
+    from diffdict.metrics.image import clip_score
+
+    texts = [texts] * len(images) if isinstance(texts, str) else list(texts)
+    if judge.name == "shapes-clip":
+        texts = [in_vocabulary(t) for t in texts]
+        known = np.array([bool(t) for t in texts])
+        out = np.full(len(texts), np.nan)
+        if known.any():
+            out[known] = clip_score(np.asarray(images)[known], [t for t in texts if t], judge)
+        return out
+    return clip_score(images, texts, judge)
+
+
+def spliced_fidelity(ctx: "StudyContext", dictionary_key: dict, load, edit_site: str) -> dict[str, float]:
+    """Images with the site replaced by the reconstruction against the originals:
+    perceptual distance, and the drop in CLIP score with the prompt (cached)."""
+    from diffdict.interventions import Splice
+    from diffdict.metrics.image import perceptual_distance
+
+    prompts = study_prompts(ctx.config, "edit", ctx.config.fidelity_prompts)
+    settings = {"dictionary": dictionary_key, "site": edit_site, "prompts": text_digest(prompts),
+                "judge": judge_fingerprint(ctx.judge), "host": ctx.host.describe(), **generation_settings(ctx)}
+
+    def compute() -> dict:
+        original = original_images(ctx, prompts)
+        spliced = generate_images(ctx, prompts, [Splice(edit_site, load(), what=site_what(ctx, edit_site))])
+        drop = clip_scores(ctx.judge, original, prompts) - clip_scores(ctx.judge, spliced, prompts)
+        return {"fidelity_lpips": float(perceptual_distance(original, spliced, ctx.judge).mean()),
+                "fidelity_clip_drop": float(np.nanmean(drop)) if np.isfinite(drop).any() else math.nan}
+
+    return ctx.cache.json("fidelity", settings, compute)
+
+
+__all__ = [
+    "DEFAULT_SITES", "DEFAULT_WHAT", "Member", "capture_what", "site_what", "activation_store", "block_sites", "build_seconds", "causal_strength", "clip_scores",
+    "evaluation", "generate_images", "has_ground_truth", "interpretability", "load_judge", "load_study_host",
+    "neuron_dictionary", "original_images", "plan_passes", "prompts_without", "read_training_log",
+    "reconstruction_metrics", "spliced_fidelity", "steering", "steering_features", "study_prompts", "study_sites",
+    "train_members", "training_settings",
+]

@@ -1,0 +1,170 @@
+"""Running studies: one study into its folder, or every study plus an HTML report.
+
+    DIR/config.json    the exact resolved config (with the sites, host and generation
+                       settings it resolved to)
+    DIR/table.md       mean ± std [95% t-interval] over seeds, one row per variant
+    DIR/table.csv      the same numbers, one column per statistic
+    DIR/results.json   per-seed values, the summary, curves, notes, and what the cache
+                       served: ``cache`` (hits / computed per step) and ``trained`` (0 on a
+                       rerun: nothing was retrained)
+    DIR/*.png          plots
+
+``study all`` writes each study to ``DIR/<study>/``, shares one cache (``DIR/cache``), so
+a dictionary or a store used by several studies is made once, and writes
+``DIR/index.html`` linking every table, plot and feature browser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from diffdict.errors import DiffdictError
+from diffdict.io import write_json
+from diffdict.studies.base import Study, StudyConfig, StudyContext, resolve_config
+from diffdict.studies.cache import Cache
+from diffdict.studies.table import Table
+
+#: name -> "module:Class"; adding a study is one module and one line here
+STUDIES: dict[str, str] = {
+    "intervention-method": "diffdict.studies.intervention_method:InterventionMethod",
+    "sparsity-mechanism": "diffdict.studies.sparsity_mechanism:SparsityMechanism",
+    "sparsity-level": "diffdict.studies.sparsity_level:SparsityLevel",
+    "auxk": "diffdict.studies.auxk:AuxK",
+    "dictionaries": "diffdict.studies.dictionaries:Dictionaries",
+    "blocks": "diffdict.studies.blocks:Blocks",
+}
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        raise DiffdictError(f"unknown study {name!r}; available: {', '.join(STUDIES)} (or all)")
+    module, _, attr = STUDIES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)()
+
+
+def _metric_json(metric) -> dict:
+    return {k: (v if not isinstance(v, float) or abs(v) != float("inf") else None)
+            for k, v in dataclasses.asdict(metric).items()}
+
+
+def execute(study: Study, config: StudyConfig, out: str | Path, cache: Cache, host=None, judge=None,
+            log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run ``study`` with a resolved ``config`` into ``out``; return what results.json holds."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DiffdictError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = StudyContext(study, config, out, cache, host=host, judge=judge, log=log)
+    rows = study.rows(ctx)  # checks the sites against the host before any work
+    from diffdict.studies.pipeline import generation_settings, has_ground_truth
+
+    resolved = {"study": study.name, **config.to_dict(),
+                "resolved": {"sites": study.sites(ctx), "rows": rows, "host": ctx.host.describe(),
+                             "generation": generation_settings(ctx), "judge": ctx.config.judge}}
+    write_json(out / "config.json", resolved)
+    hits_before, computed_before = Counter(cache.hits), Counter(cache.computed)
+    began = time.monotonic()
+    ctx.log(f"start: {study.title}")
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        study.run(ctx)
+    finally:
+        torch.set_num_threads(threads)
+    table = Table.from_records(ctx.records, rows, study.metrics)
+    table.write(out, study.title, ctx.notes)
+    plots = [p.name for p in study.plot(ctx, table, out)]
+    results = {
+        "study": study.name, "title": study.title, "question": study.question,
+        "rows": table.rows, "metrics": [_metric_json(m) for m in study.metrics],
+        "summary": table.summary(), "per_seed": table.per_seed, "curves": ctx.curves, "notes": ctx.notes,
+        "extras": ctx.extras, "plots": plots, "seconds": time.monotonic() - began,
+        "ground_truth": has_ground_truth(ctx.host),
+        "trained": ctx.trained,
+        "cache": {"hits": dict(Counter(cache.hits) - hits_before),
+                  "computed": dict(Counter(cache.computed) - computed_before)},
+    }
+    write_json(out / "results.json", results)
+    ctx.log(f"done in {results['seconds']:.1f}s: {out / 'table.md'} (trained {ctx.trained}, "
+            f"cache hits {sum(results['cache']['hits'].values())})")
+    return results
+
+
+def run_study(name: str, out: str | Path, options: dict[str, Any] | None = None, quick: bool = False,
+              cache_dir: str | Path | None = None, host=None, judge=None,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Resolve the config of study ``name`` (``options``: CLI strings or Python values)
+    and run it into ``out``; the cache defaults to ``out/cache``."""
+    study = get_study(name)
+    config = resolve_config(study.Config, options, quick)
+    cache = Cache(cache_dir if cache_dir is not None else Path(out) / "cache")
+    return execute(study, config, out, cache, host=host, judge=judge, log=log)
+
+
+def all_options() -> set[str]:
+    """Options that some study takes (``study all`` passes each study those it has)."""
+    return {f.name for name in STUDIES for f in dataclasses.fields(get_study(name).Config)}
+
+
+def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool = False,
+            studies: list[str] | None = None, cache_dir: str | Path | None = None, host=None, judge=None,
+            log: Callable[[str], None] | None = None, browsers: bool = True,
+            browser_features: int | None = None) -> dict[str, Any]:
+    """Every study (or ``studies``) into ``out/<study>/``, one shared cache, and the
+    report ``out/index.html`` with a feature browser of ``browser_features`` features
+    (default 32, 8 with ``quick``) per dictionary."""
+    out = Path(out)
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    names = list(studies) if studies else list(STUDIES)
+    for name in names:
+        get_study(name)
+    unknown = sorted(set(options) - all_options())
+    if unknown:
+        raise DiffdictError(f"no study takes the option --{unknown[0].replace('_', '-')}")
+    # every config is resolved (and so checked) before anything runs
+    configs = {}
+    for name in names:
+        study = get_study(name)
+        known = {f.name for f in dataclasses.fields(study.Config)}
+        configs[name] = (study, resolve_config(study.Config, {k: v for k, v in options.items() if k in known}, quick))
+    cache = Cache(cache_dir if cache_dir is not None else out / "cache")
+    began = time.monotonic()
+    first = next(iter(configs.values()))[1]
+    threads = torch.get_num_threads()
+    if first.threads:
+        torch.set_num_threads(first.threads)
+    try:
+        # one host and one judge for every study (their model and judge options are shared)
+        from diffdict.studies.pipeline import load_judge, load_study_host
+
+        host = host if host is not None else load_study_host(first)
+        judge = judge if judge is not None else load_judge(first)
+        results = {name: execute(study, config, out / name, cache, host=host, judge=judge, log=log)
+                   for name, (study, config) in configs.items()}
+        summary = {"studies": {name: {"seconds": r["seconds"], "trained": r["trained"], "cache": r["cache"]}
+                               for name, r in results.items()},
+                   "seconds": time.monotonic() - began, "quick": quick}
+        if browsers:
+            from diffdict.studies.report import feature_browsers
+
+            count = browser_features if browser_features is not None else (8 if quick else 32)
+            summary["browsers"] = feature_browsers(out, results, judge=judge, max_features=count, log=log)
+    finally:
+        torch.set_num_threads(threads)
+    from diffdict.studies.report import write_index
+
+    summary["seconds"] = time.monotonic() - began
+    write_index(out, results, summary)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+__all__ = ["STUDIES", "all_options", "execute", "get_study", "run_all", "run_study"]

@@ -1,0 +1,255 @@
+"""The ablation studies, in --quick form on the toy model (random-init weights saved to a
+folder, so that the tests do not depend on the shipped ones): each study's table has every
+row and column it names with values in range; properties any correct run shows; the
+cache (a second run trains nothing); `study all --quick` end to end through the CLI; bad
+input gives one clear line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffdict.cli import main
+from diffdict.errors import DiffdictError
+from diffdict.studies import STUDIES, get_study, resolve_config, run_study
+from diffdict.studies.base import StudyContext
+from diffdict.studies.cache import Cache
+
+SEEDS = 2
+
+
+@pytest.fixture(scope="session")
+def model_folders(tmp_path_factory):
+    """A random-init toy model and shapes-clip, saved like the shipped weights."""
+    from diffdict.models import ShapesClip, ToyConfig, ToyDiffusion
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    ToyDiffusion(ToyConfig()).save_pretrained(root / "toy", dtype=torch.float32)
+    torch.manual_seed(1)
+    ShapesClip().save_pretrained(root / "clip", dtype=torch.float32)
+    return {"model_path": str(root / "toy"), "judge_path": str(root / "clip")}
+
+
+def model_args(folders) -> list[str]:
+    # one thread: OpenMP threads thrash when the machine's cores are busy
+    return ["--model-path", folders["model_path"], "--judge-path", folders["judge_path"], "--threads", "1"]
+
+
+@pytest.fixture(scope="session")
+def study_all(tmp_path_factory, model_folders):
+    """`diffdict study all --quick` once for the session: every study, one cache, the report."""
+    out = tmp_path_factory.mktemp("study-all")
+    code = main(["study", "all", "--quick", "--seeds", str(SEEDS), "--out", str(out), *model_args(model_folders)])
+    assert code == 0
+    return out
+
+
+def read_results(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+# -- every study writes its table ---------------------------------------------------------------
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_study_table_has_every_row_and_column_in_range(study_all, name):
+    folder = study_all / name
+    results = read_results(folder)
+    study = get_study(name)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["study"] == name and config["quick"] is True and config["seeds"] == SEEDS
+    assert results["rows"] == config["resolved"]["rows"] and results["rows"]
+    with open(folder / "table.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["variant"] for r in table] == results["rows"]
+    markdown = (folder / "table.md").read_text()
+    for row in results["rows"]:
+        assert f"| {row} |" in markdown
+    for metric in study.metrics:
+        for row in table:
+            for stat in ("mean", "std", "ci95_low", "ci95_high", "n"):
+                assert f"{metric.name}_{stat}" in row
+            mean = float(row[f"{metric.name}_mean"])
+            assert metric.check(mean), f"{name}: {metric.name} = {mean} for {row['variant']} out of range"
+    for record in results["per_seed"]:
+        for metric in study.metrics:
+            if metric.name in record:
+                assert metric.check(record[metric.name]), (name, metric.name, record)
+    # every row has one record per seed
+    for row in results["rows"]:
+        assert sorted(r["seed"] for r in results["per_seed"] if r["row"] == row) == list(range(SEEDS))
+    for plot in results["plots"]:
+        assert (folder / plot).read_bytes().startswith(b"\x89PNG")
+
+
+def test_reconstruction_and_ground_truth_columns_are_filled(study_all):
+    """On the toy model the concept oracle and the reconstruction metrics are never n/a."""
+    results = read_results(study_all / "sparsity-mechanism")
+    for row in results["rows"]:
+        for name in ("mse", "fvu", "explained_variance", "l0", "dead_fraction", "auroc"):
+            assert results["summary"][row][name]["n"] == SEEDS, (row, name)
+        ci = results["summary"][row]["fvu"]["ci95"]
+        assert ci[0] <= results["summary"][row]["fvu"]["mean"] <= ci[1]
+
+
+def test_fvu_falls_as_k_rises(study_all):
+    results = read_results(study_all / "sparsity-level")
+    fvu = {row: results["summary"][row]["fvu"]["mean"] for row in results["rows"]}
+    assert fvu["k=5"] > fvu["k=10"] > fvu["k=20"]
+    l0 = {row: results["summary"][row]["l0"]["mean"] for row in results["rows"]}
+    assert l0 == pytest.approx({"k=5": 5, "k=10": 10, "k=20": 20})
+
+
+def test_without_auxk_no_fewer_dead_features(study_all):
+    results = read_results(study_all / "auxk")
+    by_seed = {}
+    for record in results["per_seed"]:
+        by_seed.setdefault(record["seed"], {})[record["row"]] = record
+    for records in by_seed.values():
+        assert records["without AuxK"]["train_dead_fraction"] >= records["with AuxK"]["train_dead_fraction"]
+    curves = results["curves"]["dead_fraction"]
+    assert set(curves) == {"with AuxK", "without AuxK"} and all(len(c) == SEEDS for c in curves.values())
+
+
+def test_sparsity_mechanism_reports_l0_reached_and_knobs(study_all):
+    results = read_results(study_all / "sparsity-mechanism")
+    assert results["rows"] == ["topk", "soft-threshold", "relu-l1", "relu", "batchtopk", "jumprelu"]
+    assert results["summary"]["topk"]["l0"]["mean"] == pytest.approx(10)
+    assert any(note.startswith("seed 0, relu-l1: l1 = ") for note in results["notes"])
+
+
+def test_blocks_rows_are_every_block_site(study_all):
+    results = read_results(study_all / "blocks")
+    config = json.loads((study_all / "blocks" / "config.json").read_text())
+    assert results["rows"] == config["resolved"]["sites"]
+    assert "mid.0" in results["rows"] and not any(r.endswith(".mlp") for r in results["rows"])
+
+
+def test_report_links_tables_plots_and_browsers(study_all):
+    index = (study_all / "index.html").read_text()
+    for name in STUDIES:
+        assert f'href="{name}/table.md"' in index
+        for plot in read_results(study_all / name)["plots"]:
+            assert f'src="{name}/{plot}"' in index
+    summary = json.loads((study_all / "summary.json").read_text())
+    assert summary["browsers"]
+    for path in set(summary["browsers"].values()):
+        assert (study_all / path).exists() and f'href="{path}"' in index
+
+
+# -- caching ----------------------------------------------------------------------------------
+def test_second_run_trains_nothing(study_all, model_folders, tmp_path):
+    """The same study on the same cache: nothing trained, nothing collected, same table."""
+    options = {"seeds": SEEDS, "threads": 1, **model_folders}
+    results = run_study("sparsity-level", tmp_path / "again", options, quick=True, cache_dir=study_all / "cache",
+                        log=lambda message: None)
+    assert results["trained"] == 0
+    assert "dictionary" not in results["cache"]["computed"] and "store" not in results["cache"]["computed"]
+    assert results["cache"]["hits"]["dictionary"] == 3 * SEEDS
+    first = read_results(study_all / "sparsity-level")
+    assert json.dumps(results["summary"], sort_keys=True) == json.dumps(first["summary"], sort_keys=True)
+
+
+def test_changing_a_setting_recomputes_only_what_depends_on_it(study_all, model_folders, tmp_path):
+    """A new k trains one new member per seed; the stores and the other members are reused."""
+    options = {"seeds": SEEDS, "ks": "10,12", "threads": 1, **model_folders}
+    results = run_study("sparsity-level", tmp_path / "k12", options, quick=True, cache_dir=study_all / "cache",
+                        log=lambda message: None)
+    assert results["trained"] == SEEDS
+    assert results["cache"]["computed"]["dictionary"] == SEEDS
+    assert "store" not in results["cache"]["computed"]
+
+
+def test_cache_keys_depend_on_settings_only(tmp_path):
+    cache = Cache(tmp_path)
+    calls = []
+    for settings in ({"a": 1, "b": [1, 2]}, {"b": [1, 2], "a": 1}, {"a": 2, "b": [1, 2]}):
+        cache.json("step", settings, lambda: calls.append(1) or {"value": float("nan")})
+    assert len(calls) == 2 and cache.stats() == {"hits": {"step": 1}, "computed": {"step": 2}}
+    assert math.isnan(cache.json("step", {"a": 1, "b": [1, 2]}, lambda: {})["value"])
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("diffdict: error: ")
+    return err
+
+
+def test_unknown_study(capsys, tmp_path):
+    err = one_line_error(capsys, ["study", "sparsity-levels", "--out", str(tmp_path)])
+    assert "unknown study 'sparsity-levels'" in err and "sparsity-level" in err
+
+
+def test_unknown_site(capsys, tmp_path, model_folders):
+    err = one_line_error(capsys, ["study", "sparsity-level", "--quick", "--sites", "mid.9", "--out", str(tmp_path),
+                                  *model_args(model_folders)])
+    assert "unknown site 'mid.9'" in err and "up.0.1" in err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["sparsity-mechanism", "--mechanisms", "topk,sparsemax"], "--mechanisms: 'sparsemax' is not one of"),
+    (["sparsity-level", "--ks", "5,ten,20"], "--ks member 2 ('ten'): expected an integer"),
+    (["sparsity-level", "--ks", "5,0"], "--ks: 0 must be at least 1"),
+    (["intervention-method", "--methods", "add,paint"], "--methods: 'paint' is not one of"),
+    (["dictionaries", "--kinds", "sae,pca"], "--kinds: 'pca' is not one of"),
+    (["sparsity-level", "--seeds", "0"], "--seeds: 0 must be at least 1"),
+    (["all", "--seeds", "0"], "--seeds: 0 must be at least 1"),
+    (["blocks", "--bogus", "1"], "unrecognized arguments: --bogus"),
+])
+def test_bad_options_are_one_clear_line(capsys, tmp_path, argv, expected):
+    err = one_line_error(capsys, ["study", argv[0], "--out", str(tmp_path), *argv[1:]])
+    assert expected in err
+
+
+def test_python_api_validates_list_members():
+    study = get_study("sparsity-mechanism")
+    with pytest.raises(DiffdictError, match="--mechanisms: 'nope' is not one of"):
+        resolve_config(study.Config, {"mechanisms": ["topk", "nope"]})
+    with pytest.raises(DiffdictError, match="--l1-grid member 2"):
+        resolve_config(study.Config, {"l1_grid": [0.1, "x"]})
+    config = resolve_config(study.Config, {"mechanisms": ("topk", "relu")}, quick=True)
+    assert config.mechanisms == ("topk", "relu") and config.quick and config.seeds == 2
+
+
+# -- real-model adapters, offline: shapes and files --------------------------------------------
+@pytest.mark.parametrize("model, site", [("sdxl-turbo", "down.1.0"), ("flux-schnell", "double.0")])
+def test_real_model_adapters_produce_the_same_table(tmp_path, model, site):
+    pytest.importorskip("tokenizers")
+    import test_hosts_real as tiny
+    from diffdict.hosts import load_host
+    from diffdict.metrics.backbones import ShapesClipBackbone
+    from diffdict.models import ShapesClip
+
+    if model == "sdxl-turbo":
+        host = load_host(model, pipeline=tiny.tiny_sdxl_pipeline(), image_size=tiny.SIZE, device="cpu")
+    else:
+        host = load_host(model, pipeline=tiny.tiny_flux_pipeline(), image_size=tiny.SIZE, device="cpu",
+                         max_sequence_length=24)
+    torch.manual_seed(1)
+    judge = ShapesClipBackbone(model=ShapesClip())
+    prompts = tmp_path / "prompts.txt"  # the tiny tokenizers know a few words and 16 tokens
+    prompts.write_text("\n".join(tiny.PROMPTS) + "\n")
+    options = {"model": model, "sites": site, "seeds": 1, "ks": "2,4", "threads": 1, "prompts_file": str(prompts)}
+    results = run_study("sparsity-level", tmp_path / model, options, quick=True, host=host, judge=judge,
+                        log=lambda message: None)
+    assert results["rows"] == ["k=2", "k=4"]
+    summary = results["summary"]
+    for row in results["rows"]:
+        assert summary[row]["fvu"]["n"] == 1 and summary[row]["fidelity_lpips"]["n"] == 1
+        assert summary[row]["auroc"]["n"] == 0  # no concept oracle outside the shapes world
+    assert (tmp_path / model / "table.md").exists()
+    config = json.loads((tmp_path / model / "config.json").read_text())
+    assert config["resolved"]["host"]["host"] == model
+
+
+def test_context_sites_default_per_host(model_folders, tmp_path):
+    study = get_study("sparsity-level")
+    config = resolve_config(study.Config, {"model_path": model_folders["model_path"]}, quick=True)
+    ctx = StudyContext(study, config, tmp_path, Cache(tmp_path / "cache"), log=lambda message: None)
+    assert ctx.sites == ["up.0.1"]
