@@ -23,30 +23,14 @@ import numpy as np
 from diffdict.errors import DiffdictError
 from diffdict.interventions import Ablate, Intervention, generate
 from diffdict.io import write_json
-from diffdict.metrics.backbones import Backbone, is_concept, load_backbone
+from diffdict.metrics.backbones import Backbone, load_backbone
+from diffdict.world.phrases import concept_text
 from diffdict.metrics.causal import causal_strength, mean_interval, read_target
 from diffdict.metrics.image import clip_score, perceptual_distance, pixel_mae
 from diffdict.metrics.locality import change_map, manhattan_locality
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffdict.hosts import HostModel
-
-
-def concept_text(target: str) -> str:
-    """The phrase shapes-clip reads a concept by: ``color:red`` -> "red",
-    ``bg_color:gray`` -> "gray background", ``texture:stripes`` -> "striped background";
-    any other text is returned as it is."""
-    if not is_concept(target):
-        return target
-    from diffdict.world.concepts import TEXTURES
-
-    family, _, value = target.partition(":")
-    value = value.replace("_", " ")
-    if family == "bg_color":
-        return f"{value} background"
-    if family == "texture":
-        return f"{TEXTURES[value]} background"
-    return value
 
 
 def _finite(value: Any) -> Any:

@@ -38,6 +38,7 @@ import torch
 
 from diffdict.errors import DiffdictError
 from diffdict.world import BACKGROUNDS, COLORS, REGIONS, TEXTURES, concept_names, parse_caption
+from diffdict.world.phrases import concept_text
 from diffdict.world.render import TEXTURE_CONTRAST
 
 CHROMA_THRESHOLD = 60
@@ -62,17 +63,9 @@ _BG_PALETTE, _BG_NAMES = _bg_palette()
 
 
 def concept_phrase(concept: str) -> str:
-    """A short text for a concept, in the shapes world's words ("red", "top left",
-    "striped background"); usable as an explanation and by shapes-clip."""
-    if concept in ("object", "background"):
-        return concept
-    family, _, value = concept.partition(":")
-    value = value.replace("_", " ")
-    if family == "bg_color":
-        return f"{value} background"
-    if family == "texture":
-        return f"{TEXTURES.get(value, value)} background"
-    return value
+    """A short text for a concept, in the shapes world's words; usable as an explanation
+    and by shapes-clip (see :func:`diffdict.world.phrases.concept_text`)."""
+    return concept_text(concept)
 
 
 def pixel_concepts(image: np.ndarray, prompt: str) -> np.ndarray:

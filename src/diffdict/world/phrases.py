@@ -100,3 +100,19 @@ def training_text(scene: Scene, rng: np.random.Generator) -> str:
     if draw < 0.8:
         return caption(with_random_omissions(scene, rng, 0.35))
     return concept_phrase(scene, rng)
+
+
+def concept_text(concept: str) -> str:
+    """The words for a concept that shapes-clip reads and explanations use:
+    ``color:red`` -> "red", ``region:top_left`` -> "top left", ``bg_color:gray`` -> "gray
+    background", ``texture:stripes`` -> "striped background". Anything that is not a
+    ``family:value`` concept (``object``, free text) is returned as it is."""
+    family, sep, value = concept.partition(":")
+    if not sep:
+        return concept
+    value = value.replace("_", " ")
+    if family == "bg_color":
+        return f"{value} background"
+    if family == "texture":
+        return f"{TEXTURES.get(value, value)} background"
+    return value
