@@ -191,6 +191,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps of 4096 tokens (default: 30)")
     parser.add_argument("--expansion", default="4,16", help="expansion factors (default: 4,16)")
     parser.add_argument("--libraries", default="diffdict,sparsify,sae-lens")
+    parser.add_argument("--data-steps", type=int, default=None,
+                        help="size of the training file in batches (default: --steps; fewer repeats epochs)")
     parser.add_argument("--dead-window", type=int, default=10 * BATCH, help="AuxK dead window in tokens")
     parser.add_argument("--itda-tau", type=float, default=0.4)
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "diffdict-bench")
@@ -201,12 +203,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.data.mkdir(parents=True, exist_ok=True)
     acts, heldout_path = args.data / "train.npy", args.data / "heldout.npy"
-    make_activations(acts, args.steps * BATCH, seed=0)
+    make_activations(acts, (args.data_steps or args.steps) * BATCH, seed=0)
     make_activations(heldout_path, 8192, seed=1)
     heldout = torch.from_numpy(np.load(heldout_path))
     libraries = args.libraries.split(",")
     source = open_activations(acts)
-    batches = [b.x for _, b in zip(range(args.steps), source.batches(BATCH, seed=0))]
+    peers = [lib for lib in libraries if lib in ("sparsify", "sae-lens")]
+    batches = [b.x for _, b in zip(range(args.steps), source.batches(BATCH, seed=0))] if peers else []
 
     results: dict = {"threads": torch.get_num_threads(), "steps": args.steps, "runs": {}}
     for expansion in [int(e) for e in args.expansion.split(",")]:

@@ -158,7 +158,7 @@ def test_unit_norm_decoder_and_parallel_gradient_removed():
 def test_encoder_initialised_as_decoder_transpose():
     sae = SparseAutoencoder(D, expansion=3, mechanism="relu", seed=4)
     assert sae.n_features == 3 * D
-    assert torch.equal(sae.W_enc, sae.W_dec.t())
+    assert torch.allclose(sae.W_enc * 3**0.5, sae.W_dec.t())
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(3 * D))
 
 

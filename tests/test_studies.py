@@ -119,7 +119,7 @@ def test_sparsity_mechanism_reports_l0_reached_and_knobs(study_all):
     results = read_results(study_all / "sparsity-mechanism")
     assert results["rows"] == ["topk", "soft-threshold", "relu-l1", "relu", "batchtopk", "jumprelu"]
     assert results["summary"]["topk"]["l0"]["mean"] == pytest.approx(10)
-    assert any(note.startswith("seed 0, relu-l1: l1 = ") for note in results["notes"])
+    assert any(note.startswith("relu-l1 (up.0.1): l1 = ") for note in results["notes"])
 
 
 def test_blocks_rows_are_every_block_site(study_all):

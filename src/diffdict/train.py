@@ -288,12 +288,11 @@ class SAEMember:
         self.optimizer.zero_grad(set_to_none=True)
         if finite:
             out.loss.backward()
-        sq_error_raw = (out.sq_error * model.input_scale.pow(2)).sum()
         tokens = x_n.shape[0]
         return {
             "finite": torch.tensor(float(finite)),
             # token-weighted sums, so that they add up over ranks
-            "sums": torch.stack([sq_error_raw, out.aux_loss * tokens, out.penalty * tokens, out.l0 * tokens]),
+            "sums": torch.stack([out.sq_error, out.aux_loss * tokens, out.penalty * tokens, out.l0 * tokens]),
             "fired": out.fired,
         }
 
@@ -421,9 +420,10 @@ def _all_reduce_gradients(members: list, comm: _Distributed) -> None:
 class _Metrics:
     """Sums over one logging interval for every member."""
 
-    def __init__(self, members: list, tokens_total: int):
+    def __init__(self, members: list, tokens_total: int, data_variance: float):
         self.members = members
         self.tokens_total = tokens_total  # tokens of the whole run so far
+        self.data_variance = data_variance
         self.started, self.started_cpu = time.perf_counter(), time.process_time()
         self.reset()
 
@@ -431,7 +431,6 @@ class _Metrics:
         self.sums = {m.spec.name: torch.zeros(4, dtype=torch.float64) for m in self.members}
         self.seconds = {m.spec.name: 0.0 for m in self.members}
         self.tokens = 0
-        self.total_variance = 0.0
         self.steps = 0
 
     def add(self, name: str, sums: torch.Tensor, seconds: float) -> None:
@@ -445,7 +444,7 @@ class _Metrics:
             if not self.sums[name].any() and isinstance(member, ITDAMember):
                 continue
             sq_error, aux, penalty, l0_tokens = self.sums[name].tolist()
-            fvu = sq_error / self.total_variance if self.total_variance > 0 else float("nan")
+            fvu = sq_error / (self.tokens * self.data_variance) if self.data_variance > 0 else float("nan")
             row = {
                 "step": step, "tokens": self.tokens_total, "lr": lrs.get(name),
                 "mse": sq_error / (self.tokens * d), "fvu": fvu, "explained_variance": 1 - fvu,
@@ -538,12 +537,15 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
     if start:
         for member in members:
             member.load_state(load_checkpoint(out / member.spec.name / f"checkpoint-{start}.safetensors"))
+        data_variance = float(read_json(out / STATE_FILE)["data_variance"])
     else:
         sample = source.sample(settings.init_tokens, settings.seed).to(device)
         if not torch.isfinite(sample).all():
             raise DiffdictError(f"non-finite values in the initialisation sample of {source.name}")
         for member in members:
             member.initialize(sample)
+        # E‖x − x̄‖² per token: the denominator of the training FVU
+        data_variance = float((sample.double() - sample.double().mean(0)).pow(2).sum(1).mean())
         del sample
     if writer:
         for member in members:
@@ -555,7 +557,7 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
 
     total = settings.total_steps
     last_checkpoint = start
-    metrics = _Metrics(members, start * settings.batch_size)
+    metrics = _Metrics(members, start * settings.batch_size, data_variance)
     batches = prefetch(source.batches(settings.batch_size, settings.seed, start, comm.rank, comm.world_size))
     # progress None: tqdm shows the bar on a terminal only
     bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
@@ -566,7 +568,8 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
             for member in members:
                 save_checkpoint(out / member.spec.name / f"checkpoint-{step}.safetensors", member.state())
                 member.dictionary.save(out / member.spec.name)
-            write_json(out / STATE_FILE, {"step": step, "total_steps": total, "done": step >= total})
+            write_json(out / STATE_FILE, {"step": step, "total_steps": total, "done": step >= total,
+                                          "data_variance": data_variance})
             for member in members:
                 for old in (out / member.spec.name).glob("checkpoint-*.safetensors"):
                     if old.name != f"checkpoint-{step}.safetensors":
@@ -590,36 +593,30 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
             if stop_after_step is not None and step >= stop_after_step:
                 return {}
             batch = next(batches)
-            x = batch.x = batch.x.to(device, non_blocking=True)
-            bad_rows = (~torch.isfinite(x)).any(1)
-            flags = torch.zeros(1 + len(members))
-            flags[0] = float(bad_rows.any())
-            # Four collectives a step: whether any rank's batch is bad; a max over the
-            # members' flags and fired features; a sum over all gradients; a float64 sum
-            # of the metrics.
-            if comm.max_(flags[:1].clone()).item():
-                flags[0] = 1.0
-                _raise_non_finite(flags, batch, bad_rows, members, source, step, out, last_checkpoint)
+            batch.x = batch.x.to(device, non_blocking=True)
+            # NaN or inf in a batch makes the members' losses non-finite: the batch is
+            # only searched for bad rows then. Three collectives a step: a max over the
+            # flags and fired features, a sum over all gradients, a float64 sum of the
+            # metrics.
             results = []
-            for i, member in enumerate(members):
+            for member in members:
                 began = time.perf_counter()
                 result = member.forward_backward(batch, comm)
                 result["seconds"] = time.perf_counter() - began
-                flags[i + 1] = 1.0 - result["finite"]
                 results.append(result)
+            diverged = torch.stack([1.0 - r["finite"] for r in results])
+            bad_rows = (~torch.isfinite(batch.x)).any(1) if diverged.any() else None
+            bad_data = torch.tensor([float(bad_rows is not None and bool(bad_rows.any()))])
             fired = [r["fired"] for r in results]
-            maxed = comm.max_(torch.cat([flags] + [f.float() for f in fired]))
-            if maxed[: flags.numel()].any():
-                _raise_non_finite(maxed[: flags.numel()], batch, bad_rows, members, source, step, out,
-                                  last_checkpoint)
-            fired = list(torch.split(maxed[flags.numel():].bool(), [f.numel() for f in fired]))
+            flags = comm.max_(torch.cat([bad_data, diverged] + [f.float() for f in fired]))
+            if flags[: 1 + len(members)].any():
+                _raise_non_finite(bool(flags[0]), flags[1: 1 + len(members)], batch, bad_rows, members, source,
+                                  step, out, last_checkpoint)
+            fired = list(torch.split(flags[1 + len(members):].bool(), [f.numel() for f in fired]))
             _all_reduce_gradients(members, comm)
-            data_sums = [x.sum(0, dtype=torch.float64), x.pow(2).sum(dtype=torch.float64).reshape(1)]
-            sums = comm.sum_(torch.cat(data_sums + [r["sums"].double() for r in results]))
+            sums = comm.sum_(torch.cat([r["sums"].double() for r in results]))
             global_tokens = settings.batch_size
-            mean = sums[:d] / global_tokens
-            metrics.total_variance += float(sums[d] - global_tokens * mean.pow(2).sum())
-            member_sums = torch.split(sums[d + 1:], [r["sums"].numel() for r in results])
+            member_sums = torch.split(sums, [r["sums"].numel() for r in results])
             for member, result, member_fired, member_sum in zip(members, results, fired, member_sums):
                 began = time.perf_counter()
                 lr = lr_at(step, member.lr, settings) if isinstance(member, SAEMember) else 0.0
@@ -641,18 +638,17 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
     return {member.spec.name: out / member.spec.name for member in members}
 
 
-def _raise_non_finite(flags, batch, bad_rows, members, source, step, out, last_checkpoint) -> None:
+def _raise_non_finite(bad_data, diverged, batch, bad_rows, members, source, step, out, last_checkpoint) -> None:
     kept = f"the last good checkpoint (step {last_checkpoint}) is kept in {out}" if last_checkpoint else \
         f"no checkpoint was written yet in {out}"
-    if flags[0]:
-        if bad_rows.any():
-            row = int(bad_rows.nonzero()[0])
-            where = f"{batch.describe_row(row)} of {source.name}"
+    if bad_data:
+        if bad_rows is not None and bad_rows.any():
+            where = f"{batch.describe_row(int(bad_rows.nonzero()[0]))} of {source.name}"
         else:
             where = f"another process's share of the batch from {source.name}"
         raise DiffdictError(f"NaN or infinite activations in the batch of step {step} ({where}); "
                             f"training stopped, {kept}")
-    names = [m.spec.name for m, flag in zip(members, flags[1:]) if flag]
+    names = [m.spec.name for m, flag in zip(members, diverged) if flag]
     raise DiffdictError(f"the loss of {', '.join(names)} became NaN or infinite at step {step} "
                         f"(batch from {source.name}); training stopped, {kept}")
 

@@ -39,7 +39,7 @@ FAMILY_METRICS = tuple(Metric(f"flip_{family}", f"{family} flips", 0, 1, None, f
 
 @dataclass
 class BlocksConfig(StudyConfig):
-    prompts: int = option(24, "prompts per site and seed", quick=3, minimum=1)
+    prompts: int = option(12, "prompts per site and seed", quick=3, minimum=1)
     scale: float = option(0.0, "the update is multiplied by this (0 removes it)")
 
 

@@ -29,7 +29,7 @@ import torch
 from diffdict.errors import DiffdictError
 from diffdict.io import read_json, write_json
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 ENTRY_FILE = "entry.json"
 RESULT_FILE = "result.json"
 

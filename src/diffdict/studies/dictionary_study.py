@@ -21,7 +21,7 @@ from diffdict.studies.pipeline import Member, activation_store, evaluation, spli
 
 @dataclass
 class DictionaryStudyConfig(StudyConfig):
-    train_prompts: int = option(1024, "prompts collected for training", quick=48, minimum=1)
+    train_prompts: int = option(512, "prompts collected for training", quick=48, minimum=1)
     eval_prompts: int = option(96, "held-out prompts for evaluation and interpretation", quick=12, minimum=2)
     capture_steps: str = option("all", "denoising steps captured: all, or e.g. 0,5")
     k: int = option(10, "L0 target: k of TopK, and the L0 the other mechanisms are matched to", minimum=1)
@@ -36,8 +36,8 @@ class DictionaryStudyConfig(StudyConfig):
     oracle_features: int = option(256, "features scored by the concept oracle (a seeded sample)", quick=32, minimum=1)
     clip_features: int = option(24, "features scored by CLIP similarity", quick=4, minimum=1)
     steer_features: int = option(3, "features steered for causal strength", quick=1, minimum=1)
-    steer_prompts: int = option(8, "prompts per steered feature", quick=2, minimum=2)
-    fidelity_prompts: int = option(16, "prompts for spliced fidelity", quick=3, minimum=2)
+    steer_prompts: int = option(5, "prompts per steered feature", quick=2, minimum=2)
+    fidelity_prompts: int = option(8, "prompts for spliced fidelity", quick=3, minimum=2)
     strength: float = option(4.0, "steering strength s (adds s * a_i * d_i)")
 
 
@@ -50,6 +50,7 @@ RECONSTRUCTION = (
 )
 INTERPRETABILITY = (
     Metric("auroc", "oracle AUROC", 0, 1, "higher", "concept-oracle AUROC (ground truth), mean over features"),
+    Metric("f1", "oracle F1", 0, 1, "higher", "concept-oracle F1 at the threshold chosen on the other half"),
     Metric("clip_score", "CLIP score", -1, 1, "higher", "CLIP similarity of explanation and top images"),
 )
 GENERATION = (
@@ -88,7 +89,7 @@ class DictionaryStudy(Study):
     def rows(self, ctx: StudyContext) -> list[str]:
         return [self.row_name(ctx, label, site) for site in ctx.sites for label in self.labels(ctx.config)]
 
-    def select(self, ctx: StudyContext, results: dict[Member, dict], seed: int) -> list[tuple[str, Member]]:
+    def select(self, ctx: StudyContext, site: str, seed: int, results: dict[Member, dict]) -> list[tuple[str, Member]]:
         """(row, member) pairs of one seed's table; default every member under its label."""
         return [(member.label, member) for member in results]
 
@@ -109,7 +110,7 @@ class DictionaryStudy(Study):
                 trained = {t.member: t for t in self.build(ctx, site, seed, train_store, eval_store)}
                 results = {member: evaluation(ctx, t.key, t.load, t.eval_store, t.eval_site, seed)
                            for member, t in trained.items()}
-                for row, member in self.select(ctx, results, seed):
+                for row, member in self.select(ctx, site, seed, results):
                     t, result = trained[member], results[member]
                     values = {m.name: result[m.name] for m in RECONSTRUCTION + INTERPRETABILITY}
                     values.update(self.generation_metrics(ctx, t, result, seed))

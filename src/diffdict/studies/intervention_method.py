@@ -50,7 +50,7 @@ class InterventionMethodConfig(DictionaryStudyConfig):
     mask: tuple[float, ...] = option((0.25, 0.25, 0.75, 0.75), "edit box x0,y0,x1,y1 as fractions of the image",
                                      minimum=0.0, maximum=1.0)
     edit_features: int = option(3, "features edited", quick=1, minimum=1)
-    edit_prompts: int = option(8, "prompts per feature", quick=3, minimum=2)
+    edit_prompts: int = option(5, "prompts per feature", quick=3, minimum=2)
 
     def check(self) -> None:
         if len(self.mask) != 4 or not (self.mask[0] < self.mask[2] and self.mask[1] < self.mask[3]):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -402,15 +401,18 @@ def interpretability(ctx: "StudyContext", dictionary, store, site: str, seed: in
     features: dict[int, dict[str, Any]] = {
         f: {"frequency": float(stats.frequency[f]), "activation": float(stats.mean_activation[f])} for f in alive
     }
-    result = {"auroc": math.nan, "clip_score": math.nan, "clip_contrast": math.nan, "scored": len(scored)}
+    result = {"auroc": math.nan, "f1": math.nan, "clip_score": math.nan, "clip_contrast": math.nan,
+              "scored": len(scored)}
     if has_ground_truth(ctx.host) and scored:
         clip = getattr(ctx.judge, "model", None) if ctx.judge.name == "shapes-clip" else None
         context = InterpretContext(store, dictionary, site, stats, seed=seed, clip=clip, host=ctx.host)
         oracle = oracle_results(context, scored)
         for f, entry in oracle.items():
-            features[f].update(concept=entry["concept"], phrase=entry["phrase"], auroc=_nan(entry["auroc"]))
-        aurocs = [features[f]["auroc"] for f in scored if not math.isnan(features[f]["auroc"])]
-        result["auroc"] = float(np.mean(aurocs)) if aurocs else math.nan
+            features[f].update(concept=entry["concept"], phrase=entry["phrase"], auroc=_nan(entry["auroc"]),
+                               f1=_nan(entry["f1"]))
+        for name in ("auroc", "f1"):
+            values = [features[f][name] for f in scored if not math.isnan(features[f][name])]
+            result[name] = float(np.mean(values)) if values else math.nan
         if clip is not None:
             scorer = ClipScorer()
             clip_features = sorted(scored, key=lambda f: -features[f]["auroc"] if not math.isnan(features[f]["auroc"])

@@ -1,10 +1,15 @@
 """Sparsity mechanism: TopK against soft-threshold, ReLU + L1, plain ReLU, BatchTopK and
 JumpReLU, at matched L0 where the mechanism has a knob for it.
 
-TopK and BatchTopK take k directly. ReLU + L1 (``l1``), soft-threshold (``theta``) and
-JumpReLU (``l0_coef``) are trained over a grid of their knob in the same pass, and the
-member whose L0 on the held-out tokens is closest to k (in log scale) is the one
-reported; plain ReLU has no knob. The table's L0 column is the L0 each row reached.
+TopK and BatchTopK take k directly. ReLU + L1 (``l1``), soft-threshold (a fixed
+threshold θ = ``soft_theta`` with an L1 penalty ``l1``: the proximal form of L1; a fixed
+threshold large enough to reach L0 = k alone leaves every feature below it at
+initialisation, so none ever fires) and JumpReLU (its initial threshold ``theta``; it is
+learned from there, but a short training moves it little, while its L0 coefficient barely
+changes L0) are trained over a grid of their knob on the first seed; the knob value
+whose L0 on the held-out tokens is closest to k (in log scale) is then the only one
+trained for the other seeds. Plain ReLU has no knob. The table's L0 column is the L0 each
+row reached.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import math
 from dataclasses import dataclass
 
 from diffdict.studies.base import StudyContext, option
-from diffdict.studies.dictionary_study import DictionaryStudy, DictionaryStudyConfig
+from diffdict.studies.dictionary_study import DictionaryStudy, DictionaryStudyConfig, Trained
 from diffdict.studies.pipeline import Member
 
 DEFAULT_MECHANISMS = ("topk", "soft-threshold", "relu-l1", "relu", "batchtopk", "jumprelu")
@@ -29,16 +34,18 @@ def _mechanisms() -> list[str]:
 class SparsityMechanismConfig(DictionaryStudyConfig):
     mechanisms: tuple[str, ...] = option(DEFAULT_MECHANISMS, "sparsity mechanisms (comma-separated)",
                                          choices=_mechanisms)
-    l1_grid: tuple[float, ...] = option((1e-3, 3e-3, 1e-2, 3e-2, 0.1), "relu-l1: L1 coefficients tried",
-                                        quick=(3e-3, 3e-2), minimum=0.0)
-    theta_grid: tuple[float, ...] = option((0.3, 1.0, 2.0, 4.0), "soft-threshold: thresholds tried",
-                                           quick=(1.0, 3.0), minimum=0.0)
-    l0_coef_grid: tuple[float, ...] = option((1e-3, 3e-3, 1e-2, 3e-2), "jumprelu: L0 coefficients tried",
-                                             quick=(3e-3, 3e-2), minimum=0.0)
-    jumprelu_theta: float = option(0.5, "jumprelu: initial threshold (learned from there)", minimum=0.0)
+    l1_grid: tuple[float, ...] = option((0.03, 0.045, 0.06), "relu-l1: L1 coefficients tried", quick=(0.01, 0.05),
+                                        minimum=0.0)
+    soft_theta: float = option(2.0, "soft-threshold: the fixed threshold", minimum=0.0)
+    soft_l1_grid: tuple[float, ...] = option((0.015, 0.025, 0.035), "soft-threshold: L1 coefficients tried",
+                                             quick=(0.01, 0.03), minimum=0.0)
+    jumprelu_theta_grid: tuple[float, ...] = option((1.0, 2.0, 4.0), "jumprelu: initial thresholds tried",
+                                                    quick=(0.5, 2.0), minimum=0.0)
+    jumprelu_l0_coef: float = option(0.01, "jumprelu: L0 penalty coefficient", minimum=0.0)
 
 
-KNOBS = {"relu-l1": ("l1", "l1_grid"), "soft-threshold": ("theta", "theta_grid"), "jumprelu": ("l0_coef", "l0_coef_grid")}
+KNOBS = {"relu-l1": ("l1", "l1_grid"), "soft-threshold": ("l1", "soft_l1_grid"),
+         "jumprelu": ("theta", "jumprelu_theta_grid")}
 
 
 class SparsityMechanism(DictionaryStudy):
@@ -47,6 +54,9 @@ class SparsityMechanism(DictionaryStudy):
     question = "Is TopK the best way to make an SAE sparse, for reconstruction, interpretability and causality?"
     Config = SparsityMechanismConfig
 
+    def __init__(self):
+        self.matched: dict[str, dict[str, Member]] = {}  # site -> label -> the member matched on the first seed
+
     def members(self, config: SparsityMechanismConfig) -> list[Member]:
         members = []
         for mechanism in config.mechanisms:
@@ -54,25 +64,36 @@ class SparsityMechanism(DictionaryStudy):
                 members.append(Member.of(mechanism, mechanism, k=config.k, auxk=True))
             elif mechanism in KNOBS:
                 knob, grid = KNOBS[mechanism]
-                extra = {"theta": config.jumprelu_theta} if mechanism == "jumprelu" else {}
+                extra = {"jumprelu": {"l0_coef": config.jumprelu_l0_coef},
+                         "soft-threshold": {"theta": config.soft_theta}}.get(mechanism, {})
                 members += [Member.of(mechanism, mechanism, **{knob: value}, **extra) for value in getattr(config, grid)]
             else:
                 members.append(Member.of(mechanism, mechanism))
         return members
 
-    def select(self, ctx: StudyContext, results: dict, seed: int) -> list[tuple[str, Member]]:
+    def build(self, ctx: StudyContext, site: str, seed: int, train_store, eval_store) -> list[Trained]:
+        if site not in self.matched:
+            return super().build(ctx, site, seed, train_store, eval_store)
+        from diffdict.studies.dictionary_study import trained_folder
+        from diffdict.studies.pipeline import train_members
+
+        folders = train_members(ctx, train_store, site, list(self.matched[site].values()), seed)
+        return [trained_folder(member, folder, eval_store, site) for member, folder in folders.items()]
+
+    def select(self, ctx: StudyContext, site: str, seed: int, results: dict) -> list[tuple[str, Member]]:
+        if site in self.matched:
+            return list(self.matched[site].items())
         target = math.log(ctx.config.k)
         best: dict[str, tuple[float, Member]] = {}
         for member, result in results.items():
             distance = abs(math.log(max(result["l0"], 1e-6)) - target)
             if member.label not in best or distance < best[member.label][0]:
                 best[member.label] = (distance, member)
-        chosen = []
-        for label, (_, member) in best.items():
+        self.matched[site] = {label: member for label, (_, member) in best.items()}
+        for label, member in self.matched[site].items():
             knob = KNOBS.get(member.arch, (None,))[0]
             if knob is not None:
-                ctx.note(f"seed {seed}, {label}: {knob} = " + ", ".join(
-                    f"{m.option(knob):g} (L0 {results[m]['l0']:.1f})" for m in results if m.label == label)
-                    + f"; the member closest to L0 {ctx.config.k} is reported")
-            chosen.append((label, member))
-        return chosen
+                tried = ", ".join(f"{m.option(knob):g} (L0 {results[m]['l0']:.1f})" for m in results if m.label == label)
+                ctx.note(f"{label} ({site}): {knob} = {tried} on seed {seed}; {knob} = {member.option(knob):g}, "
+                         f"closest to L0 {ctx.config.k}, is used for every seed")
+        return list(self.matched[site].items())
