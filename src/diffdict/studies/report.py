@@ -78,15 +78,21 @@ def write_index(out: Path, results: dict[str, dict], summary: dict) -> Path:
     return out / "index.html"
 
 
-def feature_browsers(out: Path, results: dict[str, dict], judge=None, max_features: int = 32,
+def feature_browsers(out: Path, results: dict[str, dict], cache, judge=None, max_features: int = 32,
                      log: Callable[[str], None] | None = None) -> dict[str, str]:
     """A feature browser (:mod:`diffdict.report`) for the first seed's dictionary of every
     row, each dictionary once: ``max_features`` of its live features (a seeded sample) with
     their top images from the evaluation store, and on the shapes world the concept
-    oracle's explanation and scores. Returns ``{"study/row": index.html relative to out}``."""
+    oracle's explanation and scores. Built once per dictionary and settings (cached), copied
+    to ``out/browsers/``. Returns ``{"study/row": index.html relative to out}``."""
+    import shutil
+
     from diffdict.interpret.pipeline import interpret, load_interpretation
     from diffdict.report import write_site
+    from diffdict.store import open_store
+    from diffdict.studies.pipeline import judge_fingerprint
 
+    clip = getattr(judge, "model", None) if getattr(judge, "name", None) == "shapes-clip" else None
     made: dict[str, str] = {}
     links: dict[str, str] = {}
     for name, result in results.items():
@@ -95,17 +101,25 @@ def feature_browsers(out: Path, results: dict[str, dict], judge=None, max_featur
             entry = entries[0]
             folder = Path(entry["folder"])
             if entry["folder"] not in made:
-                if log is not None:
-                    log(f"[report] feature browser for {name}: {row}")
+                scorers = ("concept-oracle", "clip") if oracle and clip is not None else ("concept-oracle",) if oracle else ()
+                settings = {"dictionary": folder.name, "store": open_store(entry["store"]).digest, "site": entry["site"],
+                            "max_features": max_features, "oracle": oracle, "scorers": list(scorers),
+                            "judge": judge_fingerprint(judge) if clip is not None else None}
+
+                def build(target: Path, folder=folder, entry=entry, scorers=scorers, oracle=oracle) -> None:
+                    if log is not None:
+                        log(f"[report] feature browser for {name}: {row}")
+                    interpret(folder, entry["store"], target / "interpret", site=entry["site"],
+                              explainer="concept-oracle" if oracle else None, scorers=scorers,
+                              max_features=max_features, top_n=8, n_show=4, clip=clip)
+                    index, records = load_interpretation(target / "interpret")
+                    write_site(target / "site", index, records, target / "interpret", title=f"{name}: {row}")
+
+                built = cache.folder("browser", settings, build)
                 target = out / "browsers" / folder.name
-                clip = getattr(judge, "model", None) if getattr(judge, "name", None) == "shapes-clip" else None
-                interpret(folder, entry["store"], target / "interpret", site=entry["site"],
-                          explainer="concept-oracle" if oracle else None,
-                          scorers=("concept-oracle", "clip") if oracle and clip is not None else
-                          ("concept-oracle",) if oracle else (),
-                          max_features=max_features, top_n=8, n_show=4, clip=clip)
-                index, records = load_interpretation(target / "interpret")
-                write_site(target, index, records, target / "interpret", title=f"{name}: {row}")
+                if target.exists():
+                    shutil.rmtree(target)
+                shutil.copytree(built / "site", target)
                 made[entry["folder"]] = str((target / "index.html").relative_to(out))
             links[f"{name}/{row}"] = made[entry["folder"]]
     return links

@@ -156,7 +156,7 @@ def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool 
             from diffdict.studies.report import feature_browsers
 
             count = browser_features if browser_features is not None else (8 if quick else 32)
-            summary["browsers"] = feature_browsers(out, results, judge=judge, max_features=count, log=log)
+            summary["browsers"] = feature_browsers(out, results, cache, judge=judge, max_features=count, log=log)
     finally:
         torch.set_num_threads(threads)
     from diffdict.studies.report import write_index
