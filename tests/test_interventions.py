@@ -235,6 +235,33 @@ def test_block_ablation_and_spliced_fidelity(host, backbone, tmp_path):
     assert dictionary_metadata(tmp_path / "run" / "topk") == {"site": "mid.0", "what": "update", "model": "toy"}
 
 
+def test_evaluate_command_reports_spliced_fidelity(host, tmp_path, capsys):
+    from diffdict.collect import collect
+    from diffdict.store import import_array
+
+    collect(host, PROMPTS, ["mid.0"], tmp_path / "store", num_steps=STEPS, progress=False)
+    run = tmp_path / "run"
+    identity_sae(128).save(run / "identity")
+    sae().save(run / "random")
+    (run / "settings.json").write_text(json.dumps({"acts": str(tmp_path / "store"), "site": "mid.0"}))
+    assert main(["evaluate", "--run", str(run), "--acts", str(tmp_path / "store"), "--fidelity-prompts", "2",
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    members = json.loads((tmp_path / "eval.json").read_text())["members"]
+    exact, lossy = members["identity"], members["random"]
+    assert exact["fidelity_prompts"] == lossy["fidelity_prompts"] == 2
+    assert exact["fvu"] < 1e-6 and exact["spliced_pixel_mae"] == 0 and exact["clip_score_drop"] == 0
+    assert lossy["spliced_pixel_mae"] > 0 and lossy["spliced_perceptual"] > 0
+    assert "spliced mae 0.0000" in capsys.readouterr().out
+    # an imported array records no host model: fidelity is skipped by default, refused when asked for
+    np.save(tmp_path / "plain.npy", np.random.default_rng(0).standard_normal((64, 128)).astype("float32"))
+    import_array(tmp_path / "plain.npy", tmp_path / "plain", site="mid.0", dtype="float32", progress=False)
+    assert main(["evaluate", "--run", str(run), "--acts", str(tmp_path / "plain"), "--out", str(tmp_path / "p.json")]) == 0
+    assert "spliced_pixel_mae" not in json.loads((tmp_path / "p.json").read_text())["members"]["identity"]
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--acts", str(tmp_path / "plain"), "--fidelity-prompts", "2",
+                 "--out", str(tmp_path / "p.json")]) == 2
+    assert "spliced fidelity needs a store made by a host model" in capsys.readouterr().err
+
 # -- bad input ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("make, message", [
     (lambda: Add("mid.0", sae(), 32, 1.0, activation=1.0), "feature 32 is out of range"),

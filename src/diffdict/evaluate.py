@@ -5,8 +5,10 @@ explained_variance = 1 − fvu, l0 (mean non-zero codes per token), dead_fractio
 features that never fire on the evaluated tokens).
 
 Spliced fidelity (images generated with the site replaced by the reconstruction, against
-the originals) needs a host model; ``evaluate_run`` takes it as a ``fidelity`` callable
-(dictionary → extra metrics), built from a host-model adapter by the interventions code.
+the originals: pixel distances, perceptual distance and CLIP-score drop, see
+:mod:`diffdict.metrics.fidelity`) needs a host model. ``evaluate_run`` computes it on
+``fidelity_prompts`` prompts when the activations are a store that records the model
+which made it, or takes any ``fidelity`` callable (dictionary → extra metrics).
 """
 
 from __future__ import annotations
@@ -72,9 +74,18 @@ def evaluate_run(
     batch_size: int = 4096,
     max_tokens: int | None = None,
     fidelity: FidelityFn | None = None,
+    fidelity_prompts: int | None = None,
+    seed: int = 0,
+    model_path: str | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of every member of a training run: member name → metrics."""
+    """Metrics of every member of a training run: member name → metrics.
+
+    ``fidelity_prompts``: spliced fidelity on that many test-split prompts (seeded by
+    ``seed``; ``model_path`` overrides the store's recorded model weights). ``None`` means
+    16 when the store records a host model and none otherwise; 0 skips it."""
     source = acts if isinstance(acts, ActivationSource) else open_activations(acts, site)
+    if fidelity is None:
+        fidelity = store_fidelity_for(source, fidelity_prompts, seed, model_path)
     results = {}
     for folder in run_members(run_dir):
         dictionary = load_dictionary(folder)
@@ -85,3 +96,26 @@ def evaluate_run(
     if not results:
         raise DiffdictError(f"{run_dir} holds no trained dictionary yet")
     return results
+
+
+DEFAULT_FIDELITY_PROMPTS = 16
+
+
+def store_fidelity_for(source: ActivationSource, prompts: int | None, seed: int = 0,
+                       model_path: str | None = None) -> FidelityFn | None:
+    """The spliced-fidelity function for activations ``source`` (see :func:`evaluate_run`)."""
+    from diffdict.dictionaries.data import StoreSource
+    from diffdict.metrics.fidelity import store_fidelity
+
+    if prompts is not None and prompts < 0:
+        raise DiffdictError(f"--fidelity-prompts must be 0 or more, got {prompts}")
+    if prompts == 0:
+        return None
+    model = (source.store.settings or {}).get("model") if isinstance(source, StoreSource) else None
+    if model is None:
+        if prompts is None:
+            return None
+        raise DiffdictError(f"spliced fidelity needs a store made by a host model; {source.name} records none "
+                            "(use --fidelity-prompts 0)")
+    return store_fidelity(source.store, source.site, prompts=prompts or DEFAULT_FIDELITY_PROMPTS, seed=seed,
+                          model_path=model_path)
