@@ -128,9 +128,11 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", default="all")
     parser.add_argument("--num-steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a shared CPU)")
     parser.add_argument("--model-path", default=None, help="toy model folder (default: shipped weights)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     from diffdict.dictionaries import load_dictionary
     from diffdict.feature_stats import (compute_feature_stats, dictionary_metadata, load_feature_stats,

@@ -137,11 +137,16 @@ def test_auxk_matches_reference():
         masked = pre.masked_fill(~dead, float("-inf"))
         values, indices = masked.topk(k_aux, dim=1)
         aux_codes = torch.zeros_like(pre).scatter(1, indices, values.relu())
-        expected = (aux_codes @ sae.W_dec - residual).pow(2).sum() / B
+        # normalised by the residual's variance, not the input's (``variance`` plays no part)
+        expected = (aux_codes @ sae.W_dec - residual).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum()
     assert out.aux_loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    # Fewer dead features than k_aux: the term is scaled by n_dead / k_aux.
-    out_small = sae.training_forward(x, variance=1.0, dead_mask=dead, auxk_coef=0.5, k_aux=10)
-    assert out_small.aux_loss.item() < out.aux_loss.item() * 10
+    assert sae.training_forward(x, variance=7.0, dead_mask=dead, k_aux=k_aux).aux_loss.item() == pytest.approx(
+        expected.item(), rel=1e-5)
+    # the gradient reaches the dead features only
+    sae.zero_grad()
+    only_aux = sae.training_forward(x, variance=1.0, dead_mask=dead, auxk_coef=1.0, k_aux=k_aux)
+    (only_aux.loss - sae.training_forward(x, variance=1.0).loss).backward()
+    assert sae.W_dec.grad[~dead].abs().max() < 1e-6 and sae.W_dec.grad[dead].abs().max() > 0
 
 
 def test_unit_norm_decoder_and_parallel_gradient_removed():

@@ -283,7 +283,8 @@ class SAEMember:
         model = self.model
         x_n = model.normalize(batch.x)
         dead = self.tokens_since_fired >= self.settings.dead_window if self.auxk else None
-        out = model.training_forward(x_n, self.variance, dead, self.settings.auxk_coef, self.settings.k_aux)
+        out = model.training_forward(x_n, self.variance, dead, self.settings.auxk_coef, self.settings.k_aux,
+                                     sum_over_ranks=comm.sum_ if comm.active else None)
         finite = bool(torch.isfinite(out.loss))
         self.optimizer.zero_grad(set_to_none=True)
         if finite:

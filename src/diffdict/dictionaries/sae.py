@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -265,10 +265,13 @@ class SparseAutoencoder(Dictionary):
         dead_mask: Tensor | None = None,
         auxk_coef: float = 1 / 32,
         k_aux: int | None = None,
+        sum_over_ranks: Callable[[Tensor], Tensor] | None = None,
     ) -> TrainingOutput:
         """Loss on normalised activations x_n (B, d): Σ‖x_n − x̂_n‖² / (B · variance)
         + penalty + auxk_coef · AuxK, the AuxK term (for mechanisms that support it)
-        only when ``dead_mask`` (n,) marks some features dead."""
+        only when ``dead_mask`` (n,) marks some features dead. Under data parallelism
+        ``sum_over_ranks`` sums a tensor over the ranks, so that AuxK is normalised by the
+        whole batch's residual variance and N ranks train exactly like one process."""
         B = x_n.shape[0]
         if self.uses_fused_topk:
             values, indices = topk_encode(
@@ -301,21 +304,23 @@ class SparseAutoencoder(Dictionary):
             dead = dead_mask.nonzero().squeeze(1)
             if dead.numel():
                 error = (recon - x_n).detach()
-                aux_loss = self._auxk_loss(x_n, error, dead, k_aux or self.d_in // 2) / (B * variance)
+                aux_loss = self._auxk_loss(x_n, error, dead, k_aux or self.d_in // 2, sum_over_ranks)
                 loss = loss + auxk_coef * aux_loss
         return TrainingOutput(
             loss=loss, recon=recon.detach(), sq_error=sq_error_raw, aux_loss=aux_loss.detach(),
             penalty=penalty.detach(), l0=l0.detach(), fired=fired,
         )
 
-    def _auxk_loss(self, x_n: Tensor, error: Tensor, dead: Tensor, k_aux: int) -> Tensor:
-        """Σ‖ê − e‖², ê the reconstruction of the residual e = x̂ − x by the top-k_aux dead
-        features (without b_dec), scaled down when fewer than k_aux features are dead.
+    def _auxk_loss(self, x_n: Tensor, error: Tensor, dead: Tensor, k_aux: int,
+                   sum_over_ranks: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Σ‖ê − e‖² / Σ‖e − ē‖², ê the reconstruction of the residual e = x − x̂ by the
+        top-k_aux dead features (without b_dec). Normalised by the residual's own variance
+        (as OpenAI and sparsify do), not the input's: the residual shrinks as training
+        goes on, and a loss in input units would fade to nothing just when features die.
         The residual target and the encoder input are detached: AuxK moves the dead
         features' encoder and decoder rows only."""
         n_dead = dead.numel()
         k = min(k_aux, n_dead)
-        scale = min(n_dead / k_aux, 1.0)
         x_c = (x_n - self.b_dec if self.apply_b_dec_to_input else x_n).detach()
         pre_dead = x_c @ self.W_enc_t[dead].t() + self.b_enc[dead]  # (B, n_dead)
         values, indices = pre_dead.topk(k, dim=-1, sorted=False)
@@ -325,8 +330,16 @@ class SparseAutoencoder(Dictionary):
             aux_recon = torch.zeros_like(pre_dead).scatter(-1, indices, values) @ W_dead
         else:
             aux_recon = sparse_decode(values, indices, W_dead)
-        # e = x̂ − x, so the dead features should reconstruct −e.
-        return scale * (aux_recon + error).pow(2).sum()
+        # The whole batch's residual variance from its sums; each rank's term is scaled by
+        # (all tokens / its tokens) so that the mean over ranks is the whole batch's ratio.
+        B = error.shape[0]
+        sums = torch.cat([error.sum(0), error.pow(2).sum().view(1), error.new_tensor([B])])
+        if sum_over_ranks is not None:
+            sums = sum_over_ranks(sums)
+        total = sums[-1]
+        residual_variance = (sums[-2] - sums[:-2].pow(2).sum() / total).clamp_min(1e-12)
+        # ``error`` is x̂ − x, so the dead features should reconstruct −error.
+        return (aux_recon + error).pow(2).sum() / residual_variance * (total / B)
 
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:
