@@ -14,11 +14,14 @@ For each target concept (default: color:red, color:blue, shape:circle, shape:squ
    equal norm (95% t interval, share of prompts where the edit beats the control), and
    locality (in-mask share of the change, change-weighted Manhattan distance).
 
-Needs the shipped toy model and shapes-clip weights, a trained dictionary, and the store
-it was trained on (for the feature statistics and the feature choice). Writes
+Uses the toy model and shapes-clip, a trained dictionary and the store it was trained on
+(for the feature statistics and the feature choice). Without ``--run``/``--store`` it makes
+them first: ``diffdict collect`` of ``--collect-prompts`` train-split prompts at ``--site``
+and a TopK SAE (k = 10, 4x, standardised inputs, 300k tokens) trained on them. Writes
 ``OUT/evidence.md`` (the table for the README), ``OUT/evidence.json`` and per concept and
 mode the grids and metrics of ``diffdict intervene``.
 
+    python benchmarks/intervention_evidence.py --site up.1.1 --out out/evidence
     python benchmarks/intervention_evidence.py --run RUN/topk-k10 --store STORE --out out/evidence
 """
 
@@ -116,12 +119,33 @@ def test_prompts(concept: str, count: int, seed: int) -> list[tuple[str, str]]:
     return out
 
 
+def make_dictionary(args, folder: Path) -> Path:
+    """Collect a store at ``args.site`` and train the default TopK SAE on it (both resumable)."""
+    from diffdict.cli import main as cli
+
+    if args.site is None:
+        raise SystemExit("--site is needed to collect a store (or give --run and --store)")
+    model = ["--model-path", args.model_path] if args.model_path else []
+    common = ["--seed", str(args.seed), "--no-progress"]
+    if cli(["collect", "--sites", args.site, "--prompts", str(args.collect_prompts), "--no-images", *model, *common,
+            "--out", str(folder / "store")]):
+        raise SystemExit("collect failed")
+    run = folder / "run"
+    if not (run / "topk-k10-x4" / "config.json").exists():
+        if cli(["train", "--acts", str(folder / "store"), "--site", args.site, "--arch", "topk", "--k", "10",
+                "--expansion", "4", "--lr", "1e-3", "--normalization", "standardise", "--dead-window", "50000",
+                "--batch-size", "1024", "--tokens", "300000", *common, "--out", str(run)]):
+            raise SystemExit("train failed")
+    return run / "topk-k10-x4"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, help="dictionary folder")
-    parser.add_argument("--store", required=True, help="the store the dictionary was trained on")
+    parser.add_argument("--run", default=None, help="dictionary folder (default: train one, see above)")
+    parser.add_argument("--store", default=None, help="the store the dictionary was trained on")
     parser.add_argument("--site", default=None)
-    parser.add_argument("--concepts", default="color:red,color:blue,shape:circle,shape:square")
+    parser.add_argument("--collect-prompts", type=int, default=384, help="prompts collected when there is no --store")
+    parser.add_argument("--concepts", default="color:red,color:green,shape:circle,shape:square")
     parser.add_argument("--prompts", type=int, default=24, help="test prompts per concept")
     parser.add_argument("--select-prompts", type=int, default=2000, help="store prompts used to pick the features")
     parser.add_argument("--strength", type=float, default=5.0)
@@ -147,6 +171,10 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if (args.run is None) != (args.store is None):
+        parser.error("give both --run and --store, or neither")
+    if args.run is None:
+        args.run, args.store = str(make_dictionary(args, out / "data")), str(out / "data" / "store")
     folder = Path(args.run)
     dictionary = load_dictionary(folder)
     store = open_store(args.store)
