@@ -323,13 +323,44 @@ def _header_differences(old: dict, new: dict) -> list[str]:
 # --------------------------------------------------------------------------- writer
 
 
-class StoreWriter:
+class _Described:
+    """The fields a store's header (while writing) and manifest (once finalized) share."""
+
+    _description: dict
+
+    @property
+    def settings(self) -> dict:
+        return self._description["settings"]
+
+    @property
+    def prompts(self) -> list[str]:
+        """The prompts by prompt id ([] for an imported array, where prompt_id is the row)."""
+        return list(self._description["prompts"] or [])
+
+    @property
+    def dtype(self) -> str:
+        return self._description["dtype"]
+
+    @property
+    def chunk_size(self) -> int:
+        return self._description["chunk_size"]
+
+    @property
+    def num_prompts(self) -> int:
+        return self._description["num_prompts"]
+
+
+class StoreWriter(_Described):
     """Create or reopen a store and write its chunks; see the module docstring."""
 
     def __init__(self, path: Path, header: dict):
         self.path = path
         self._header = header
         self._key = _header_key(header)
+
+    @property
+    def _description(self) -> dict:
+        return self._header
 
     # -- opening -------------------------------------------------------------------
 
@@ -428,32 +459,12 @@ class StoreWriter:
     # -- properties ----------------------------------------------------------------
 
     @property
-    def settings(self) -> dict:
-        return self._header["settings"]
-
-    @property
     def sites(self) -> dict[str, int]:
         return {site: entry["d"] for site, entry in self._header["sites"].items()}
 
     @property
     def grid(self) -> dict[str, tuple[int, int]]:
         return {site: tuple(entry["grid"]) for site, entry in self._header["sites"].items()}
-
-    @property
-    def prompts(self) -> list[str]:
-        return list(self._header["prompts"] or [])
-
-    @property
-    def dtype(self) -> str:
-        return self._header["dtype"]
-
-    @property
-    def chunk_size(self) -> int:
-        return self._header["chunk_size"]
-
-    @property
-    def num_prompts(self) -> int:
-        return self._header["num_prompts"]
 
     @property
     def num_chunks(self) -> int:
@@ -921,7 +932,7 @@ class _ShardFile:
         return out
 
 
-class Store:
+class Store(_Described):
     """A finalized activation store, read-only. Obtain with :func:`open_store`."""
 
     def __init__(self, path: Path, manifest: dict):
@@ -929,6 +940,10 @@ class Store:
         self.manifest = manifest
         self._shards: dict[str, list[tuple[Path, int, int]]] = {}
         self._files: dict[Path, _ShardFile] = {}
+
+    @property
+    def _description(self) -> dict:
+        return self.manifest
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, sites={self.sites}, dtype={self.dtype!r})"
@@ -955,29 +970,8 @@ class Store:
         return tuple(self._site(site)["grid"])
 
     @property
-    def dtype(self) -> str:
-        return self.manifest["dtype"]
-
-    @property
-    def settings(self) -> dict:
-        return self.manifest["settings"]
-
-    @property
-    def prompts(self) -> list[str]:
-        """The prompts by prompt id ([] for an imported array, where prompt_id is the row)."""
-        return list(self.manifest["prompts"] or [])
-
-    @property
-    def num_prompts(self) -> int:
-        return self.manifest["num_prompts"]
-
-    @property
     def num_chunks(self) -> int:
         return self.manifest["num_chunks"]
-
-    @property
-    def chunk_size(self) -> int:
-        return self.manifest["chunk_size"]
 
     @property
     def digest(self) -> str:
