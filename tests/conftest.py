@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread per test: on a small shared CPU, OpenMP threads waiting on each
+    other make two threads slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

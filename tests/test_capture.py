@@ -25,15 +25,6 @@ def tiny_toy_config() -> ToyConfig:
                      text=TextEncoderConfig(width=32, layers=1, heads=2))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the machine is shared with a training job: one thread is much faster here
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def host():
     torch.manual_seed(0)

@@ -30,14 +30,6 @@ COMMON = ["--sites", "mid.0,up.1.0", "--prompts", str(N_PROMPTS), "--what", "upd
           "--denoise-steps", "2", "--seed", "7", "--chunk-size", "2", "--batch-size", "2", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)

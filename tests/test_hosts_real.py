@@ -40,14 +40,6 @@ PROMPTS = ["a red circle at the left", "a big blue square", "a small yellow tria
 SIZE = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # -- tiny pipelines ----------------------------------------------------------------------
 def word_tokenizer(max_length: int, bos: bool = True) -> PreTrainedTokenizerFast:
     vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}

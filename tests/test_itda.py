@@ -20,14 +20,6 @@ from diffdict.errors import DiffdictError
 D = 10
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def unit_atoms(m: int, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
     atoms = torch.randn(m, D, generator=torch.Generator().manual_seed(seed), dtype=dtype)
     return atoms / atoms.norm(dim=1, keepdim=True)

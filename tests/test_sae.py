@@ -23,14 +23,6 @@ from diffdict.errors import DiffdictError
 D, N, K, B = 8, 24, 3, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_sae(mechanism: str = "topk", seed: int = 0, **kwargs) -> SparseAutoencoder:
     options = {"topk": {"k": K}, "batchtopk": {"k": K}}.get(mechanism, {})
     sae = SparseAutoencoder(D, N, mechanism=mechanism, mechanism_options=options, seed=seed, **kwargs)

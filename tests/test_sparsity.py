@@ -12,14 +12,6 @@ from diffdict.errors import DiffdictError
 B, N = 6, 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def pre_activations(seed: int = 0) -> torch.Tensor:
     return torch.randn(B, N, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 

@@ -26,14 +26,6 @@ from diffdict.train import TrainSettings, grid_members, train
 D, N_TRUE, ACTIVE, TOKENS = 32, 48, 3, 20000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """Sparse combinations (3 of 48) of known unit directions plus noise: (acts.npy, directions)."""
