@@ -26,6 +26,38 @@ from diffdict.train import run_members
 FidelityFn = Callable[[Dictionary], dict[str, float]]
 
 
+class ReconstructionTotals:
+    """Running sums for the reconstruction metrics of one dictionary over batches of
+    (target, codes, reconstruction)."""
+
+    def __init__(self, d: int, n_features: int):
+        self.d, self.n_features = d, n_features
+        self.sq_error = self.sum_sq = 0.0
+        self.sum_x = torch.zeros(d, dtype=torch.float64)
+        self.tokens = self.nonzero = 0
+        self.fired = torch.zeros(n_features, dtype=torch.bool)
+
+    def add(self, target: torch.Tensor, codes: SparseCodes, recon: torch.Tensor) -> None:
+        active = codes.values != 0
+        self.fired[codes.indices[active]] = True
+        self.sq_error += float((target - recon).double().pow(2).sum())
+        self.sum_x += target.double().sum(0)
+        self.sum_sq += float(target.double().pow(2).sum())
+        self.nonzero += int(active.sum())
+        self.tokens += target.shape[0]
+
+    def metrics(self) -> dict[str, float]:
+        total_variance = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.tokens
+        fvu = self.sq_error / total_variance if total_variance > 0 else float("nan")
+        return {
+            "mse": self.sq_error / (self.tokens * self.d),
+            "fvu": fvu,
+            "explained_variance": 1 - fvu,
+            "l0": self.nonzero / self.tokens,
+            "dead_fraction": float((~self.fired).float().mean()) if self.n_features else 0.0,
+        }
+
+
 @torch.no_grad()
 def evaluate_dictionary(
     dictionary: Dictionary, source: ActivationSource, batch_size: int = 4096, max_tokens: int | None = None
@@ -35,35 +67,15 @@ def evaluate_dictionary(
             f"d mismatch: the {dictionary.kind} dictionary expects d = {dictionary.d_in}, {source.name} has d = {source.d}"
         )
     dictionary.eval()
-    sq_error = sum_sq = 0.0
-    sum_x = torch.zeros(source.d, dtype=torch.float64)
-    tokens = nonzero = 0
-    fired = torch.zeros(dictionary.n_features, dtype=torch.bool)
+    totals = ReconstructionTotals(source.d, dictionary.n_features)
     for x in source.sequential(batch_size, max_tokens):
         if not torch.isfinite(x).all():
-            raise DiffdictError(f"NaN or infinite activations in {source.name} near token {tokens}")
+            raise DiffdictError(f"NaN or infinite activations in {source.name} near token {totals.tokens}")
         codes: SparseCodes = dictionary.encode_sparse(x)
-        recon = dictionary.decode(codes)
-        active = codes.values != 0
-        fired[codes.indices[active]] = True
-        sq_error += float((x - recon).double().pow(2).sum())
-        sum_x += x.double().sum(0)
-        sum_sq += float(x.double().pow(2).sum())
-        nonzero += int(active.sum())
-        tokens += x.shape[0]
-    if tokens == 0:
+        totals.add(x, codes, dictionary.decode(codes))
+    if totals.tokens == 0:
         raise DiffdictError(f"no tokens to evaluate in {source.name}")
-    total_variance = sum_sq - float(sum_x.pow(2).sum()) / tokens
-    fvu = sq_error / total_variance if total_variance > 0 else float("nan")
-    return {
-        "tokens": tokens,
-        "n_features": dictionary.n_features,
-        "mse": sq_error / (tokens * source.d),
-        "fvu": fvu,
-        "explained_variance": 1 - fvu,
-        "l0": nonzero / tokens,
-        "dead_fraction": float((~fired).float().mean()) if dictionary.n_features else 0.0,
-    }
+    return {"tokens": totals.tokens, "n_features": dictionary.n_features, **totals.metrics()}
 
 
 def evaluate_run(

@@ -357,30 +357,17 @@ def reconstruction_metrics(dictionary, store, site: str) -> dict[str, float]:
     dictionary on its MLP site (the store holds the neuron activations) reconstructs the
     MLP's output, from the top-k neurons against all of them."""
     from diffdict.dictionaries.data import open_activations
-    from diffdict.evaluate import evaluate_dictionary
+    from diffdict.evaluate import ReconstructionTotals, evaluate_dictionary
     from diffdict.feature_stats import site_space
 
     if site_space(dictionary, store.d(site), f"site {site!r}") == "neurons":
         neurons = dictionary
-        sq_error = sum_sq = 0.0
-        sum_x = torch.zeros(neurons.d_in, dtype=torch.float64)
-        tokens = nonzero = 0
-        fired = torch.zeros(neurons.n_features, dtype=torch.bool)
+        totals = ReconstructionTotals(neurons.d_in, neurons.n_features)
         for h in store.iter_batches(site, 4096, shuffle=False):
             target = neurons.decode(h) - neurons.b_dec  # every neuron's contribution
             codes = neurons.encode_activations(h)
-            recon = neurons.decode(codes) - neurons.b_dec
-            active = codes.values != 0
-            fired[codes.indices[active]] = True
-            sq_error += float((target - recon).double().pow(2).sum())
-            sum_x += target.double().sum(0)
-            sum_sq += float(target.double().pow(2).sum())
-            nonzero += int(active.sum())
-            tokens += h.shape[0]
-        variance = sum_sq - float(sum_x.pow(2).sum()) / tokens
-        fvu = sq_error / variance if variance > 0 else math.nan
-        return {"mse": sq_error / (tokens * neurons.d_in), "fvu": fvu, "explained_variance": 1 - fvu,
-                "l0": nonzero / tokens, "dead_fraction": float((~fired).float().mean())}
+            totals.add(target, codes, neurons.decode(codes) - neurons.b_dec)
+        return totals.metrics()
     result = evaluate_dictionary(dictionary, open_activations(store.path, site))
     return {k: float(result[k]) for k in ("mse", "fvu", "explained_variance", "l0", "dead_fraction")}
 
