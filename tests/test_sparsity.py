@@ -28,7 +28,8 @@ def run(mechanism, pre: torch.Tensor, norms: torch.Tensor | None = None):
 
 
 def test_registry_lists_every_mechanism():
-    assert set(MECHANISMS) == {"topk", "batchtopk", "relu-l1", "relu", "soft-threshold", "jumprelu"}
+    assert set(MECHANISMS) == {"topk", "batchtopk", "relu-l1", "relu", "soft-threshold", "jumprelu",
+                               "matryoshka-batchtopk"}
     with pytest.raises(DiffdictError, match="unknown sparsity mechanism 'gated'"):
         make_mechanism("gated", N)
 
@@ -109,6 +110,45 @@ def test_jumprelu_straight_through_gradients():
     assert torch.allclose(mechanism.threshold.grad, expected_theta_grad)
 
 
+def test_matryoshka_codes_are_batchtopk_codes():
+    matryoshka = make_mechanism("matryoshka-batchtopk", N, k=2, threshold_decay=0.9).double().train()
+    batchtopk = make_mechanism("batchtopk", N, k=2, threshold_decay=0.9).double().train()
+    for seed in (0, 1):
+        assert torch.equal(matryoshka(pre_activations(seed)), batchtopk(pre_activations(seed)))
+    assert torch.equal(matryoshka.threshold, batchtopk.threshold)
+    matryoshka.eval(), batchtopk.eval()
+    assert torch.equal(matryoshka(pre_activations(2)), batchtopk(pre_activations(2)))
+    assert matryoshka.widths == (round(0.0625 * N), round(0.25 * N))
+
+
+def test_matryoshka_loss_and_gradients_match_reference():
+    """Every nested prefix of the dictionary reconstructs the input alone, each with its
+    own squared error over the batch variance (Bussmann et al. 2025), on BatchTopK codes."""
+    from diffdict.dictionaries import SparseAutoencoder
+
+    d, k, variance, widths = 5, 2, 1.7, (3, 6, N)
+    sae = SparseAutoencoder(d, N, mechanism="matryoshka-batchtopk",
+                            mechanism_options={"k": k, "prefix_fractions": [0.25, 0.5]}, seed=4).double().train()
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.randn(N, generator=generator, dtype=torch.float64) * 0.1)
+        sae.b_dec.copy_(torch.randn(d, generator=generator, dtype=torch.float64) * 0.1)
+    x = torch.randn(B, d, generator=generator, dtype=torch.float64)
+    loss = sae.training_forward(x, variance).loss
+    loss.backward()
+
+    params = {name: p.detach().clone().requires_grad_() for name, p in
+              [("W_enc_t", sae.W_enc_t), ("b_enc", sae.b_enc), ("W_dec", sae.W_dec), ("b_dec", sae.b_dec)]}
+    acts = ((x - params["b_dec"]) @ params["W_enc_t"].t() + params["b_enc"]).relu()
+    codes = acts * (acts >= acts.flatten().topk(k * B).values[-1])
+    reference = sum(((codes[:, :w] @ params["W_dec"][:w] + params["b_dec"]) - x).pow(2).sum() for w in widths)
+    reference = reference / (B * variance)
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-12)
+    for name, param in params.items():
+        assert torch.allclose(getattr(sae, name).grad, param.grad, atol=1e-12), name
+
+
 def test_bad_options_are_one_line_errors():
     with pytest.raises(DiffdictError, match="k = 20 is larger than the dictionary width 12"):
         make_mechanism("topk", N, k=20)
@@ -116,3 +156,7 @@ def test_bad_options_are_one_line_errors():
         make_mechanism("batchtopk", N, k=0)
     with pytest.raises(DiffdictError, match="l1 must be >= 0"):
         make_mechanism("relu-l1", N, l1=-1)
+    with pytest.raises(DiffdictError, match=r"prefix_fractions \[0.5, 0.25\] give the prefix widths \[6, 3\]"):
+        make_mechanism("matryoshka-batchtopk", N, k=2, prefix_fractions=[0.5, 0.25])
+    with pytest.raises(DiffdictError, match="prefix_fractions must be one or more numbers in \\(0, 1\\)"):
+        make_mechanism("matryoshka-batchtopk", N, k=2, prefix_fractions=[1.5])

@@ -117,7 +117,8 @@ def test_without_auxk_no_fewer_dead_features(study_all):
 
 def test_sparsity_mechanism_reports_l0_reached_and_knobs(study_all):
     results = read_results(study_all / "sparsity-mechanism")
-    assert results["rows"] == ["topk", "soft-threshold", "relu-l1", "relu", "batchtopk", "jumprelu"]
+    assert results["rows"] == ["topk", "soft-threshold", "relu-l1", "relu", "batchtopk", "jumprelu",
+                               "matryoshka-batchtopk"]
     assert results["summary"]["topk"]["l0"]["mean"] == pytest.approx(10)
     assert any(note.startswith("relu-l1 (up.0.1): l1 = ") for note in results["notes"])
 

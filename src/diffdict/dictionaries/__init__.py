@@ -12,6 +12,7 @@ from diffdict.dictionaries.base import (
 )
 from diffdict.dictionaries.fused import sparse_decode, topk_encode
 from diffdict.dictionaries.itda import ITDA, gradient_pursuit, matching_pursuit
+from diffdict.dictionaries.matryoshka import MatryoshkaBatchTopK  # registers matryoshka-batchtopk
 from diffdict.dictionaries.neurons import NeuronDictionary
 from diffdict.dictionaries.sae import SparseAutoencoder
 from diffdict.dictionaries.sparsity import MECHANISMS, Mechanism, make_mechanism, register
@@ -21,6 +22,7 @@ __all__ = [
     "Dictionary",
     "ITDA",
     "MECHANISMS",
+    "MatryoshkaBatchTopK",
     "Mechanism",
     "NeuronDictionary",
     "SparseAutoencoder",

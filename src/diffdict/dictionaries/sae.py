@@ -290,7 +290,8 @@ class SparseAutoencoder(Dictionary):
             active = codes != 0
             fired = active.any(0)
             l0 = active.sum(1).float().mean()
-            penalty = self.mechanism.penalty(pre, codes, self.W_dec.norm(dim=1))
+            penalty = (self.mechanism.penalty(pre, codes, self.W_dec.norm(dim=1))
+                       + self.mechanism.reconstruction_penalty(codes, self.W_dec, self.b_dec, x_n) / (B * variance))
         sq_error = F.mse_loss(recon, x_n, reduction="sum")  # one fused pass each way
         loss = sq_error / (B * variance) + penalty
         with torch.no_grad():

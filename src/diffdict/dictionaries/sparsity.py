@@ -10,7 +10,8 @@ Conventions shared by all mechanisms:
   semantics otherwise (only BatchTopK differs: a batch-wide top-k while training, a
   learned threshold at inference).
 * ``penalty(pre, codes, decoder_norms)`` is the per-token mean of the sparsity loss
-  term.
+  term; ``reconstruction_penalty(codes, W_dec, b_dec, x_n)`` the squared error of any
+  further reconstruction the mechanism trains (Matryoshka's prefixes, ``matryoshka.py``).
 * ``options()`` is the JSON-able configuration; ``tensors()`` the state that is saved
   next to the SAE weights under SAE Lens names (``threshold``); ``load_tensors``
   takes it back.
@@ -74,6 +75,13 @@ class Mechanism(nn.Module):
         raise NotImplementedError
 
     def penalty(self, pre: Tensor, codes: Tensor, decoder_norms: Tensor) -> Tensor:
+        return codes.new_zeros(())
+
+    def reconstruction_penalty(self, codes: Tensor, W_dec: Tensor, b_dec: Tensor, x_n: Tensor) -> Tensor:
+        """Σ squared error of further reconstructions the mechanism trains besides the full
+        one (Matryoshka's nested prefixes), which the SAE adds to the loss normalised like
+        the main reconstruction error. Not called for mechanisms with ``topk`` set (the
+        fused path)."""
         return codes.new_zeros(())
 
     def tensors(self) -> dict[str, Tensor]:

@@ -1,7 +1,7 @@
-"""Sparsity mechanism: TopK against soft-threshold, ReLU + L1, plain ReLU, BatchTopK and
-JumpReLU, at matched L0 where the mechanism has a knob for it.
+"""Sparsity mechanism: TopK against soft-threshold, ReLU + L1, plain ReLU, BatchTopK,
+JumpReLU and Matryoshka BatchTopK, at matched L0 where the mechanism has a knob for it.
 
-TopK and BatchTopK take k directly. ReLU + L1 (``l1``), soft-threshold (a fixed
+TopK, BatchTopK and Matryoshka BatchTopK take k directly. ReLU + L1 (``l1``), soft-threshold (a fixed
 threshold θ = ``soft_theta`` with an L1 penalty ``l1``: the proximal form of L1; a fixed
 threshold large enough to reach L0 = k alone leaves every feature below it at
 initialisation, so none ever fires) and JumpReLU (its initial threshold ``theta``; it is
@@ -21,7 +21,7 @@ from diffdict.studies.base import StudyContext, option
 from diffdict.studies.dictionary_study import DictionaryStudy, DictionaryStudyConfig, Trained
 from diffdict.studies.pipeline import Member
 
-DEFAULT_MECHANISMS = ("topk", "soft-threshold", "relu-l1", "relu", "batchtopk", "jumprelu")
+DEFAULT_MECHANISMS = ("topk", "soft-threshold", "relu-l1", "relu", "batchtopk", "jumprelu", "matryoshka-batchtopk")
 
 
 def _mechanisms() -> list[str]:
@@ -60,7 +60,7 @@ class SparsityMechanism(DictionaryStudy):
     def members(self, config: SparsityMechanismConfig) -> list[Member]:
         members = []
         for mechanism in config.mechanisms:
-            if mechanism in ("topk", "batchtopk"):
+            if mechanism in ("topk", "batchtopk", "matryoshka-batchtopk"):
                 members.append(Member.of(mechanism, mechanism, k=config.k, auxk=True))
             elif mechanism in KNOBS:
                 knob, grid = KNOBS[mechanism]
