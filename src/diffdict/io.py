@@ -6,6 +6,7 @@ are flattened into one safetensors file (tensors) plus JSON metadata (everything
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -52,6 +53,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def sha256_file(path: str | Path, block: int = 8 << 20) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(block):
+                digest.update(chunk)
+    except OSError as error:
+        raise DiffdictError(f"cannot read {path}: {error.strerror or error}") from None
+    return digest.hexdigest()
 
 
 def read_json(path: str | Path) -> Any:

@@ -28,6 +28,9 @@ which is part of the store's settings.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import contextvars
 import errno
 import hashlib
 import json
@@ -36,6 +39,8 @@ import os
 import re
 import secrets
 import sys
+import threading
+import weakref
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -852,6 +857,257 @@ def _load_manifest(path: str | Path) -> tuple[Path, dict]:
     return path, manifest
 
 
+# --------------------------------------------------------------------------- manifest checks
+
+_MANIFEST_FIELDS = {"format", "version", "store_key", "settings", "sites", "dtype", "chunk_size", "num_prompts",
+                    "num_chunks", "prompts", "images", "meta_fields", "chunks", "digest", "images_digest"}
+_RECORD_FIELDS = {"format", "store_key", "chunk", "prompt_ids", "sites", "images"}
+_SHARD_FIELDS = {"file", "tokens", "bytes", "sha256", "content_sha256"}
+_IMAGE_FIELDS = {"file", "shape", "bytes", "sha256", "content_sha256"}
+_HEADER_FIELDS = ("settings", "dtype", "chunk_size", "num_prompts", "prompts")
+
+
+def _is_count(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _entry_file(root: Path, resolved_root: Path, entry: dict, where: str, expected: str) -> Path:
+    """The file a manifest entry names; refused unless it is the expected path inside the store.
+
+    Checked before anything is opened: an absolute path, ``..`` or a symlink leading out of
+    the store folder never reaches open(2).
+    """
+    rel = entry.get("file")
+    if not isinstance(rel, str) or not rel:
+        raise DiffdictError(f"manifest entry {where} of store {root} names no file")
+    full = root / rel
+    try:
+        inside = not os.path.isabs(rel) and full.resolve().is_relative_to(resolved_root)
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if not inside:
+        raise DiffdictError(f"manifest entry {where} of store {root} names {rel!r}, a path outside the store; refused")
+    if rel != expected:
+        raise DiffdictError(f"manifest entry {where} of store {root} names {rel!r}; expected {expected!r}")
+    return full
+
+
+def _manifest_problems(path: Path, manifest: dict, read_records: bool) -> list[str]:
+    """Cross-check every manifest field with ``store.json``, the chunk records and itself.
+
+    Returns the problems found; a file path leading outside the store raises at once. The
+    shard files themselves are checked when they are opened (sizes, tensor headers, hashes).
+    """
+    try:
+        return _manifest_problems_unguarded(path, manifest, read_records)
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as error:
+        return [f"manifest of store {path} is malformed ({type(error).__name__}: {error})"]
+
+
+def _manifest_problems_unguarded(path: Path, manifest: dict, read_records: bool) -> list[str]:
+    problems: list[str] = []
+    where = f"manifest of store {path}"
+    header = _read_json_file(path / HEADER_FILE)
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        return [f"{path / HEADER_FILE} is not a diffdict store header"]
+    unknown = sorted(set(manifest) - _MANIFEST_FIELDS)
+    missing = sorted(_MANIFEST_FIELDS - set(manifest))
+    if unknown or missing:
+        return [f"{where} has unknown fields {unknown} / lacks fields {missing}"]
+    key = _header_key(header)
+    if manifest["store_key"] != key:
+        problems.append(f"{where}: store_key does not match {path / HEADER_FILE} (one of them was edited)")
+    for field in _HEADER_FIELDS:
+        if manifest[field] != header.get(field):
+            problems.append(f"{where}: {field} differs from {path / HEADER_FILE}")
+    sites, header_sites = manifest["sites"], header["sites"]
+    if set(sites) != set(header_sites):
+        return problems + [f"{where}: sites {sorted(sites)} differ from {path / HEADER_FILE} ({sorted(header_sites)})"]
+    for site in sorted(sites):
+        if (sites[site]["d"], sites[site]["grid"]) != (header_sites[site]["d"], header_sites[site]["grid"]):
+            problems.append(f"{where}: d or grid of site {site} differs from {path / HEADER_FILE}")
+    if manifest["meta_fields"] != list(META_FIELDS):
+        problems.append(f"{where}: meta_fields {manifest['meta_fields']} are not {list(META_FIELDS)}")
+    chunk_size, num_prompts = header["chunk_size"], header["num_prompts"]
+    if not (_is_count(chunk_size, 1) and _is_count(num_prompts, 1)):
+        return problems + [f"{path / HEADER_FILE}: bad chunk_size {chunk_size!r} or num_prompts {num_prompts!r}"]
+    expected_chunks = math.ceil(num_prompts / chunk_size)
+    chunks = manifest["chunks"]
+    if not isinstance(chunks, list) or len(chunks) != expected_chunks or manifest["num_chunks"] != expected_chunks:
+        count = len(chunks) if isinstance(chunks, list) else "no"
+        return problems + [f"{where} lists {count} chunks (num_chunks {manifest['num_chunks']!r}); "
+                           f"{num_prompts} prompts in chunks of {chunk_size} make {expected_chunks}"]
+    images = manifest["images"]
+    root = path.resolve()
+    for index, record in enumerate(chunks):
+        label = f"chunks[{index}]"
+        if not isinstance(record, dict) or set(record) != _RECORD_FIELDS:
+            problems.append(f"{where}: {label} is not a chunk record")
+            continue
+        start = index * chunk_size
+        if (record["format"], record["store_key"], record["chunk"], record["prompt_ids"]) != (
+                FORMAT, key, index, [start, min(start + chunk_size, num_prompts)]):
+            problems.append(f"{where}: {label} does not describe chunk {index} of this store")
+        if not isinstance(record["sites"], dict) or set(record["sites"]) != set(sites):
+            problems.append(f"{where}: {label} does not list the store's sites {sorted(sites)}")
+            continue
+        for site, entry in sorted(record["sites"].items()):
+            if not isinstance(entry, dict) or set(entry) != _SHARD_FIELDS:
+                problems.append(f"{where}: {label}.sites.{site} is not a shard entry")
+                continue
+            _entry_file(path, root, entry, f"{label}.sites.{site}.file", f"{SHARDS_DIR}/{site}/{_chunk_name(index)}.safetensors")
+            if not (_is_count(entry["tokens"]) and _is_count(entry["bytes"], 1)):
+                problems.append(f"{where}: {label}.sites.{site} has bad token or byte counts")
+        entry = record["images"]
+        if (images is None) != (entry is None):
+            problems.append(f"{where}: {label} {'has' if entry else 'lacks'} images, unlike the manifest")
+        elif entry is not None:
+            if not isinstance(entry, dict) or set(entry) != _IMAGE_FIELDS:
+                problems.append(f"{where}: {label}.images is not an images entry")
+                continue
+            _entry_file(path, root, entry, f"{label}.images.file", f"{IMAGES_DIR}/{_chunk_name(index)}.safetensors")
+            expected_shape = [record["prompt_ids"][1] - record["prompt_ids"][0], images["height"], images["width"], 3]
+            if entry["shape"] != expected_shape or not _is_count(entry["bytes"], 1):
+                problems.append(f"{where}: {label}.images has shape {entry['shape']}, expected {expected_shape}")
+        if read_records:
+            record_path = path / CHUNKS_DIR / f"{_chunk_name(index)}.json"
+            try:
+                on_disk = json.loads(record_path.read_text())
+            except (OSError, ValueError):
+                on_disk = None
+            if on_disk != record:
+                problems.append(f"chunk record {record_path} is missing or does not match the manifest")
+    if problems:
+        return problems
+    for site, entry in sorted(sites.items()):
+        for field in ("tokens", "bytes"):
+            total = sum(r["sites"][site][field] for r in chunks)
+            if entry[field] != total:
+                problems.append(f"{where}: sites.{site}.{field} is {entry[field]!r}; its chunk records add up to {total}")
+    if _compute_digest(manifest, chunks) != manifest["digest"]:
+        problems.append(f"{where}: digest does not match its chunk records")
+    images_digest = _compute_digest(manifest, chunks, "images") if images is not None else None
+    if manifest["images_digest"] != images_digest:
+        problems.append(f"{where}: images_digest does not match its chunk records")
+    return problems
+
+
+def _raise_first(problems: list[str]) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise DiffdictError(problems[0] + more)
+
+
+# --------------------------------------------------------------------------- verification on read
+
+_VERIFY_BLOCK = 8 << 20
+_verify_reads: contextvars.ContextVar[bool] = contextvars.ContextVar("diffdict_verify_reads", default=True)
+_live_verifiers: "weakref.WeakSet[_FileVerifier]" = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def verification(enabled: bool):
+    """Within the block, :func:`open_store` checks (``True``, the default) or skips
+    (``False``, the commands' ``--no-verify``) the sha256 of each file it reads."""
+    token = _verify_reads.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _verify_reads.reset(token)
+
+
+def _hash_problem(file: Path, expected_sha256: str, stop: threading.Event | None = None) -> str | None:
+    """None if ``file`` hashes to ``expected_sha256``, else the problem in words ("" when stopped)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(_VERIFY_BLOCK)
+    view = memoryview(buffer)
+    try:
+        with open(file, "rb", buffering=0) as handle:
+            while True:
+                if stop is not None and stop.is_set():
+                    return ""
+                n = handle.readinto(view)
+                if not n:
+                    break
+                digest.update(view[:n])  # releases the GIL: the loader keeps reading meanwhile
+    except OSError as error:
+        return f"cannot read {file}: {_describe_os_error(error)}"
+    if digest.hexdigest() != expected_sha256:
+        return f"corrupt file {file}: sha256 does not match the manifest; run `diffdict store verify` on the store"
+    return None
+
+
+class _FileVerifier:
+    """Checks each file of a store against the sha256 its manifest records, once per file.
+
+    ``start(files)`` hashes files in a background thread, in the order given, while the
+    loader reads them; ``confirm(files)`` returns once those files are known good (waiting
+    for the background hash, or hashing inline a file nobody queued) and raises the
+    first problem otherwise. The loader confirms every file it has read from before it
+    hands out a batch, so no batch ever holds unverified data.
+    """
+
+    def __init__(self, expected: dict[Path, str]):
+        self._expected = expected
+        self._results: dict[Path, str | None] = {}
+        self._queued: dict[Path, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, files: Iterable[Path]) -> None:
+        with self._lock:
+            todo = [f for f in dict.fromkeys(files) if f not in self._results and f not in self._queued]
+            for file in todo:
+                self._queued[file] = threading.Event()
+        if todo:
+            thread = threading.Thread(target=self._run, args=(todo,), name="diffdict-verify", daemon=True)
+            self._threads.append(thread)
+            _live_verifiers.add(self)
+            thread.start()
+
+    def _run(self, files: list[Path]) -> None:
+        for file in files:
+            problem = _hash_problem(file, self._expected[file], self._stop)
+            with self._lock:
+                if problem != "":
+                    self._results[file] = problem
+                self._queued.pop(file).set()
+
+    def confirm(self, files: Iterable[Path]) -> None:
+        for file in files:
+            while True:
+                with self._lock:
+                    done = file in self._results
+                    event = self._queued.get(file)
+                if done:
+                    break
+                if event is None:
+                    problem = _hash_problem(file, self._expected[file])
+                    with self._lock:
+                        self._results[file] = problem
+                    break
+                event.wait()
+            problem = self._results[file]
+            if problem:
+                raise DiffdictError(problem)
+
+    def close(self) -> None:
+        """Stop background hashing (within one block) and wait for it."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        self._stop.clear()
+
+
+@atexit.register
+def _stop_verifiers() -> None:
+    # a daemon thread still hashing at interpreter exit would be killed mid-call
+    for verifier in list(_live_verifiers):
+        verifier.close()
+
+
 def _wrap_read_error(file: Path, error: Exception) -> DiffdictError:
     return DiffdictError(f"cannot read shard {file}: {error}; run `diffdict store verify` on the store")
 
@@ -867,7 +1123,7 @@ class _ShardFile:
     A header that does not fit the file (truncation) is an error naming the file.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, expect: dict[str, tuple[torch.dtype, list[int]]]):
         self.path = path
         try:
             with open(path, "rb") as handle:
@@ -900,6 +1156,12 @@ class _ShardFile:
                     "run `diffdict store verify` on the store"
                 )
             self.tensors[name] = (dtype, shape, begin)
+        described = {name: (dtype, shape) for name, (dtype, shape, _) in self.tensors.items()}
+        if described != expect:
+            have = ", ".join(f"{n} {str(d).removeprefix('torch.')}{tuple(s)}" for n, (d, s) in sorted(described.items()))
+            want = ", ".join(f"{n} {str(d).removeprefix('torch.')}{tuple(s)}" for n, (d, s) in sorted(expect.items()))
+            raise DiffdictError(f"shard {path} holds {have}; the manifest describes {want}; "
+                                "run `diffdict store verify` on the store")
 
     def read_rows(self, name: str, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
         if name not in self.tensors:
@@ -935,11 +1197,27 @@ class _ShardFile:
 class Store(_Described):
     """A finalized activation store, read-only. Obtain with :func:`open_store`."""
 
-    def __init__(self, path: Path, manifest: dict):
+    def __init__(self, path: Path, manifest: dict, verify: bool = True):
         self.path = path
         self.manifest = manifest
+        self.verify = verify
         self._shards: dict[str, list[tuple[Path, int, int]]] = {}
         self._files: dict[Path, _ShardFile] = {}
+        # what each file must hold, from the manifest: tensor dtypes and shapes, sha256
+        self._expect: dict[Path, dict[str, tuple[torch.dtype, list[int]]]] = {}
+        sha256: dict[Path, str] = {}
+        store_dtype = DTYPES[manifest["dtype"]]
+        for record in manifest["chunks"]:
+            for site, entry in record["sites"].items():
+                file = path / entry["file"]
+                d, n = manifest["sites"][site]["d"], entry["tokens"]
+                self._expect[file] = {"acts": (store_dtype, [n, d]), "meta": (torch.int32, [n, len(META_FIELDS)])}
+                sha256[file] = entry["sha256"]
+            if record["images"]:
+                file = path / record["images"]["file"]
+                self._expect[file] = {"images": (torch.uint8, list(record["images"]["shape"]))}
+                sha256[file] = record["images"]["sha256"]
+        self._verifier = _FileVerifier(sha256) if verify else None
 
     @property
     def _description(self) -> dict:
@@ -1014,12 +1292,26 @@ class Store(_Described):
     def _shard_file(self, file: Path) -> "_ShardFile":
         shard = self._files.get(file)
         if shard is None:
-            shard = self._files[file] = _ShardFile(file)
+            shard = self._files[file] = _ShardFile(file, self._expect[file])
         return shard
 
     def _read_rows(self, file: Path, name: str, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Rows ``start:stop`` of tensor ``name`` of a shard, read straight into ``out``."""
+        """Rows ``start:stop`` of tensor ``name`` of a shard, read straight into ``out``.
+
+        Not yet checked against the manifest's sha256: callers confirm the file
+        (:meth:`_confirm`) before anything read from it leaves the store.
+        """
         return self._shard_file(file).read_rows(name, start, stop, out)
+
+    def _confirm(self, files: Iterable[Path]) -> None:
+        """Raise, naming the file, unless each file hashes to its manifest sha256 (when verifying)."""
+        if self._verifier is not None:
+            self._verifier.confirm(files)
+
+    def _verify_ahead(self, files: Iterable[Path]) -> None:
+        """Start hashing ``files`` in the background, in this order (when verifying)."""
+        if self._verifier is not None:
+            self._verifier.start(files)
 
     def _read_block(self, file: Path, start: int, stop: int, with_meta: bool, dtype: torch.dtype):
         x = self._read_rows(file, "acts", start, stop)
@@ -1040,6 +1332,7 @@ class Store(_Described):
             a, b = max(start, offset), min(stop, offset + count)
             if a >= b:
                 continue
+            self._confirm([file])
             x, m = self._read_block(file, a - offset, b - offset, True, dtype)
             parts.append(x)
             metas.append(m)
@@ -1099,6 +1392,7 @@ class Store(_Described):
         for chunk, positions in by_chunk.items():
             entry = self.manifest["chunks"][chunk]["images"]
             file = self.path / entry["file"]
+            self._confirm([file])
             base = chunk * self.chunk_size
             for position in positions:
                 row = ids[position] - base
@@ -1161,6 +1455,10 @@ class BatchIterator:
         state = np.random.SeedSequence([int(seed), int(epoch), int(rank), 1]).generate_state(2)
         self._generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
         self._iterator = self._shuffled() if shuffle else self._sequential()
+        # files read since the last batch was handed out: confirmed against the manifest
+        # before the next one is (hashed in the background, in the order they are needed)
+        self._unconfirmed: set[Path] = set()
+        store._verify_ahead(shards[i][0] for i, _, _ in self._blocks)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -1171,12 +1469,17 @@ class BatchIterator:
         return self
 
     def __next__(self):
-        return next(self._iterator)
+        batch = next(self._iterator)
+        if self._unconfirmed:
+            self.store._confirm(sorted(self._unconfirmed))
+            self._unconfirmed.clear()
+        return batch
 
     def _read(self, block, out=None, mout=None):
         """Read a block in the store dtype, into ``out``/``mout`` when given."""
         shard_index, a, b = block
         file = self.store.shards(self.site)[shard_index][0]
+        self._unconfirmed.add(file)
         x = self.store._read_rows(file, "acts", a, b, out)
         m = self.store._read_rows(file, "meta", a, b, mout) if self.with_meta else None
         return x, m
@@ -1294,10 +1597,19 @@ class BatchIterator:
             yield emit(index)
 
 
-def open_store(path: str | Path) -> Store:
-    """Open a finalized store for reading; :class:`DiffdictError` if ``path`` is not one."""
+def open_store(path: str | Path, verify: bool | None = None) -> Store:
+    """Open a finalized store for reading; :class:`DiffdictError` if ``path`` is not one.
+
+    Every manifest field is cross-checked with ``store.json``, the chunk records and the
+    digest, and every file path must lie inside the store. With ``verify`` (default: on,
+    or as set by :func:`verification`) each file is also checked against its sha256 the
+    first time it is read, so a damaged store stops the reader with one error naming the
+    file. ``verify=False`` skips the hashing (for a store verified once already).
+    """
+    verify = _verify_reads.get() if verify is None else bool(verify)
     path, manifest = _load_manifest(path)
-    return Store(path, manifest)
+    _raise_first(_manifest_problems(path, manifest, read_records=verify))
+    return Store(path, manifest, verify=verify)
 
 
 # --------------------------------------------------------------------------- import
@@ -1459,33 +1771,14 @@ def _verify_file(path: Path, entry: dict, tensors: list[str]) -> str | None:
 
 
 def verify_store(path: str | Path) -> None:
-    """Check every file against its recorded size and sha256; the first problem raises, naming the file."""
+    """Check every manifest field (against ``store.json``, the chunk records, the digest) and
+    every file (size, sha256, content) against the manifest; the first problem raises, naming it."""
     path, manifest = _load_manifest(path)
-    problems: list[str] = []
-    key = manifest.get("store_key")
-    chunks = manifest.get("chunks") or []
-    if len(chunks) != manifest.get("num_chunks"):
-        problems.append(f"manifest of {path} lists {len(chunks)} chunks, expected {manifest.get('num_chunks')}")
-    for index, record in enumerate(chunks):
-        record_path = path / CHUNKS_DIR / f"{_chunk_name(index)}.json"
-        try:
-            on_disk = json.loads(record_path.read_text())
-        except (OSError, ValueError):
-            on_disk = None
-        if on_disk != record or record.get("store_key") != key or record.get("chunk") != index:
-            problems.append(f"chunk record {record_path} is missing or does not match the manifest")
-        for site in sorted(record["sites"]):
-            problem = _verify_file(path, record["sites"][site], ["acts", "meta"])
-            if problem:
-                problems.append(problem)
-        if record.get("images"):
-            problem = _verify_file(path, record["images"], ["images"])
-            if problem:
-                problems.append(problem)
+    problems = _manifest_problems(path, manifest, read_records=True)
     if not problems:
-        header = {"dtype": manifest["dtype"], "sites": manifest["sites"]}
-        if _compute_digest(header, chunks) != manifest["digest"]:
-            problems.append(f"manifest of {path} has a digest that does not match its chunk records")
-    if problems:
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise DiffdictError(problems[0] + more)
+        for record in manifest["chunks"]:
+            for site in sorted(record["sites"]):
+                problems.append(_verify_file(path, record["sites"][site], ["acts", "meta"]))
+            if record["images"]:
+                problems.append(_verify_file(path, record["images"], ["images"]))
+    _raise_first([problem for problem in problems if problem])

@@ -10,6 +10,8 @@ reads EleutherAI sparsify and SAE Lens folders (see ``foreign.py``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -17,10 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from diffdict.errors import DiffdictError
-from diffdict.io import load_tensors, read_json, save_tensors, write_json
+from diffdict.io import load_tensors, read_json, save_tensors, sha256_file, write_json
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+CHECKSUMS_FIELD = "checksums"  # in config.json: sha256 of the weights file and of the rest of the config
 
 DICTIONARY_KINDS: dict[str, type["Dictionary"]] = {}
 
@@ -121,7 +124,10 @@ class Dictionary(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_tensors(folder / WEIGHTS_FILE, self.state_tensors())
-        write_json(folder / CONFIG_FILE, {"kind": self.kind, **self.config()})
+        config = {"kind": self.kind, **self.config()}
+        config[CHECKSUMS_FIELD] = {"config_sha256": _config_sha256(config),
+                                   "weights_sha256": sha256_file(folder / WEIGHTS_FILE)}
+        write_json(folder / CONFIG_FILE, config)
         return folder
 
     @classmethod
@@ -143,6 +149,8 @@ def load_dictionary(folder: str | Path) -> Dictionary:
         raise DiffdictError(f"dictionary folder not found: {folder}")
     if (folder / CONFIG_FILE).exists():
         config = read_json(folder / CONFIG_FILE)
+        if isinstance(config, dict):
+            _check_checksums(folder, config)
         kind = config.pop("kind", None) if isinstance(config, dict) else None
         if kind not in DICTIONARY_KINDS:
             raise DiffdictError(
@@ -150,9 +158,11 @@ def load_dictionary(folder: str | Path) -> Dictionary:
             )
         tensors = load_tensors(folder / WEIGHTS_FILE)
         try:
-            return DICTIONARY_KINDS[kind].from_saved(config, tensors)
-        except (KeyError, TypeError) as error:
+            dictionary = DICTIONARY_KINDS[kind].from_saved(config, tensors)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
             raise DiffdictError(f"{folder} is not a valid {kind} dictionary: {error}") from None
+        _check_round_trip(folder, dictionary, config, tensors)
+        return dictionary
     if (folder / foreign.SPARSIFY_WEIGHTS).exists():
         return foreign.load_sparsify(folder)
     if (folder / foreign.SAE_LENS_WEIGHTS).exists():
@@ -161,3 +171,47 @@ def load_dictionary(folder: str | Path) -> Dictionary:
         f"{folder} is not a dictionary folder: expected {CONFIG_FILE} + {WEIGHTS_FILE}, "
         f"or cfg.json + {foreign.SPARSIFY_WEIGHTS} (sparsify), or cfg.json + {foreign.SAE_LENS_WEIGHTS} (SAE Lens)"
     )
+
+
+def _config_sha256(config: dict) -> str:
+    fields = {k: v for k, v in config.items() if k != CHECKSUMS_FIELD}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_checksums(folder: Path, config: dict) -> None:
+    """The config's fields and the weights file must hash to what the config records.
+
+    Removes the record from ``config``. Folders saved before records existed have none;
+    they are still checked against their own shapes by :func:`_check_round_trip`.
+    """
+    record = config.pop(CHECKSUMS_FIELD, None)
+    if record is None:
+        return
+    if not isinstance(record, dict) or set(record) != {"config_sha256", "weights_sha256"}:
+        raise DiffdictError(f"{folder / CONFIG_FILE}: {CHECKSUMS_FIELD} is not a checksum record")
+    if _config_sha256(config) != record["config_sha256"]:
+        raise DiffdictError(f"corrupt file {folder / CONFIG_FILE}: its fields do not match their recorded sha256 "
+                            "(edited after saving?)")
+    weights = folder / WEIGHTS_FILE
+    if not weights.exists():
+        raise DiffdictError(f"weights file not found: {weights}")
+    if sha256_file(weights) != record["weights_sha256"]:
+        raise DiffdictError(f"corrupt file {weights}: sha256 does not match the one recorded in {folder / CONFIG_FILE}")
+
+def _check_round_trip(folder: Path, dictionary: Dictionary, config: dict, tensors: dict[str, Tensor]) -> None:
+    """Every config field and every tensor must be what the loaded dictionary would save."""
+    rebuilt = dictionary.config()
+    for name in sorted(set(config) & set(rebuilt)):  # fields a config omits take their defaults
+        if config[name] != rebuilt[name]:
+            raise DiffdictError(
+                f"{folder / CONFIG_FILE}: {name} = {config[name]!r} does not fit the weights "
+                f"(a {dictionary.kind} dictionary with these tensors has {name} = {rebuilt[name]!r})"
+            )
+    shapes = {name: tuple(t.shape) for name, t in dictionary.state_tensors().items()}
+    saved = {name: tuple(t.shape) for name, t in tensors.items()}
+    if shapes != saved:
+        name = next(n for n in sorted(set(shapes) | set(saved)) if shapes.get(n) != saved.get(n))
+        raise DiffdictError(
+            f"{folder / WEIGHTS_FILE}: tensor {name} has shape {saved.get(name, 'missing')}; "
+            f"{folder / CONFIG_FILE} describes {shapes.get(name, 'no such tensor')}"
+        )
