@@ -28,6 +28,7 @@ _EXPORTS = {
     "Dictionary": "diffdict.dictionaries", "SparseAutoencoder": "diffdict.dictionaries",
     "ITDA": "diffdict.dictionaries", "load_dictionary": "diffdict.dictionaries",
     "train": "diffdict.train", "evaluate_run": "diffdict.evaluate",
+    "export_dictionary": "diffdict.dictionaries.export",
     # interventions and metrics
     "Add": "diffdict.interventions", "LatentEdit": "diffdict.interventions", "Splice": "diffdict.interventions",
     "Ablate": "diffdict.interventions", "Icon": "diffdict.interventions", "RandomDirection": "diffdict.interventions",

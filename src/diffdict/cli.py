@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "diffdict.commands.intervene",
     "diffdict.commands.ablate_block",
     "diffdict.commands.train",
+    "diffdict.commands.export",
     "diffdict.commands.evaluate",
     "diffdict.commands.interpret",
     "diffdict.commands.report",

@@ -1,4 +1,5 @@
-"""Readers for dictionaries saved by EleutherAI sparsify and SAE Lens.
+"""Readers for dictionaries saved by EleutherAI sparsify and SAE Lens, and the file
+layouts that ``export.py`` writes back.
 
 sparsify (``cfg.json`` + ``sae.safetensors``): ``encoder.weight`` (n, d), ``encoder.bias``
 (n,), ``W_dec`` (n, d), ``b_dec`` (d,); cfg ``d_in``, ``k``, ``activation``,
@@ -24,6 +25,21 @@ from diffdict.io import load_tensors, read_json
 SPARSIFY_WEIGHTS = "sae.safetensors"
 SAE_LENS_WEIGHTS = "sae_weights.safetensors"
 FOREIGN_CONFIG = "cfg.json"
+
+# SAE Lens architecture -> the diffdict mechanism that encodes like it
+SAE_LENS_MECHANISMS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+
+
+def to_sparsify_layout(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SAE Lens names and shapes (W_enc (d, n), b_enc, W_dec, b_dec) -> sparsify's
+    (encoder.weight (n, d), encoder.bias, W_dec, b_dec)."""
+    return {"encoder.weight": tensors["W_enc"].t().contiguous(), "encoder.bias": tensors["b_enc"],
+            "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]}
+
+
+def from_sparsify_layout(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"W_enc": tensors["encoder.weight"].t(), "b_enc": tensors["encoder.bias"],
+            "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]}
 
 
 def _require(tensors: dict[str, torch.Tensor], names: list[str], folder: Path) -> None:
@@ -52,24 +68,18 @@ def load_sparsify(folder: str | Path) -> SparseAutoencoder:
     if config.get("d_in", d) != d:
         raise DiffdictError(f"{folder}: cfg.json says d_in = {config['d_in']} but encoder.weight is {n}x{d}")
     sae = SparseAutoencoder(d, n, mechanism="topk", mechanism_options={"k": int(config.get("k", 32))})
-    sae.load_state_tensors({
-        "W_enc": tensors["encoder.weight"].t(), "b_enc": tensors["encoder.bias"],
-        "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"],
-    })
+    sae.load_state_tensors(from_sparsify_layout(tensors))
     return sae
-
-
-_SAE_LENS_MECHANISMS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 
 
 def load_sae_lens(folder: str | Path) -> SparseAutoencoder:
     folder = Path(folder)
     config = _config(folder)
     architecture = config.get("architecture", "standard")
-    if architecture not in _SAE_LENS_MECHANISMS:
+    if architecture not in SAE_LENS_MECHANISMS:
         raise DiffdictError(
             f"{folder}: SAE Lens architecture {architecture!r} is not supported; expected one of "
-            f"{', '.join(_SAE_LENS_MECHANISMS)}"
+            f"{', '.join(SAE_LENS_MECHANISMS)}"
         )
     normalize = config.get("normalize_activations", "none") or "none"
     if normalize != "none":
@@ -83,7 +93,7 @@ def load_sae_lens(folder: str | Path) -> SparseAutoencoder:
         raise DiffdictError(
             f"{folder}: cfg.json says d_in={config.get('d_in')}, d_sae={config.get('d_sae')} but W_enc is {d}x{n}"
         )
-    mechanism = _SAE_LENS_MECHANISMS[architecture]
+    mechanism = SAE_LENS_MECHANISMS[architecture]
     options = {"k": int(config.get("k", 100))} if mechanism == "topk" else {}
     if mechanism == "jumprelu":
         _require(tensors, ["threshold"], folder)
