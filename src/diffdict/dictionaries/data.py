@@ -237,4 +237,13 @@ def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
                 raise item
             yield item
     finally:
+        # Join the producer: a daemon thread still inside torch code when the interpreter
+        # exits is killed mid-call, and C++ aborts ("terminate called without an active
+        # exception"). Drain the queue so a producer blocked on a full one can finish.
         stop.set()
+        while thread.is_alive():
+            try:
+                items.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
