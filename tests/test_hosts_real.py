@@ -1,6 +1,6 @@
-"""The real adapters (sdxl-turbo, sdxl, flux-schnell), offline: tiny randomly initialised
-pipelines of the real diffusers classes (StableDiffusionXLPipeline, FluxPipeline) with
-tiny text encoders built from configs and word-level tokenizers written here."""
+"""The real adapters (sd, sdxl-turbo, sdxl, flux-schnell), offline: tiny randomly initialised
+pipelines of the real diffusers classes (StableDiffusionPipeline, StableDiffusionXLPipeline,
+FluxPipeline), built in _tiny_pipelines.py."""
 
 from __future__ import annotations
 
@@ -12,90 +12,13 @@ import pytest
 import torch
 
 pytest.importorskip("tokenizers")
-from diffusers import (  # noqa: E402
-    AutoencoderKL,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
-    FluxTransformer2DModel,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
-from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
-from transformers import (  # noqa: E402
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    PreTrainedTokenizerFast,
-    T5Config,
-    T5EncoderModel,
-)
+from _tiny_pipelines import SIZE, tiny_flux_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline  # noqa: E402
 
 from diffdict.capture import EditHook, ReadHook, capture  # noqa: E402
 from diffdict.errors import DiffdictError  # noqa: E402
 from diffdict.hosts import load_host  # noqa: E402
 
-WORDS = "a an the red green blue yellow circle square triangle on at of big small left right top".split()
 PROMPTS = ["a red circle at the left", "a big blue square", "a small yellow triangle on top"]
-SIZE = 16
-
-
-# -- tiny pipelines ----------------------------------------------------------------------
-def word_tokenizer(max_length: int, bos: bool = True) -> PreTrainedTokenizerFast:
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
-    for word in WORDS:
-        vocab.setdefault(word, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    template = "<bos> $A <eos>" if bos else "$A <eos>"
-    tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=[("<bos>", 1), ("<eos>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, pad_token="<pad>",
-                                   bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
-
-
-def clip_config() -> CLIPTextConfig:
-    return CLIPTextConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, hidden_size=16, intermediate_size=32,
-                          num_attention_heads=2, num_hidden_layers=2, vocab_size=64, max_position_embeddings=16,
-                          projection_dim=16, hidden_act="gelu")
-
-
-def tiny_sdxl_pipeline() -> StableDiffusionXLPipeline:
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=4, transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * 4 + 16, cross_attention_dim=32, norm_num_groups=4,
-    )
-    vae = AutoencoderKL(block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=4, sample_size=SIZE)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
-                                       beta_schedule="scaled_linear", timestep_spacing="leading")
-    return StableDiffusionXLPipeline(
-        vae=vae, unet=unet, scheduler=scheduler,
-        text_encoder=CLIPTextModel(clip_config()), text_encoder_2=CLIPTextModelWithProjection(clip_config()),
-        tokenizer=word_tokenizer(16), tokenizer_2=word_tokenizer(16),
-    )
-
-
-def tiny_flux_pipeline() -> FluxPipeline:
-    torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=16, pooled_projection_dim=16, axes_dims_rope=[2, 2, 4],
-    )
-    vae = AutoencoderKL(sample_size=SIZE, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-                        latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-                        shift_factor=0.0609, scaling_factor=1.5035)
-    t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
-                                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=2))
-    return FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, transformer=transformer,
-        text_encoder=CLIPTextModel(clip_config()), tokenizer=word_tokenizer(16),
-        text_encoder_2=t5, tokenizer_2=word_tokenizer(24, bos=False),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +199,26 @@ def test_flux_collect_into_a_store(flux, tmp_path):
     assert info["settings"]["model"] == "flux-schnell" and info["images"] == {"height": SIZE, "width": SIZE}
     store = open_store(tmp_path / "store")
     assert store.d("single.1.mlp") == 64 and store.grid("double.1.mlp") == (8, 8)
+
+
+# -- SD 1.x --------------------------------------------------------------------------------
+def test_sd_sites_cfg_and_local_folder(tmp_path):
+    pipe = tiny_sd_pipeline()
+    host = load_host("sd", pipeline=pipe, image_size=SIZE, device="cpu")
+    sites = host.sites()
+    assert [s for s, i in sites.items() if i.kind == "unet-block"] == ["down.0.0", "mid.0", "up.1.0", "up.1.1"]
+    assert sites["down.0.0"].grid == (8, 8) and sites["mid.0"].grid == (4, 4) and sites["mid.0"].d == 16
+    assert host.module(sites["up.1.1"].module) is pipe.unet.up_blocks[1].attentions[1]
+    assert (host.default_steps, host.default_guidance) == (50, 7.5) and host.uses_cfg(7.5)
+    # CFG: hooks see the conditional half of the [unconditional; conditional] batch
+    rows = []
+    with host.hooks([ReadHook("mid.0", lambda x, s: rows.append(x.shape[0]))]):
+        plain = host.generate(PROMPTS, seed=1, steps=2)
+    assert rows == [len(PROMPTS)] * 2 and plain.shape == (len(PROMPTS), SIZE, SIZE, 3)
+    with host.hooks([EditHook("mid.0", lambda x, s: 20 * x)]):
+        assert (host.generate(PROMPTS, seed=1, steps=2) != plain).mean() > 0.05
+    pipe.save_pretrained(tmp_path / "tiny-sd")
+    loaded = load_host("sd", model=str(tmp_path / "tiny-sd"), image_size=SIZE, device="cpu")
+    assert np.array_equal(loaded.generate(PROMPTS, seed=1, steps=2), plain)
+    with pytest.raises(DiffdictError, match="prompt 0 has .* CLIP tokens, more than the model's 16"):
+        loaded.generate([" ".join(["red"] * 20)])

@@ -244,8 +244,13 @@ def test_evaluate_command_reports_spliced_fidelity(host, tmp_path, capsys):
     identity_sae(128).save(run / "identity")
     sae().save(run / "random")
     (run / "settings.json").write_text(json.dumps({"acts": str(tmp_path / "store"), "site": "mid.0"}))
+    # the store records the weights' fingerprint: other toy weights are refused, not silently used
     assert main(["evaluate", "--run", str(run), "--acts", str(tmp_path / "store"), "--fidelity-prompts", "2",
-                 "--out", str(tmp_path / "eval.json")]) == 0
+                 "--out", str(tmp_path / "eval.json")]) == 2
+    assert "was collected with toy weights" in capsys.readouterr().err
+    host.model.save_pretrained(tmp_path / "toy", dtype=torch.float32)
+    assert main(["evaluate", "--run", str(run), "--acts", str(tmp_path / "store"), "--fidelity-prompts", "2",
+                 "--model-path", str(tmp_path / "toy"), "--out", str(tmp_path / "eval.json")]) == 0
     members = json.loads((tmp_path / "eval.json").read_text())["members"]
     exact, lossy = members["identity"], members["random"]
     assert exact["fidelity_prompts"] == lossy["fidelity_prompts"] == 2

@@ -33,8 +33,17 @@ COMMAND_MODULES = [
 ]
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser that takes no abbreviations (``--model`` is never read as
+    ``--model-path``); sub-command parsers are made of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="diffdict",
         description="Dictionary learning for text-to-image diffusion models.",
     )

@@ -252,7 +252,8 @@ def compute_feature_stats_many(
         spaces = [site_space(dic, d, f"site {site!r} of store {store.path}") for dic in dictionaries]
         settings = store.settings or {}
         capture = settings.get("capture") or {}
-        meta.update(site=site, what=capture.get("what"), model=settings.get("model"), store=str(store.path),
+        meta.update(site=site, what=capture.get("what"), model=settings.get("model"), host=settings.get("host"),
+                    store=str(store.path),
                     store_digest=store.digest, grid=list(store.grid(site)))
         total = store.num_tokens(site)
         batches: Iterable[Tensor] = store.iter_batches(site, batch_size, shuffle=False)
@@ -405,19 +406,104 @@ def dictionary_metadata(folder: str | Path) -> dict[str, Any]:
     return known
 
 
+def recorded_store(folder: str | Path) -> Path | None:
+    """The activation store a dictionary was trained on, as recorded (it may since have
+    moved): its feature statistics' ``store``, else its training run's ``acts``. None
+    when nothing records one (e.g. trained from an array file)."""
+    folder = Path(folder)
+    candidates: list[Path] = []
+    try:
+        stats = load_feature_stats(folder, required=False)
+    except DiffdictError:
+        stats = None
+    if stats is not None and stats.meta.get("store"):
+        candidates.append(Path(stats.meta["store"]))
+    candidates += _run_stores(folder.parent / "settings.json")
+    return next((c for c in candidates if (c / "manifest.json").exists()), candidates[0] if candidates else None)
+
+
+def _run_stores(settings_path: Path) -> list[Path]:
+    """Where a training run's ``acts`` may be, when it is a store (not an array file)."""
+    try:
+        acts = json.loads(settings_path.read_text()).get("acts") if settings_path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        acts = None
+    if not acts or Path(acts).suffix in (".npy", ".safetensors", ".pt"):
+        return []
+    acts = Path(acts)
+    return [acts] if acts.is_absolute() else [acts, settings_path.parent / acts]
+
+
+def recorded_host(folder: str | Path) -> dict[str, Any]:
+    """What is recorded about the host model a dictionary's activations came from, as a
+    store records it (``model``: the host's name, ``host``: its description with the model
+    folder, image size and dtype): from the store it was trained on, else from its
+    feature statistics. Empty when nothing records it."""
+    from diffdict.store import open_store
+
+    store = recorded_store(folder)
+    if store is not None and (store / "manifest.json").exists():
+        try:
+            settings = open_store(store).settings or {}
+            return {"model": settings.get("model"), "host": settings.get("host") or {}}
+        except DiffdictError:
+            pass
+    try:
+        stats = load_feature_stats(folder, required=False)
+    except DiffdictError:
+        stats = None
+    if stats is None or not stats.meta.get("model"):
+        return {}
+    return {"model": stats.meta["model"], "host": stats.meta.get("host") or {}}
+
+
+def require_recorded_store(folder: str | Path) -> Path:
+    """:func:`recorded_store`, which must exist: one clear error when none is recorded or
+    it has moved."""
+    store = recorded_store(folder)
+    if store is None:
+        raise DiffdictError(f"dictionary {folder} records no activation store (trained from an array file?); "
+                            "pass --store STORE")
+    if not (store / "manifest.json").exists():
+        raise DiffdictError(f"dictionary {folder} was trained on the store {store}, which is missing (moved or "
+                            "deleted); pass --store STORE")
+    return store
+
+
+def ensure_feature_stats(folder: str | Path, dictionary: Dictionary, store: Any = None, site: str | None = None,
+                         progress: bool = True) -> FeatureStats:
+    """The dictionary's feature statistics: the saved ones when they are for these
+    weights, else computed from ``store`` (default: the store it was trained on, see
+    :func:`recorded_store`) in one streaming pass and cached in ``folder``."""
+    from diffdict.store import open_store
+
+    folder = Path(folder)
+    try:
+        stats = load_feature_stats(folder, dictionary, required=False)
+    except DiffdictError:
+        stats = None  # stale or unreadable: recompute
+    if stats is not None:
+        return stats
+    if store is None:
+        store = require_recorded_store(folder)
+    store = store if not isinstance(store, (str, Path)) else open_store(store)
+    if site is None:
+        recorded = dictionary_metadata(folder).get("site")
+        site = recorded if recorded in store.sites else None
+    stats = compute_feature_stats(dictionary, store, resolve_store_site(store, site), progress=progress)
+    save_feature_stats(folder, stats)
+    return stats
+
+
 def _run_metadata(settings_path: Path) -> dict[str, Any]:
     """Best effort: what a training run's settings.json and its store say (nothing on any problem)."""
     if not settings_path.is_file():
         return {}
     try:
-        settings = json.loads(settings_path.read_text())
-        acts, site = settings.get("acts"), settings.get("site")
+        site = json.loads(settings_path.read_text()).get("site")
         out: dict[str, Any] = {}
-        store_path = Path(acts) if acts else None
-        if store_path is not None and not store_path.is_absolute():
-            candidates = [store_path, settings_path.parent / store_path]
-            store_path = next((c for c in candidates if (c / "manifest.json").exists()), None)
-        if store_path is not None and (store_path / "manifest.json").exists():
+        store_path = next((c for c in _run_stores(settings_path) if (c / "manifest.json").exists()), None)
+        if store_path is not None:
             from diffdict.store import open_store
 
             store = open_store(store_path)
@@ -448,8 +534,12 @@ __all__ = [
     "dictionary_metadata",
     "encode_codes",
     "encode_dense",
+    "ensure_feature_stats",
     "is_dictionary_folder",
     "load_feature_stats",
+    "recorded_host",
+    "recorded_store",
+    "require_recorded_store",
     "resolve_store_site",
     "save_feature_stats",
     "single_dictionary_folder",

@@ -30,6 +30,16 @@ def image_grid(images: np.ndarray, columns: int | None = None, scale: int = 1, g
     return grid
 
 
+#: about how many pixels a shown image gets: small images are upscaled to it, large ones are not
+DISPLAY_PIXELS = 128
+
+
+def display_scale(size: int, target: int = DISPLAY_PIXELS) -> int:
+    """The nearest-neighbour upscale factor that brings an image of ``size`` pixels to
+    about ``target`` (at least 1: a 32 px toy image gets 4, a 512 px one 1)."""
+    return max(1, int(target) // max(1, int(size)))
+
+
 def save_png(path: str | Path, image: np.ndarray) -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="PNG")

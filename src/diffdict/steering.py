@@ -79,6 +79,15 @@ class InterventionReport:
                         "aggregate": self.aggregate, "causal_strength": self.causal})
 
 
+def check_backbone_for_host(backbone: "Backbone | None", host: "HostModel") -> None:
+    """Refuse the shapes world's own judge on a real model: it reads only rendered shapes."""
+    from diffdict.hosts import is_real_host
+
+    if backbone is not None and backbone.name == "shapes-clip" and is_real_host(host.name):
+        raise DiffdictError(f"the shapes-clip backbone reads only shapes-world images, not {host.name}'s; "
+                            "use --backbone open-clip (the CLIP backbone) or --backbone none")
+
+
 def run_intervention(
     host: "HostModel",
     intervention: Intervention,
@@ -102,9 +111,16 @@ def run_intervention(
     prompts = list(prompts)
     if not prompts:
         raise DiffdictError("no prompts to intervene on")
-    intervention.bind(host, num_steps if num_steps is not None else host.default_steps)  # fail before generating
+    # every check before the first image: on a real model generation is the expensive part
+    intervention.bind(host, num_steps if num_steps is not None else host.default_steps)
     if target is not None and backbone is None:
         raise DiffdictError("a target needs a backbone to read it")
+    model = load_backbone(backbone) if backbone is not None else None
+    check_backbone_for_host(model, host)
+    if target is not None:
+        blank = np.zeros((1, *host.image_size, 3), dtype=np.uint8)
+        read_target(blank, target, model)  # an unknown concept or word fails here
+        clip_score(blank, concept_text(target), model)
     kwargs = dict(seed=seed, num_steps=num_steps, guidance=guidance, batch_size=batch_size)
     original = generate(host, prompts, [], **kwargs)
     edited = generate(host, prompts, [intervention], **kwargs)
@@ -116,7 +132,6 @@ def run_intervention(
     per["locality_distance"] = locality["distance"]
     per["inside_share"] = locality["inside_share"]
     per["total_change"] = locality["total_change"]
-    model = load_backbone(backbone) if backbone is not None else None
     causal = None
     control_images = None
     if model is not None:
@@ -180,9 +195,12 @@ def triptych_rows(original: np.ndarray, edited: np.ndarray, grid_mask: np.ndarra
 
 
 def save_grids(out: Path, original: np.ndarray, edited: np.ndarray, grid_mask: np.ndarray | None,
-               scale: int = 4, rows_per_file: int = 16, prefix: str = "grid") -> list[str]:
-    from diffdict.imaging import image_grid, save_png
+               scale: int | None = None, rows_per_file: int = 16, prefix: str = "grid") -> list[str]:
+    """Triptych pages; ``scale`` None: upscaled to about 128 px a tile (small images only)."""
+    from diffdict.imaging import display_scale, image_grid, save_png
 
+    if scale is None:
+        scale = display_scale(max(original.shape[1:3]))
     change = change_map(original, edited)
     vmax = float(change.max()) if change.size else 0.0
     names = []
@@ -195,7 +213,7 @@ def save_grids(out: Path, original: np.ndarray, edited: np.ndarray, grid_mask: n
     return names
 
 
-def save_intervention_report(report: InterventionReport, out: str | Path, scale: int = 4) -> Path:
+def save_intervention_report(report: InterventionReport, out: str | Path, scale: int | None = None) -> Path:
     """Write ``out/grid.png`` (original | edited | difference; one row per prompt; pages of
     16 rows), ``out/control.png`` when a control ran, and ``out/metrics.json``."""
     out = Path(out)
@@ -239,6 +257,7 @@ def block_ablation(
     if len(set(sites)) != len(sites):
         raise DiffdictError("a site is given twice")
     model = load_backbone(backbone)
+    check_backbone_for_host(model, host)
     if not hasattr(model, "read_concepts"):
         raise DiffdictError(f"block ablation reads concepts with shapes-clip; backbone {model.name!r} cannot")
     kwargs = dict(seed=seed, num_steps=num_steps, guidance=guidance, batch_size=batch_size)
@@ -290,7 +309,7 @@ def ablation_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n\nCells: mean |Δ probability| over values and images (share of images whose most likely value changed).\n"
 
 
-def save_block_ablation(result: dict[str, Any], out: str | Path, scale: int = 4) -> Path:
+def save_block_ablation(result: dict[str, Any], out: str | Path, scale: int | None = None) -> Path:
     """Write ``out/metrics.json``, ``out/table.md`` and ``out/<site>.png`` grids."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -328,6 +347,7 @@ __all__ = [
     "InterventionReport",
     "ablation_table",
     "block_ablation",
+    "check_backbone_for_host",
     "concept_text",
     "format_summary",
     "heatmap",

@@ -1,4 +1,11 @@
-"""``diffdict generate``: images from prompts with the shipped toy model."""
+"""``diffdict generate``: images from prompts with any host model.
+
+    diffdict generate --prompt "a red circle at the left" --out grid.png              # the toy model
+    diffdict generate --model sdxl-turbo --model-path DIR --prompt "a photo of a dog" --out dog.png
+
+The toy model takes shapes-world captions only (its vocabulary is checked before
+anything loads); real models take free text, checked against their tokenizers.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +13,30 @@ import argparse
 from pathlib import Path
 
 from diffdict.errors import DiffdictError
-from diffdict.imaging import image_grid, save_png
+from diffdict.imaging import display_scale, image_grid, save_png
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("generate", help="generate images from prompts with the toy model")
+    from diffdict.commands.intervene import add_host_arguments
+
+    parser = subparsers.add_parser(
+        "generate", help="generate images from prompts (toy, sd, sdxl-turbo, sdxl, flux-schnell)",
+        description="Generate images with a host model: the shipped toy model (shapes-world captions), or a real "
+                    "one (free text) from a hub id or a save_pretrained folder (--model-path).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
     source.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
     source.add_argument("--sample", type=int, metavar="N", help="N prompts sampled from the shapes world")
     parser.add_argument("--split", default="test", help="world split for --sample (train, test, heldout, all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=10, help="denoising steps")
-    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
-    parser.add_argument("--model-path", type=Path, help="a toy model folder (default: the shipped weights)")
-    parser.add_argument("--size", type=int, default=None, help="image size (the toy model takes 32)")
-    parser.add_argument("--scale", type=int, default=4, help="upscale factor of the written PNG")
+    parser.add_argument("--seed", type=int, default=0, help="image i starts from the noise of seed + i")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's; toy 10)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale (default: the model's; toy 3)")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default: 16)")
+    add_host_arguments(parser)
+    parser.add_argument("--size", dest="image_size", type=int, default=None, help=argparse.SUPPRESS)  # older name
+    parser.add_argument("--scale", type=int, default=None,
+                        help="upscale factor of the written PNG (default: small images to about 128 px)")
     parser.add_argument("--out", type=Path, required=True, help="PNG file (one image, or a grid for several)")
     parser.add_argument("--out-dir", type=Path, help="also write each image as its own PNG here")
     parser.set_defaults(func=run)
@@ -45,24 +60,28 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffdict.models import ToyDiffusion
-    from diffdict.world import encode_prompts
-
-    prompts = read_prompts(args)
-    encode_prompts(prompts)  # fail on a bad prompt before loading anything
-    model = ToyDiffusion.from_pretrained(args.model_path)
-    images = []
-    for start in range(0, len(prompts), 64):
-        images.append(model.generate(prompts[start:start + 64], seed=args.seed + start, steps=args.steps,
-                                     guidance=args.guidance, image_size=args.size))
     import numpy as np
 
-    images = np.concatenate(images)
-    grid = image_grid(images, scale=args.scale) if len(images) > 1 else image_grid(images, 1, args.scale, 0)
+    from diffdict.commands.intervene import check_positive, load_host_from_args
+    from diffdict.interventions import generate
+
+    for name in ("batch_size", "scale", "steps"):
+        check_positive("--" + name.replace("_", "-"), getattr(args, name))
+    prompts = read_prompts(args)
+    if (args.model or "toy") == "toy":
+        from diffdict.world import encode_prompts
+
+        encode_prompts(prompts)  # the shapes world's vocabulary: fail before loading anything
+    host = load_host_from_args(args)
+    host.check_prompts(prompts)
+    images = generate(host, prompts, [], seed=args.seed, num_steps=args.steps, guidance=args.guidance,
+                      batch_size=args.batch_size)
+    scale = args.scale if args.scale is not None else display_scale(max(images.shape[1:3]))
+    grid = image_grid(images, scale=scale) if len(images) > 1 else image_grid(images, 1, scale, 0)
     save_png(args.out, grid)
     if args.out_dir is not None:
         for i, image in enumerate(images):
             save_png(args.out_dir / f"{i:05d}.png", image)
         (args.out_dir / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    print(f"wrote {len(images)} image(s) to {args.out}")
+    print(f"wrote {len(images)} image(s) of {host.name} to {args.out}")
     return 0

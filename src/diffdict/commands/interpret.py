@@ -17,13 +17,16 @@ def register(subparsers) -> None:
                     "OUT/features/fNNNNNN.json (one record per feature) and OUT/images/*.png.")
     parser.add_argument("--run", required=True, metavar="DICT", help="dictionary folder (or a training run)")
     parser.add_argument("--member", help="the dictionary of a run with several members")
-    parser.add_argument("--store", required=True, metavar="STORE", help="activation store with images")
+    parser.add_argument("--store", metavar="STORE",
+                        help="activation store with images (default: the one the dictionary was trained on)")
     parser.add_argument("--site", help="site of the store (default: the dictionary's, or the one of matching width)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--explainer", default="concept-oracle",
-                        help=f"explainer: {', '.join(sorted(EXPLAINERS))}, or 'none' (default: concept-oracle)")
-    parser.add_argument("--scorer", default="concept-oracle",
-                        help=f"comma-separated scorers: {', '.join(sorted(SCORERS))} (default: concept-oracle; '' for none)")
+    parser.add_argument("--explainer", default="auto",
+                        help=f"explainer: {', '.join(sorted(EXPLAINERS))}, 'none', or 'auto' (default: the concept "
+                             "oracle on shapes-world stores, none on real models)")
+    parser.add_argument("--scorer", default="auto",
+                        help=f"comma-separated scorers: {', '.join(sorted(SCORERS))}, '' for none, or 'auto' "
+                             "(default: concept-oracle on shapes-world stores, none on real models)")
     parser.add_argument("--features", help="features to interpret, e.g. 0,5,10-20 (default: every feature that fires)")
     parser.add_argument("--max-features", type=int, help="a seeded random sample of this many firing features")
     parser.add_argument("--top-n", type=int, default=16, help="top images kept per feature (default 16)")
@@ -60,17 +63,23 @@ def run(args: argparse.Namespace) -> int:
         from diffdict.models.shapes_clip import ShapesClip
 
         clip = ShapesClip.from_pretrained(args.clip_path)
+    store = args.store
+    if store is None:
+        from diffdict.feature_stats import require_recorded_store
+        from diffdict.interpret.pipeline import resolve_run
+
+        store = require_recorded_store(resolve_run(args.run, args.member))
     index = interpret(
-        args.run, args.store, args.out, explainer=explainer, scorers=scorers, site=args.site, member=args.member,
+        args.run, store, args.out, explainer=explainer, scorers=scorers, site=args.site, member=args.member,
         features=args.features, max_features=args.max_features, top_n=args.top_n, rank_by=args.rank_by,
         min_active=args.min_active, icons=args.icons, model_path=args.model_path, seed=args.seed,
         options={k: v for k, v in options.items() if v is not None}, clip=clip,
-        progress=lambda message: print(message, file=sys.stderr) if sys.stderr.isatty() else None,
+        progress=(lambda message: print(message, file=sys.stderr)) if sys.stderr.isatty() else None,
     )
     rows = index["features"]
     print(f"interpreted {len(rows)} features of {index['run']} at {index['site']} "
           f"({index['num_images']} images); records in {args.out}/features, summary {args.out}/interpret.json")
-    for name in scorers:
+    for name in index["settings"]["scorers"]:
         values = [r["scores"].get(name) for r in rows if r["scores"].get(name) is not None]
         if values:
             print(f"  {name}: mean score {sum(values) / len(values):.3f} over {len(values)} features")

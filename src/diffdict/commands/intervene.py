@@ -1,7 +1,14 @@
-"""``diffdict intervene``: steer a host model with one dictionary feature and measure it.
+"""``diffdict intervene``: edit a host model's site with a dictionary and measure it.
 
     diffdict intervene --run DICT --feature 12 --mode add --strength 5 --mask 8,8,24,24 \\
         --steps 0-3 --prompts 16 --target color:red --seed 0 --out DIR
+
+Modes: ``add`` (s * a_i * d_i), ``latent`` (edit feature i's code), ``splice`` (the site
+replaced by the dictionary's reconstruction), ``ablate`` (the block's update scaled by
+``--ablate-scale``, 0 removes it) and ``icon`` (the empty prompt with the site replaced
+by the feature direction). The host is rebuilt as the dictionary's store recorded it
+(model folder, image size, dtype), and a feature's typical activation comes from its
+feature statistics, computed from that store on first use and cached with the dictionary.
 
 writes ``DIR/grid.png`` (per prompt: original | edited | difference heatmap, the mask
 outlined), ``DIR/control.png`` (the random-direction control, with ``--target``) and
@@ -29,8 +36,8 @@ def add_host_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="real models: image size")
 
 
-def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
+def add_generation_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    source = parser.add_mutually_exclusive_group(required=required)
     source.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     source.add_argument("--prompts", help="a count (sampled from the shapes world) or a text file, one prompt a line")
     parser.add_argument("--split", default="test", help="world split when --prompts is a count (default: test)")
@@ -38,23 +45,30 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-steps", type=int, default=None, help="denoising steps per image (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default: 16)")
-    parser.add_argument("--scale", type=int, default=4, help="upscale factor of the written PNGs (default: 4)")
+    parser.add_argument("--scale", type=int, default=None,
+                        help="upscale factor of the written PNGs (default: small images to about 128 px, large ones as they are)")
     parser.add_argument("--out", required=True, help="output folder")
 
 
-def load_host_from_args(args: argparse.Namespace, default_model: str | None = None):
-    import torch
+def load_host_from_args(args: argparse.Namespace, default_model: str | None = None, recorded: dict | None = None):
+    """The host the options name; without ``--model`` (or with the recorded one), the host
+    ``recorded`` describes (a store's ``model`` and ``host``: model folder, image size,
+    dtype), with ``--model-path``, ``--device``, ``--model-dtype``, ``--image-size`` and
+    ``--quantize`` replacing what was recorded."""
+    from diffdict.hosts import host_class, load_host, load_recorded_host
 
-    from diffdict.hosts import host_class, load_host
-
-    name = args.model or default_model or "toy"
+    recorded = recorded or {}
+    name = args.model or recorded.get("model") or default_model or "toy"
     host_class(name)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if recorded.get("model") == name:
+        return load_recorded_host(recorded, args.model_path, args.device, args.model_dtype, where="the dictionary's store",
+                                  image_size=args.image_size, quantize=args.quantize)
     if name == "toy":
-        options = {"path": args.model_path, "device": device, "dtype": args.model_dtype, "image_size": args.image_size}
-    else:
-        options = {"model": args.model_path, "device": device, "dtype": args.model_dtype, "quantize": args.quantize,
+        options = {"path": args.model_path, "device": args.device, "dtype": args.model_dtype,
                    "image_size": args.image_size}
+    else:
+        options = {"model": args.model_path, "device": args.device, "dtype": args.model_dtype,
+                   "quantize": args.quantize, "image_size": args.image_size}
     return load_host(name, **options)
 
 
@@ -66,98 +80,177 @@ def prompts_from_args(args: argparse.Namespace) -> list[str]:
     return read_prompts(args.prompts, seed=args.seed, split=args.split)
 
 
-def check_positive(name: str, value: int) -> None:
-    if value < 1:
+def check_positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
         raise DiffdictError(f"{name} must be at least 1, got {value}")
 
 
+#: the options each mode reads (beyond site, mask, steps and what); the rest are refused
+MODE_OPTIONS = {
+    "add": ("feature", "strength", "activation"),
+    "latent": ("feature", "strength", "activation", "op", "drop_error"),
+    "splice": (),
+    "ablate": ("ablate_scale",),
+    "icon": ("feature", "strength", "activation", "count"),
+}
+_MODE_DEFAULTS = {"strength": 1.0, "op": "set", "drop_error": False, "ablate_scale": 0.0, "count": 4}
+
+
 def register(subparsers) -> None:
-    from diffdict.interventions import LATENT_OPS
+    from diffdict.interventions import LATENT_OPS, MODES
 
     parser = subparsers.add_parser(
-        "intervene", help="steer a model with a dictionary feature; images and metrics",
-        description="Add a feature's decoder direction to a site (--mode add) or edit its code (--mode latent), "
-                    "optionally inside a pixel mask and at chosen denoising steps; writes original | edited | "
-                    "difference grids and metrics.json (distances, locality, causal strength with --target).",
+        "intervene", help="edit a model's site with a dictionary (add, latent, splice, ablate, icon); images and metrics",
+        description="Add a feature's decoder direction to a site (--mode add), edit its code (latent), replace the "
+                    "site by the dictionary's reconstruction (splice), remove the block's update (ablate) or draw the "
+                    "feature's icon (icon: the empty prompt, the site replaced by the feature direction); optionally "
+                    "inside a pixel mask and at chosen denoising steps. Writes original | edited | difference grids "
+                    "and metrics.json (distances, locality, causal strength with --target).",
     )
-    parser.add_argument("--run", required=True, help="dictionary folder (or a run folder with one dictionary)")
-    parser.add_argument("--feature", type=int, required=True, help="feature index")
-    parser.add_argument("--mode", default="add", choices=["add", "latent"], help="add (dense) or latent edit (default: add)")
-    parser.add_argument("--strength", type=float, default=1.0,
-                        help="add: s in s*a_i*d_i; latent set/add: s*a_i; latent scale: the factor (default: 1)")
-    parser.add_argument("--op", default="set", choices=list(LATENT_OPS), help="latent edit: set, scale or add (default: set)")
-    parser.add_argument("--drop-error", action="store_true", help="latent: drop the reconstruction error (x - x_hat)")
+    parser.add_argument("--run", default=None,
+                        help="dictionary folder (or a run folder with one dictionary); every mode but ablate")
+    parser.add_argument("--mode", default="add", choices=list(MODES), help="the edit (default: add)")
+    parser.add_argument("--feature", type=int, default=None, help="add, latent, icon: feature index")
+    parser.add_argument("--strength", type=float, default=None,
+                        help="add, icon: s in s*a_i*d_i; latent set/add: s*a_i; latent scale: the factor (default: 1)")
+    parser.add_argument("--op", default=None, choices=list(LATENT_OPS), help="latent: set, scale or add (default: set)")
+    parser.add_argument("--drop-error", action="store_true", default=None,
+                        help="latent: drop the reconstruction error (x - x_hat)")
     parser.add_argument("--activation", type=float, default=None,
-                        help="the feature's typical activation a_i (default: from its feature statistics)")
+                        help="add, latent, icon: the feature's typical activation a_i (default: from its feature "
+                             "statistics, computed from the dictionary's store when missing)")
+    parser.add_argument("--ablate-scale", type=float, default=None,
+                        help="ablate: factor on the block's update (default: 0, removing it)")
+    parser.add_argument("--count", type=int, default=None,
+                        help="icon without --prompt/--prompts: images of the empty prompt (default: 4)")
+    parser.add_argument("--store", default=None,
+                        help="store to compute feature statistics from (default: the one the dictionary was trained on)")
     parser.add_argument("--mask", default=None, help="pixel box x0,y0,x1,y1 (end exclusive; default: the whole image)")
     parser.add_argument("--steps", default="all", help="denoising steps to edit: all, 0-3, or 0,2 (default: all)")
     parser.add_argument("--site", default=None, help="site to edit (default: the one the dictionary was trained on)")
     parser.add_argument("--what", default=None, choices=["update", "output", "mlp"],
                         help="what to edit at the site (default: what the dictionary was trained on, else update)")
     parser.add_argument("--target", default=None,
-                        help="concept (e.g. color:red) or explanation text: its probability, CLIP similarity and causal strength")
+                        help="what the edit should bring about: a shapes-world concept (color:red) or free text "
+                             "('a photo of a dog', read by the CLIP backbone on real models): its probability, "
+                             "CLIP similarity and causal strength")
     parser.add_argument("--backbone", default="auto",
-                        help="shapes-clip, open-clip, none, or auto (shapes-clip when its weights are shipped; default)")
+                        help="shapes-clip, open-clip, none, or auto (default: shapes-clip on the toy model, "
+                             "open-clip on real models when installed)")
     parser.add_argument("--no-control", action="store_true", help="skip the random-direction control")
     parser.add_argument("--control-seed", type=int, default=None, help="seed of the random directions (default: --seed)")
     parser.add_argument("--locality-threshold", type=float, default=0.0,
                         help="ignore pixel changes at or below this (0..1) in the locality metric")
-    add_generation_arguments(parser)
+    add_generation_arguments(parser, required=False)
     add_host_arguments(parser)
     parser.set_defaults(func=run)
 
 
-def resolve_backbone(name: str, needed: bool):
+def resolve_backbone(name: str, needed: bool, host_name: str = "toy"):
+    """The backbone to measure with: ``auto`` is shapes-clip on the toy model and the
+    CLIP backbone (open-clip) on real ones; a shapes-world judge on a real model is refused."""
+    from diffdict.hosts import is_real_host
     from diffdict.metrics import backbone_available
 
+    real = is_real_host(host_name)
     if name == "none":
         if needed:
             raise DiffdictError("--target needs a backbone to read it; drop --backbone none")
         return None
+    if name in ("shapes-clip", "shapes_clip") and real:
+        raise DiffdictError(f"the shapes-clip backbone reads only shapes-world images, not {host_name}'s; "
+                            "use --backbone open-clip (the CLIP backbone) or --backbone none")
     if name == "auto":
-        ok, reason = backbone_available("shapes-clip")
+        choice = "open-clip" if real else "shapes-clip"
+        ok, reason = backbone_available(choice)
         if ok:
-            return "shapes-clip"
+            return choice
         if needed:
-            raise DiffdictError(f"--target needs a backbone, but {reason}; pass --backbone")
+            raise DiffdictError(f"--target on {host_name} is read by the {choice} backbone, but {reason}")
         print(f"note: {reason}; pixel metrics only")
         return None
     return name
+
+
+def check_mode_options(args: argparse.Namespace) -> None:
+    """Refuse options the mode does not read, fill in the defaults of those it does."""
+    wanted = MODE_OPTIONS[args.mode]
+    for option in ("feature", "strength", "activation", "op", "drop_error", "ablate_scale", "count"):
+        value = getattr(args, option)
+        if value is not None and option not in wanted:
+            flag = "--" + option.replace("_", "-")
+            takes = ", ".join("--" + o.replace("_", "-") for o in wanted) or "no feature options"
+            raise DiffdictError(f"{flag} does not apply to --mode {args.mode} (it takes {takes})")
+        if value is None and option in _MODE_DEFAULTS:
+            setattr(args, option, _MODE_DEFAULTS[option])
+    if "feature" in wanted and args.feature is None:
+        raise DiffdictError(f"--mode {args.mode} needs --feature N")
+    if args.mode != "ablate" and args.run is None:
+        raise DiffdictError(f"--mode {args.mode} needs --run DICT (a dictionary folder)")
+    if args.mode != "icon" and not (args.prompt or args.prompts):
+        raise DiffdictError(f"--mode {args.mode} needs prompts: --prompt TEXT or --prompts N|FILE")
+    if args.mode == "icon" and (args.prompt or args.prompts) and args.count != _MODE_DEFAULTS["count"]:
+        raise DiffdictError("--count gives the number of empty-prompt icons; drop it with --prompt/--prompts")
+    check_positive("--count", args.count if args.count is not None else 1)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from diffdict.dictionaries import load_dictionary
-    from diffdict.feature_stats import dictionary_metadata, load_feature_stats, single_dictionary_folder
-    from diffdict.interventions import Add, LatentEdit
+    from diffdict.feature_stats import dictionary_metadata, ensure_feature_stats, recorded_host, single_dictionary_folder
+    from diffdict.interventions import Ablate, Add, Icon, LatentEdit, Splice
     from diffdict.steering import format_summary, run_intervention, save_intervention_report
 
     check_positive("--batch-size", args.batch_size)
     check_positive("--scale", args.scale)
-    folder = single_dictionary_folder(args.run)
-    dictionary = load_dictionary(folder)
-    stats = load_feature_stats(folder, dictionary, required=False)
-    meta = dictionary_metadata(folder)
+    check_mode_options(args)
+    folder = dictionary = None
+    meta: dict = {}
+    recorded: dict = {}
+    if args.run is not None:
+        folder = single_dictionary_folder(args.run)
+        dictionary = load_dictionary(folder)
+        meta = dictionary_metadata(folder)
+        recorded = recorded_host(folder)
     site = args.site or meta.get("site")
     if site is None:
-        raise DiffdictError(f"{folder} does not record the site it was trained on; pass --site")
+        raise DiffdictError(f"{folder or '--mode ablate'} records no site to edit; pass --site")
     what = args.what or meta.get("what")
-    backbone = resolve_backbone(args.backbone, args.target is not None)
-    prompts = prompts_from_args(args)
-    host = load_host_from_args(args, meta.get("model"))
-    common = dict(mask=args.mask, steps=args.steps, what=what, activation=args.activation, stats=stats)
+    host_name = args.model or recorded.get("model") or meta.get("model") or "toy"
+    backbone = resolve_backbone(args.backbone, args.target is not None, host_name)
+    prompts = prompts_from_args(args) if (args.prompt or args.prompts) else [""] * args.count
+    stats = None
+    if folder is not None:
+        needs_activation = args.mode in ("add", "icon") or (args.mode == "latent" and args.op != "scale")
+        if needs_activation and args.activation is None:
+            stats = ensure_feature_stats(folder, dictionary, store=args.store, site=meta.get("site"))
+        else:
+            from diffdict.feature_stats import load_feature_stats
+
+            stats = load_feature_stats(folder, dictionary, required=False)
+    host = load_host_from_args(args, meta.get("model"), recorded if host_name == recorded.get("model") else None)
+    if host.name != "toy" and args.prompts and not args.prompt and str(args.prompts).strip().isdigit():
+        print(f"note: --prompts {args.prompts} samples shapes-world captions; give real prompts with --prompt or a file")
+    common = dict(mask=args.mask, steps=args.steps, what=what)
+    feature = dict(activation=args.activation, stats=stats)
     if args.mode == "add":
-        intervention = Add(site, dictionary, args.feature, args.strength, **common)
-    else:
+        intervention = Add(site, dictionary, args.feature, args.strength, **feature, **common)
+    elif args.mode == "latent":
         intervention = LatentEdit(site, dictionary, args.feature, args.strength, args.op,
-                                  keep_error=not args.drop_error, **common)
+                                  keep_error=not args.drop_error, **feature, **common)
+    elif args.mode == "icon":
+        intervention = Icon(site, dictionary, args.feature, args.strength, **feature, **common)
+    elif args.mode == "splice":
+        intervention = Splice(site, dictionary, stats=stats, **common)
+    else:
+        intervention = Ablate(site, args.ablate_scale, **common)
     report = run_intervention(
         host, intervention, prompts, seed=args.seed, num_steps=args.num_steps, guidance=args.guidance,
         target=args.target, backbone=backbone, control=not args.no_control, control_seed=args.control_seed,
         batch_size=args.batch_size, locality_threshold=args.locality_threshold,
     )
-    report.settings["dictionary"] = str(folder)
+    report.settings["dictionary"] = str(folder) if folder is not None else None
     path = save_intervention_report(report, Path(args.out), scale=args.scale)
     print(format_summary(report))
     print(f"wrote {path.parent}")

@@ -15,7 +15,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder of the site")
     parser.add_argument("--interpret", metavar="DIR", help="an output folder of 'diffdict interpret'")
     parser.add_argument("--store", metavar="STORE",
-                        help="without --interpret: compute statistics and top images from this store")
+                        help="without --interpret: compute statistics and top images from this store "
+                             "(default: the one the dictionary was trained on)")
     parser.add_argument("--site", help="site of the store (with --store)")
     parser.add_argument("--top-n", type=int, default=16, help="top images per feature (with --store)")
     parser.add_argument("--seed", type=int, default=0, help="unused by the site itself (kept for uniformity)")
@@ -23,9 +24,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from diffdict.report.site import build_report
 
     index = build_report(args.run, args.out, interpret_dir=args.interpret, store=args.store, site=args.site,
-                         member=args.member, seed=args.seed, top_n=args.top_n)
+                         member=args.member, seed=args.seed, top_n=args.top_n,
+                         progress=(lambda message: print(message, file=sys.stderr)) if sys.stderr.isatty() else None)
     print(f"wrote {index} (open it in a browser; no server needed)")
     return 0

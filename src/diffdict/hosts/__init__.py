@@ -20,6 +20,7 @@ from diffdict.hosts.base import WHATS, HostModel, SiteInfo
 
 HOSTS: dict[str, str] = {
     "toy": "diffdict.hosts.toy:ToyHost",
+    "sd": "diffdict.hosts.sd:SDHost",
     "sdxl-turbo": "diffdict.hosts.sdxl:SDXLTurboHost",
     "sdxl": "diffdict.hosts.sdxl:SDXLHost",
     "flux-schnell": "diffdict.hosts.flux:FluxSchnellHost",
@@ -63,4 +64,12 @@ def load_host(name: str = DEFAULT_HOST, **options) -> HostModel:
     return cls(**options)
 
 
-__all__ = ["HOSTS", "DEFAULT_HOST", "WHATS", "HostModel", "SiteInfo", "host_class", "host_options", "load_host"]
+def is_real_host(name: str) -> bool:
+    """Whether ``name`` is a real text-to-image model (anything but the shapes-world toy)."""
+    return name != "toy"
+
+
+from diffdict.hosts.recorded import load_recorded_host  # noqa: E402  (uses the registry above)
+
+__all__ = ["HOSTS", "DEFAULT_HOST", "WHATS", "HostModel", "SiteInfo", "host_class", "host_options", "is_real_host",
+           "load_host", "load_recorded_host"]

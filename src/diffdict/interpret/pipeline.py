@@ -25,6 +25,7 @@ from diffdict.imaging import image_grid, save_png
 from diffdict.interpret.base import FeatureView, InterpretContext, feature_file, make_explainer, make_scorer
 from diffdict.interpret.stats import ActivationStats, compute_activation_stats
 from diffdict.io import read_json, write_json
+from diffdict.metrics.fidelity import host_for_store  # the host that made a store (icons, the app)
 
 SITE_FILES = ("config.json", "cfg.json", "train.json", "training.json", "run.json", "settings.json", "meta.json",
               "metadata.json", "member.json")
@@ -136,21 +137,6 @@ def load_for_store(run: str | Path, store, site: str | None = None, member: str 
     return dictionary, folder, site
 
 
-def host_for_store(store, model_path: str | Path | None = None):
-    """The host model that made a store (for icons, interventions and the app)."""
-    from diffdict.hosts import load_host
-
-    settings = store.settings or {}
-    name = settings.get("model")
-    if not name:
-        raise DiffdictError(f"store {store.path} records no host model (an imported array?): icons and edits need one")
-    if name == "toy":
-        source = (settings.get("host") or {}).get("source")
-        path = model_path or (source if source not in (None, "shipped", "in-memory") else None)
-        return load_host("toy", path=str(path) if path else None)
-    return load_host(name, model=str(model_path) if model_path else (settings.get("host") or {}).get("model"))
-
-
 def typical_activations(folder: Path, dictionary, stats: ActivationStats) -> torch.Tensor:
     """a_i per feature: the statistics saved with the dictionary (``diffdict.feature_stats``)
     when there are some for these weights, else those of this pass (the same definition)."""
@@ -191,12 +177,20 @@ def parse_features(spec: str | Sequence[int] | None, n_features: int) -> list[in
     return sorted(set(out))
 
 
-def write_feature_images(view: FeatureView, out: Path, stats: ActivationStats, n_show: int, scale: int = 4) -> None:
+def write_feature_images(view: FeatureView, out: Path, stats: ActivationStats, n_show: int,
+                         scale: int | None = None) -> None:
+    """The feature's PNGs; ``scale`` None: small images upscaled to about 128 px, large ones as they are."""
+    from diffdict.imaging import display_scale
     from diffdict.interpret.visualize import histogram_png, overlay_heatmap, top_images_grid
 
     f = view.feature
     images_dir = out / "images"
     shown = [e for e in view.examples if e.image is not None and e.map is not None][:n_show]
+    if scale is None:
+        sizes = [max(np.asarray(e.image).shape[:2]) for e in shown]
+        if view.icon is not None:
+            sizes.append(max(np.asarray(view.icon).shape[:2]))
+        scale = display_scale(max(sizes)) if sizes else 1
     if shown:
         vmax = view.vmax
         save_png(feature_file(images_dir, f, "_top.png"),
@@ -216,12 +210,35 @@ def write_feature_images(view: FeatureView, out: Path, stats: ActivationStats, n
         view.files["add"] = f"images/f{f:06d}_add.png"
 
 
+#: explainers and scorers that know only the shapes world (ground truth, shapes-clip)
+SHAPES_WORLD_ONLY = ("concept-oracle", "clip")
+
+
+def shapes_world_judges(model: str | None, explainer: str | None, scorers: Sequence[str]
+                        ) -> tuple[str | None, list[str]]:
+    """Resolve ``auto`` (the concept oracle on shapes-world stores, nothing on real models)
+    and refuse a shapes-world-only explainer or scorer on a real model's store."""
+    from diffdict.hosts import is_real_host
+
+    real = model is not None and is_real_host(model)
+    if explainer == "auto":
+        explainer = None if real else "concept-oracle"
+    scorers = [name for s in scorers for name in ((() if real else ("concept-oracle",)) if s == "auto" else (s,))]
+    if real:
+        for name in [explainer, *scorers]:
+            if name in SHAPES_WORLD_ONLY:
+                raise DiffdictError(f"the {name} judge knows only the shapes world, not {model}'s images; use the VLM "
+                                    "explainer and judge (--explainer vlm --scorer vlm --vlm-url URL --vlm-model NAME) "
+                                    "or --explainer none")
+    return explainer, scorers
+
+
 def interpret(
     run: str | Path,
     store: str | Path | Any,
     out: str | Path,
-    explainer: str | None = "concept-oracle",
-    scorers: Sequence[str] = ("concept-oracle",),
+    explainer: str | None = "auto",
+    scorers: Sequence[str] = ("auto",),
     site: str | None = None,
     member: str | None = None,
     features: str | Sequence[int] | None = None,
@@ -242,7 +259,8 @@ def interpret(
 ) -> dict:
     """Run the whole interpretation of a dictionary on a store; returns the index written
     to ``OUT/interpret.json``. ``options`` go to the explainer and scorers (VLM URL, model,
-    key variable, cache folder...)."""
+    key variable, cache folder...). ``auto``: the concept oracle on shapes-world stores,
+    nothing on real models (see :func:`shapes_world_judges`)."""
     from diffdict.store import Store, open_store
 
     say = progress or (lambda message: None)
@@ -252,6 +270,7 @@ def interpret(
     if not store.has_images:
         raise DiffdictError(f"store {store.path} has no images: interpretation shows the images that activate each "
                             "feature; collect the store with images")
+    explainer, scorers = shapes_world_judges(store.settings.get("model"), explainer, scorers)
     options = dict(options or {})
     options.setdefault("cache_dir", str(out / "vlm-cache"))
     if "vlm" in (explainer, *scorers) and options.get("client") is None:
@@ -266,8 +285,13 @@ def interpret(
         host = host_for_store(store, model_path)
 
     say(f"statistics of {dictionary.n_features} features over {store.num_tokens(site):,} tokens of {site}")
-    stats = compute_activation_stats(store, dictionary, site, top_n=top_n, rank_by=rank_by, min_active=min_active,
-                                  block_tokens=block_tokens)
+    from tqdm import tqdm
+
+    with tqdm(total=store.num_tokens(site), unit="tok", unit_scale=True, desc="top images",
+              disable=progress is None) as bar:
+        stats = compute_activation_stats(store, dictionary, site, top_n=top_n, rank_by=rank_by,
+                                         min_active=min_active, block_tokens=block_tokens,
+                                         progress=lambda done, total: bar.update(done - bar.n))
     stats.save(out / "stats")
     if chosen is None:
         chosen = [int(f) for f in torch.nonzero(stats.fire_count > 0).flatten()]
@@ -283,7 +307,9 @@ def interpret(
     gallery_prompts = store.prompts[:2] if icons else []
 
     rows = []
-    for i, f in enumerate(chosen):
+    pages = tqdm(chosen, unit="feature", desc="feature images" + (" and icons" if icons else ""),
+                 disable=progress is None)
+    for f in pages:
         examples = context.examples(f)
         view = FeatureView(f, context, examples, stats.feature_summary(f))
         if icons and float(typical[f]) > 0:
@@ -316,8 +342,6 @@ def interpret(
         rows.append({"feature": f, **{k: view.summary[k] for k in ("frequency", "mean_activation", "max_activation")},
                      "explanation": explanation.text if explanation else None,
                      "scores": {name: s.get("score") for name, s in scores.items()}})
-        if (i + 1) % 50 == 0:
-            say(f"{i + 1} of {len(chosen)} features")
     index = {
         "run": str(folder),
         "store": str(store.path),

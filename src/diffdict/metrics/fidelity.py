@@ -88,19 +88,11 @@ def fidelity_metrics(original: np.ndarray, spliced: np.ndarray, prompts: Sequenc
 
 
 def host_for_store(store: Any, model_path: str | None = None) -> "HostModel":
-    """The host model that made ``store`` (from its recorded settings)."""
-    from diffdict.hosts import load_host
+    """The host model that made ``store``, rebuilt from what it recorded (model folder,
+    image size, dtype; see :func:`diffdict.hosts.load_recorded_host`)."""
+    from diffdict.hosts import load_recorded_host
 
-    settings = store.settings or {}
-    name = settings.get("model")
-    if not name:
-        raise DiffdictError(f"store {store.path} records no host model (an imported array?); spliced fidelity needs one")
-    recorded = settings.get("host") or {}
-    if name == "toy":
-        source = recorded.get("source")
-        path = model_path or (source if source not in (None, "shipped", "in-memory") else None)
-        return load_host("toy", path=path)
-    return load_host(name, model=model_path or recorded.get("model"))
+    return load_recorded_host(store.settings, model_path, where=f"store {store.path}")
 
 
 def store_fidelity(

@@ -204,7 +204,11 @@ def make_backend(run, store=None, interpret_dir=None, site=None, member=None, mo
     from diffdict.feature_stats import load_feature_stats
     from diffdict.interpret.pipeline import dictionary_site, host_for_store, load_for_store, resolve_run
 
+    from diffdict.feature_stats import ensure_feature_stats, recorded_store, require_recorded_store
+
     store_obj = None
+    if store is None and recorded_store(resolve_run(run, member)) is not None:
+        store = require_recorded_store(resolve_run(run, member))  # the store it was trained on
     if store is not None:
         from diffdict.store import open_store
 
@@ -225,10 +229,13 @@ def make_backend(run, store=None, interpret_dir=None, site=None, member=None, mo
             name = model or "toy"
             host = load_host(name, path=model_path) if name == "toy" else load_host(name, model=model_path)
     typical = None
-    try:
-        saved = load_feature_stats(folder, dictionary, required=False)
-    except DiffdictError:
-        saved = None
+    if store_obj is not None:
+        saved = ensure_feature_stats(folder, dictionary, store=store_obj, site=site)
+    else:
+        try:
+            saved = load_feature_stats(folder, dictionary, required=False)
+        except DiffdictError:
+            saved = None
     records: dict[int, dict] = {}
     stats = None
     if interpret_dir is not None:
@@ -241,6 +248,14 @@ def make_backend(run, store=None, interpret_dir=None, site=None, member=None, mo
             from diffdict.interpret.stats import ActivationStats
 
             stats = ActivationStats.load(stats_dir)
+    if stats is None and store_obj is not None and store_obj.has_images:
+        from tqdm import tqdm
+
+        from diffdict.interpret.stats import compute_activation_stats
+
+        with tqdm(total=store_obj.num_tokens(site), unit="tok", unit_scale=True, desc="top images") as bar:
+            stats = compute_activation_stats(store_obj, dictionary, site, top_n=8,
+                                             progress=lambda done, total: bar.update(done - bar.n))
     if saved is not None:
         typical = saved.mean_activation
     elif stats is not None:

@@ -239,27 +239,42 @@ def build_report(run: str | Path, out: str | Path, interpret_dir: str | Path | N
                  store: str | Path | None = None, site: str | None = None, member: str | None = None,
                  seed: int = 0, top_n: int = 16, progress=None) -> Path:
     """The site for a dictionary: from an interpret folder; else from a store (statistics and
-    top images, no explanations; written to OUT/interpret); else from the feature
-    statistics saved with the dictionary (a table only)."""
+    top images, no explanations; written to OUT/interpret), by default the store the
+    dictionary was trained on; a store without images gives a table of the feature
+    statistics (computed from it when missing and cached with the dictionary)."""
+    from diffdict.dictionaries import load_dictionary
+    from diffdict.feature_stats import (
+        ensure_feature_stats,
+        load_feature_stats,
+        recorded_store,
+        require_recorded_store,
+    )
     from diffdict.interpret.pipeline import interpret, load_interpretation, resolve_run
+    from diffdict.store import open_store
 
     out = Path(out)
     if interpret_dir is not None:
         index, records = load_interpretation(interpret_dir)
         return write_site(out, index, records, interpret_dir)
-    if store is not None:
-        folder = out / "interpret"
-        interpret(run, store, folder, explainer=None, scorers=(), site=site, member=member, seed=seed, top_n=top_n,
-                  progress=progress)
-        index, records = load_interpretation(folder)
-        return write_site(out, index, records, folder)
-    from diffdict.feature_stats import load_feature_stats
-
     folder = resolve_run(run, member)
-    stats = load_feature_stats(folder, required=False)
-    if stats is None:
-        raise DiffdictError(f"nothing to report for {folder}: give --interpret DIR (from 'diffdict interpret') or "
-                            "--store STORE, or compute its feature statistics with 'diffdict feature-stats'")
+    if store is None and recorded_store(folder) is None:
+        saved = load_feature_stats(folder, required=False)
+        if saved is None:
+            raise DiffdictError(f"nothing to report for {folder}: it records no activation store; give --store STORE "
+                                "or --interpret DIR (from 'diffdict interpret')")
+        return _stats_table(out, folder, saved)
+    store_obj = open_store(store if store is not None else require_recorded_store(folder))
+    if store_obj.has_images:
+        folder_out = out / "interpret"
+        interpret(folder, store_obj, folder_out, explainer=None, scorers=(), site=site, seed=seed, top_n=top_n,
+                  progress=progress)
+        index, records = load_interpretation(folder_out)
+        return write_site(out, index, records, folder_out)
+    return _stats_table(out, folder, ensure_feature_stats(folder, load_dictionary(folder), store=store_obj, site=site))
+
+
+def _stats_table(out: Path, folder: Path, stats) -> Path:
+    """A site listing the feature statistics only (no images)."""
     records = [{"feature": f, "stats": {"frequency": float(stats.frequency[f]),
                                         "mean_activation": float(stats.mean_activation[f]),
                                         "max_activation": float(stats.max_activation[f])}}

@@ -1,0 +1,54 @@
+"""Stable Diffusion 1.x (diffusers ``StableDiffusionPipeline``) as a host, and the
+shared base of every UNet pipeline host (SD 1.x, SDXL Turbo, SDXL).
+
+Sites as for SDXL (:func:`diffdict.hosts.unet.unet_sites`): every UNet
+``Transformer2DModel`` (``down.i.j``, ``mid.0``, ``up.i.j``) and its MLP neurons
+(``NAME.mlp``). SD 1.5 at 512x512 has transformer blocks at every resolution
+(``down.0.0`` .. ``down.2.1`` at 64..16 latent cells, ``mid.0`` at 8x8, ``up.1.0`` ..
+``up.3.2``). Classifier-free guidance as a batch [unconditional; conditional]; hooks
+read and edit the conditional half. SD 1.5 is the model SAeUron and UnlearnCanvas use.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from diffdict.hosts.base import SiteInfo
+from diffdict.hosts.pipeline import PipelineHost
+from diffdict.hosts.unet import unet_sites
+
+
+class UNetPipelineHost(PipelineHost):
+    """A diffusers pipeline whose denoiser is a ``UNet2DConditionModel``."""
+
+    denoiser = "unet"
+
+    def sites(self) -> dict[str, SiteInfo]:
+        scale = int(self.pipe.vae_scale_factor)
+        return unet_sites(self.pipe.unet, (self._size[0] // scale, self._size[1] // scale))
+
+    def size_multiple(self) -> int:
+        # the latent must survive every down-sampling of the UNet
+        downs = sum(1 for b in self.pipe.unet.down_blocks if getattr(b, "downsamplers", None))
+        return int(self.pipe.vae_scale_factor) * 2**downs
+
+    def uses_cfg(self, guidance: float) -> bool:
+        # the pipelines' do_classifier_free_guidance
+        return guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        super().check_prompts(prompts)
+        for tokenizer in (getattr(self.pipe, "tokenizer", None), getattr(self.pipe, "tokenizer_2", None)):
+            if tokenizer is not None:
+                self._check_token_length(prompts, tokenizer, int(tokenizer.model_max_length), "CLIP")
+                break  # both SDXL tokenizers split text the same way
+
+
+class SDHost(UNetPipelineHost):
+    name = "sd"
+    pipeline_class = "StableDiffusionPipeline"
+    default_model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    default_image_size = 512
+    default_steps = 50
+    default_guidance = 7.5
+    quantize_components = ["unet"]
