@@ -437,15 +437,17 @@ def _run_stores(settings_path: Path) -> list[Path]:
 def recorded_host(folder: str | Path) -> dict[str, Any]:
     """What is recorded about the host model a dictionary's activations came from, as a
     store records it (``model``: the host's name, ``host``: its description with the model
-    folder, image size and dtype): from the store it was trained on, else from its
-    feature statistics. Empty when nothing records it."""
+    folder, image size and dtype; ``generation``: denoising steps and guidance, when the
+    store is there): from the store it was trained on, else from its feature statistics.
+    Empty when nothing records it."""
     from diffdict.store import open_store
 
     store = recorded_store(folder)
     if store is not None and (store / "manifest.json").exists():
         try:
             settings = open_store(store).settings or {}
-            return {"model": settings.get("model"), "host": settings.get("host") or {}}
+            return {"model": settings.get("model"), "host": settings.get("host") or {},
+                    "generation": settings.get("generation") or {}}
         except DiffdictError:
             pass
     try:

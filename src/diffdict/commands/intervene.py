@@ -198,7 +198,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from diffdict.dictionaries import load_dictionary
-    from diffdict.feature_stats import dictionary_metadata, ensure_feature_stats, recorded_host, single_dictionary_folder
+    from diffdict.feature_stats import (
+        dictionary_metadata,
+        ensure_feature_stats,
+        recorded_host,
+        recorded_store,
+        require_recorded_store,
+        single_dictionary_folder,
+    )
     from diffdict.interventions import Ablate, Add, Icon, LatentEdit, Splice
     from diffdict.steering import format_summary, run_intervention, save_intervention_report
 
@@ -214,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
         meta = dictionary_metadata(folder)
         recorded = recorded_host(folder)
     site = args.site or meta.get("site")
+    if site is None and folder is not None and recorded_store(folder) is not None:
+        require_recorded_store(folder)  # the site is unknown because the store moved: say that
     if site is None:
         raise DiffdictError(f"{folder or '--mode ablate'} records no site to edit; pass --site")
     what = args.what or meta.get("what")
@@ -230,6 +239,10 @@ def run(args: argparse.Namespace) -> int:
 
             stats = load_feature_stats(folder, dictionary, required=False)
     host = load_host_from_args(args, meta.get("model"), recorded if host_name == recorded.get("model") else None)
+    if host.name == recorded.get("model"):  # generate as the store did unless told otherwise
+        generation = recorded.get("generation") or {}
+        args.num_steps = args.num_steps if args.num_steps is not None else generation.get("num_steps")
+        args.guidance = args.guidance if args.guidance is not None else generation.get("guidance")
     if host.name != "toy" and args.prompts and not args.prompt and str(args.prompts).strip().isdigit():
         print(f"note: --prompts {args.prompts} samples shapes-world captions; give real prompts with --prompt or a file")
     common = dict(mask=args.mask, steps=args.steps, what=what)
