@@ -3,6 +3,7 @@ decoder, normalisation, save/load for every mechanism, and sparsify / SAE Lens f
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
@@ -24,7 +25,8 @@ D, N, K, B = 8, 24, 3, 16
 
 
 def make_sae(mechanism: str = "topk", seed: int = 0, **kwargs) -> SparseAutoencoder:
-    options = {"topk": {"k": K}, "batchtopk": {"k": K}}.get(mechanism, {})
+    takes_k = "k" in inspect.signature(MECHANISMS[mechanism].__init__).parameters
+    options = {"k": K} if takes_k else {}
     sae = SparseAutoencoder(D, N, mechanism=mechanism, mechanism_options=options, seed=seed, **kwargs)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

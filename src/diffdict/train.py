@@ -77,7 +77,7 @@ class TrainSettings:
     arch: list[str] = field(default_factory=lambda: ["topk"])
     expansion: list[float] = field(default_factory=lambda: [4.0])
     width: list[int] | None = None  # replaces expansion when given
-    lr: list[float] = field(default_factory=lambda: [1e-4])
+    lr: list[float] | None = None  # None: default_lr(width) for each member
     normalization: list[str] = field(default_factory=lambda: ["none"])
     # sparsity options (None: the mechanism's default)
     k: list[int] = field(default_factory=lambda: [32])
@@ -135,7 +135,7 @@ class TrainSettings:
         for value in self.k:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise DiffdictError(f"--k must be positive integers, got {value!r}")
-        for value in self.lr:
+        for value in self.lr or []:
             if not value > 0:
                 raise DiffdictError(f"--lr must be positive, got {value}")
         for value in self.expansion:
@@ -163,6 +163,15 @@ class MemberSpec:
     options: dict[str, Any]  # grid values for this member (SAE: also its mechanism options)
 
 
+def default_lr(n_features: int) -> float:
+    """Adam's learning rate when none is given: 2e-4 / √(n / 2¹⁴) for n features, the
+    width-scaled rule of EleutherAI sparsify (1.1e-3 at 512 features, 3.6e-4 at 5120).
+    The SDXL Turbo paper's fixed 1e-4 is meant for 10M+ tokens; on the short runs users
+    start with it leaves the dictionary far from converged (figures in the README,
+    ``benchmarks/train_throughput.py --case planted``)."""
+    return 2e-4 / math.sqrt(n_features / 2**14)
+
+
 def _mechanism_option_names(arch: str) -> list[str]:
     parameters = list(inspect.signature(MECHANISMS[arch].__init__).parameters)
     return [p for p in parameters if p not in ("self", "n_features")]
@@ -186,7 +195,7 @@ def grid_members(settings: TrainSettings) -> list[MemberSpec]:
             mechanism_options = _mechanism_option_names(arch)
             sparsity = [name for name in mechanism_options if getattr(settings, name, None) is not None]
             size = "width" if settings.width else "expansion"
-            used = sparsity + [size, "lr", "normalization"]
+            used = sparsity + [size] + (["lr"] if settings.lr is not None else []) + ["normalization"]
             if MECHANISMS[arch].supports_auxk:
                 used.append("auxk")
             always = sparsity[:1] + [size]
@@ -212,6 +221,16 @@ def grid_members(settings: TrainSettings) -> list[MemberSpec]:
 
 
 # --------------------------------------------------------------------------- members
+
+
+@dataclass
+class StepResult:
+    """What a member's forward and backward on one local batch hands to the loop."""
+
+    finite: torch.Tensor  # () bool: the loss is finite
+    sums: torch.Tensor  # (4,) sq_error, aux_loss·tokens, penalty·tokens, l0·tokens (local)
+    fired: torch.Tensor  # (n,) bool: features that coded some token (empty for ITDA)
+    seconds: float = 0.0
 
 
 class _Distributed:
@@ -267,7 +286,7 @@ class SAEMember:
             normalization=options["normalization"], bf16=settings.bf16, seed=settings.seed,
         ).to(device).train()
         self.auxk = bool(options.get("auxk", False))
-        self.lr = options["lr"]
+        self.lr = options["lr"] if "lr" in options else default_lr(self.model.n_features)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, fused=device.type in ("cpu", "cuda"))
         self.tokens_since_fired = torch.zeros(self.model.n_features, dtype=torch.long, device=device)
         self.variance = 1.0
@@ -279,23 +298,24 @@ class SAEMember:
     def initialize(self, sample: torch.Tensor) -> None:
         self.variance = self.model.initialize(sample, self.settings.b_dec_init)
 
-    def forward_backward(self, batch: Batch, comm: _Distributed) -> dict[str, torch.Tensor]:
+    def forward_backward(self, batch: Batch, comm: _Distributed, normalized: dict[str, torch.Tensor]) -> StepResult:
         model = self.model
-        x_n = model.normalize(batch.x)
+        # Members with the same input normalisation share its statistics (all are set from
+        # the same sample), so the batch is normalised once for them all.
+        x_n = normalized.get(model.normalization)
+        if x_n is None:
+            x_n = normalized[model.normalization] = model.normalize(batch.x)
         dead = self.tokens_since_fired >= self.settings.dead_window if self.auxk else None
         out = model.training_forward(x_n, self.variance, dead, self.settings.auxk_coef, self.settings.k_aux,
                                      sum_over_ranks=comm.sum_ if comm.active else None)
-        finite = bool(torch.isfinite(out.loss))
         self.optimizer.zero_grad(set_to_none=True)
-        if finite:
-            out.loss.backward()
+        # A non-finite loss gives non-finite gradients, harmless: the step is refused
+        # before the optimiser runs. Checking first would cost a host sync per member.
+        out.loss.backward()
         tokens = x_n.shape[0]
-        return {
-            "finite": torch.tensor(float(finite)),
-            # token-weighted sums, so that they add up over ranks
-            "sums": torch.stack([out.sq_error, out.aux_loss * tokens, out.penalty * tokens, out.l0 * tokens]),
-            "fired": out.fired,
-        }
+        # token-weighted sums, so that they add up over ranks
+        sums = torch.stack([out.sq_error, out.aux_loss * tokens, out.penalty * tokens, out.l0 * tokens])
+        return StepResult(torch.isfinite(out.loss.detach()), sums, out.fired)
 
     def gradients(self) -> list[torch.Tensor]:
         for p in self.model.parameters():
@@ -310,8 +330,7 @@ class SAEMember:
             group["lr"] = lr
         self.optimizer.step()
         model.after_step()
-        self.tokens_since_fired += tokens
-        self.tokens_since_fired[fired] = 0
+        self.tokens_since_fired.add_(tokens).masked_fill_(fired, 0)
 
     def dead_fraction(self) -> float:
         return float((self.tokens_since_fired >= self.settings.dead_window).float().mean())
@@ -346,20 +365,17 @@ class ITDAMember:
     def building(self) -> bool:
         return self.tokens_built < self.budget
 
-    def forward_backward(self, batch: Batch, comm: _Distributed) -> dict[str, torch.Tensor]:
+    def forward_backward(self, batch: Batch, comm: _Distributed, normalized: dict[str, torch.Tensor]) -> StepResult:
         n = batch.x.shape[0]
         if not self.building:
-            return {"finite": torch.tensor(1.0), "sums": torch.zeros(4), "fired": torch.zeros(0, dtype=torch.bool)}
+            return StepResult(torch.tensor(True), torch.zeros(4), torch.zeros(0, dtype=torch.bool))
         x = comm.gather(batch.x)
         labels = {name: comm.gather(value) for name, value in batch.labels.items()}
         recon = self.model.build_step(x, labels)
         local = slice(comm.rank * n, (comm.rank + 1) * n)
         sq_error = (recon[local] - batch.x).pow(2).sum()
-        return {
-            "finite": torch.tensor(float(torch.isfinite(sq_error))),
-            "sums": torch.stack([sq_error, torch.zeros(()), torch.zeros(()), torch.tensor(float(self.model.l0 * n))]),
-            "fired": torch.zeros(0, dtype=torch.bool),
-        }
+        sums = torch.stack([sq_error, torch.zeros(()), torch.zeros(()), torch.tensor(float(self.model.l0 * n))])
+        return StepResult(torch.isfinite(sq_error), sums, torch.zeros(0, dtype=torch.bool))
 
     def gradients(self) -> list[torch.Tensor]:
         return []
@@ -419,39 +435,43 @@ def _all_reduce_gradients(members: list, comm: _Distributed) -> None:
 
 
 class _Metrics:
-    """Sums over one logging interval for every member."""
+    """Sums over one logging interval for every member, kept on each rank and summed over
+    the ranks only when a line is written."""
 
-    def __init__(self, members: list, tokens_total: int, data_variance: float):
+    def __init__(self, members: list, tokens_total: int, data_variance: float, device: torch.device):
         self.members = members
         self.tokens_total = tokens_total  # tokens of the whole run so far
         self.data_variance = data_variance
+        self.device = device
         self.started, self.started_cpu = time.perf_counter(), time.process_time()
         self.reset()
 
     def reset(self) -> None:
-        self.sums = {m.spec.name: torch.zeros(4, dtype=torch.float64) for m in self.members}
-        self.seconds = {m.spec.name: 0.0 for m in self.members}
+        self.sums = torch.zeros(len(self.members), 4, dtype=torch.float64, device=self.device)
+        self.seconds = [0.0] * len(self.members)
         self.tokens = 0
         self.steps = 0
 
-    def add(self, name: str, sums: torch.Tensor, seconds: float) -> None:
-        self.sums[name] += sums
-        self.seconds[name] += seconds
+    def add(self, index: int, sums: torch.Tensor, seconds: float) -> None:
+        self.sums[index] += sums
+        self.seconds[index] += seconds
 
-    def rows(self, step: int, d: int, lrs: dict[str, float]) -> dict[str, dict[str, Any]]:
+    def rows(self, step: int, d: int, lrs: dict[str, float], comm: _Distributed) -> dict[str, dict[str, Any]]:
+        """Every rank calls this at the same steps (it sums over the ranks); rank 0 writes."""
+        all_sums = comm.sum_(self.sums).tolist()
         rows = {}
-        for member in self.members:
+        for member, member_sums, seconds in zip(self.members, all_sums, self.seconds):
             name = member.spec.name
-            if not self.sums[name].any() and isinstance(member, ITDAMember):
+            if not any(member_sums) and isinstance(member, ITDAMember):
                 continue
-            sq_error, aux, penalty, l0_tokens = self.sums[name].tolist()
+            sq_error, aux, penalty, l0_tokens = member_sums
             fvu = sq_error / (self.tokens * self.data_variance) if self.data_variance > 0 else float("nan")
             row = {
                 "step": step, "tokens": self.tokens_total, "lr": lrs.get(name),
                 "mse": sq_error / (self.tokens * d), "fvu": fvu, "explained_variance": 1 - fvu,
                 "l0": l0_tokens / self.tokens, "dead_fraction": member.dead_fraction(),
                 "aux_loss": aux / self.tokens, "penalty": penalty / self.tokens,
-                "tokens_per_s": self.tokens / self.seconds[name] if self.seconds[name] else None,
+                "tokens_per_s": self.tokens / seconds if seconds else None,
                 # wall and CPU (all threads) time of this pass so far, all members together
                 "elapsed_s": time.perf_counter() - self.started,
                 "cpu_s": time.process_time() - self.started_cpu,
@@ -558,7 +578,7 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
 
     total = settings.total_steps
     last_checkpoint = start
-    metrics = _Metrics(members, start * settings.batch_size, data_variance)
+    metrics = _Metrics(members, start * settings.batch_size, data_variance, device)
     batches = prefetch(source.batches(settings.batch_size, settings.seed, start, comm.rank, comm.world_size))
     # progress None: tqdm shows the bar on a terminal only
     bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
@@ -578,15 +598,16 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
         comm.barrier()
 
     def log(step: int) -> None:
-        if writer and metrics.steps:
+        if metrics.steps:
             lrs = {m.spec.name: lr_at(step - 1, m.lr, settings) for m in members if isinstance(m, SAEMember)}
-            rows = metrics.rows(step, d, lrs)
-            for name, row in rows.items():
-                with open(out / name / METRICS_FILE, "a") as handle:
-                    handle.write(json.dumps(row) + "\n")
-            first = next(iter(rows.values()), None)
-            if first is not None:
-                bar.set_postfix(fvu=f"{first['fvu']:.4f}", l0=f"{first['l0']:.1f}")
+            rows = metrics.rows(step, d, lrs, comm)
+            if writer:
+                for name, row in rows.items():
+                    with open(out / name / METRICS_FILE, "a") as handle:
+                        handle.write(json.dumps(row) + "\n")
+                first = next(iter(rows.values()), None)
+                if first is not None:
+                    bar.set_postfix(fvu=f"{first['fvu']:.4f}", l0=f"{first['l0']:.1f}")
         metrics.reset()
 
     try:
@@ -595,34 +616,22 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
                 return {}
             batch = next(batches)
             batch.x = batch.x.to(device, non_blocking=True)
-            # NaN or inf in a batch makes the members' losses non-finite: the batch is
-            # only searched for bad rows then. Three collectives a step: a max over the
-            # flags and fired features, a sum over all gradients, a float64 sum of the
-            # metrics.
+            normalized: dict[str, torch.Tensor] = {}
             results = []
             for member in members:
                 began = time.perf_counter()
-                result = member.forward_backward(batch, comm)
-                result["seconds"] = time.perf_counter() - began
+                result = member.forward_backward(batch, comm, normalized)
+                result.seconds = time.perf_counter() - began
                 results.append(result)
-            diverged = torch.stack([1.0 - r["finite"] for r in results])
-            bad_rows = (~torch.isfinite(batch.x)).any(1) if diverged.any() else None
-            bad_data = torch.tensor([float(bad_rows is not None and bool(bad_rows.any()))])
-            fired = [r["fired"] for r in results]
-            flags = comm.max_(torch.cat([bad_data, diverged] + [f.float() for f in fired]))
-            if flags[: 1 + len(members)].any():
-                _raise_non_finite(bool(flags[0]), flags[1: 1 + len(members)], batch, bad_rows, members, source,
-                                  step, out, last_checkpoint)
-            fired = list(torch.split(flags[1 + len(members):].bool(), [f.numel() for f in fired]))
+            del normalized
+            fired = _check_finite(results, batch, members, source, comm, step, out, last_checkpoint)
             _all_reduce_gradients(members, comm)
-            sums = comm.sum_(torch.cat([r["sums"].double() for r in results]))
             global_tokens = settings.batch_size
-            member_sums = torch.split(sums, [r["sums"].numel() for r in results])
-            for member, result, member_fired, member_sum in zip(members, results, fired, member_sums):
+            for index, (member, result, member_fired) in enumerate(zip(members, results, fired)):
                 began = time.perf_counter()
                 lr = lr_at(step, member.lr, settings) if isinstance(member, SAEMember) else 0.0
                 member.step(lr, member_fired, global_tokens)
-                metrics.add(member.spec.name, member_sum, result["seconds"] + time.perf_counter() - began)
+                metrics.add(index, result.sums, result.seconds + time.perf_counter() - began)
             metrics.tokens += global_tokens
             metrics.tokens_total += global_tokens
             metrics.steps += 1
@@ -637,6 +646,29 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
         bar.close()
         batches.close()
     return {member.spec.name: out / member.spec.name for member in members}
+
+
+def _check_finite(results: list[StepResult], batch: Batch, members, source, comm: _Distributed, step: int, out,
+                  last_checkpoint: int) -> list[torch.Tensor]:
+    """Raise if a member's loss or the batch is not finite on any rank; return each
+    member's fired features, over all ranks. One host sync a step (all members at once);
+    the batch is searched for bad rows only when a loss is not finite. Under torchrun one
+    collective carries the flags and the fired features."""
+    diverged = ~torch.stack([r.finite for r in results])
+    bad_rows = (~torch.isfinite(batch.x)).any(1) if bool(diverged.any()) else None
+    fired = [r.fired for r in results]
+    if comm.active:
+        bad_data = torch.tensor([float(bad_rows is not None and bool(bad_rows.any()))], device=diverged.device)
+        flags = comm.max_(torch.cat([bad_data, diverged.float()] + [f.float() for f in fired]))
+        any_bad_data, diverged = bool(flags[0]), flags[1: 1 + len(results)].bool()
+        fired = list(torch.split(flags[1 + len(results):].bool(), [f.numel() for f in fired]))
+        stop = any_bad_data or bool(diverged.any())
+    else:
+        any_bad_data = bad_rows is not None and bool(bad_rows.any())
+        stop = bad_rows is not None  # some loss diverged
+    if stop:
+        _raise_non_finite(any_bad_data, diverged, batch, bad_rows, members, source, step, out, last_checkpoint)
+    return fired
 
 
 def _raise_non_finite(bad_data, diverged, batch, bad_rows, members, source, step, out, last_checkpoint) -> None:

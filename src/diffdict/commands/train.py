@@ -47,7 +47,8 @@ OPTIONS = {
     "k": (_list_of(int), "codes per token for topk / batchtopk (default: 32)"),
     "expansion": (_list_of(float), "width as a multiple of d (default: 4)"),
     "width": (_list_of(int), "width in features (replaces --expansion)"),
-    "lr": (_list_of(float), "Adam learning rate (default: 1e-4)"),
+    "lr": (_list_of(float), "Adam learning rate (default: 2e-4 / sqrt(width / 16384), sparsify's width-scaled "
+                            "rule: 1.1e-3 at 512 features, 3.6e-4 at 5120)"),
     "normalization": (_list_of(str), "input normalisation: none, standardise (per dimension), scalar (default: none)"),
     "auxk": (_list_of(_switch), "AuxK loss on dead features: on, off or on,off (default: on)"),
     "l1": (_list_of(float), "relu-l1 / soft-threshold: L1 coefficient (default: 1e-3 / 0)"),

@@ -23,12 +23,30 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _stable_argsort(keys: Tensor) -> Tensor:
-    # torch's parallel CPU sort is slow for small inputs when the cores are busy;
-    # numpy's single-threaded one takes ~1 ms for B·k = 40k keys.
+def _stable_argsort(keys: Tensor, n: int) -> Tensor:
+    """Stable argsort of feature indices in [0, n)."""
+    # torch's parallel CPU sort is slow for small inputs when the cores are busy. numpy
+    # sorts 16-bit integers stably with a radix sort: 0.05 ms for B·k = 10k keys against
+    # 0.4 ms for the same keys as int64.
     if keys.device.type == "cpu":
-        return torch.from_numpy(np.argsort(keys.numpy(), kind="stable"))
+        keys = keys.numpy()
+        if n <= np.iinfo(np.uint16).max + 1:
+            keys = keys.astype(np.uint16)
+        return torch.from_numpy(np.argsort(keys, kind="stable"))
     return torch.argsort(keys, stable=True)
+
+
+# Rows at most this wide are searched with numpy's introselect on CPU: torch's CPU top-k
+# costs about 0.7 µs per row of 64 (0.24 µs with numpy); wider rows amortise it.
+_NUMPY_TOPK_WIDTH = 256
+
+
+def _row_topk_indices(rows: Tensor, k: int) -> Tensor:
+    """Indices of the k largest entries of each row, unsorted."""
+    if rows.device.type == "cpu" and rows.shape[1] <= _NUMPY_TOPK_WIDTH:
+        array = rows.float().numpy() if rows.dtype != torch.float32 else rows.numpy()
+        return torch.from_numpy(np.argpartition(array, rows.shape[1] - k, axis=1)[:, -k:])
+    return rows.topk(k, dim=1, sorted=False).indices
 
 
 def scatter_rows_sum(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
@@ -38,7 +56,7 @@ def scatter_rows_sum(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> 
     """
     B, m = indices.shape
     flat = indices.reshape(-1)
-    order = _stable_argsort(flat)
+    order = _stable_argsort(flat, n)
     counts = torch.bincount(flat, minlength=n)
     offsets = torch.zeros(n, dtype=torch.long, device=flat.device)
     torch.cumsum(counts[:-1], 0, out=offsets[1:])
@@ -59,12 +77,14 @@ def topk_rows(pre: Tensor, k: int, groups: int = 8) -> tuple[Tensor, Tensor]:
     B, n = pre.shape
     width = n // groups
     if n % groups or width < 4 * k:
-        return pre.topk(k, dim=1, sorted=False)
+        where = _row_topk_indices(pre, k)
+        return pre.gather(1, where), where
     maxima = pre.view(B, groups, width).amax(1)  # (B, width)
-    best = maxima.topk(k, dim=1, sorted=False).indices  # (B, k)
+    best = _row_topk_indices(maxima, k)  # (B, k)
     columns = (best.unsqueeze(2) + width * torch.arange(groups, device=pre.device)).view(B, k * groups)
-    values, where = pre.gather(1, columns).topk(k, dim=1, sorted=False)
-    return values, columns.gather(1, where)
+    candidates = pre.gather(1, columns)
+    where = _row_topk_indices(candidates, k)
+    return candidates.gather(1, where), columns.gather(1, where)
 
 
 class TopKEncoder(torch.autograd.Function):
