@@ -104,3 +104,16 @@ def tiny_sd_pipeline() -> StableDiffusionPipeline:
                                    tokenizer=word_tokenizer(16), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
 
+
+
+def save_tiny_clip(folder) -> None:
+    """A random transformers CLIPModel (32 px images) and its word tokenizer, saved as a folder."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    text = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, vocab_size=64,
+                max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    vision = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, image_size=32,
+                  patch_size=8)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    word_tokenizer(16).save_pretrained(folder)

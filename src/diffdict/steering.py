@@ -79,13 +79,47 @@ class InterventionReport:
                         "aggregate": self.aggregate, "causal_strength": self.causal})
 
 
+def shapes_clip_refusal(host_name: str) -> str:
+    return (f"the shapes-clip backbone reads only shapes-world images, not {host_name}'s; "
+            "use --backbone open-clip (the CLIP backbone) or --backbone none")
+
+
+def resolve_backbone(name: "str | Backbone | None", host_name: str, needed: bool = False,
+                     what: str = "--target") -> "str | Backbone | None":
+    """The backbone to measure with on host ``host_name``: ``auto`` is shapes-clip on the
+    toy model and the CLIP backbone (open-clip) on real ones, or None (pixel metrics only,
+    with a note) when that is not installed and nothing ``needed`` it; a shapes-world
+    judge on a real model is refused with a line naming the alternative."""
+    from diffdict.hosts import is_real_host
+    from diffdict.metrics.backbones import backbone_available
+
+    real = is_real_host(host_name)
+    if name is None or name == "none":
+        if needed:
+            raise DiffdictError(f"{what} needs a backbone to read it; drop --backbone none")
+        return None
+    if not isinstance(name, str):
+        return name
+    if name in ("shapes-clip", "shapes_clip") and real:
+        raise DiffdictError(shapes_clip_refusal(host_name))
+    if name != "auto":
+        return name
+    choice = "open-clip" if real else "shapes-clip"
+    ok, reason = backbone_available(choice)
+    if ok:
+        return choice
+    if needed:
+        raise DiffdictError(f"{what} on {host_name} is read by the {choice} backbone, but {reason}")
+    print(f"note: {reason}; pixel metrics only")
+    return None
+
+
 def check_backbone_for_host(backbone: "Backbone | None", host: "HostModel") -> None:
     """Refuse the shapes world's own judge on a real model: it reads only rendered shapes."""
     from diffdict.hosts import is_real_host
 
     if backbone is not None and backbone.name == "shapes-clip" and is_real_host(host.name):
-        raise DiffdictError(f"the shapes-clip backbone reads only shapes-world images, not {host.name}'s; "
-                            "use --backbone open-clip (the CLIP backbone) or --backbone none")
+        raise DiffdictError(shapes_clip_refusal(host.name))
 
 
 def run_intervention(
@@ -348,6 +382,7 @@ __all__ = [
     "ablation_table",
     "block_ablation",
     "check_backbone_for_host",
+    "resolve_backbone",
     "concept_text",
     "format_summary",
     "heatmap",

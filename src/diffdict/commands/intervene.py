@@ -135,8 +135,11 @@ def register(subparsers) -> None:
                              "('a photo of a dog', read by the CLIP backbone on real models): its probability, "
                              "CLIP similarity and causal strength")
     parser.add_argument("--backbone", default="auto",
-                        help="shapes-clip, open-clip, none, or auto (default: shapes-clip on the toy model, "
-                             "open-clip on real models when installed)")
+                        help="shapes-clip, open-clip, clip (a transformers CLIP model), none, or auto (default: "
+                             "shapes-clip on the toy model, open-clip on real models when installed)")
+    parser.add_argument("--backbone-path", default=None,
+                        help="clip: a CLIP folder or hub id (default: openai/clip-vit-base-patch32); "
+                             "shapes-clip: a shapes-clip folder")
     parser.add_argument("--no-control", action="store_true", help="skip the random-direction control")
     parser.add_argument("--control-seed", type=int, default=None, help="seed of the random directions (default: --seed)")
     parser.add_argument("--locality-threshold", type=float, default=0.0,
@@ -144,32 +147,6 @@ def register(subparsers) -> None:
     add_generation_arguments(parser, required=False)
     add_host_arguments(parser)
     parser.set_defaults(func=run)
-
-
-def resolve_backbone(name: str, needed: bool, host_name: str = "toy"):
-    """The backbone to measure with: ``auto`` is shapes-clip on the toy model and the
-    CLIP backbone (open-clip) on real ones; a shapes-world judge on a real model is refused."""
-    from diffdict.hosts import is_real_host
-    from diffdict.metrics import backbone_available
-
-    real = is_real_host(host_name)
-    if name == "none":
-        if needed:
-            raise DiffdictError("--target needs a backbone to read it; drop --backbone none")
-        return None
-    if name in ("shapes-clip", "shapes_clip") and real:
-        raise DiffdictError(f"the shapes-clip backbone reads only shapes-world images, not {host_name}'s; "
-                            "use --backbone open-clip (the CLIP backbone) or --backbone none")
-    if name == "auto":
-        choice = "open-clip" if real else "shapes-clip"
-        ok, reason = backbone_available(choice)
-        if ok:
-            return choice
-        if needed:
-            raise DiffdictError(f"--target on {host_name} is read by the {choice} backbone, but {reason}")
-        print(f"note: {reason}; pixel metrics only")
-        return None
-    return name
 
 
 def check_mode_options(args: argparse.Namespace) -> None:
@@ -207,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         single_dictionary_folder,
     )
     from diffdict.interventions import Ablate, Add, Icon, LatentEdit, Splice
-    from diffdict.steering import format_summary, run_intervention, save_intervention_report
+    from diffdict.steering import format_summary, resolve_backbone, run_intervention, save_intervention_report
 
     check_positive("--batch-size", args.batch_size)
     check_positive("--scale", args.scale)
@@ -227,7 +204,13 @@ def run(args: argparse.Namespace) -> int:
         raise DiffdictError(f"{folder or '--mode ablate'} records no site to edit; pass --site")
     what = args.what or meta.get("what")
     host_name = args.model or recorded.get("model") or meta.get("model") or "toy"
-    backbone = resolve_backbone(args.backbone, args.target is not None, host_name)
+    backbone = resolve_backbone(args.backbone, host_name, needed=args.target is not None)
+    if args.backbone_path is not None:
+        if backbone not in ("clip", "shapes-clip"):
+            raise DiffdictError(f"--backbone-path applies to --backbone clip or shapes-clip, not {backbone}")
+        from diffdict.metrics.backbones import load_backbone
+
+        backbone = load_backbone(backbone, path=args.backbone_path)
     prompts = prompts_from_args(args) if (args.prompt or args.prompts) else [""] * args.count
     stats = None
     if folder is not None:

@@ -3,7 +3,8 @@
 ``shapes-clip`` (the default) is the project's own offline model of the shapes world.
 For real models: ``open-clip`` (CLIP score, embeddings, Fréchet features; package
 ``open_clip_torch``), ``lpips`` (the learned perceptual distance; package ``lpips``) and
-``inception`` (Inception-v3 pool features for FID; package ``pytorch-fid``). These come
+``inception`` (Inception-v3 pool features for FID; package ``pytorch-fid``), and ``clip``
+(a transformers CLIP folder or hub id, :mod:`diffdict.metrics.hf_clip`). These come
 from the optional extra ``diffdict[metrics]`` and are imported only when asked for; a
 missing one is one clear error naming the extra.
 
@@ -213,9 +214,16 @@ class InceptionBackbone(Backbone):
         return self.model(to_unit_range(images).to(self.device))[0].flatten(1).float().cpu()
 
 
+def _transformers_clip(**options: Any) -> Backbone:
+    from diffdict.metrics.hf_clip import TransformersClipBackbone  # its module imports this one
+
+    return TransformersClipBackbone(**options)
+
+
 BACKBONES: dict[str, Callable[..., Backbone]] = {
     "shapes-clip": ShapesClipBackbone,
     "open-clip": OpenClipBackbone,
+    "clip": _transformers_clip,
     "lpips": LpipsBackbone,
     "inception": InceptionBackbone,
 }

@@ -100,7 +100,7 @@ def store_fidelity(
     site: str,
     prompts: int | Sequence[str] = 16,
     seed: int = 0,
-    backbone: "str | Backbone | None" = "shapes-clip",
+    backbone: "str | Backbone | None" = "auto",
     host: "HostModel | None" = None,
     model_path: str | None = None,
     batch_size: int = 16,
@@ -108,8 +108,10 @@ def store_fidelity(
     """A ``dictionary -> metrics`` function (``diffdict.evaluate``'s ``fidelity``) for
     dictionaries trained on ``site`` of ``store``: generates as the store was made (model,
     denoising steps, guidance, captured ``what``), splicing at the captured steps, on
-    ``prompts`` (a count: test-split prompts of the shapes world). The originals are
-    generated once and shared by every dictionary."""
+    ``prompts`` (a count: test-split prompts of the shapes world for the toy model, a
+    seeded sample of the store's own prompts for a real one). ``backbone`` ``auto``:
+    shapes-clip on the toy model, the CLIP backbone on real ones when installed (else
+    pixel metrics only). The originals are generated once and shared by every dictionary."""
     from diffdict.interventions import Splice, generate
     from diffdict.store import open_store
 
@@ -119,12 +121,22 @@ def store_fidelity(
     generation = settings.get("generation") or {}
     capture = settings.get("capture") or {}
     host = host if host is not None else host_for_store(store, model_path)
-    if isinstance(prompts, int):
-        from diffdict.world import sample_prompts
+    from diffdict.hosts import is_real_host
+    from diffdict.steering import check_backbone_for_host, resolve_backbone
 
+    backbone = resolve_backbone(backbone, host.name, what="spliced fidelity's CLIP score")
+    check_backbone_for_host(load_backbone(backbone) if backbone is not None else None, host)
+    if isinstance(prompts, int):
         if prompts < 1:
             raise DiffdictError(f"spliced fidelity needs at least one prompt, got {prompts}")
-        prompts = sample_prompts(prompts, seed=seed, split="test")
+        own = store.prompts if is_real_host(host.name) else []
+        if own:  # a real model's own prompts, not shapes-world captions
+            chosen = np.random.default_rng(seed).choice(len(own), size=min(prompts, len(own)), replace=False)
+            prompts = [own[int(i)] for i in sorted(chosen)]
+        else:
+            from diffdict.world import sample_prompts
+
+            prompts = sample_prompts(prompts, seed=seed, split="test")
     prompts = list(prompts)
     what = capture.get("what")
     steps = capture.get("steps")
