@@ -250,3 +250,16 @@ def test_evaluate_fidelity_rebuilds_the_recorded_real_host(trained, tmp_path, ca
     assert metrics["fidelity_prompts"] == 2 and metrics["spliced_pixel_mae"] > 0
     if not backbone_available("open-clip")[0]:  # pixel metrics only, never shapes-clip on a real model
         assert "clip_score_drop" not in metrics
+
+
+def test_ablate_block_on_a_real_host_measures_distances_only(saved, tmp_path, capsys):
+    base = ["ablate-block", "--model", "sdxl-turbo", "--model-path", saved / "sdxl-turbo", "--image-size", SIZE,
+            "--sites", "mid.0,up.0.1", "--prompt", "a photo of a dog", "--prompt", "a red car"]
+    code, _, err = run_cli(base + ["--out", tmp_path / "refused"], capsys)
+    assert code == 2 and "shapes-clip backbone reads only shapes-world images, not sdxl-turbo's" in err
+    code, _, err = run_cli(base + ["--backbone", "none", "--out", tmp_path / "a"], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert set(metrics["sites"]) == {"mid.0", "up.0.1"} and metrics["settings"]["backbone"] is None
+    assert all(entry["pixel_mae"]["mean"] > 0 and "families" not in entry for entry in metrics["sites"].values())
+    assert "No concept columns" in (tmp_path / "a" / "table.md").read_text()

@@ -277,10 +277,11 @@ def block_ablation(
     top: int = 5,
 ) -> dict[str, Any]:
     """For each site: generate with its update removed (scaled by ``scale``) and report,
-    per concept family (read by the backbone's attribute heads), the mean absolute change
+    with shapes-clip, per concept family (read by its attribute heads), the mean absolute change
     of the concept probabilities and the share of images whose most likely value changed,
     plus the ``top`` concepts that rose and fell most, and pixel / perceptual distances.
-    Also returns the images (``images``: original and per site)."""
+    Another backbone (a real model's CLIP) gives the distances only, ``none`` the pixel
+    distance only. Also returns the images (``images``: original and per site)."""
     from diffdict.world import FAMILIES
 
     sites = list(sites)
@@ -290,42 +291,52 @@ def block_ablation(
         host.site(site)
     if len(set(sites)) != len(sites):
         raise DiffdictError("a site is given twice")
-    model = load_backbone(backbone)
+    backbone = resolve_backbone(backbone, host.name)
+    model = load_backbone(backbone) if backbone is not None else None
     check_backbone_for_host(model, host)
-    if not hasattr(model, "read_concepts"):
-        raise DiffdictError(f"block ablation reads concepts with shapes-clip; backbone {model.name!r} cannot")
+    concepts = hasattr(model, "read_concepts")  # shapes-clip; other judges give the distances only
     kwargs = dict(seed=seed, num_steps=num_steps, guidance=guidance, batch_size=batch_size)
     original = generate(host, prompts, [], **kwargs)
-    before = {k: v.double().cpu().numpy() for k, v in model.read_concepts(original).items()}
+    before = {k: v.double().cpu().numpy() for k, v in model.read_concepts(original).items()} if concepts else {}
     result: dict[str, Any] = {"sites": {}, "settings": {
         "seed": seed, "scale": float(scale), "steps": steps, "prompts": len(prompts), "model": host.name,
         "num_steps": num_steps if num_steps is not None else host.default_steps,
-        "guidance": guidance if guidance is not None else host.default_guidance, "backbone": model.name}}
+        "guidance": guidance if guidance is not None else host.default_guidance,
+        "backbone": model.name if model is not None else None}}
     images = {"original": original}
     for site in sites:
         ablated = generate(host, prompts, [Ablate(site, scale, steps=steps)], **kwargs)
         images[site] = ablated
-        after = {k: v.double().cpu().numpy() for k, v in model.read_concepts(ablated).items()}
-        families = {}
-        changes = []
-        for family, values in FAMILIES.items():
-            delta = after[family] - before[family]
-            flipped = (after[family].argmax(1) != before[family].argmax(1))
-            families[family] = {"mean_abs_change": float(np.abs(delta).mean()), "label_change_rate": float(flipped.mean())}
-            for j, value in enumerate(values):
-                changes.append((f"{family}:{value.replace(' ', '_')}", float(delta[:, j].mean())))
-        changes.sort(key=lambda kv: kv[1])
-        entry = {
-            "families": families,
-            "most_changed_family": max(families, key=lambda f: families[f]["mean_abs_change"]),
-            "rose": [{"concept": c, "mean_change": v} for c, v in reversed(changes[-top:]) if v > 0],
-            "fell": [{"concept": c, "mean_change": v} for c, v in changes[:top] if v < 0],
-            **{k: v for k, v in _aggregate({"pixel_mae": pixel_mae(original, ablated),
-                                             "perceptual": perceptual_distance(original, ablated, model)}).items()},
-        }
+        distances = {"pixel_mae": pixel_mae(original, ablated)}
+        if model is not None:
+            distances["perceptual"] = perceptual_distance(original, ablated, model)
+        entry: dict[str, Any] = dict(_aggregate(distances))
+        if concepts:
+            entry.update(_concept_changes(before, model.read_concepts(ablated), FAMILIES, top))
         result["sites"][site] = entry
     result["images"] = images
     return result
+
+
+def _concept_changes(before: dict, after_tensors: dict, families_values: dict, top: int) -> dict[str, Any]:
+    """Per concept family: mean |Δp| and the share of images whose most likely value changed;
+    the ``top`` concepts that rose and fell most."""
+    after = {k: v.double().cpu().numpy() for k, v in after_tensors.items()}
+    families = {}
+    changes = []
+    for family, values in families_values.items():
+        delta = after[family] - before[family]
+        flipped = (after[family].argmax(1) != before[family].argmax(1))
+        families[family] = {"mean_abs_change": float(np.abs(delta).mean()), "label_change_rate": float(flipped.mean())}
+        for j, value in enumerate(values):
+            changes.append((f"{family}:{value.replace(' ', '_')}", float(delta[:, j].mean())))
+    changes.sort(key=lambda kv: kv[1])
+    return {
+        "families": families,
+        "most_changed_family": max(families, key=lambda f: families[f]["mean_abs_change"]),
+        "rose": [{"concept": c, "mean_change": v} for c, v in reversed(changes[-top:]) if v > 0],
+        "fell": [{"concept": c, "mean_change": v} for c, v in changes[:top] if v < 0],
+    }
 
 
 def ablation_table(result: dict[str, Any]) -> str:
@@ -333,9 +344,16 @@ def ablation_table(result: dict[str, Any]) -> str:
     label change rate."""
     from diffdict.world import FAMILIES
 
+    entries = result["sites"]
+    if not all("families" in entry for entry in entries.values()):  # a real model: distances only
+        lines = ["| site | pixel MAE | perceptual |", "|---|---|---|"]
+        for site, entry in entries.items():
+            perceptual = f"{entry['perceptual']['mean']:.4f}" if "perceptual" in entry else "–"
+            lines.append(f"| {site} | {entry['pixel_mae']['mean']:.4f} | {perceptual} |")
+        return "\n".join(lines) + "\n\nNo concept columns: concepts are read by shapes-clip, on the shapes world only.\n"
     head = "| site | pixel MAE | perceptual | " + " | ".join(FAMILIES) + " | most changed |"
     lines = [head, "|" + "---|" * (len(FAMILIES) + 4)]
-    for site, entry in result["sites"].items():
+    for site, entry in entries.items():
         cells = [f"{entry['families'][f]['mean_abs_change']:.3f} ({entry['families'][f]['label_change_rate']:.0%})"
                  for f in FAMILIES]
         lines.append(f"| {site} | {entry['pixel_mae']['mean']:.4f} | {entry['perceptual']['mean']:.4f} | "
