@@ -41,6 +41,10 @@ class ArgumentParser(argparse.ArgumentParser):
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
 
+    def error(self, message):
+        # one line, like every other diffdict error (argparse would print the usage first)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
@@ -67,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except (MemoryError, OSError, RuntimeError) as error:
+        from diffdict.commands.validate import resource_error
+
+        message = resource_error(error, f"diffdict {args.command}")
+        if message is None:
+            raise
+        print(f"diffdict: error: {message}", file=sys.stderr)
+        return 1
     if os.environ.get("DIFFDICT_TRACE"):
         print(f"diffdict: {args.command} done", file=sys.stderr)
     return int(result or 0)

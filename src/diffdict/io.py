@@ -67,6 +67,41 @@ def sha256_file(path: str | Path, block: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
+OUTPUT_MARKER = ".diffdict-output.json"
+
+
+def claim_output_folder(path: str | Path, command: str, own_files: tuple[str, ...] = ()) -> Path:
+    """Make ``path`` the output folder of ``command`` and return it.
+
+    A new or empty folder is created and marked (``OUTPUT_MARKER``); a folder marked by
+    ``command``, or holding one of ``own_files`` (what earlier runs of it wrote), is
+    reused. Anything else, an existing file or another non-empty folder, is refused in
+    one line, before anything is written.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DiffdictError(f"{path} is an existing file; {command} writes a folder there")
+    marker = path / OUTPUT_MARKER
+    if path.is_dir() and any(path.iterdir()):
+        mark = None
+        if marker.is_file():
+            try:
+                mark = json.loads(marker.read_text()).get("command")
+            except (OSError, ValueError, AttributeError):
+                mark = None
+        if mark != command and not any((path / name).exists() for name in own_files):
+            by = f" (written by {mark})" if mark else ""
+            raise DiffdictError(f"{path} exists, is not empty and is not an output folder of {command}{by}; "
+                                "choose a new or empty folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not marker.exists():
+            write_json(marker, {"command": command})
+    except OSError as error:
+        raise DiffdictError(f"cannot create the output folder {path}: {error.strerror or error}") from None
+    return path
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.exists():

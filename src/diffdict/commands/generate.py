@@ -10,8 +10,8 @@ anything loads); real models take free text, checked against their tokenizers.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from diffdict.commands import validate
 from diffdict.errors import DiffdictError
 from diffdict.imaging import display_scale, image_grid, save_png
 
@@ -25,20 +25,20 @@ def register(subparsers) -> None:
                     "one (free text) from a hub id or a save_pretrained folder (--model-path).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
-    source.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
-    source.add_argument("--sample", type=int, metavar="N", help="N prompts sampled from the shapes world")
+    source.add_argument("--prompts-file", type=validate.text_file, help="a text file with one prompt per line")
+    source.add_argument("--sample", type=validate.positive_int, metavar="N", help="N prompts sampled from the shapes world")
     parser.add_argument("--split", default="test", help="world split for --sample (train, test, heldout, all)")
     parser.add_argument("--seed", type=int, default=0, help="image i starts from the noise of seed + i")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's; toy 10)")
-    parser.add_argument("--guidance", type=float, default=None,
+    parser.add_argument("--steps", type=validate.positive_int, default=None, help="denoising steps (default: the model's; toy 10)")
+    parser.add_argument("--guidance", type=validate.finite_float(low=0), default=None,
                         help="classifier-free guidance scale (default: the model's; toy 3)")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default: 16)")
+    parser.add_argument("--batch-size", type=validate.positive_int, default=16, help="prompts per generation batch (default: 16)")
     add_host_arguments(parser)
-    parser.add_argument("--size", dest="image_size", type=int, default=None, help=argparse.SUPPRESS)  # older name
-    parser.add_argument("--scale", type=int, default=None,
+    parser.add_argument("--size", dest="image_size", type=validate.positive_int, default=None, help=argparse.SUPPRESS)  # older name
+    parser.add_argument("--scale", type=validate.positive_int, default=None,
                         help="upscale factor of the written PNG (default: small images to about 128 px)")
-    parser.add_argument("--out", type=Path, required=True, help="PNG file (one image, or a grid for several)")
-    parser.add_argument("--out-dir", type=Path, help="also write each image as its own PNG here")
+    parser.add_argument("--out", type=validate.out_file, required=True, help="PNG file (one image, or a grid for several)")
+    parser.add_argument("--out-dir", type=validate.out_folder, help="also write each image as its own PNG here")
     parser.set_defaults(func=run)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 
+from diffdict.commands import validate
 from diffdict.errors import DiffdictError
 
 
@@ -29,11 +30,11 @@ def add_host_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"host model: {', '.join(HOSTS)} (default: the one the dictionary was trained on, else toy)")
     parser.add_argument("--model-path", default=None, help="toy: a saved model folder (default: shipped weights); "
                                                            "real models: a hub id or local folder")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument("--device", default=None, type=validate.device, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--model-dtype", default=None, choices=["float16", "bfloat16", "float32"],
                         help="compute dtype of a real model")
     parser.add_argument("--quantize", default=None, choices=["nf4"], help="real models: load in 4-bit NF4")
-    parser.add_argument("--image-size", type=int, default=None, help="real models: image size")
+    parser.add_argument("--image-size", type=validate.positive_int, default=None, help="real models: image size")
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -42,12 +43,14 @@ def add_generation_arguments(parser: argparse.ArgumentParser, required: bool = T
     source.add_argument("--prompts", help="a count (sampled from the shapes world) or a text file, one prompt a line")
     parser.add_argument("--split", default="test", help="world split when --prompts is a count (default: test)")
     parser.add_argument("--seed", type=int, default=0, help="prompt sampling seed; image i's noise seed is seed + i")
-    parser.add_argument("--num-steps", type=int, default=None, help="denoising steps per image (default: the model's)")
-    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default: 16)")
-    parser.add_argument("--scale", type=int, default=None,
+    parser.add_argument("--num-steps", type=validate.positive_int, default=None,
+                        help="denoising steps per image (default: the model's)")
+    parser.add_argument("--guidance", type=validate.finite_float(low=0), default=None,
+                        help="guidance scale (default: the model's)")
+    parser.add_argument("--batch-size", type=validate.positive_int, default=16, help="prompts per generation batch (default: 16)")
+    parser.add_argument("--scale", type=validate.positive_int, default=None,
                         help="upscale factor of the written PNGs (default: small images to about 128 px, large ones as they are)")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, type=validate.out_folder, help="output folder")
 
 
 def load_host_from_args(args: argparse.Namespace, default_model: str | None = None, recorded: dict | None = None):

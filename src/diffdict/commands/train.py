@@ -15,6 +15,7 @@ import argparse
 import os
 from pathlib import Path
 
+from diffdict.commands import validate
 from diffdict.errors import DiffdictError
 
 
@@ -85,12 +86,16 @@ def register(subparsers) -> None:
     )
     for name, (kind, text) in OPTIONS.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
-    parser.add_argument("--out", required=True, help="run folder (created, or resumed)")
+    parser.add_argument("--out", required=True, type=validate.out_folder, help="run folder (created, or resumed)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out with its own settings")
-    parser.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default: 500)")
-    parser.add_argument("--log-every", type=int, default=50, help="steps between metrics lines (default: 50)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--checkpoint-every", type=validate.positive_int, default=500,
+                        help="steps between checkpoints (default: 500)")
+    parser.add_argument("--log-every", type=validate.positive_int, default=50, help="steps between metrics lines (default: 50)")
+    parser.add_argument("--device", default="cpu", type=validate.device, help="cpu or cuda (default: cpu)")
+    parser.add_argument("--threads", type=validate.positive_int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip checking the store's files against their sha256 (for a store verified once)")
     bar = parser.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show the progress bar")
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
@@ -120,13 +125,30 @@ def settings_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from diffdict.store import verification
     from diffdict.train import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = settings_from_args(args)
-    folders = train(settings, args.out, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                    progress=args.progress, device=args.device)
+    with verification(not args.no_verify):
+        _check_memory(settings)
+        folders = train(settings, args.out, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                        progress=args.progress, device=args.device)
     if folders and int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {len(folders)} dictionaries in {args.out}: {', '.join(folders)}")
     return 0
+
+
+def _check_memory(settings) -> None:
+    """Refuse a grid whose SAE weights, gradients and Adam moments cannot fit in memory."""
+    from diffdict.dictionaries.data import open_activations
+    from diffdict.train import grid_members
+
+    settings.validate()
+    d = open_activations(settings.acts, settings.site).d
+    widths = [m.options.get("width") or int(m.options["expansion"] * d) for m in grid_members(settings) if m.arch != "itda"]
+    # W_enc and W_dec (d x width each, fp32), each with a gradient and two Adam moments
+    needed = sum(2 * d * width * 4 * 4 for width in widths)
+    if widths:
+        validate.require_memory(needed, f"training {len(widths)} dictionaries of widths up to {max(widths):,} (d = {d})")
