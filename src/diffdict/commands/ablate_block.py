@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from diffdict.commands import validate
 from diffdict.errors import DiffdictError
 
 
@@ -22,10 +23,10 @@ def register(subparsers) -> None:
                     "family how much shapes-clip's reading changes.",
     )
     parser.add_argument("--sites", default=None, help="comma-separated sites (default: every block site of the model)")
-    parser.add_argument("--ablate-scale", type=float, default=0.0, help="scale of the update (0 removes it; default 0)")
+    parser.add_argument("--ablate-scale", type=validate.finite_float(), default=0.0, help="scale of the update (0 removes it; default 0)")
     parser.add_argument("--steps", default="all", help="denoising steps to ablate at: all, 0-3, or 0,2 (default: all)")
     parser.add_argument("--backbone", default="shapes-clip", help="concept reader (default: shapes-clip)")
-    parser.add_argument("--top", type=int, default=5, help="concepts listed as rising / falling most per site")
+    parser.add_argument("--top", type=validate.positive_int, default=5, help="concepts listed as rising / falling most per site")
     add_generation_arguments(parser)
     add_host_arguments(parser)
     parser.set_defaults(func=run)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from diffdict.commands import validate
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -18,9 +20,9 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default=None, help="host model (default: the store's, else toy)")
     parser.add_argument("--model-path", help="host model folder (default: the store's / the shipped toy weights)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=validate.int_at_least(1, 65535), default=7860)
     parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link (off by default)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed of generated images")
+    parser.add_argument("--seed", type=validate.nonnegative_int, default=0, help="noise seed of generated images")
     parser.set_defaults(func=run)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from diffdict.commands import validate
 from diffdict.errors import DiffdictError
 
 
@@ -34,20 +35,20 @@ def register(subparsers) -> None:
     parser.add_argument("--what", default="update", choices=list(WHATS),
                         help="update (block output - input), output (residual stream) or mlp (neurons)")
     parser.add_argument("--steps", default="all", help="denoising steps to capture: all, or e.g. 0 or 0,5 (default: all)")
-    parser.add_argument("--denoise-steps", type=int, default=None,
+    parser.add_argument("--denoise-steps", type=validate.positive_int, default=None,
                         help="number of denoising steps of each generation (default: the model's)")
-    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
-    parser.add_argument("--seed", type=int, default=0, help="prompt sampling seed; prompt i's noise seed is seed + i")
-    parser.add_argument("--out", required=True, help="store folder (created, or resumed)")
+    parser.add_argument("--guidance", type=validate.finite_float(low=0), default=None, help="guidance scale (default: the model's)")
+    parser.add_argument("--seed", type=validate.nonnegative_int, default=0, help="prompt sampling seed; prompt i's noise seed is seed + i")
+    parser.add_argument("--out", required=True, type=validate.out_folder, help="store folder (created, or resumed)")
     parser.add_argument("--dtype", default="float16", choices=list(DTYPES), help="stored dtype (default: float16)")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default: 16)")
-    parser.add_argument("--chunk-size", type=int, default=64, help="prompts per store chunk (default: 64)")
+    parser.add_argument("--batch-size", type=validate.positive_int, default=16, help="prompts per generation batch (default: 16)")
+    parser.add_argument("--chunk-size", type=validate.positive_int, default=64, help="prompts per store chunk (default: 64)")
     parser.add_argument("--no-images", action="store_true", help="do not keep the generated images")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--device", default=None, type=validate.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--model-dtype", default=None, choices=["float16", "bfloat16", "float32"],
                         help="compute dtype of a real model (default: float16 on CUDA, float32 on CPU)")
     parser.add_argument("--quantize", default=None, choices=["nf4"], help="real models: load in 4-bit NF4 (bitsandbytes)")
-    parser.add_argument("--image-size", type=int, default=None, help="real models: image size (default: the model's)")
+    parser.add_argument("--image-size", type=validate.positive_int, default=None, help="real models: image size (default: the model's)")
     bar = parser.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show the progress bar")
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")

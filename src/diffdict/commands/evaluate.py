@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from diffdict.commands import validate
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -20,27 +22,27 @@ def register(subparsers) -> None:
     parser.add_argument("--run", required=True, help="training run folder (diffdict train --out)")
     parser.add_argument("--acts", required=True, help="a store folder, or an (N, d) .npy / .safetensors file")
     parser.add_argument("--site", default=None, help="the store site (required when the store has several)")
-    parser.add_argument("--out", required=True, help="JSON file for the metrics")
-    parser.add_argument("--batch-size", type=int, default=4096, help="tokens per batch (default: 4096)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="evaluate on the first this many tokens")
-    parser.add_argument("--fidelity-prompts", type=int, default=None,
+    parser.add_argument("--out", required=True, type=validate.out_file, help="JSON file for the metrics")
+    parser.add_argument("--batch-size", type=validate.positive_int, default=4096, help="tokens per batch (default: 4096)")
+    parser.add_argument("--max-tokens", type=validate.positive_int, default=None, help="evaluate on the first this many tokens")
+    parser.add_argument("--fidelity-prompts", type=validate.nonnegative_int, default=None,
                         help="spliced fidelity on this many test prompts (default: 16 when the store records "
                              "a host model; 0 skips it)")
     parser.add_argument("--model-path", default=None, help="host model weights for spliced fidelity "
                         "(default: the ones the store records)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fidelity prompts and noise")
+    parser.add_argument("--seed", type=validate.nonnegative_int, default=0, help="seed of the fidelity prompts and noise")
+    validate.add_verify_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffdict.errors import DiffdictError
     from diffdict.evaluate import evaluate_run
     from diffdict.io import write_json
 
-    if args.batch_size < 1:
-        raise DiffdictError(f"--batch-size must be positive, got {args.batch_size}")
-    results = evaluate_run(args.run, args.acts, site=args.site, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                           fidelity_prompts=args.fidelity_prompts, seed=args.seed, model_path=args.model_path)
+    with validate.verifying(args.no_verify):
+        results = evaluate_run(args.run, args.acts, site=args.site, batch_size=args.batch_size,
+                               max_tokens=args.max_tokens, fidelity_prompts=args.fidelity_prompts, seed=args.seed,
+                               model_path=args.model_path)
     write_json(args.out, {"run": str(args.run), "acts": str(args.acts), "site": args.site, "members": results})
     for name, metrics in results.items():
         line = f"{name}: fvu {metrics['fvu']:.4f}  l0 {metrics['l0']:.1f}  dead {metrics['dead_fraction']:.3f}"

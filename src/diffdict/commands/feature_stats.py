@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from diffdict.commands import validate
 from diffdict.errors import DiffdictError
 
 
@@ -23,10 +24,11 @@ def register(subparsers) -> None:
     parser.add_argument("--run", required=True, help="dictionary folder, or a run folder (every member)")
     parser.add_argument("--store", required=True, help="activation store")
     parser.add_argument("--site", default=None, help="site of the store (default: the dictionary's, or the store's only site)")
-    parser.add_argument("--batch-size", type=int, default=4096, help="tokens per batch (default: 4096)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens (default: all)")
+    parser.add_argument("--batch-size", type=validate.positive_int, default=4096, help="tokens per batch (default: 4096)")
+    parser.add_argument("--max-tokens", type=validate.positive_int, default=None, help="stop after this many tokens (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="unused: the pass reads the store in order (kept for uniformity)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    validate.add_verify_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_tokens is not None and args.max_tokens < 1:
         raise DiffdictError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     folders = dictionary_folders(args.run)
-    store = open_store(args.store)
+    store = open_store(args.store, verify=not args.no_verify)
     site = args.site
     if site is None:
         recorded = {dictionary_metadata(f).get("site") for f in folders} - {None}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from diffdict.commands import validate
+
 
 def register(subparsers) -> None:
     from diffdict.interpret.base import EXPLAINERS, SCORERS
@@ -20,7 +22,7 @@ def register(subparsers) -> None:
     parser.add_argument("--store", metavar="STORE",
                         help="activation store with images (default: the one the dictionary was trained on)")
     parser.add_argument("--site", help="site of the store (default: the dictionary's, or the one of matching width)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--out", required=True, metavar="DIR", type=validate.out_folder, help="output folder")
     parser.add_argument("--explainer", default="auto",
                         help=f"explainer: {', '.join(sorted(EXPLAINERS))}, 'none', or 'auto' (default: the concept "
                              "oracle on shapes-world stores, none on real models)")
@@ -28,11 +30,11 @@ def register(subparsers) -> None:
                         help=f"comma-separated scorers: {', '.join(sorted(SCORERS))}, '' for none, or 'auto' "
                              "(default: concept-oracle on shapes-world stores, none on real models)")
     parser.add_argument("--features", help="features to interpret, e.g. 0,5,10-20 (default: every feature that fires)")
-    parser.add_argument("--max-features", type=int, help="a seeded random sample of this many firing features")
-    parser.add_argument("--top-n", type=int, default=16, help="top images kept per feature (default 16)")
+    parser.add_argument("--max-features", type=validate.positive_int, help="a seeded random sample of this many firing features")
+    parser.add_argument("--top-n", type=validate.positive_int, default=16, help="top images kept per feature (default 16)")
     parser.add_argument("--rank-by", choices=("max", "mean"), default="max",
                         help="rank an image by the max or the mean of the feature over its token grid")
-    parser.add_argument("--min-active", type=int, default=1,
+    parser.add_argument("--min-active", type=validate.positive_int, default=1,
                         help="an image counts only if the feature fires on at least this many of its tokens")
     parser.add_argument("--icons", action="store_true",
                         help="also draw each feature's icon and an 'add' gallery (runs the store's host model)")
@@ -42,11 +44,13 @@ def register(subparsers) -> None:
     vlm.add_argument("--vlm-model", help="model name")
     vlm.add_argument("--vlm-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     vlm.add_argument("--vlm-cache", help="reply cache folder (default OUT/vlm-cache): a rerun costs nothing")
-    vlm.add_argument("--vlm-rpm", type=float, help="at most this many requests per minute (default 60)")
-    vlm.add_argument("--vlm-timeout", type=float, help="seconds per request (default 60)")
-    vlm.add_argument("--vlm-retries", type=int, help="retries on 429, 5xx, timeouts and malformed replies (default 5)")
+    vlm.add_argument("--vlm-rpm", type=validate.finite_float(low=0), help="at most this many requests per minute (default 60)")
+    vlm.add_argument("--vlm-timeout", type=validate.finite_float(low=0.001), help="seconds per request (default 60)")
+    vlm.add_argument("--vlm-retries", type=validate.nonnegative_int, help="retries on 429, 5xx, timeouts and malformed replies (default 5)")
     parser.add_argument("--clip-path", help="shapes-clip folder for the clip scorer (default: the shipped weights)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the feature sample and of the detection examples")
+    parser.add_argument("--seed", type=validate.nonnegative_int, default=0,
+                        help="seed of the feature sample and of the detection examples")
+    validate.add_verify_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -69,13 +73,17 @@ def run(args: argparse.Namespace) -> int:
         from diffdict.interpret.pipeline import resolve_run
 
         store = require_recorded_store(resolve_run(args.run, args.member))
-    index = interpret(
-        args.run, store, args.out, explainer=explainer, scorers=scorers, site=args.site, member=args.member,
-        features=args.features, max_features=args.max_features, top_n=args.top_n, rank_by=args.rank_by,
-        min_active=args.min_active, icons=args.icons, model_path=args.model_path, seed=args.seed,
-        options={k: v for k, v in options.items() if v is not None}, clip=clip,
-        progress=(lambda message: print(message, file=sys.stderr)) if sys.stderr.isatty() else None,
-    )
+    from diffdict.io import claim_output_folder
+
+    claim_output_folder(args.out, "interpret", own_files=("interpret.json", "features", "stats"))
+    with validate.verifying(args.no_verify):
+        index = interpret(
+            args.run, store, args.out, explainer=explainer, scorers=scorers, site=args.site, member=args.member,
+            features=args.features, max_features=args.max_features, top_n=args.top_n, rank_by=args.rank_by,
+            min_active=args.min_active, icons=args.icons, model_path=args.model_path, seed=args.seed,
+            options={k: v for k, v in options.items() if v is not None}, clip=clip,
+            progress=(lambda message: print(message, file=sys.stderr)) if sys.stderr.isatty() else None,
+        )
     rows = index["features"]
     print(f"interpreted {len(rows)} features of {index['run']} at {index['site']} "
           f"({index['num_images']} images); records in {args.out}/features, summary {args.out}/interpret.json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from diffdict.commands import validate
 from diffdict.store import DTYPES, import_array, store_info, verify_store
 
 
@@ -76,8 +77,8 @@ def register(subparsers) -> None:
 
     imp = actions.add_parser("import", help="import an (N, d) .npy or .safetensors array as a store")
     imp.add_argument("array", metavar="ARRAY", help=".npy or .safetensors file holding one (N, d) array")
-    imp.add_argument("--out", required=True, metavar="STORE", help="store folder to create (or resume)")
+    imp.add_argument("--out", required=True, metavar="STORE", type=validate.out_folder, help="store folder to create (or resume)")
     imp.add_argument("--site", default="acts", help="site name to give the array (default: acts)")
     imp.add_argument("--dtype", default="float16", choices=list(DTYPES), help="stored dtype (default: float16)")
-    imp.add_argument("--chunk-tokens", type=int, default=65536, help="rows per shard (default: 65536)")
+    imp.add_argument("--chunk-tokens", type=validate.positive_int, default=65536, help="rows per shard (default: 65536)")
     imp.set_defaults(func=_import)

@@ -16,7 +16,12 @@ import argparse
 import dataclasses
 import sys
 
+from diffdict.commands import validate
 from diffdict.errors import DiffdictError
+
+
+#: files a study run writes into DIR: a folder holding one is an earlier run's, reused
+STUDY_OUTPUTS = ("config.json", "results.json", "summary.json", "index.html", "cache")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -39,15 +44,17 @@ def register(subparsers) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--out", required=True, metavar="DIR", type=validate.out_folder, help="output folder")
     parser.add_argument("--quick", action="store_true", help="a much smaller smoke version")
-    parser.add_argument("--cache", metavar="DIR", help="cache folder (default: DIR/cache); share it between runs")
+    parser.add_argument("--cache", metavar="DIR", type=validate.out_folder,
+                        help="cache folder (default: DIR/cache); share it between runs")
+    validate.add_verify_option(parser)
 
 
 def _add_config(parser: argparse.ArgumentParser, config_classes) -> None:
     from diffdict.studies.base import config_fields, flag
 
-    seen = {"out", "quick", "cache"}
+    seen = {"out", "quick", "cache", "no_verify"}
     for config_class in config_classes:
         for f, kind in config_fields(config_class):
             if f.name in seen or not f.metadata.get("cli", True):
@@ -84,6 +91,7 @@ def study_parser(name: str) -> _OneLineParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffdict.io import claim_output_folder
     from diffdict.studies import STUDIES, run_all, run_study
 
     if args.name is None:
@@ -95,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         parser.print_help()
         return 0
     ns = vars(parser.parse_args(args.options))
-    out, quick, cache = ns.pop("out"), ns.pop("quick"), ns.pop("cache")
+    out, quick, cache, no_verify = ns.pop("out"), ns.pop("quick"), ns.pop("cache"), ns.pop("no_verify")
     options = {k: v for k, v in ns.items() if v is not None}
     if args.name == "all":
         only, browsers = options.pop("only", None), not options.pop("no_browsers", False)
@@ -108,11 +116,15 @@ def run(args: argparse.Namespace) -> int:
             for n in names:
                 if n not in STUDIES:
                     raise DiffdictError(f"--only: unknown study {n!r}; available: {', '.join(STUDIES)}")
-        summary = run_all(out, options, quick=quick, studies=names, cache_dir=cache, browsers=browsers,
-                          browser_features=browser_features)
+        claim_output_folder(out, "study", own_files=STUDY_OUTPUTS)
+        with validate.verifying(no_verify):
+            summary = run_all(out, options, quick=quick, studies=names, cache_dir=cache, browsers=browsers,
+                              browser_features=browser_features)
         print(f"wrote {out}/index.html: {len(summary['studies'])} studies in {summary['seconds']:.0f} s")
         return 0
-    results = run_study(args.name, out, options, quick=quick, cache_dir=cache)
+    claim_output_folder(out, "study", own_files=STUDY_OUTPUTS)
+    with validate.verifying(no_verify):
+        results = run_study(args.name, out, options, quick=quick, cache_dir=cache)
     print(f"wrote {out}/table.md ({len(results['rows'])} rows, {results['seconds']:.0f} s, "
           f"trained {results['trained']})", file=sys.stdout)
     return 0

@@ -94,8 +94,7 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu", type=validate.device, help="cpu or cuda (default: cpu)")
     parser.add_argument("--threads", type=validate.positive_int, default=None,
                         help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="skip checking the store's files against their sha256 (for a store verified once)")
+    validate.add_verify_option(parser)
     bar = parser.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show the progress bar")
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
@@ -125,13 +124,12 @@ def settings_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from diffdict.store import verification
     from diffdict.train import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = settings_from_args(args)
-    with verification(not args.no_verify):
+    with validate.verifying(args.no_verify):
         _check_memory(settings)
         folders = train(settings, args.out, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                         progress=args.progress, device=args.device)

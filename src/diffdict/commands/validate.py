@@ -45,8 +45,8 @@ positive_int = int_at_least(1)
 nonnegative_int = int_at_least(0)
 
 
-def finite_float(low: float | None = None, high: float | None = None):
-    """A finite number in ``[low, high]`` (either bound may be None)."""
+def finite_float(low: float | None = None, high: float | None = None, above: float | None = None):
+    """A finite number in ``[low, high]`` and ``> above`` (any bound may be None)."""
 
     def parse(text: str) -> float:
         try:
@@ -55,8 +55,10 @@ def finite_float(low: float | None = None, high: float | None = None):
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        if (low is not None and value < low) or (high is not None and value > high):
+        if (low is not None and value < low) or (high is not None and value > high) or (
+                above is not None and value <= above):
             bounds = " and ".join(p for p in (f">= {low:g}" if low is not None else "",
+                                             f"> {above:g}" if above is not None else "",
                                              f"<= {high:g}" if high is not None else "") if p)
             raise argparse.ArgumentTypeError(f"expected a number {bounds}, got {text!r}")
         return value
@@ -132,6 +134,20 @@ def text_file(text: str) -> Path:
     return path
 
 
+def add_verify_option(parser: argparse.ArgumentParser) -> None:
+    """``--no-verify``: read stores without checking each file's sha256 (see :func:`verifying`)."""
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip checking the store's files against their recorded sha256 "
+                             "(for a store checked once with 'diffdict store verify')")
+
+
+def verifying(no_verify: bool):
+    """The context in which a command reads stores: verified unless ``--no-verify``."""
+    from diffdict.store import verification
+
+    return verification(not no_verify)
+
+
 # --------------------------------------------------------------------------- resources
 
 
@@ -189,6 +205,6 @@ def resource_error(error: BaseException, command: str) -> str | None:
 
 
 __all__ = [
-    "available_memory", "device", "finite_float", "int_at_least", "nonnegative_int", "out_file", "out_folder",
+    "add_verify_option", "verifying", "available_memory", "device", "finite_float", "int_at_least", "nonnegative_int", "out_file", "out_folder",
     "positive_int", "require_memory", "resource_error", "text_file",
 ]
