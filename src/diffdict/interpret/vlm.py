@@ -22,6 +22,7 @@ import io
 import json
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -124,6 +125,10 @@ class VlmClient:
         except json.JSONDecodeError:
             return status, None, raw, response_headers
 
+    def _excerpt(self, raw: str) -> str:
+        """The start of an error body, fit for a message: the API key and credentials redacted."""
+        return _excerpt(raw, os.environ.get(self.config.api_key_env, ""))
+
     def _delay(self, attempt: int, headers: dict) -> float:
         retry_after = headers.get("Retry-After") or headers.get("retry-after")
         if retry_after:
@@ -174,18 +179,18 @@ class VlmClient:
                              else f"${self.config.api_key_env} is not set")
                     raise DiffdictError(
                         f"the VLM endpoint {self.url} refused the API key (HTTP {status}; {where}): "
-                        f"{_excerpt(raw)}"
+                        f"{self._excerpt(raw)}"
                     )
                 if status == 429 or status >= 500:
-                    last_problem = f"HTTP {status}: {_excerpt(raw)}"
+                    last_problem = f"HTTP {status}: {self._excerpt(raw)}"
                 elif status >= 400:
-                    raise DiffdictError(f"the VLM endpoint {self.url} rejected the request (HTTP {status}): {_excerpt(raw)}")
+                    raise DiffdictError(f"the VLM endpoint {self.url} rejected the request (HTTP {status}): {self._excerpt(raw)}")
                 else:
                     try:
                         text = _reply_text(payload, raw)
                         value = parse(text)
                     except (MalformedReply, ValueError, TypeError) as error:
-                        last_problem = f"malformed reply ({error}): {_excerpt(raw)}"
+                        last_problem = f"malformed reply ({error}): {self._excerpt(raw)}"
                     else:
                         if path is not None:
                             atomic_write_text(path, json.dumps({"reply": text, "model": self.config.model}) + "\n")
@@ -197,8 +202,27 @@ class VlmClient:
         )
 
 
-def _excerpt(raw: str, limit: int = 160) -> str:
-    text = " ".join((raw or "").split())
+# credentials an endpoint may echo back in an error body (some echo the request headers)
+_CREDENTIAL_PATTERNS = [
+    re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=:-]{6,}"),
+    re.compile(r"(?i)([\"']?(?:api[_-]?key|x-api-key|authorization|access[_-]?token|secret|password)[\"']?"
+               r"\s*[:=]\s*[\"']?)(?:(?:bearer|basic|token)\s+)?([^\"'\s,;}&]+)"),
+    re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_-]{8,}"),
+]
+
+
+def redact(text: str, secret: str = "") -> str:
+    """``text`` with ``secret`` and anything that looks like a credential replaced by [redacted]."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    text = _CREDENTIAL_PATTERNS[0].sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
+    text = _CREDENTIAL_PATTERNS[1].sub(lambda m: f"{m.group(1)}[redacted]", text)
+    return _CREDENTIAL_PATTERNS[2].sub("[redacted]", text)
+
+
+def _excerpt(raw: str, secret: str = "", limit: int = 160) -> str:
+    # redact before cutting, so no prefix of a credential survives the cut
+    text = " ".join(redact(raw or "", secret).split())
     return (text[: limit - 3] + "...") if len(text) > limit else (text or "(empty body)")
 
 
