@@ -879,16 +879,16 @@ def _entry_file(root: Path, resolved_root: Path, entry: dict, where: str, expect
     """
     rel = entry.get("file")
     if not isinstance(rel, str) or not rel:
-        raise DiffdictError(f"manifest entry {where} of store {root} names no file")
+        raise DiffdictError(f"{root / MANIFEST_FILE}: entry {where} names no file")
     full = root / rel
     try:
         inside = not os.path.isabs(rel) and full.resolve().is_relative_to(resolved_root)
     except (OSError, RuntimeError):  # a symlink loop
         inside = False
     if not inside:
-        raise DiffdictError(f"manifest entry {where} of store {root} names {rel!r}, a path outside the store; refused")
+        raise DiffdictError(f"{root / MANIFEST_FILE}: entry {where} names {rel!r}, a path outside the store; refused")
     if rel != expected:
-        raise DiffdictError(f"manifest entry {where} of store {root} names {rel!r}; expected {expected!r}")
+        raise DiffdictError(f"{root / MANIFEST_FILE}: entry {where} names {rel!r}; expected {expected!r}")
     return full
 
 
@@ -901,12 +901,12 @@ def _manifest_problems(path: Path, manifest: dict, read_records: bool) -> list[s
     try:
         return _manifest_problems_unguarded(path, manifest, read_records)
     except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as error:
-        return [f"manifest of store {path} is malformed ({type(error).__name__}: {error})"]
+        return [f"{path / MANIFEST_FILE} is malformed ({type(error).__name__}: {error})"]
 
 
 def _manifest_problems_unguarded(path: Path, manifest: dict, read_records: bool) -> list[str]:
     problems: list[str] = []
-    where = f"manifest of store {path}"
+    where = str(path / MANIFEST_FILE)
     header = _read_json_file(path / HEADER_FILE)
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         return [f"{path / HEADER_FILE} is not a diffdict store header"]
