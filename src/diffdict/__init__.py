@@ -43,7 +43,8 @@ _EXPORTS = {
     "interpret": "diffdict.interpret", "compute_activation_stats": "diffdict.interpret",
     "make_explainer": "diffdict.interpret", "make_scorer": "diffdict.interpret",
     "build_report": "diffdict.report",
-    # studies
+    # the ground-truth benchmark and the studies
+    "run_bench": "diffdict.bench", "BenchConfig": "diffdict.bench", "write_bench": "diffdict.bench",
     "run_study": "diffdict.studies",
 }
 

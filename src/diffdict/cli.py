@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "diffdict.commands.train",
     "diffdict.commands.export",
     "diffdict.commands.evaluate",
+    "diffdict.commands.bench",
     "diffdict.commands.interpret",
     "diffdict.commands.report",
     "diffdict.commands.app",

@@ -1,0 +1,153 @@
+"""Concept detection: SAEBench's k = 1 sparse probing, scored against ground truth.
+
+For every concept, the single feature whose best-threshold F1 is highest on the
+selection half is chosen, with that threshold; on the test half it is scored by F1 at
+the chosen threshold and by AUROC. At token level an item is a token (its concept mask
+on the token grid); at image level an item is an image (the concept is in it) and a
+feature's value is its maximum over the image's tokens and steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: entries x concepts handled at once (bounds the memory of the cumulative sums)
+_CHUNK_CELLS = 40_000_000
+
+
+@dataclass
+class Ranked:
+    """Entries (item, feature, value > 0) sorted by feature, then by value descending;
+    ``rank`` is the 1-based position within the feature; ``cut`` marks the last entry of
+    a run of equal values (only there can a threshold fall)."""
+
+    item: Tensor
+    feature: Tensor
+    value: Tensor
+    rank: Tensor
+    cut: Tensor
+    start: Tensor  # (n_features,) first position of each feature
+    count: Tensor  # (n_features,) entries of each feature
+
+
+def rank_entries(item: Tensor, feature: Tensor, value: Tensor, n_features: int) -> Ranked:
+    order = torch.argsort(value, descending=True, stable=True)
+    order = order[torch.argsort(feature[order], stable=True)]
+    item, feature, value = item[order], feature[order], value[order]
+    count = torch.bincount(feature, minlength=n_features)
+    start = torch.cumsum(count, 0) - count
+    rank = torch.arange(feature.numel()) - start[feature] + 1
+    cut = torch.ones(feature.numel(), dtype=torch.bool)
+    if feature.numel() > 1:
+        cut[:-1] = (feature[1:] != feature[:-1]) | (value[1:] != value[:-1])
+    return Ranked(item, feature, value, rank, cut, start, count)
+
+
+def segment_cumsum(ranked: Ranked, columns: Tensor) -> Tensor:
+    """Cumulative sums of ``columns`` (E, c) restarting at every feature."""
+    total = torch.cumsum(columns, 0)
+    before = torch.zeros(ranked.count.numel(), columns.shape[1], dtype=total.dtype)
+    has = ranked.start > 0
+    before[has] = total[ranked.start[has] - 1]
+    return total - before[ranked.feature]
+
+
+def best_threshold_f1(ranked: Ranked, labels: Tensor, n_features: int) -> tuple[Tensor, Tensor]:
+    """For every (feature, concept): the best F1 of "value >= t" over thresholds t, and
+    that t: (n_features, C) each. ``labels`` (items, C) bool; items without an entry
+    count as value 0 (never predicted positive)."""
+    C = labels.shape[1]
+    positives = labels.sum(0).double()
+    best = torch.zeros(n_features, C, dtype=torch.float64)
+    threshold = torch.full((n_features, C), float("inf"), dtype=torch.float64)
+    if ranked.feature.numel() == 0:
+        return best, threshold
+    step = max(1, _CHUNK_CELLS // max(ranked.feature.numel(), 1))
+    for c0 in range(0, C, step):
+        cols = slice(c0, min(C, c0 + step))
+        tp = segment_cumsum(ranked, labels[ranked.item][:, cols].double())
+        f1 = 2 * tp / (ranked.rank.unsqueeze(1).double() + positives[cols])
+        f1[~ranked.cut] = -1.0
+        width = f1.shape[1]
+        flat = (ranked.feature.unsqueeze(1) * width + torch.arange(width)).reshape(-1)
+        chunk_best = torch.full((n_features * width,), -1.0, dtype=torch.float64)
+        chunk_best.scatter_reduce_(0, flat, f1.reshape(-1), reduce="amax")
+        chunk_best = chunk_best.view(n_features, width)
+        at_best = (f1 == chunk_best[ranked.feature]) & ranked.cut.unsqueeze(1)
+        values = torch.where(at_best, ranked.value.unsqueeze(1).double(), torch.full_like(f1, -1.0))
+        chunk_t = torch.full((n_features * width,), -1.0, dtype=torch.float64)
+        chunk_t.scatter_reduce_(0, flat, values.reshape(-1), reduce="amax")
+        best[:, cols] = chunk_best.clamp_min(0.0)
+        threshold[:, cols] = torch.where(chunk_t.view(n_features, width) > 0, chunk_t.view(n_features, width),
+                                         torch.full((n_features, width), float("inf"), dtype=torch.float64))
+    return best, threshold
+
+
+def auroc(scores: Tensor, labels: Tensor) -> float:
+    """AUROC of ``scores`` (N,) against bool ``labels`` (N,), ties counted half."""
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    values, inverse = torch.unique(scores.double(), return_inverse=True)
+    pos = torch.zeros(values.numel(), dtype=torch.float64).index_add_(0, inverse, labels.double())
+    neg = torch.zeros(values.numel(), dtype=torch.float64).index_add_(0, inverse, (~labels).double())
+    below = torch.cumsum(neg, 0) - neg
+    return float((pos * (below + 0.5 * neg)).sum() / (n_pos * n_neg))
+
+
+def f1_at(scores: Tensor, labels: Tensor, threshold: float) -> float:
+    predicted = scores >= threshold
+    tp = int((predicted & labels).sum())
+    denom = int(predicted.sum()) + int(labels.sum())
+    return 2 * tp / denom if denom else float("nan")
+
+
+def dense_column(item: Tensor, feature: Tensor, value: Tensor, f: int, n_items: int) -> Tensor:
+    column = torch.zeros(n_items)
+    keep = feature == f
+    column[item[keep]] = value[keep]
+    return column
+
+
+@dataclass
+class Detection:
+    """Per concept: the chosen feature, its threshold, selection-half F1, test-half F1 and
+    AUROC; and every (feature, concept) best F1 on the selection half (for splitting)."""
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    selection_f1: np.ndarray
+    test_f1: np.ndarray
+    test_auroc: np.ndarray
+    all_selection_f1: Tensor
+
+
+def detect(item: Tensor, feature: Tensor, value: Tensor, labels: Tensor, in_selection: Tensor,
+           n_features: int) -> Detection:
+    """k = 1 probing over items (tokens or images): ``item``/``feature``/``value`` the
+    non-zero codes, ``labels`` (N, C) bool, ``in_selection`` (N,) bool."""
+    n_items, C = labels.shape
+    index_sel = torch.cumsum(in_selection.long(), 0) - 1
+    index_test = torch.cumsum((~in_selection).long(), 0) - 1
+    sel = in_selection[item]
+    ranked = rank_entries(index_sel[item[sel]], feature[sel], value[sel], n_features)
+    best, threshold = best_threshold_f1(ranked, labels[in_selection], n_features)
+    chosen = best.argmax(0)  # (C,)
+    test_labels = labels[~in_selection]
+    test = ~sel
+    t_item, t_feature, t_value = index_test[item[test]], feature[test], value[test]
+    n_test = int((~in_selection).sum())
+    test_f1, test_auc = np.full(C, np.nan), np.full(C, np.nan)
+    for c in range(C):
+        column = dense_column(t_item, t_feature, t_value, int(chosen[c]), n_test)
+        test_f1[c] = f1_at(column, test_labels[:, c], float(threshold[chosen[c], c]))
+        test_auc[c] = auroc(column, test_labels[:, c])
+    return Detection(chosen.numpy(), threshold[chosen, torch.arange(C)].numpy(), best[chosen, torch.arange(C)].numpy(),
+                     test_f1, test_auc, best)
+
+
+__all__ = ["Detection", "Ranked", "auroc", "best_threshold_f1", "detect", "f1_at", "rank_entries", "segment_cumsum"]

@@ -1,0 +1,114 @@
+"""The ground-truth scores that need no generation: detection (token and image level),
+purity, splitting and absorption, per concept and summarised with 95% intervals."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffdict.bench.absorption import DETECTOR_F1, absorption, splitting
+from diffdict.bench.data import BENCH_CONCEPTS, Codes, GroundTruth, token_labels
+from diffdict.bench.detection import detect, rank_entries
+from diffdict.bench.purity import purity
+from diffdict.interpret.groundtruth import CONCEPTS
+
+COVERAGE_F1 = 0.8
+COVERAGE_AUROC = 0.9
+PURE_PRECISION = 0.9
+TOP_TOKENS = 64
+TOP_IMAGES = 8
+
+
+def interval(values: Any, seed: int = 0) -> dict[str, float]:
+    """Mean and 95% t interval of the finite values (n = how many)."""
+    from diffdict.metrics.causal import mean_interval
+
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    x = x[np.isfinite(x)]
+    mean, low, high = mean_interval(x, "t", seed=seed)
+    return {"mean": mean, "low": low, "high": high, "n": int(x.size)}
+
+
+def _concept_columns(labels: torch.Tensor) -> torch.Tensor:
+    return labels[:, [CONCEPTS.index(c) for c in BENCH_CONCEPTS]]
+
+
+def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0) -> dict[str, Any]:
+    """Every score of the module docstring for one dictionary's codes."""
+    n = codes.n_features
+    tok_labels = _concept_columns(token_labels(truth, codes))
+    tok_selection = truth.selection[codes.prompt]
+    image_labels = _concept_columns(truth.image)
+    image_entries = codes.image_max.nonzero(as_tuple=True)
+    image_values = codes.image_max[image_entries]
+
+    token = detect(codes.token, codes.feature, codes.value, tok_labels, tok_selection, n)
+    image = detect(image_entries[0], image_entries[1], image_values, image_labels, truth.selection, n)
+
+    def halves(item, feature, value, in_selection):
+        index_sel = torch.cumsum(in_selection.long(), 0) - 1
+        index_test = torch.cumsum((~in_selection).long(), 0) - 1
+        sel = in_selection[item]
+        return (rank_entries(index_sel[item[sel]], feature[sel], value[sel], n),
+                rank_entries(index_test[item[~sel]], feature[~sel], value[~sel], n),
+                (index_test[item[~sel]], feature[~sel], value[~sel]))
+
+    tok_sel, tok_test, tok_test_entries = halves(codes.token, codes.feature, codes.value, tok_selection)
+    img_sel, img_test, _ = halves(image_entries[0], image_entries[1], image_values, truth.selection)
+    token_purity, token_concept, token_live = purity(tok_sel, tok_test, tok_labels[tok_selection],
+                                                     tok_labels[~tok_selection], n, TOP_TOKENS, TOP_TOKENS // 4)
+    image_purity, image_concept, image_live = purity(img_sel, img_test, image_labels[truth.selection],
+                                                     image_labels[~truth.selection], n, TOP_IMAGES, TOP_IMAGES // 2)
+    absorbed = absorption(tok_sel, tok_labels[tok_selection], *tok_test_entries, tok_labels[~tok_selection],
+                          token.feature, token.threshold, n)
+    split = splitting(token.all_selection_f1)
+
+    per_concept = {}
+    for c, name in enumerate(BENCH_CONCEPTS):
+        per_concept[name] = {
+            "token_feature": int(token.feature[c]), "token_threshold": float(token.threshold[c]),
+            "token_f1": _num(token.test_f1[c]), "token_auroc": _num(token.test_auroc[c]),
+            "token_selection_f1": _num(token.selection_f1[c]),
+            "image_feature": int(image.feature[c]), "image_f1": _num(image.test_f1[c]),
+            "image_auroc": _num(image.test_auroc[c]),
+            "detectors": int(split[c]), "absorption": _num(absorbed[c]),
+            "detector_features": _detectors(token.all_selection_f1[:, c], int(token.feature[c])),
+        }
+    # a concept is covered when a feature detects it accurately (F1) *and* discriminates
+    # (AUROC): at image level a common concept gets a high F1 from a feature that is always on
+    detected = ((np.nan_to_num(token.test_f1) >= COVERAGE_F1) & (np.nan_to_num(token.test_auroc) >= COVERAGE_AUROC)) | \
+               ((np.nan_to_num(image.test_f1) >= COVERAGE_F1) & (np.nan_to_num(image.test_auroc) >= COVERAGE_AUROC))
+    summary = {
+        "token_f1": interval(token.test_f1, seed), "token_auroc": interval(token.test_auroc, seed),
+        "image_f1": interval(image.test_f1, seed), "image_auroc": interval(image.test_auroc, seed),
+        "coverage": float(np.mean(detected)), "covered": [c for c, d in zip(BENCH_CONCEPTS, detected) if d],
+        "token_purity": interval(token_purity.numpy(), seed), "image_purity": interval(image_purity.numpy(), seed),
+        "token_pure_share": _share(token_purity, PURE_PRECISION), "image_pure_share": _share(image_purity, PURE_PRECISION),
+        "live_features": int(token_live.sum()),
+        "detectors_per_concept": interval(split.astype(float), seed), "absorption": interval(absorbed, seed),
+    }
+    features = {"token_purity": token_purity.tolist(), "token_concept": [BENCH_CONCEPTS[i] for i in token_concept],
+                "image_purity": image_purity.tolist(), "image_concept": [BENCH_CONCEPTS[i] for i in image_concept]}
+    return {"summary": summary, "concepts": per_concept, "features": features, "tokens": codes.num_tokens}
+
+
+def _detectors(f1: torch.Tensor, main: int, most: int = 8) -> list[int]:
+    """The main feature, then the other features that detect the concept, best first."""
+    order = [int(f) for f in torch.argsort(f1, descending=True, stable=True) if f1[f] >= DETECTOR_F1 and int(f) != main]
+    return [main] + order[: most - 1]
+
+
+def _share(values: torch.Tensor, level: float) -> float:
+    finite = values[torch.isfinite(values)]
+    return float((finite >= level).double().mean()) if finite.numel() else math.nan
+
+
+def _num(value) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+__all__ = ["COVERAGE_F1", "PURE_PRECISION", "interpretability_scores", "interval"]

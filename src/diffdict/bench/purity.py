@@ -1,0 +1,60 @@
+"""Purity: how precisely a feature's strongest activations pick out one concept.
+
+For each live feature, the concept is chosen on the selection half (the concept most
+of its top activations have) and the precision of its top activations for that concept
+is measured on the test half. Ties at the cut-off count fractionally (the expected
+precision under a random tie break), so a constant feature scores the base rate of the
+commonest concept, not the luck of item order: density is not rewarded.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from diffdict.bench.detection import Ranked
+
+
+def top_weights(ranked: Ranked, top: int | None) -> Tensor:
+    """Weight of each entry in its feature's top ``top`` (None: every firing entry), ties
+    at the cut-off shared: (E,) float64, summing to min(count, top) per feature."""
+    if top is None:
+        return torch.ones(ranked.value.numel(), dtype=torch.float64)
+    n = ranked.count.clamp(max=top)
+    alive = n > 0
+    nth = torch.zeros(ranked.count.numel(), dtype=ranked.value.dtype)
+    nth[alive] = ranked.value[ranked.start[alive] + n[alive] - 1]
+    cutoff = nth[ranked.feature]
+    greater = torch.zeros(ranked.count.numel(), dtype=torch.float64).index_add_(
+        0, ranked.feature, (ranked.value > cutoff).double())
+    equal = torch.zeros(ranked.count.numel(), dtype=torch.float64).index_add_(
+        0, ranked.feature, (ranked.value == cutoff).double())
+    share = ((n.double() - greater) / equal.clamp_min(1.0))[ranked.feature]
+    return torch.where(ranked.value > cutoff, torch.ones_like(share),
+                       torch.where(ranked.value == cutoff, share, torch.zeros_like(share)))
+
+
+def concept_precision(ranked: Ranked, labels: Tensor, n_features: int, top: int | None) -> tuple[Tensor, Tensor]:
+    """(precision (n_features, C), weight (n_features,)): the share of each feature's top
+    activations that have each concept, and how many activations that share is over."""
+    weights = top_weights(ranked, top)
+    sums = torch.zeros(n_features, labels.shape[1], dtype=torch.float64)
+    sums.index_add_(0, ranked.feature, labels[ranked.item].double() * weights.unsqueeze(1))
+    total = torch.zeros(n_features, dtype=torch.float64).index_add_(0, ranked.feature, weights)
+    return sums / total.clamp_min(1e-12).unsqueeze(1), total
+
+
+def purity(selection: Ranked, test: Ranked, selection_labels: Tensor, test_labels: Tensor, n_features: int,
+           top: int, min_count: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per feature: (precision on the test half for the concept chosen on the selection
+    half, that concept's index, live mask). A feature is live when it fires on at least
+    ``min_count`` items of each half."""
+    sel_precision, sel_weight = concept_precision(selection, selection_labels, n_features, top)
+    test_precision, test_weight = concept_precision(test, test_labels, n_features, top)
+    concept = sel_precision.argmax(1)
+    live = (selection.count >= min_count) & (test.count >= min_count)
+    value = test_precision[torch.arange(n_features), concept]
+    return torch.where(live, value, torch.full_like(value, float("nan"))), concept, live
+
+
+__all__ = ["concept_precision", "purity", "top_weights"]

@@ -1,0 +1,125 @@
+"""The benchmark's table (markdown) and plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffdict.bench.data import BENCH_CONCEPTS
+
+#: (summary key, column title) of the headline table
+COLUMNS = (
+    ("token_f1", "detection F1 (token)"), ("image_f1", "detection F1 (image)"), ("coverage", "coverage"),
+    ("token_purity", "purity (token)"), ("image_purity", "purity (image)"), ("token_pure_share", "pure ≥ 0.9"),
+    ("detectors_per_concept", "detectors / concept"), ("absorption", "absorption"),
+    ("steer_feature", "steering success"), ("steer_random", "random dir."), ("steer_supervised", "supervised dir."),
+    ("steer_retain", "retain"), ("erase_feature", "erasure"), ("erase_random", "erasure (random)"),
+    ("erase_retain", "erase retain"), ("fidelity_lpips", "splice LPIPS"), ("fidelity_judge_accuracy", "splice judge acc."),
+    ("stability", "stability"),
+)
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, dict):
+        mean, low, high = value.get("mean"), value.get("low"), value.get("high")
+        if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+            return "—"
+        if low is None or (isinstance(low, float) and math.isnan(low)):
+            return f"{mean:.3f}"
+        return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+    if isinstance(value, float) and math.isnan(value):
+        return "—"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def summary_value(result: dict, key: str) -> Any:
+    if key == "stability":
+        stability = result.get("stability")
+        return None if stability is None else stability["mean_cosine"]
+    return result["summary"].get(key)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows = {"dictionary": results["dictionary"], **results["baselines"]}
+    columns = [(k, t) for k, t in COLUMNS if any(summary_value(r, k) is not None for r in rows.values())]
+    lines = [f"Site `{results['site']}`, {results['prompts']} prompts (half select, half test); "
+             f"mean [95% interval].", "",
+             "| | " + " | ".join(t for _, t in columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name, result in rows.items():
+        lines.append(f"| {name} | " + " | ".join(cell(summary_value(result, k)) for k, _ in columns) + " |")
+    for name, diffs in results["differences"].items():
+        lines += ["", f"Dictionary minus {name} (95% interval; **bold**: the interval excludes 0):", "",
+                  "| score | difference |", "|---|---:|"]
+        for key, value in diffs.items():
+            text = cell(value)
+            excludes = value["low"] > 0 or value["high"] < 0 if not math.isnan(value.get("low", math.nan)) else False
+            lines.append(f"| {key} | {'**' + text + '**' if excludes else text} |")
+    concepts = results["dictionary"]["concepts"]
+    steering = results["dictionary"].get("steering", {})
+    lines += ["", "Per concept (dictionary): chosen feature, test-half F1 / AUROC, steering success [random]:", "",
+              "| concept | feature | F1 token | AUROC token | F1 image | detectors | absorption | steering | random | steers |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for concept in BENCH_CONCEPTS:
+        c = concepts[concept]
+        s = steering.get(concept)
+        lines.append(f"| {concept} | {c['token_feature']} | {cell(c['token_f1'])} | {cell(c['token_auroc'])} | "
+                     f"{cell(c['image_f1'])} | {c['detectors']} | {cell(c['absorption'])} | "
+                     f"{cell(s['success']) if s else '—'} | {cell(s['random']) if s else '—'} | "
+                     f"{('yes' if s['steers'] else 'no') if s else '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict[str, Any], folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffdict.io import atomic_target
+
+    rows = {"dictionary": results["dictionary"], **results["baselines"]}
+    made = []
+    fig, ax = plt.subplots(figsize=(12, 4))
+    width = 0.8 / len(rows)
+    x = np.arange(len(BENCH_CONCEPTS))
+    for i, (name, result) in enumerate(rows.items()):
+        values = [result["concepts"][c]["token_f1"] or 0.0 for c in BENCH_CONCEPTS]
+        ax.bar(x + i * width, values, width, label=name)
+    ax.set_xticks(x + 0.4 - width / 2, BENCH_CONCEPTS, rotation=75, fontsize=7)
+    ax.set_ylabel("detection F1 (token, test half)")
+    ax.axhline(0.8, color="gray", lw=0.5, ls="--")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_target(folder / "detection.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    made.append(folder / "detection.png")
+    steering = results["dictionary"].get("steering")
+    if steering:
+        concepts = list(steering)
+        fig, ax = plt.subplots(figsize=(10, 4))
+        x = np.arange(len(concepts))
+        series = [("dictionary", results["dictionary"]["steering"], "feature_success")]
+        series += [("random direction", results["dictionary"]["steering"], "random_success"),
+                   ("supervised direction", results["dictionary"]["steering"], "supervised_success")]
+        series += [(name, r["steering"], "feature_success") for name, r in results["baselines"].items() if "steering" in r]
+        width = 0.8 / len(series)
+        for i, (name, data, key) in enumerate(series):
+            ax.bar(x + i * width, [np.mean(data[c][key]) if data[c][key] else 0.0 for c in concepts], width, label=name)
+        ax.set_xticks(x + 0.4 - width / 2, concepts, rotation=60, fontsize=8)
+        ax.set_ylabel("steering success")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        with atomic_target(folder / "steering.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+        made.append(folder / "steering.png")
+    return made
+
+
+__all__ = ["markdown", "plots"]

@@ -1,0 +1,302 @@
+"""``run_bench``: every benchmark score of one dictionary at one site of the toy model,
+beside the same scores of its two baselines (random-init twin, raw basis), with the
+difference to each baseline and its 95% interval.
+
+    store (with images) ──▶ ground truth ──▶ detection · purity · splitting · absorption
+    dictionary ──encode──┘                    │ chosen features
+                     host + judge ──▶ steering success · erasure · spliced fidelity
+                     other seeds  ──▶ stability
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from diffdict.bench.baselines import random_init_twin, raw_basis, site_sample
+from diffdict.bench.data import BACKGROUND_INDEX, BENCH_CONCEPTS, OBJECT_INDEX, GroundTruth, dictionary_codes, ground_truth
+from diffdict.bench.interpretability import interpretability_scores, interval
+from diffdict.errors import DiffdictError
+from diffdict.world.concepts import OBJECT_FAMILIES
+
+#: concepts steered and erased by default: every colour, shape, background colour and texture
+STEER_FAMILIES = ("color", "shape", "bg_color", "texture")
+BASELINES = ("random-init", "raw-basis")
+
+
+@dataclass
+class BenchConfig:
+    """What the benchmark measures and on how many prompts."""
+
+    seed: int = 0
+    causal: bool = True
+    concepts: Sequence[str] = tuple(c for c in BENCH_CONCEPTS if c.split(":")[0] in STEER_FAMILIES)
+    steer_prompts: int = 32
+    strengths: Sequence[float] = (4.0, 8.0)
+    erase_prompts: int = 16
+    fidelity_prompts: int = 16
+    baselines: Sequence[str] = BASELINES
+    batch_size: int = 64
+    num_steps: int | None = None
+    guidance: float | None = None
+
+    def __post_init__(self):
+        unknown = [c for c in self.concepts if c not in BENCH_CONCEPTS]
+        if unknown:
+            raise DiffdictError(f"unknown concept {unknown[0]!r}; expected family:value, one of {', '.join(BENCH_CONCEPTS)}")
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise DiffdictError(f"unknown baseline {bad[0]!r}; expected {', '.join(BASELINES)}")
+        for name in ("steer_prompts", "erase_prompts", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if "prompts" in name else 1):
+                raise DiffdictError(f"{name.replace('_', '-')} must be an integer >= {2 if 'prompts' in name else 1}, got {value!r}")
+        if not self.strengths or not all(math.isfinite(float(s)) and float(s) > 0 for s in self.strengths):
+            raise DiffdictError(f"strengths must be positive numbers, got {list(self.strengths)}")
+
+
+@dataclass
+class Shared:
+    """What every dictionary of one site shares: ground truth, the supervised concept
+    directions, the generator and the judge."""
+
+    store: Any
+    site: str
+    truth: GroundTruth
+    sample: torch.Tensor
+    supervised: dict[str, torch.Tensor] = field(default_factory=dict)
+    generator: Any = None
+    judge: Any = None
+
+
+@torch.no_grad()
+def concept_directions(store, site: str, truth: GroundTruth, concepts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Mean activation of selection-half tokens with the concept minus that of tokens of
+    the same kind (object / background) without it."""
+    from diffdict.interpret.groundtruth import CONCEPTS
+
+    d = store.d(site)
+    index = [CONCEPTS.index(c) for c in concepts]
+    sums_with = torch.zeros(len(concepts), d, dtype=torch.float64)
+    sums_kind = torch.zeros(2, d, dtype=torch.float64)
+    n_with = torch.zeros(len(concepts), dtype=torch.float64)
+    n_kind = torch.zeros(2, dtype=torch.float64)
+    total = store.num_tokens(site)
+    cols = truth.cols
+    for start in range(0, total, 16384):
+        x, meta = store.read(site, start, min(start + 16384, total))
+        pid = meta["prompt_id"].long()
+        keep = truth.selection[pid]
+        labels = truth.grid[pid[keep], :, (meta["row"].long() * cols + meta["col"].long())[keep]].double()
+        x = x[keep].double()
+        sums_with += labels[:, index].t() @ x
+        n_with += labels[:, index].sum(0)
+        kinds = labels[:, [OBJECT_INDEX, BACKGROUND_INDEX]]
+        sums_kind += kinds.t() @ x
+        n_kind += kinds.sum(0)
+    out = {}
+    for i, concept in enumerate(concepts):
+        kind = 0 if concept.split(":")[0] in OBJECT_FAMILIES else 1
+        with_mean = sums_with[i] / max(float(n_with[i]), 1.0)
+        without = (sums_kind[kind] - sums_with[i]) / max(float(n_kind[kind] - n_with[i]), 1.0)
+        out[concept] = (with_mean - without).float()
+    return out
+
+
+def typical_activations(codes) -> torch.Tensor:
+    """Mean non-zero code of each feature (the ``a`` of an ``add`` edit)."""
+    n = codes.n_features
+    sums = torch.zeros(n, dtype=torch.float64).index_add_(0, codes.feature, codes.value.double())
+    counts = torch.bincount(codes.feature, minlength=n).double()
+    return (sums / counts.clamp_min(1.0)).float()
+
+
+def stability(dictionary, others: Sequence[Any]) -> dict[str, float] | None:
+    """Mean |cosine| of decoder rows matched one to one (Hungarian) with each other
+    dictionary of the same configuration."""
+    from scipy.optimize import linear_sum_assignment
+
+    if not others:
+        return None
+    scores = []
+    a = torch.nn.functional.normalize(dictionary.decoder_directions.float(), dim=1)
+    for other in others:
+        b = torch.nn.functional.normalize(other.decoder_directions.float(), dim=1)
+        if b.shape != a.shape:
+            raise DiffdictError(f"stability needs dictionaries of one shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+        cos = (a @ b.t()).numpy()
+        rows, cols = linear_sum_assignment(-cos)
+        scores.append(float(cos[rows, cols].mean()))
+    return {"mean_cosine": float(np.mean(scores)), "pairs": len(scores)}
+
+
+def fidelity(shared: Shared, dictionary, prompts: int, seed: int) -> dict[str, float]:
+    """Spliced fidelity on one-object test prompts: LPIPS-style distance to the originals
+    and the judge's accuracy (share of families read as the prompt says)."""
+    from diffdict.bench.steering import JudgeReadings, scene_value
+    from diffdict.interventions import Splice
+    from diffdict.world import FAMILIES, caption, single_object_scene
+
+    scenes = [single_object_scene(seed + 2, i, "test") for i in range(prompts)]
+    texts = [caption(s) for s in scenes]
+    seeds = [seed + 70_000 + i for i in range(prompts)]
+    original = shared.generator(texts, seeds)
+    spliced = shared.generator(texts, seeds, Splice(shared.site, dictionary, what=shared.generator.what))
+    readings = {"original": JudgeReadings.of(shared.judge, original), "spliced": JudgeReadings.of(shared.judge, spliced)}
+    accuracy = {}
+    for name, reading in readings.items():
+        right = [reading.values[f] == np.array([FAMILIES[f].index(scene_value(s, f)) for s in scenes]) for f in FAMILIES]
+        accuracy[name] = float(np.mean(right))
+    lpips = shared.judge.perceptual_distance(original, spliced)
+    return {"lpips": float(torch.as_tensor(lpips).float().mean()), "judge_accuracy": accuracy["spliced"],
+            "judge_accuracy_original": accuracy["original"]}
+
+
+def score_dictionary(shared: Shared, dictionary, config: BenchConfig, others: Sequence[Any] = (),
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every score of one dictionary."""
+    codes = dictionary_codes(dictionary, shared.store, shared.site, seed=config.seed)
+    result = interpretability_scores(codes, shared.truth, config.seed)
+    result["l0"] = codes.value.numel() / max(codes.num_tokens, 1)
+    result["stability"] = stability(dictionary, others)
+    if not config.causal:
+        return result
+    typical = typical_activations(codes)
+    concepts = list(config.concepts)
+    features = {c: result["concepts"][c]["token_feature"] for c in concepts}
+    result["steering"] = steering = _steering(shared, dictionary, config, concepts, features, typical, log)
+    erased = {c: result["concepts"][c]["detector_features"] for c in concepts}
+    live = torch.bincount(codes.feature, minlength=codes.n_features) > 0
+    from diffdict.bench.steering import erasure_scores
+
+    result["erasure"] = erasure = erasure_scores(shared.generator, shared.judge, dictionary, concepts, erased, live,
+                                                 config.erase_prompts, config.seed, log)
+    result["fidelity"] = fidelity(shared, dictionary, config.fidelity_prompts, config.seed)
+    result["summary"].update(_causal_summary(steering, erasure, result["summary"]["covered"], config.seed))
+    result["summary"]["fidelity_lpips"] = result["fidelity"]["lpips"]
+    result["summary"]["fidelity_judge_accuracy"] = result["fidelity"]["judge_accuracy"]
+    return result
+
+
+def _steering(shared, dictionary, config, concepts, features, typical, log):
+    from diffdict.bench.steering import steering_scores
+
+    return steering_scores(shared.generator, shared.judge, dictionary, concepts, features, typical, shared.supervised,
+                           config.strengths, config.steer_prompts, config.seed, (shared.truth.rows, shared.truth.cols),
+                           log)
+
+
+def proportion_interval(successes: Sequence[float]) -> dict[str, float]:
+    """Share of successes with its 95% Wilson interval."""
+    x = np.asarray(successes, dtype=np.float64)
+    n = x.size
+    if n == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    p, z = float(x.mean()), 1.959963984540054
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"mean": p, "low": centre - half, "high": centre + half, "n": n}
+
+
+def _causal_summary(steering: dict, erasure: dict, covered: Sequence[str], seed: int) -> dict[str, Any]:
+    """Pooled steering and erasure rates; a concept *steers* when a feature detects it
+    (coverage) and its steering success is >= 0.8 with an interval above the random direction's."""
+    pooled = {m: sum((steering[c][f"{m}_success"] for c in steering), []) for m in ("feature", "random", "supervised")}
+    out = {f"steer_{m}": proportion_interval(v) for m, v in pooled.items()}
+    out["steer_minus_random"] = interval(np.array(pooled["feature"]) - np.array(pooled["random"]), seed)
+    out["steer_retain"] = interval(sum((steering[c]["feature_retain"] for c in steering), []), seed)
+    for concept, entry in steering.items():
+        mine, rand = proportion_interval(entry["feature_success"]), proportion_interval(entry["random_success"])
+        entry["success"], entry["random"] = mine, rand
+        entry["steers"] = bool(concept in covered and mine["mean"] >= 0.8 and mine["low"] > rand["high"])
+    out["steered_concepts"] = sorted(c for c, e in steering.items() if e["steers"])
+    erased = {m: sum((erasure[c][m]["erased"] for c in erasure), []) for m in ("feature", "random")}
+    out["erase_feature"] = proportion_interval(erased["feature"])
+    out["erase_random"] = proportion_interval(erased["random"])
+    out["erase_retain"] = interval(sum((erasure[c]["feature"]["retain"] for c in erasure), []), seed)
+    return out
+
+
+#: headline scores compared with the baselines: (key in summary, how the pairs are formed)
+HEADLINE = ("token_f1", "image_f1", "token_purity", "image_purity", "steer_feature", "erase_feature")
+
+
+def differences(mine: dict, other: dict, seed: int) -> dict[str, dict[str, float]]:
+    """Dictionary minus baseline per headline score with a 95% interval: paired over
+    concepts (detection), over (concept, prompt) trials (steering, erasure: the same
+    prompts and noise), unpaired over features (purity, bootstrap)."""
+    out = {}
+    for kind in ("token", "image"):
+        a = np.array([mine["concepts"][c][f"{kind}_f1"] or np.nan for c in BENCH_CONCEPTS], dtype=float)
+        b = np.array([other["concepts"][c][f"{kind}_f1"] or np.nan for c in BENCH_CONCEPTS], dtype=float)
+        out[f"{kind}_f1"] = interval(a - b, seed)
+        pa = np.array(mine["features"][f"{kind}_purity"], dtype=float)
+        pb = np.array(other["features"][f"{kind}_purity"], dtype=float)
+        pa, pb = pa[np.isfinite(pa)], pb[np.isfinite(pb)]
+        if pa.size > 1 and pb.size > 1:
+            rng = np.random.default_rng(seed)
+            boots = [pa[rng.integers(0, pa.size, pa.size)].mean() - pb[rng.integers(0, pb.size, pb.size)].mean()
+                     for _ in range(2000)]
+            low, high = np.quantile(boots, [0.025, 0.975])
+            out[f"{kind}_purity"] = {"mean": float(pa.mean() - pb.mean()), "low": float(low), "high": float(high),
+                                     "n": int(pa.size)}
+    if "steering" in mine and "steering" in other:
+        a = sum((mine["steering"][c]["feature_success"] for c in mine["steering"]), [])
+        b = sum((other["steering"][c]["feature_success"] for c in mine["steering"]), [])
+        out["steer_feature"] = interval(np.array(a) - np.array(b), seed)
+        a = sum((mine["erasure"][c]["feature"]["erased"] for c in mine["erasure"]), [])
+        b = sum((other["erasure"][c]["feature"]["erased"] for c in mine["erasure"]), [])
+        if len(a) == len(b):
+            out["erase_feature"] = interval(np.array(a) - np.array(b), seed)
+    return out
+
+
+def run_bench(dictionary, store, site: str, config: BenchConfig | None = None, host=None, judge=None,
+              others: Sequence[Any] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score ``dictionary`` at ``site`` of ``store`` and its baselines (see the module docstring).
+    ``host``/``judge`` are needed for the causal scores (default: the store's toy model and shapes-clip)."""
+    from diffdict.feature_stats import site_space
+
+    config = config or BenchConfig()
+    if site not in store.sites:
+        raise DiffdictError(f"site {site!r} is not in store {store.path}; it has {', '.join(store.sites)}")
+    site_space(dictionary, store.d(site), f"site {site!r}")
+    log(f"ground truth of {store.num_prompts} prompts at {site}")
+    truth = ground_truth(store, site, seed=config.seed)
+    shared = Shared(store, site, truth, site_sample(store, site, seed=config.seed))
+    if config.causal:
+        from diffdict.bench.steering import Generator
+
+        if host is None or judge is None:
+            raise DiffdictError("the causal scores need the host model and the judge")
+        settings = store.settings
+        generation = settings.get("generation", {})
+        shared.generator = Generator(host, site, settings.get("capture", {}).get("what", "update"),
+                                     config.num_steps or generation.get("num_steps"),
+                                     config.guidance if config.guidance is not None else generation.get("guidance"),
+                                     config.batch_size)
+        shared.judge = judge
+        shared.supervised = concept_directions(store, site, truth, list(config.concepts))
+    results: dict[str, Any] = {"site": site, "store": str(store.path), "prompts": store.num_prompts,
+                               "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()}}
+    log("scoring the dictionary")
+    results["dictionary"] = score_dictionary(shared, dictionary, config, others, log)
+    results["baselines"], results["differences"] = {}, {}
+    for name in config.baselines:
+        log(f"scoring the {name} baseline")
+        if name == "random-init":
+            base = random_init_twin(dictionary, shared.sample, seed=config.seed, l0=results["dictionary"]["l0"])
+            twin_others = [random_init_twin(dictionary, shared.sample, seed=config.seed + 1 + i) for i in range(len(others))]
+        else:
+            base, twin_others = raw_basis(shared.sample), []
+        results["baselines"][name] = score_dictionary(shared, base, config, twin_others, log)
+        results["differences"][name] = differences(results["dictionary"], results["baselines"][name], config.seed)
+    return results
+
+
+__all__ = ["BASELINES", "BenchConfig", "HEADLINE", "STEER_FAMILIES", "concept_directions", "differences", "run_bench",
+           "score_dictionary", "stability", "typical_activations"]

@@ -1,0 +1,243 @@
+"""The causal scores: steering success and erasure, read by the judge (shapes-clip).
+
+Steering: for each concept, the feature detection chose is added (s · a · d, a its
+typical activation) on one-object test prompts whose image lacks the concept, over the
+object's extent for an object attribute and everywhere for a scene attribute, at every
+denoising step. Success = the judge's most likely value of the family is the target.
+Two references at the same norm and mask: a random unit direction per prompt (seeded),
+and the supervised concept direction (difference of the mean activation of tokens with
+and without the concept, among object tokens for object attributes, background tokens
+for scene attributes, on the selection half), the reference a dictionary is measured
+against. Retain accuracy: the share of the other families the judge reads as before.
+
+Erasure (SAeUron, UnlearnCanvas): on prompts that name the concept, every feature that
+detects it (selection F1 >= 0.5, at most ``MAX_ERASED``; at least the chosen one) is
+removed from the site (x − Σ z_i d_i); erasure rate = the judge no longer reads the
+concept; the control removes as many random live features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffdict.interventions import Intervention, PixelBox, resolve_mask
+from diffdict.world.concepts import FAMILIES, OBJECT_FAMILIES
+
+MAX_ERASED = 8
+MASK_MARGIN = 2  # pixels around the object's box
+
+
+@dataclass
+class RowwiseAdd(Intervention):
+    """Adds ``deltas[i]`` (N, d) to prompt i's tokens, weighted by ``row_weights[i]``
+    (N, tokens; None: every token)."""
+
+    deltas: Any = None
+    row_weights: Any = None
+
+    @property
+    def name(self) -> str:
+        return "rowwise-add"
+
+    def apply(self, x: Tensor, step: int | None) -> Tensor:
+        rows = list(self._batch_rows) if self._batch_rows is not None else list(range(x.shape[0]))
+        delta = self.deltas[rows].to(x.device, x.dtype).unsqueeze(1)
+        if self.row_weights is None:
+            return x + delta
+        return x + self.row_weights[rows].to(x.device, x.dtype).unsqueeze(-1) * delta
+
+
+@dataclass
+class RowwiseErase(Intervention):
+    """Removes the features ``erased[i]`` (N, n_features bool) from prompt i's tokens:
+    x − Σ_{erased} z_j(x) d_j."""
+
+    dictionary: Any = None
+    erased: Any = None
+
+    @property
+    def name(self) -> str:
+        return "rowwise-erase"
+
+    def apply(self, x: Tensor, step: int | None) -> Tensor:
+        rows = list(self._batch_rows) if self._batch_rows is not None else list(range(x.shape[0]))
+        b, t, d = x.shape
+        codes = self.dictionary.encode(x.reshape(-1, d).float()).reshape(b, t, -1)
+        codes = codes * self.erased[rows].to(codes.dtype).unsqueeze(1)
+        return x - (codes @ self.dictionary.decoder_directions.float()).to(x.dtype)
+
+
+@dataclass
+class JudgeReadings:
+    """The judge's most likely value index per family for each image."""
+
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, judge, images: np.ndarray) -> "JudgeReadings":
+        probs = judge.read_concepts(images)
+        return cls({family: probs[family].argmax(1).cpu().numpy() for family in FAMILIES})
+
+    def retain(self, other: "JudgeReadings", family: str) -> np.ndarray:
+        """Per image, the share of the families except ``family`` read the same as in ``other``."""
+        same = [self.values[f] == other.values[f] for f in FAMILIES if f != family]
+        return np.mean(same, 0)
+
+
+def scene_value(scene, family: str) -> str:
+    """The value of ``family`` in a one-object scene, as FAMILIES spells it."""
+    if family == "bg_color":
+        return scene.background
+    if family == "texture":
+        return scene.texture
+    if family == "region":
+        return scene.objects[0].region()
+    return getattr(scene.objects[0], family)
+
+
+def object_weights(image: np.ndarray, prompt: str, grid: tuple[int, int]) -> Tensor:
+    """Token weights of the object's box (plus a margin) in a generated one-object image."""
+    from diffdict.interpret.groundtruth import CONCEPTS, pixel_concepts
+
+    mask = pixel_concepts(image, prompt)[CONCEPTS.index("object")] > 0
+    h, w = mask.shape
+    if not mask.any():
+        return torch.ones(grid[0] * grid[1])
+    ys, xs = np.nonzero(mask)
+    box = PixelBox(max(0, xs.min() - MASK_MARGIN), max(0, ys.min() - MASK_MARGIN),
+                   min(w, xs.max() + 1 + MASK_MARGIN), min(h, ys.max() + 1 + MASK_MARGIN))
+    return resolve_mask(box, grid, (h, w))
+
+
+def unit_rows(count: int, d: int, seed: int) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    v = torch.randn(count, d, generator=generator)
+    return v / v.norm(dim=1, keepdim=True)
+
+
+@dataclass
+class Generator:
+    """Generates images of one host at fixed settings, each prompt from its own noise seed."""
+
+    host: Any
+    site: str
+    what: str
+    num_steps: int | None
+    guidance: float | None
+    batch_size: int
+
+    def __call__(self, prompts: Sequence[str], seeds: Sequence[int], edit: Intervention | None = None) -> np.ndarray:
+        from diffdict.interventions import generate
+
+        return generate(self.host, list(prompts), [edit] if edit is not None else [], seeds=list(seeds),
+                        num_steps=self.num_steps, guidance=self.guidance, batch_size=self.batch_size)
+
+
+def steering_scores(generator: Generator, judge, dictionary, concepts: Sequence[str], features: dict[str, int],
+                    typical: Tensor, supervised: dict[str, Tensor], strengths: Sequence[float], prompts: int,
+                    seed: int, grid: tuple[int, int], log=print) -> dict[str, Any]:
+    """Per concept and strength: success of the feature, random and supervised edits, and
+    the feature edit's retain accuracy; per concept each method's best strength."""
+    from diffdict.world import caption, single_object_scene
+
+    pool = [single_object_scene(seed, i, "test") for i in range(max(2 * prompts, 48))]
+    pool_prompts = [caption(s) for s in pool]
+    pool_seeds = [seed + 50_000 + i for i in range(len(pool))]
+    originals = generator(pool_prompts, pool_seeds)
+    before = JudgeReadings.of(judge, originals)
+    weights = torch.stack([object_weights(im, p, grid) for im, p in zip(originals, pool_prompts)])
+    directions = dictionary.decoder_directions.float()
+    out: dict[str, Any] = {}
+    for ci, concept in enumerate(concepts):
+        family, _, value = concept.partition(":")
+        target = FAMILIES[family].index(value.replace("_", " "))
+        rows = [i for i, s in enumerate(pool) if scene_value(s, family) != value.replace("_", " ")
+                and before.values[family][i] != target][:prompts]
+        f = features[concept]
+        norm = float(typical[f])
+        d = directions.shape[1]
+        unit = {"feature": directions[f] / directions[f].norm().clamp_min(1e-12),
+                "supervised": supervised[concept] / supervised[concept].norm().clamp_min(1e-12)}
+        random_units = unit_rows(len(pool), d, seed * 1_000_003 + 7919 * (ci + 1))
+        row_weights = weights if family in OBJECT_FAMILIES else None
+        entry: dict[str, Any] = {"feature": f, "typical_activation": norm, "prompts": len(rows), "strengths": {}}
+        for strength in strengths:
+            scale = float(strength) * norm
+            by_method = {}
+            for method in ("feature", "random", "supervised"):
+                deltas = random_units * scale if method == "random" else unit[method].expand(len(pool), d) * scale
+                edit = RowwiseAdd(generator.site, what=generator.what, deltas=deltas[rows],
+                                  row_weights=None if row_weights is None else row_weights[rows])
+                images = generator([pool_prompts[i] for i in rows], [pool_seeds[i] for i in rows], edit)
+                after = JudgeReadings.of(judge, images)
+                success = (after.values[family] == target).astype(float)
+                subset = JudgeReadings({k: v[rows] for k, v in before.values.items()})
+                by_method[method] = {"success": success.tolist(),
+                                     "retain": after.retain(subset, family).tolist()}
+            entry["strengths"][str(strength)] = by_method
+            log(f"  steer {concept} s={strength}: feature {np.mean(by_method['feature']['success']):.2f} "
+                f"random {np.mean(by_method['random']['success']):.2f} "
+                f"supervised {np.mean(by_method['supervised']['success']):.2f}")
+        for method in ("feature", "random", "supervised"):
+            means = {s: float(np.mean(v[method]["success"])) if rows else float("nan")
+                     for s, v in entry["strengths"].items()}
+            best = max(means, key=lambda s: (means[s], -float(s)))
+            entry[f"{method}_best_strength"] = float(best)
+            entry[f"{method}_success"] = entry["strengths"][best][method]["success"]
+            entry[f"{method}_retain"] = entry["strengths"][best][method]["retain"]
+        out[concept] = entry
+    return out
+
+
+def erasure_scores(generator: Generator, judge, dictionary, concepts: Sequence[str], erased: dict[str, list[int]],
+                   live: Tensor, prompts: int, seed: int, log=print) -> dict[str, Any]:
+    """Per concept: erasure rate and retain accuracy of removing its features, and of
+    removing as many random live features."""
+    from diffdict.world import caption, single_object_scene
+
+    out: dict[str, Any] = {}
+    live_ids = torch.nonzero(live).flatten()
+    for ci, concept in enumerate(concepts):
+        family, _, value = concept.partition(":")
+        target = FAMILIES[family].index(value.replace("_", " "))
+        scenes, index = [], 0
+        while len(scenes) < prompts and index < 200 * prompts:
+            scene = single_object_scene(seed + 1, index, "test")
+            index += 1
+            if scene_value(scene, family) == value.replace("_", " "):
+                scenes.append(scene)
+        texts = [caption(s) for s in scenes]
+        seeds = [seed + 90_000 + 1000 * ci + i for i in range(len(texts))]
+        originals = generator(texts, seeds)
+        before = JudgeReadings.of(judge, originals)
+        keep = before.values[family] == target
+        chosen = erased[concept]
+        generator_random = torch.Generator().manual_seed(seed * 1_000_003 + 104_729 * (ci + 1))
+        result = {"features": chosen, "prompts": int(keep.sum())}
+        for method in ("feature", "random"):
+            mask = torch.zeros(len(texts), dictionary.n_features, dtype=torch.bool)
+            for i in range(len(texts)):
+                if method == "feature":
+                    mask[i, chosen] = True
+                else:
+                    pick = live_ids[torch.randperm(live_ids.numel(), generator=generator_random)[: len(chosen)]]
+                    mask[i, pick] = True
+            edit = RowwiseErase(generator.site, what=generator.what, dictionary=dictionary, erased=mask)
+            images = generator(texts, seeds, edit)
+            after = JudgeReadings.of(judge, images)
+            erased_now = (after.values[family] != target)[keep].astype(float)
+            retain = after.retain(before, family)[keep]
+            result[method] = {"erased": erased_now.tolist(), "retain": retain.tolist()}
+        log(f"  erase {concept}: features {np.mean(result['feature']['erased']) if keep.any() else float('nan'):.2f} "
+            f"random {np.mean(result['random']['erased']) if keep.any() else float('nan'):.2f}")
+        out[concept] = result
+    return out
+
+
+__all__ = ["Generator", "JudgeReadings", "RowwiseAdd", "RowwiseErase", "erasure_scores", "object_weights",
+           "steering_scores"]

@@ -1,0 +1,248 @@
+"""The ground-truth benchmark: each score on constructed cases with known answers, the
+baselines, and the command end to end on a tiny store of the toy model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from _interpret_fixtures import SITE, make_sae, make_store
+
+
+def brute_best_f1(values: torch.Tensor, labels: torch.Tensor) -> float:
+    best = 0.0
+    for t in torch.unique(values[values > 0]):
+        pred = values >= t
+        tp = float((pred & labels).sum())
+        best = max(best, 2 * tp / (float(pred.sum()) + float(labels.sum())))
+    return best
+
+
+def test_best_threshold_f1_matches_brute_force():
+    from diffdict.bench.detection import best_threshold_f1, rank_entries
+
+    g = torch.Generator().manual_seed(0)
+    n_items, n_features = 300, 5
+    values = torch.rand(n_items, n_features, generator=g)
+    values[values < 0.6] = 0.0
+    values[:, 3] = torch.where(values[:, 3] > 0, torch.tensor(0.5), values[:, 3])  # ties
+    labels = torch.rand(n_items, 3, generator=g) < 0.3
+    item, feature = values.nonzero(as_tuple=True)
+    best, threshold = best_threshold_f1(rank_entries(item, feature, values[item, feature], n_features), labels,
+                                        n_features)
+    for f in range(n_features):
+        for c in range(3):
+            assert best[f, c].item() == pytest.approx(brute_best_f1(values[:, f], labels[:, c]), abs=1e-12)
+            pred = values[:, f] >= threshold[f, c]
+            f1 = 2 * float((pred & labels[:, c]).sum()) / (float(pred.sum()) + float(labels[:, c].sum()))
+            assert f1 == pytest.approx(best[f, c].item(), abs=1e-12)
+
+
+def test_detect_picks_the_planted_feature_and_random_ones_score_chance():
+    from diffdict.bench.detection import detect
+
+    g = torch.Generator().manual_seed(1)
+    n = 4000
+    labels = (torch.rand(n, 2, generator=g) < 0.2)
+    values = torch.rand(n, 6, generator=g) * (torch.rand(n, 6, generator=g) < 0.3)
+    values[:, 0] = labels[:, 0].float() * 2.0  # exactly concept 0
+    selection = torch.rand(n, generator=g) < 0.5
+    item, feature = values.nonzero(as_tuple=True)
+    result = detect(item, feature, values[item, feature], labels, selection, 6)
+    assert result.feature[0] == 0
+    assert result.test_f1[0] == pytest.approx(1.0) and result.test_auroc[0] == pytest.approx(1.0)
+    # concept 1 has no planted feature: the best random one is near chance on the test half
+    assert abs(result.test_auroc[1] - 0.5) < 0.05
+    assert result.test_f1[1] < 0.4
+
+
+def test_purity_rewards_a_planted_feature_not_a_dense_one():
+    from diffdict.bench.detection import rank_entries
+    from diffdict.bench.purity import purity
+
+    g = torch.Generator().manual_seed(2)
+    n = 2000
+    labels = torch.rand(n, 3, generator=g) < torch.tensor([0.1, 0.3, 0.5])
+    values = torch.zeros(n, 3)
+    values[:, 0] = labels[:, 0].float() * (1 + torch.rand(n, generator=g))  # planted on concept 0
+    values[:, 1] = 1.0  # dense, constant
+    values[:, 2] = torch.rand(n, generator=g)  # dense, random
+    selection = torch.arange(n) % 2 == 0
+
+    def ranked(mask):
+        v = values[mask]
+        item, feature = v.nonzero(as_tuple=True)
+        return rank_entries(item, feature, v[item, feature], 3)
+
+    precision, concept, live = purity(ranked(selection), ranked(~selection), labels[selection], labels[~selection],
+                                      3, top=50, min_count=10)
+    assert bool(live.all())
+    assert precision[0].item() == pytest.approx(1.0) and concept[0].item() == 0
+    # the constant feature's top-50 are ties across all items: its precision is the base rate
+    assert precision[1].item() == pytest.approx(labels[~selection][:, concept[1]].double().mean().item(), abs=1e-9)
+    assert precision[1].item() < 0.6 and precision[2].item() < 0.7
+
+
+def test_absorption_counts_tokens_a_specific_feature_takes_over():
+    from diffdict.bench.absorption import absorption
+    from diffdict.bench.detection import rank_entries
+
+    n = 1000
+    labels = torch.zeros(n, 1, dtype=torch.bool)
+    labels[:400] = True
+    values = torch.zeros(n, 3)
+    values[:200, 0] = 1.0  # main feature fires on half the concept's tokens
+    values[200:400, 1] = 1.0  # a specific feature takes the other half
+    values[400:, 2] = 1.0  # an unrelated feature
+    item, feature = values.nonzero(as_tuple=True)
+    ranked = rank_entries(item, feature, values[item, feature], 3)
+    rate = absorption(ranked, labels, item, feature, values[item, feature], labels, np.array([0]),
+                      np.array([1.0]), 3)
+    assert rate[0] == pytest.approx(0.5)
+
+
+def test_interpretability_scores_of_a_feature_that_is_a_concept_mask():
+    """Codes built from the ground truth itself: feature 0 is exactly color:red's token
+    mask, feature 1 fires on every token (dense), features 2.. are random and sparse."""
+    from diffdict.bench.data import BENCH_CONCEPTS, Codes, GroundTruth
+    from diffdict.bench.interpretability import interpretability_scores
+    from diffdict.interpret.groundtruth import CONCEPTS
+
+    g = torch.Generator().manual_seed(4)
+    P, T, n = 200, 16, 10
+    grid = torch.rand(P, len(CONCEPTS), T, generator=g) < 0.15
+    image = grid.any(-1)
+    selection = torch.arange(P) % 2 == 0
+    prompt = torch.arange(P).repeat_interleave(T)
+    position = torch.arange(T).repeat(P)
+    red = grid[prompt, CONCEPTS.index("color:red"), position].float()
+    values = torch.rand(P * T, n, generator=g) * (torch.rand(P * T, n, generator=g) < 0.1)
+    values[:, 0] = red * (1 + torch.rand(P * T, generator=g))
+    values[:, 1] = 1.0
+    token, feature = values.nonzero(as_tuple=True)
+    image_max = values.reshape(P, T, n).amax(1)
+    codes = Codes(token, feature, values[token, feature], prompt, position, image_max, n)
+    scores = interpretability_scores(codes, GroundTruth(grid, image, selection, 4, 4))
+    red_entry = scores["concepts"]["color:red"]
+    assert red_entry["token_feature"] == 0 and red_entry["token_f1"] == 1.0 and red_entry["token_auroc"] == 1.0
+    assert red_entry["image_f1"] == 1.0
+    assert scores["features"]["token_purity"][0] == 1.0 and scores["features"]["token_concept"][0] == "color:red"
+    assert scores["features"]["token_purity"][1] < 0.3  # the dense feature: the base rate
+    others = [scores["concepts"][c]["token_auroc"] for c in BENCH_CONCEPTS if c != "color:red"]
+    assert abs(np.mean(others) - 0.5) < 0.05  # random features sit at chance on the test half
+    assert scores["summary"]["coverage"] == pytest.approx(1 / len(BENCH_CONCEPTS))
+
+
+def test_interpretability_scores_on_planted_features(tmp_path):
+    """The fixture store's features 0 and 1 are the renderer's red and blue coverage of each
+    token: they detect their colours almost perfectly; the random-init twin does not."""
+    from diffdict.bench.baselines import random_init_twin, raw_basis, site_sample
+    from diffdict.bench.data import dictionary_codes, ground_truth
+    from diffdict.bench.interpretability import interpretability_scores
+
+    store = make_store(tmp_path / "store")
+    sae = make_sae()
+    truth = ground_truth(store, SITE, seed=0)
+    scores = interpretability_scores(dictionary_codes(sae, store, SITE), truth)
+    for concept, feature in (("color:red", 0), ("color:blue", 1)):
+        entry = scores["concepts"][concept]
+        assert entry["token_feature"] == feature
+        # the labels are read from the rendered image (anti-aliased edges): near, not exactly, 1
+        assert entry["token_f1"] > 0.85 and entry["token_auroc"] > 0.97
+        assert entry["image_f1"] > 0.9
+    assert scores["features"]["token_concept"][0] == "color:red"
+    sample = site_sample(store, SITE)
+    twin = random_init_twin(sae, sample)
+    assert twin.n_features == sae.n_features and not torch.equal(twin.W_dec, sae.W_dec)
+    assert raw_basis(sample).n_features == 2 * sae.d_in
+    # same seed, same numbers; another seed, another split
+    again = interpretability_scores(dictionary_codes(sae, store, SITE), ground_truth(store, SITE, seed=0))
+    assert again["summary"] == scores["summary"]
+    assert not torch.equal(ground_truth(store, SITE, seed=1).selection, truth.selection)
+
+
+def test_stability_of_identical_and_permuted_dictionaries():
+    from diffdict.bench.runner import stability
+    from diffdict.dictionaries import SparseAutoencoder
+
+    a = SparseAutoencoder(8, 16, mechanism="topk", mechanism_options={"k": 2}, seed=0)
+    b = SparseAutoencoder(8, 16, mechanism="topk", mechanism_options={"k": 2}, seed=0)
+    with torch.no_grad():
+        b.W_dec.copy_(a.W_dec[torch.randperm(16, generator=torch.Generator().manual_seed(0))])
+    c = SparseAutoencoder(8, 16, mechanism="topk", mechanism_options={"k": 2}, seed=5)
+    assert stability(a, [b])["mean_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert stability(a, [c])["mean_cosine"] < 0.8
+
+
+def test_wilson_interval():
+    from diffdict.bench.runner import proportion_interval
+
+    p = proportion_interval([1] * 30 + [0] * 2)
+    assert p["mean"] == pytest.approx(30 / 32)
+    assert 0.78 < p["low"] < 0.80 and 0.98 < p["high"] < 0.99  # Wilson 95% for 30/32
+
+
+@pytest.fixture(scope="session")
+def toy_bench_data(tmp_path_factory):
+    """A 16-prompt store of the toy model at up.1.1 (one captured step) and a TopK SAE."""
+    from diffdict.cli import main
+
+    root = tmp_path_factory.mktemp("bench")
+    assert main(["collect", "--sites", "up.1.1", "--prompts", "16", "--split", "test", "--steps", "9",
+                 "--denoise-steps", "10", "--seed", "0", "--no-progress", "--out", str(root / "store")]) == 0
+    from diffdict.bench.baselines import site_sample
+    from diffdict.dictionaries import SparseAutoencoder
+    from diffdict.store import open_store
+
+    sae = SparseAutoencoder(64, 128, mechanism="topk", mechanism_options={"k": 8}, normalization="standardise", seed=0)
+    sae.initialize(site_sample(open_store(root / "store"), "up.1.1"))
+    sae.save(root / "sae")
+    return root
+
+
+def test_bench_command_end_to_end(toy_bench_data, tmp_path, capsys):
+    from diffdict.cli import main
+
+    args = ["bench", "--run", str(toy_bench_data / "sae"), "--site", "up.1.1", "--store", str(toy_bench_data / "store"),
+            "--concepts", "color:red", "--steer-prompts", "2", "--erase-prompts", "2", "--fidelity-prompts", "2",
+            "--strengths", "4", "--baselines", "random-init", "--seed", "3"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    result = json.loads((tmp_path / "a" / "bench.json").read_text())
+    summary = result["dictionary"]["summary"]
+    assert set(result["dictionary"]["concepts"]) >= {"color:red", "shape:circle", "texture:dots"}
+    assert 0 <= summary["token_f1"]["mean"] <= 1 and summary["steer_feature"]["n"] == 2
+    steer = result["dictionary"]["steering"]["color:red"]
+    assert len(steer["feature_success"]) == 2 and set(steer["feature_success"]) <= {0.0, 1.0}
+    assert 0 <= result["dictionary"]["fidelity"]["lpips"] and "token_f1" in result["differences"]["random-init"]
+    assert (tmp_path / "a" / "table.md").read_text().count("| color:red |") == 1
+    assert (tmp_path / "a" / "detection.png").stat().st_size > 0 and (tmp_path / "a" / "steering.png").exists()
+    # the same seed gives the same numbers
+    assert main([*args, "--no-causal", "--out", str(tmp_path / "b")]) == 0
+    again = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert again["dictionary"]["concepts"] == result["dictionary"]["concepts"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--site", "nosuch"], "unknown site 'nosuch'"),
+    (["--site", "up.1.1", "--concepts", "color:pink"], "unknown concept 'color:pink'"),
+    (["--site", "up.1.1", "--strengths", "x"], "--strengths must be comma-separated numbers"),
+])
+def test_bench_bad_input_gets_one_line(toy_bench_data, tmp_path, capsys, extra, message):
+    from diffdict.cli import main
+
+    code = main(["bench", "--run", str(toy_bench_data / "sae"), "--store", str(toy_bench_data / "store"), *extra,
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out" / "bench.json").exists()
+
+
+def test_bench_refuses_a_missing_run(tmp_path, capsys):
+    from diffdict.cli import main
+
+    assert main(["bench", "--run", str(tmp_path / "nope"), "--site", "up.1.1", "--out", str(tmp_path / "o")]) != 0
+    assert "dictionary folder not found" in capsys.readouterr().err
