@@ -244,3 +244,29 @@ def test_bad_input_one_line(planted, tmp_path, capsys):
     np.save(narrow, np.zeros((10, D // 2), dtype=np.float32))
     one_line_error(capsys, ["evaluate", "--run", str(tmp_path / "run"), "--acts", str(narrow), "--out",
                             str(tmp_path / "e.json")], "d mismatch", f"expects d = {D}", f"has d = {D // 2}")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adam_follows_torch_adam_and_loads_its_state(fused):
+    from diffdict.adam import Adam
+
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(6, 4, generator=gen), torch.randn(4, generator=gen)]
+    ours = [p.clone().requires_grad_() for p in start]
+    theirs = [p.clone().requires_grad_() for p in start]
+    adam, reference = Adam(ours, lr=1e-2, fused=fused), torch.optim.Adam(theirs, lr=1e-2)
+    for step in range(5):
+        grads = [torch.randn(p.shape, generator=gen) for p in start]
+        for params in (ours, theirs):
+            for p, g in zip(params, grads):
+                # the bias gets no gradient on step 2: its moments and step count stay
+                p.grad = None if (step == 2 and p.ndim == 1) else g.clone()
+        adam.step()
+        reference.step()
+    for p, q in zip(ours, theirs):
+        assert torch.allclose(p, q, atol=1e-6)
+    assert [float(s) for s in adam.steps] == [5.0, 4.0]
+    resumed = Adam([p.detach().clone().requires_grad_() for p in ours], lr=1.0, fused=fused)
+    resumed.load_state_dict(reference.state_dict())  # a checkpoint written with torch.optim
+    assert resumed.lr == 1e-2 and [float(s) for s in resumed.steps] == [5.0, 4.0]
+    assert torch.equal(resumed.exp_avg_sq[0], reference.state[theirs[0]]["exp_avg_sq"])

@@ -7,7 +7,12 @@
         for member: optimiser step, unit-norm decoder, dead-feature counters
         every log_every: RUN/<member>/metrics.jsonl
         every checkpoint_every: RUN/<member>/checkpoint-<step>.safetensors, then
-                                RUN/state.json names the step (the commit point)
+                                RUN/state.json names the step (the commit point);
+                                the last step saves the dictionaries only
+
+One host sync a step (all members' loss flags at once), metrics summed on the device and
+read every log_every steps; members with the same input normalisation share the
+normalised batch. Adam is ``diffdict.adam`` (``torch.optim`` costs 3 s of imports).
 
 Everything a step does is a function of (settings, step) and the checkpointed state, so a
 run killed at any moment and started again with the same settings ends with the same
@@ -43,6 +48,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from diffdict.adam import Adam
 from diffdict.dictionaries.base import Dictionary
 from diffdict.dictionaries.data import ActivationSource, Batch, open_activations, prefetch
 from diffdict.dictionaries.itda import ITDA, PURSUITS
@@ -287,7 +293,7 @@ class SAEMember:
         ).to(device).train()
         self.auxk = bool(options.get("auxk", False))
         self.lr = options["lr"] if "lr" in options else default_lr(self.model.n_features)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, fused=device.type in ("cpu", "cuda"))
+        self.optimizer = Adam(self.model.parameters(), lr=self.lr, fused=device.type in ("cpu", "cuda"))
         self.tokens_since_fired = torch.zeros(self.model.n_features, dtype=torch.long, device=device)
         self.variance = 1.0
 
@@ -308,7 +314,7 @@ class SAEMember:
         dead = self.tokens_since_fired >= self.settings.dead_window if self.auxk else None
         out = model.training_forward(x_n, self.variance, dead, self.settings.auxk_coef, self.settings.k_aux,
                                      sum_over_ranks=comm.sum_ if comm.active else None)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         # A non-finite loss gives non-finite gradients, harmless: the step is refused
         # before the optimiser runs. Checking first would cost a host sync per member.
         out.loss.backward()
@@ -326,8 +332,7 @@ class SAEMember:
     def step(self, lr: float, fired: torch.Tensor, tokens: int) -> None:
         model = self.model
         model.remove_parallel_decoder_grad()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.optimizer.lr = lr
         self.optimizer.step()
         model.after_step()
         self.tokens_since_fired.add_(tokens).masked_fill_(fired, 0)
@@ -546,10 +551,14 @@ def _read_run(out: Path, settings: TrainSettings) -> int:
 def _train(settings, out, source: ActivationSource, comm: _Distributed, device, checkpoint_every, log_every,
            progress, stop_after_step) -> dict[str, Path]:
     d = source.d
-    members = [_make_member(spec, settings, d, device) for spec in grid_members(settings)]
+    specs = grid_members(settings)
     source.check_batch_size(settings.batch_size, comm.world_size)
     start = _read_run(out, settings)
     comm.barrier()  # every rank has read the folder before rank 0 writes to it
+    total = settings.total_steps
+    if start >= total:  # finished: the dictionaries are saved and there is nothing to resume
+        return {spec.name: out / spec.name for spec in specs}
+    members = [_make_member(spec, settings, d, device) for spec in specs]
     writer = comm.rank == 0
     if writer:
         out.mkdir(parents=True, exist_ok=True)
@@ -576,7 +585,6 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
                                               "options": member.spec.options})
             _truncate_metrics(folder / METRICS_FILE, start)
 
-    total = settings.total_steps
     last_checkpoint = start
     metrics = _Metrics(members, start * settings.batch_size, data_variance, device)
     batches = prefetch(source.batches(settings.batch_size, settings.seed, start, comm.rank, comm.world_size))
@@ -585,9 +593,11 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
                disable=True if not writer else (None if progress is None else not progress))
 
     def checkpoint(step: int) -> None:
+        """The last step saves the dictionaries only: a finished run is never resumed."""
         if writer:
             for member in members:
-                save_checkpoint(out / member.spec.name / f"checkpoint-{step}.safetensors", member.state())
+                if step < total:
+                    save_checkpoint(out / member.spec.name / f"checkpoint-{step}.safetensors", member.state())
                 member.dictionary.save(out / member.spec.name)
             write_json(out / STATE_FILE, {"step": step, "total_steps": total, "done": step >= total,
                                           "data_variance": data_variance})

@@ -43,9 +43,13 @@ def geometric_median(points: Tensor, iterations: int = 100, tol: float = 1e-6) -
     """Weiszfeld's algorithm, started at the mean. points: (N, d) -> (d,)."""
     points = points.double()
     median = points.mean(0)
+    # ‖p − m‖² = ‖p‖² − 2 p·m + ‖m‖²: two matrix-vector products an iteration instead of
+    # materialising p − m (in float64 the cancellation is far below the tolerance)
+    squared_norms = points.pow(2).sum(1)
     for _ in range(iterations):
-        weights = 1.0 / (points - median).norm(dim=1).clamp_min(1e-12)
-        updated = (weights.unsqueeze(1) * points).sum(0) / weights.sum()
+        squared = (squared_norms - 2 * (points @ median) + median.dot(median)).clamp_min(0)
+        weights = 1.0 / squared.sqrt().clamp_min(1e-12)
+        updated = (weights @ points) / weights.sum()
         shift = (updated - median).norm()
         median = updated
         if shift <= tol * median.norm().clamp_min(1e-12):
