@@ -155,6 +155,7 @@ def register(subparsers) -> None:
 def check_mode_options(args: argparse.Namespace) -> None:
     """Refuse options the mode does not read, fill in the defaults of those it does."""
     wanted = MODE_OPTIONS[args.mode]
+    count_given = args.count is not None
     for option in ("feature", "strength", "activation", "op", "drop_error", "ablate_scale", "count"):
         value = getattr(args, option)
         if value is not None and option not in wanted:
@@ -169,9 +170,9 @@ def check_mode_options(args: argparse.Namespace) -> None:
         raise DiffdictError(f"--mode {args.mode} needs --run DICT (a dictionary folder)")
     if args.mode != "icon" and not (args.prompt or args.prompts):
         raise DiffdictError(f"--mode {args.mode} needs prompts: --prompt TEXT or --prompts N|FILE")
-    if args.mode == "icon" and (args.prompt or args.prompts) and args.count != _MODE_DEFAULTS["count"]:
+    if count_given and (args.prompt or args.prompts):
         raise DiffdictError("--count gives the number of empty-prompt icons; drop it with --prompt/--prompts")
-    check_positive("--count", args.count if args.count is not None else 1)
+    check_positive("--count", args.count)
 
 
 def run(args: argparse.Namespace) -> int:
