@@ -7,9 +7,14 @@ then measures one epoch of
 * loader (shuffled): ``Store.iter_batches(shuffle=True, buffer_tokens=buffer)``,
 * loader (sequential): ``Store.iter_batches(shuffle=False)``,
 
-each "cold" (the store's pages evicted with posix_fadvise(DONTNEED) first) and "warm"
-(a second pass straight after). MB/s counts stored activation bytes (tokens x d x
-itemsize of the store dtype), the same bytes for every row, so rows compare directly.
+each loader row twice, on a store opened for each run with verification on (every file
+checked against its sha256, hashed in the background while the loader reads; the
+default) and off (``--no-verify``), and each "cold" (the store's pages evicted with
+posix_fadvise(DONTNEED) first) and "warm" (a second pass straight after). MB/s counts
+stored activation bytes (tokens x d x itemsize of the store dtype), the same bytes for
+every row, so rows compare directly; "verify cost" is the verified run's time over the
+unverified one's, minus one (the two take turns within each repeat). "hash every file"
+is the verification's own work, which its background thread does while the loader reads.
 
     nice -n 15 python benchmarks/loader_throughput.py --d 1280 --buffer-tokens 65536 --batch-size 4096 --threads 1
 """
@@ -28,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffdict.store import DTYPES, StoreWriter, open_store
+from diffdict.store import DTYPES, StoreWriter, _expected_hash, _hash_problem, open_store
 
 
 def build_store(path: Path, d: int, tokens: int, tokens_per_prompt: int, prompts_per_chunk: int, dtype: str) -> None:
@@ -71,7 +76,8 @@ def raw_read(files: list[Path]) -> int:
     return total
 
 
-def loader_epoch(store, batch_size: int, buffer_tokens: int, shuffle: bool) -> int:
+def loader_epoch(path: Path, batch_size: int, buffer_tokens: int, shuffle: bool, verify: bool) -> int:
+    store = open_store(path, verify=verify)  # a fresh store: files are verified once per opened store
     tokens = 0
     for batch in store.iter_batches("site", batch_size, shuffle=shuffle, seed=0, epoch=0, buffer_tokens=buffer_tokens):
         tokens += batch.shape[0]
@@ -107,22 +113,36 @@ def main(argv: list[str] | None = None) -> int:
         act_bytes = n * args.d * DTYPES[args.dtype].itemsize
         rows = []
 
-        def measure(name, fn, cold):
-            times = []
+        def measure(names, fns, cold):
+            """Median seconds of each fn; the fns take turns within each repeat, so a change
+            of machine load during the run falls on all of them alike."""
+            times = [[] for _ in fns]
             for _ in range(args.repeat):
-                if cold:
-                    evict(files)
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            seconds = float(np.median(times))
-            rows.append({"what": name, "cache": "cold" if cold else "warm", "seconds": round(seconds, 3),
-                         "MB/s": round(act_bytes / seconds / 1e6, 1), "tokens/s": round(n / seconds)})
+                for fn, spent in zip(fns, times):
+                    if cold:
+                        evict(files)
+                    t0 = time.perf_counter()
+                    fn()
+                    spent.append(time.perf_counter() - t0)
+            for name, spent in zip(names, times):
+                seconds = float(np.median(spent))
+                rows.append({"what": name, "cache": "cold" if cold else "warm", "seconds": round(seconds, 3),
+                             "MB/s": round(act_bytes / seconds / 1e6, 1), "tokens/s": round(n / seconds)})
 
+        def epoch(shuffle, verify):
+            return lambda: loader_epoch(path, args.batch_size, args.buffer_tokens, shuffle, verify)
+
+        def hash_all():  # the verification's own work, done by its background thread
+            for file, expected in hashes:
+                assert _hash_problem(file, expected) is None
+
+        hashes = [(path / r["sites"]["site"]["file"], _expected_hash(r["sites"]["site"])) for r in store.manifest["chunks"]]
         for cold in (True, False):
-            measure("raw sequential read", lambda: raw_read(files), cold)
-            measure("loader shuffled", lambda: loader_epoch(store, args.batch_size, args.buffer_tokens, True), cold)
-            measure("loader sequential", lambda: loader_epoch(store, args.batch_size, args.buffer_tokens, False), cold)
+            measure(["raw sequential read", "hash every file"], [lambda: raw_read(files), hash_all], cold)
+            for shuffle in (True, False):
+                kind = "shuffled" if shuffle else "sequential"
+                measure([f"loader {kind}", f"loader {kind} verified"], [epoch(shuffle, False), epoch(shuffle, True)], cold)
+                rows[-1]["verify cost"] = f"{rows[-1]['seconds'] / rows[-2]['seconds'] - 1:+.1%}"
 
         result = {
             "store_tokens": n, "buffer_tokens": args.buffer_tokens, "d": args.d, "dtype": args.dtype,
@@ -138,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"buffer {args.buffer_tokens:,} tokens ({result['buffer_MB']} MB); "
                   f"batch {args.batch_size}; torch threads {result['torch_threads']}; median of {args.repeat}; "
                   f"load average {result['load_average'][0]}")
-            print(f"{'what':<22}{'cache':<7}{'seconds':>9}{'MB/s':>10}{'tokens/s':>12}")
+            print(f"{'what':<29}{'cache':<7}{'seconds':>9}{'MB/s':>10}{'tokens/s':>12}{'verify cost':>13}")
             for r in rows:
-                print(f"{r['what']:<22}{r['cache']:<7}{r['seconds']:>9.3f}{r['MB/s']:>10.1f}{r['tokens/s']:>12,}")
+                print(f"{r['what']:<29}{r['cache']:<7}{r['seconds']:>9.3f}{r['MB/s']:>10.1f}{r['tokens/s']:>12,}"
+                      f"{r.get('verify cost', ''):>13}")
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -113,9 +113,9 @@ CORRUPTIONS = {
     "digest": (_manifest_edit(lambda m: m.update(digest="sha256:" + "0" * 64)), "manifest.json"),
     "shard sha256 in the manifest": (_manifest_edit(lambda m: m["chunks"][1]["sites"][SITE].update(sha256="0" * 64)),
                                      "chunks/000001.json"),
-    "shard sha256 in manifest and record": (
+    "shard hash in manifest and record": (
         lambda p: [_edit_json(p / f, lambda r: (r["chunks"][1] if "chunks" in r else r)["sites"][SITE].update(
-            sha256="0" * 64)) for f in ("manifest.json", "chunks/000001.json")], SHARD),
+            xxh3="0" * 32)) for f in ("manifest.json", "chunks/000001.json")], SHARD),
 }
 
 
@@ -419,3 +419,17 @@ def test_prefetch_thread_is_joined_before_exit():
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr
+
+
+def test_stores_without_fast_hashes_are_checked_by_sha256(store_copy):
+    """Stores written before xxh3 was recorded: readers fall back to each file's sha256."""
+    for name in ["manifest.json"] + [f"chunks/{i:06d}.json" for i in range(N_PROMPTS // CHUNK)]:
+        def drop(record):
+            for chunk in record.get("chunks", [record]):
+                for entry in [*chunk["sites"].values(), chunk["images"]]:
+                    entry.pop("xxh3")
+        _edit_json(store_copy / name, drop)
+    consume(store_copy)
+    _flip(store_copy / SHARD, (store_copy / SHARD).stat().st_size // 2)
+    with pytest.raises(DiffdictError, match=rf"corrupt file .*{SHARD}: sha256 does not match"):
+        consume(store_copy)

@@ -24,6 +24,12 @@ metadata, in the store dtype) of every shard in canonical order (sites sorted, c
 order), plus the sites, d, grids, dtype and token counts. It does not depend on how many
 processes wrote the store or whether it was resumed; it does depend on the chunk size,
 which is part of the store's settings.
+
+Readers trust nothing they have not checked: :func:`open_store` cross-checks every
+manifest field with ``store.json``, the chunk records and the digest, and refuses any file
+path that leads outside the store; each file is hashed (xxh3-128, in a background thread
+while the loader reads it) and compared with its record before any batch holding its
+data is handed out. ``verify=False`` (the commands' ``--no-verify``) skips the hashing.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import errno
 import hashlib
 import json
 import math
+import mmap
 import os
 import re
 import secrets
@@ -46,6 +53,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+import xxhash
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _st_save
 
@@ -681,6 +689,7 @@ class StoreWriter(_Described):
                     "tokens": int(x.shape[0]),
                     "bytes": len(data),
                     "sha256": _sha256_bytes(data),
+                    "xxh3": xxhash.xxh3_128_hexdigest(data),
                     "content_sha256": _content_sha256([x, m]),
                 }
                 del data
@@ -698,6 +707,7 @@ class StoreWriter(_Described):
                     "shape": list(image_tensor.shape),
                     "bytes": len(data),
                     "sha256": _sha256_bytes(data),
+                    "xxh3": xxhash.xxh3_128_hexdigest(data),
                     "content_sha256": _content_sha256([image_tensor]),
                 }
             for folder in {p.parent for p in finals}:
@@ -864,6 +874,7 @@ _MANIFEST_FIELDS = {"format", "version", "store_key", "settings", "sites", "dtyp
 _RECORD_FIELDS = {"format", "store_key", "chunk", "prompt_ids", "sites", "images"}
 _SHARD_FIELDS = {"file", "tokens", "bytes", "sha256", "content_sha256"}
 _IMAGE_FIELDS = {"file", "shape", "bytes", "sha256", "content_sha256"}
+_FAST_HASH = "xxh3"  # xxh3-128 of the whole file: what readers check (sha256 where a store lacks it)
 _HEADER_FIELDS = ("settings", "dtype", "chunk_size", "num_prompts", "prompts")
 
 
@@ -952,7 +963,7 @@ def _manifest_problems_unguarded(path: Path, manifest: dict, read_records: bool)
             problems.append(f"{where}: {label} does not list the store's sites {sorted(sites)}")
             continue
         for site, entry in sorted(record["sites"].items()):
-            if not isinstance(entry, dict) or set(entry) != _SHARD_FIELDS:
+            if not isinstance(entry, dict) or set(entry) - {_FAST_HASH} != _SHARD_FIELDS:
                 problems.append(f"{where}: {label}.sites.{site} is not a shard entry")
                 continue
             _entry_file(path, root, entry, f"{label}.sites.{site}.file", f"{SHARDS_DIR}/{site}/{_chunk_name(index)}.safetensors")
@@ -962,7 +973,7 @@ def _manifest_problems_unguarded(path: Path, manifest: dict, read_records: bool)
         if (images is None) != (entry is None):
             problems.append(f"{where}: {label} {'has' if entry else 'lacks'} images, unlike the manifest")
         elif entry is not None:
-            if not isinstance(entry, dict) or set(entry) != _IMAGE_FIELDS:
+            if not isinstance(entry, dict) or set(entry) - {_FAST_HASH} != _IMAGE_FIELDS:
                 problems.append(f"{where}: {label}.images is not an images entry")
                 continue
             _entry_file(path, root, entry, f"{label}.images.file", f"{IMAGES_DIR}/{_chunk_name(index)}.safetensors")
@@ -1008,7 +1019,7 @@ _live_verifiers: "weakref.WeakSet[_FileVerifier]" = weakref.WeakSet()
 @contextlib.contextmanager
 def verification(enabled: bool):
     """Within the block, :func:`open_store` checks (``True``, the default) or skips
-    (``False``, the commands' ``--no-verify``) the sha256 of each file it reads."""
+    (``False``, the commands' ``--no-verify``) the hash of each file it reads."""
     token = _verify_reads.set(bool(enabled))
     try:
         yield
@@ -1016,29 +1027,38 @@ def verification(enabled: bool):
         _verify_reads.reset(token)
 
 
-def _hash_problem(file: Path, expected_sha256: str, stop: threading.Event | None = None) -> str | None:
-    """None if ``file`` hashes to ``expected_sha256``, else the problem in words ("" when stopped)."""
-    digest = hashlib.sha256()
-    buffer = bytearray(_VERIFY_BLOCK)
-    view = memoryview(buffer)
+def _hash_problem(file: Path, expected: tuple[str, str], stop: threading.Event | None = None) -> str | None:
+    """None if ``file`` hashes to ``expected`` = (algorithm, hex digest), else the problem
+    in words ("" when ``stop`` was set). Hashes the mapped file, so no copy is made, and
+    the hash functions release the GIL: the loader keeps reading meanwhile."""
+    algorithm, digest_hex = expected
+    digest = xxhash.xxh3_128() if algorithm == _FAST_HASH else hashlib.sha256()
     try:
-        with open(file, "rb", buffering=0) as handle:
-            while True:
-                if stop is not None and stop.is_set():
-                    return ""
-                n = handle.readinto(view)
-                if not n:
-                    break
-                digest.update(view[:n])  # releases the GIL: the loader keeps reading meanwhile
-    except OSError as error:
-        return f"cannot read {file}: {_describe_os_error(error)}"
-    if digest.hexdigest() != expected_sha256:
-        return f"corrupt file {file}: sha256 does not match the manifest; run `diffdict store verify` on the store"
+        with open(file, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size:
+                with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    view = memoryview(mapped)
+                    try:
+                        for start in range(0, size, _VERIFY_BLOCK):
+                            if stop is not None and stop.is_set():
+                                return ""
+                            digest.update(view[start:start + _VERIFY_BLOCK])
+                    finally:
+                        view.release()
+    except (OSError, ValueError) as error:
+        return f"cannot read {file}: {_describe_os_error(error) if isinstance(error, OSError) else error}"
+    if digest.hexdigest() != digest_hex:
+        return f"corrupt file {file}: {algorithm} does not match the manifest; run `diffdict store verify` on the store"
     return None
 
 
+def _expected_hash(entry: dict) -> tuple[str, str]:
+    return (_FAST_HASH, entry[_FAST_HASH]) if _FAST_HASH in entry else ("sha256", entry["sha256"])
+
+
 class _FileVerifier:
-    """Checks each file of a store against the sha256 its manifest records, once per file.
+    """Checks each file of a store against the hash its manifest records, once per file.
 
     ``start(files)`` hashes files in a background thread, in the order given, while the
     loader reads them; ``confirm(files)`` returns once those files are known good (waiting
@@ -1047,7 +1067,7 @@ class _FileVerifier:
     hands out a batch, so no batch ever holds unverified data.
     """
 
-    def __init__(self, expected: dict[Path, str]):
+    def __init__(self, expected: dict[Path, tuple[str, str]]):
         self._expected = expected
         self._results: dict[Path, str | None] = {}
         self._queued: dict[Path, threading.Event] = {}
@@ -1203,21 +1223,21 @@ class Store(_Described):
         self.verify = verify
         self._shards: dict[str, list[tuple[Path, int, int]]] = {}
         self._files: dict[Path, _ShardFile] = {}
-        # what each file must hold, from the manifest: tensor dtypes and shapes, sha256
+        # what each file must hold, from the manifest: tensor dtypes and shapes, hash
         self._expect: dict[Path, dict[str, tuple[torch.dtype, list[int]]]] = {}
-        sha256: dict[Path, str] = {}
+        expected: dict[Path, tuple[str, str]] = {}  # file -> (hash algorithm, hex digest)
         store_dtype = DTYPES[manifest["dtype"]]
         for record in manifest["chunks"]:
             for site, entry in record["sites"].items():
                 file = path / entry["file"]
                 d, n = manifest["sites"][site]["d"], entry["tokens"]
                 self._expect[file] = {"acts": (store_dtype, [n, d]), "meta": (torch.int32, [n, len(META_FIELDS)])}
-                sha256[file] = entry["sha256"]
+                expected[file] = _expected_hash(entry)
             if record["images"]:
                 file = path / record["images"]["file"]
                 self._expect[file] = {"images": (torch.uint8, list(record["images"]["shape"]))}
-                sha256[file] = record["images"]["sha256"]
-        self._verifier = _FileVerifier(sha256) if verify else None
+                expected[file] = _expected_hash(record["images"])
+        self._verifier = _FileVerifier(expected) if verify else None
 
     @property
     def _description(self) -> dict:
@@ -1298,13 +1318,13 @@ class Store(_Described):
     def _read_rows(self, file: Path, name: str, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``start:stop`` of tensor ``name`` of a shard, read straight into ``out``.
 
-        Not yet checked against the manifest's sha256: callers confirm the file
+        Not yet checked against the manifest's hash: callers confirm the file
         (:meth:`_confirm`) before anything read from it leaves the store.
         """
         return self._shard_file(file).read_rows(name, start, stop, out)
 
     def _confirm(self, files: Iterable[Path]) -> None:
-        """Raise, naming the file, unless each file hashes to its manifest sha256 (when verifying)."""
+        """Raise, naming the file, unless each file hashes to what the manifest records (when verifying)."""
         if self._verifier is not None:
             self._verifier.confirm(files)
 
@@ -1602,8 +1622,8 @@ def open_store(path: str | Path, verify: bool | None = None) -> Store:
 
     Every manifest field is cross-checked with ``store.json``, the chunk records and the
     digest, and every file path must lie inside the store. With ``verify`` (default: on,
-    or as set by :func:`verification`) each file is also checked against its sha256 the
-    first time it is read, so a damaged store stops the reader with one error naming the
+    or as set by :func:`verification`) each file is also checked against its recorded hash
+    (xxh3-128; sha256 for stores written before xxh3 was recorded) the first time it is read, so a damaged store stops the reader with one error naming the
     file. ``verify=False`` skips the hashing (for a store verified once already).
     """
     verify = _verify_reads.get() if verify is None else bool(verify)
@@ -1761,6 +1781,8 @@ def _verify_file(path: Path, entry: dict, tensors: list[str]) -> str | None:
     try:
         if _sha256_file(file) != entry["sha256"]:
             return f"corrupt file {file}: sha256 does not match the manifest"
+        if _FAST_HASH in entry and _hash_problem(file, _expected_hash(entry)):
+            return f"corrupt file {file}: {_FAST_HASH} does not match the manifest"
         with safe_open(str(file), framework="pt") as handle:
             content = _content_sha256([handle.get_tensor(name) for name in tensors])
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
