@@ -124,10 +124,9 @@ def _sae_lens_config(sae: SparseAutoencoder, plain: PlainSAE, metadata: dict[str
 
 def _sparsify_config(sae: SparseAutoencoder, plain: PlainSAE) -> dict[str, Any]:
     if plain.activation != "topk":
-        raise DiffdictError(
-            f"sparsify has TopK activations only; a {sae.mechanism.name} SAE "
-            f"(a {plain.activation} at inference) cannot be expressed; export it with --format saelens"
-        )
+        inference = f" (a {plain.activation} at inference)" if plain.activation != sae.mechanism.name else ""
+        raise DiffdictError(f"sparsify has TopK activations only; a {sae.mechanism.name} SAE{inference} "
+                            "cannot be expressed; export it with --format saelens")
     unit_rows = bool(torch.allclose(plain.tensors["W_dec"].norm(dim=1), torch.ones(sae.n_features), atol=1e-5))
     return {"activation": "topk", "k": plain.k, "num_latents": sae.n_features, "d_in": sae.d_in,
             "normalize_decoder": unit_rows, "multi_topk": False, "skip_connection": False, "transcode": False}
