@@ -270,3 +270,18 @@ def test_adam_follows_torch_adam_and_loads_its_state(fused):
     resumed.load_state_dict(reference.state_dict())  # a checkpoint written with torch.optim
     assert resumed.lr == 1e-2 and [float(s) for s in resumed.steps] == [5.0, 4.0]
     assert torch.equal(resumed.exp_avg_sq[0], reference.state[theirs[0]]["exp_avg_sq"])
+
+
+def test_small_steps_run_on_one_thread_and_restore_the_callers(planted, tmp_path, monkeypatch):
+    import diffdict.train as trainer
+
+    acts, _ = planted
+    seen = []
+    real = trainer._train
+    monkeypatch.setattr(trainer, "_train", lambda *args: seen.append(torch.get_num_threads()) or real(*args))
+    torch.set_num_threads(2)
+    train(small_settings(acts), tmp_path / "auto", progress=False)
+    train(small_settings(acts), tmp_path / "given", progress=False, threads=2)
+    assert seen == [1, 2] and torch.get_num_threads() == 2
+    big = TrainSettings(acts=str(acts), width=[5120], batch_size=4096)
+    assert trainer._encoder_macs(big, 1280, trainer._Distributed(torch.device("cpu"))) > trainer.SMALL_STEP_MACS

@@ -93,7 +93,8 @@ def register(subparsers) -> None:
     parser.add_argument("--log-every", type=validate.positive_int, default=50, help="steps between metrics lines (default: 50)")
     parser.add_argument("--device", default="cpu", type=validate.device, help="cpu or cuda (default: cpu)")
     parser.add_argument("--threads", type=validate.positive_int, default=None,
-                        help="torch CPU threads (default: torch's choice)")
+                        help="torch CPU threads (default: 1 when a step is small, as at the toy model's scale; "
+                             "else torch's choice)")
     validate.add_verify_option(parser)
     bar = parser.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show the progress bar")
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     with validate.verifying(args.no_verify):
         _check_memory(settings)
         folders = train(settings, args.out, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                        progress=args.progress, device=args.device)
+                        progress=args.progress, device=args.device, threads=args.threads)
     if folders and int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {len(folders)} dictionaries in {args.out}: {', '.join(folders)}")
     return 0
