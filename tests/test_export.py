@@ -121,9 +121,8 @@ def test_refusals_are_one_line_errors(tmp_path):
         sae.mechanism.threshold[:3] = -0.1
     with pytest.raises(DiffdictError, match="3 JumpReLU thresholds are negative"):
         export_dictionary(sae, tmp_path / "a", "saelens")
-    itda = ITDA(D)
-    with pytest.raises(DiffdictError, match="only SAEs can be exported to SAE Lens or sparsify, not a itda dictionary"):
-        export_dictionary(itda, tmp_path / "b", "saelens")
+    with pytest.raises(DiffdictError, match="only SAEs can be exported to SAE Lens or sparsify, not itda"):
+        export_dictionary(ITDA(D), tmp_path / "b", "saelens")
     with pytest.raises(DiffdictError, match="unknown export format 'onnx'"):
         export_dictionary(make_sae("topk"), tmp_path / "c", "onnx")
     own = make_sae("topk").save(tmp_path / "own")

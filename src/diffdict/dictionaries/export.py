@@ -62,7 +62,7 @@ def plain_form(sae: SparseAutoencoder) -> PlainSAE:
     """The SAE with its input normalisation and b_dec folded in; refuses mechanisms that
     no plain activation expresses."""
     if not isinstance(sae, SparseAutoencoder):
-        raise DiffdictError(f"only SAEs can be exported to SAE Lens or sparsify, not a {sae.kind} dictionary")
+        raise DiffdictError(f"only SAEs can be exported to SAE Lens or sparsify, not {sae.kind} dictionaries")
     mechanism = sae.mechanism
     name = mechanism.name
     W_enc, b_enc = sae.W_enc.detach().double(), sae.b_enc.detach().double()
@@ -173,4 +173,5 @@ def max_differences(reference: SparseAutoencoder, x: Tensor, encode, decode) -> 
         recon = reference.decode(codes)
     finally:
         reference.bf16 = bf16
-    return {"codes": float((encode(x) - codes).abs().max()), "reconstruction": float((decode(codes) - recon).abs().max())}
+    return {"codes": float((encode(x) - codes).abs().max()),
+            "reconstruction": float((decode(codes) - recon).abs().max())}
