@@ -71,6 +71,7 @@ class Shared:
     supervised: dict[str, torch.Tensor] = field(default_factory=dict)
     generator: Any = None
     judge: Any = None
+    pool: Any = None
 
 
 @torch.no_grad()
@@ -183,11 +184,13 @@ def score_dictionary(shared: Shared, dictionary, config: BenchConfig, others: Se
 
 
 def _steering(shared, dictionary, config, concepts, features, typical, log):
-    from diffdict.bench.steering import steering_scores
+    from diffdict.bench.steering import pool_size, steering_pool, steering_scores
 
-    return steering_scores(shared.generator, shared.judge, dictionary, concepts, features, typical, shared.supervised,
-                           config.strengths, config.steer_prompts, config.seed, (shared.truth.rows, shared.truth.cols),
-                           log)
+    if shared.pool is None:
+        shared.pool = steering_pool(shared.generator, shared.judge, pool_size(config.steer_prompts), config.seed,
+                                    (shared.truth.rows, shared.truth.cols))
+    return steering_scores(shared.generator, shared.judge, dictionary, shared.pool, concepts, features, typical,
+                           shared.supervised, config.strengths, config.steer_prompts, config.seed, log)
 
 
 def proportion_interval(successes: Sequence[float]) -> dict[str, float]:
@@ -275,7 +278,7 @@ def run_bench(dictionary, store, site: str, config: BenchConfig | None = None, h
             raise DiffdictError("the causal scores need the host model and the judge")
         settings = store.settings
         generation = settings.get("generation", {})
-        shared.generator = Generator(host, site, settings.get("capture", {}).get("what", "update"),
+        shared.generator = Generator(host, site, store.d(site), settings.get("capture", {}).get("what", "update"),
                                      config.num_steps or generation.get("num_steps"),
                                      config.guidance if config.guidance is not None else generation.get("guidance"),
                                      config.batch_size)

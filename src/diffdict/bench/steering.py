@@ -64,12 +64,20 @@ class RowwiseErase(Intervention):
     def name(self) -> str:
         return "rowwise-erase"
 
+    def prepare(self, host, info, what) -> None:
+        from diffdict.feature_stats import site_space
+
+        self.space = site_space(self.dictionary, info.d, f"site {info.name}")
+        self.directions = site_directions(self.dictionary, info.d)
+
     def apply(self, x: Tensor, step: int | None) -> Tensor:
+        from diffdict.feature_stats import encode_dense
+
         rows = list(self._batch_rows) if self._batch_rows is not None else list(range(x.shape[0]))
         b, t, d = x.shape
-        codes = self.dictionary.encode(x.reshape(-1, d).float()).reshape(b, t, -1)
+        codes = encode_dense(self.dictionary, x.reshape(-1, d).float(), self.space).reshape(b, t, -1)
         codes = codes * self.erased[rows].to(codes.dtype).unsqueeze(1)
-        return x - (codes @ self.dictionary.decoder_directions.float()).to(x.dtype)
+        return x - (codes @ self.directions.to(codes.device)).to(x.dtype)
 
 
 @dataclass
@@ -126,6 +134,7 @@ class Generator:
 
     host: Any
     site: str
+    width: int  # the site's d
     what: str
     num_steps: int | None
     guidance: float | None
@@ -138,52 +147,89 @@ class Generator:
                         num_steps=self.num_steps, guidance=self.guidance, batch_size=self.batch_size)
 
 
-def steering_scores(generator: Generator, judge, dictionary, concepts: Sequence[str], features: dict[str, int],
-                    typical: Tensor, supervised: dict[str, Tensor], strengths: Sequence[float], prompts: int,
-                    seed: int, grid: tuple[int, int], log=print) -> dict[str, Any]:
-    """Per concept and strength: success of the feature, random and supervised edits, and
-    the feature edit's retain accuracy; per concept each method's best strength."""
+@dataclass
+class SteeringPool:
+    """One-object test prompts, their noise seeds, the unedited images, what the judge
+    reads in them and each image's object-box token weights: shared by every dictionary
+    steered on the same site, so their successes pair up prompt by prompt."""
+
+    scenes: list
+    prompts: list[str]
+    seeds: list[int]
+    originals: np.ndarray
+    readings: JudgeReadings
+    weights: Tensor
+
+
+def steering_pool(generator: "Generator", judge, count: int, seed: int, grid: tuple[int, int],
+                  originals: np.ndarray | None = None) -> SteeringPool:
+    """``count`` one-object test scenes (noise seed ``seed + 50_000 + i``); ``originals``
+    when the caller has them cached."""
     from diffdict.world import caption, single_object_scene
 
-    pool = [single_object_scene(seed, i, "test") for i in range(max(2 * prompts, 48))]
-    pool_prompts = [caption(s) for s in pool]
-    pool_seeds = [seed + 50_000 + i for i in range(len(pool))]
-    originals = generator(pool_prompts, pool_seeds)
-    before = JudgeReadings.of(judge, originals)
-    weights = torch.stack([object_weights(im, p, grid) for im, p in zip(originals, pool_prompts)])
-    directions = dictionary.decoder_directions.float()
+    scenes = [single_object_scene(seed, i, "test") for i in range(count)]
+    prompts = [caption(s) for s in scenes]
+    seeds = [seed + 50_000 + i for i in range(count)]
+    if originals is None:
+        originals = generator(prompts, seeds)
+    weights = torch.stack([object_weights(im, p, grid) for im, p in zip(originals, prompts)])
+    return SteeringPool(scenes, prompts, seeds, originals, JudgeReadings.of(judge, originals), weights)
+
+
+def pool_size(prompts: int) -> int:
+    """Pool size that leaves ``prompts`` prompts lacking any concept (a background colour
+    or texture is lacking from 2/3 of one-object scenes)."""
+    return 2 * prompts + 8
+
+
+def site_directions(dictionary, d: int) -> Tensor:
+    """(n_features, d): each feature's direction in the site's space (decoder rows; unit
+    vectors for MLP neurons read on their own site)."""
+    from diffdict.feature_stats import site_space
+
+    if site_space(dictionary, d) == "neurons":
+        return torch.eye(dictionary.n_features)
+    return dictionary.decoder_directions.detach().float().cpu()
+
+
+def steering_scores(generator: Generator, judge, dictionary, pool: SteeringPool, concepts: Sequence[str],
+                    features: dict[str, int], typical: Tensor, supervised: dict[str, Tensor] | None,
+                    strengths: Sequence[float], prompts: int, seed: int, log=print) -> dict[str, Any]:
+    """Per concept and strength: success of the feature edit, the random direction and
+    (with ``supervised``) the supervised direction, and retain accuracy; per concept each
+    method's best strength and its successes."""
+    directions = site_directions(dictionary, generator.width)
+    methods = ("feature", "random") + (("supervised",) if supervised is not None else ())
     out: dict[str, Any] = {}
     for ci, concept in enumerate(concepts):
         family, _, value = concept.partition(":")
         target = FAMILIES[family].index(value.replace("_", " "))
-        rows = [i for i, s in enumerate(pool) if scene_value(s, family) != value.replace("_", " ")
-                and before.values[family][i] != target][:prompts]
+        rows = [i for i, s in enumerate(pool.scenes) if scene_value(s, family) != value.replace("_", " ")
+                and pool.readings.values[family][i] != target][:prompts]
         f = features[concept]
         norm = float(typical[f])
-        d = directions.shape[1]
-        unit = {"feature": directions[f] / directions[f].norm().clamp_min(1e-12),
-                "supervised": supervised[concept] / supervised[concept].norm().clamp_min(1e-12)}
-        random_units = unit_rows(len(pool), d, seed * 1_000_003 + 7919 * (ci + 1))
-        row_weights = weights if family in OBJECT_FAMILIES else None
+        width = directions.shape[1]
+        unit = {"feature": directions[f] / directions[f].norm().clamp_min(1e-12)}
+        if supervised is not None:
+            unit["supervised"] = supervised[concept] / supervised[concept].norm().clamp_min(1e-12)
+        random_units = unit_rows(len(pool.prompts), width, seed * 1_000_003 + 7919 * (ci + 1))
+        row_weights = pool.weights[rows] if family in OBJECT_FAMILIES else None
+        before = JudgeReadings({k: v[rows] for k, v in pool.readings.values.items()})
         entry: dict[str, Any] = {"feature": f, "typical_activation": norm, "prompts": len(rows), "strengths": {}}
         for strength in strengths:
             scale = float(strength) * norm
             by_method = {}
-            for method in ("feature", "random", "supervised"):
-                deltas = random_units * scale if method == "random" else unit[method].expand(len(pool), d) * scale
-                edit = RowwiseAdd(generator.site, what=generator.what, deltas=deltas[rows],
-                                  row_weights=None if row_weights is None else row_weights[rows])
-                images = generator([pool_prompts[i] for i in rows], [pool_seeds[i] for i in rows], edit)
+            for method in methods:
+                deltas = random_units[rows] * scale if method == "random" else unit[method].expand(len(rows), width) * scale
+                edit = RowwiseAdd(generator.site, what=generator.what, deltas=deltas, row_weights=row_weights)
+                images = generator([pool.prompts[i] for i in rows], [pool.seeds[i] for i in rows], edit)
                 after = JudgeReadings.of(judge, images)
-                success = (after.values[family] == target).astype(float)
-                subset = JudgeReadings({k: v[rows] for k, v in before.values.items()})
-                by_method[method] = {"success": success.tolist(),
-                                     "retain": after.retain(subset, family).tolist()}
+                by_method[method] = {"success": (after.values[family] == target).astype(float).tolist(),
+                                     "retain": after.retain(before, family).tolist()}
             entry["strengths"][str(strength)] = by_method
-            log(f"  steer {concept} s={strength}: feature {np.mean(by_method['feature']['success']):.2f} "
-                f"random {np.mean(by_method['random']['success']):.2f} "
-                f"supervised {np.mean(by_method['supervised']['success']):.2f}")
-        for method in ("feature", "random", "supervised"):
+            log(f"  steer {concept} s={strength}: " + " ".join(
+                f"{m} {np.mean(v['success']) if rows else float('nan'):.2f}" for m, v in by_method.items()))
+        for method in methods:
             means = {s: float(np.mean(v[method]["success"])) if rows else float("nan")
                      for s, v in entry["strengths"].items()}
             best = max(means, key=lambda s: (means[s], -float(s)))
