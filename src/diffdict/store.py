@@ -58,6 +58,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _st_save
 
 from diffdict.errors import DiffdictError
+from diffdict.io import sha256_file
 
 FORMAT = "diffdict-store"
 FORMAT_VERSION = 1
@@ -93,17 +94,6 @@ def _canonical_json(obj: Any) -> str:
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path, block: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while True:
-            data = handle.read(block)
-            if not data:
-                break
-            digest.update(data)
-    return digest.hexdigest()
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
@@ -1686,7 +1676,7 @@ def import_array(
     settings = {
         "source": "import",
         "array": array_path.name,
-        "array_sha256": _sha256_file(array_path),
+        "array_sha256": sha256_file(array_path),
         "array_shape": [n, d],
         "array_dtype": source_dtype,
     }
@@ -1779,7 +1769,7 @@ def _verify_file(path: Path, entry: dict, tensors: list[str]) -> str | None:
     if size != entry["bytes"]:
         return f"wrong size of {file}: {size} bytes, expected {entry['bytes']}"
     try:
-        if _sha256_file(file) != entry["sha256"]:
+        if sha256_file(file) != entry["sha256"]:
             return f"corrupt file {file}: sha256 does not match the manifest"
         if _FAST_HASH in entry and _hash_problem(file, _expected_hash(entry)):
             return f"corrupt file {file}: {_FAST_HASH} does not match the manifest"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 
 from diffdict.commands import validate
-from diffdict.errors import DiffdictError
 
 
 def register(subparsers) -> None:
@@ -43,10 +42,6 @@ def run(args: argparse.Namespace) -> int:
     )
     from diffdict.store import open_store
 
-    if args.batch_size < 1:
-        raise DiffdictError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise DiffdictError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     folders = dictionary_folders(args.run)
     store = open_store(args.store, verify=not args.no_verify)
     site = args.site
