@@ -43,9 +43,9 @@ _switch.__name__ = "on/off"
 OPTIONS = {
     "acts": (str, "activations: a store folder, or an (N, d) .npy / .safetensors file"),
     "site": (str, "the store site (required when the store has several), or the tensor of a safetensors file"),
-    "arch": (_list_of(str), "architectures: topk, batchtopk, relu-l1, relu, soft-threshold, jumprelu, itda "
-                            "(default: topk)"),
-    "k": (_list_of(int), "codes per token for topk / batchtopk (default: 32)"),
+    "arch": (_list_of(str), "architectures: topk, batchtopk, matryoshka-batchtopk, relu-l1, relu, soft-threshold, "
+                            "jumprelu, itda (default: topk)"),
+    "k": (_list_of(int), "codes per token for topk / batchtopk / matryoshka-batchtopk (default: 32)"),
     "expansion": (_list_of(float), "width as a multiple of d (default: 4)"),
     "width": (_list_of(int), "width in features (replaces --expansion)"),
     "lr": (_list_of(float), "Adam learning rate (default: 2e-4 / sqrt(width / 16384), sparsify's width-scaled "
