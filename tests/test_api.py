@@ -15,5 +15,5 @@ def test_cli_lists_every_command(capsys):
 
     text = build_parser().format_help()
     for command in ("generate", "world", "collect", "store", "train", "evaluate", "feature-stats",
-                    "intervene", "ablate-block", "interpret", "report", "app", "study"):
+                    "intervene", "ablate-block", "interpret", "report", "app", "study", "export"):
         assert command in text
