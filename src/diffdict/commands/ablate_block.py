@@ -36,10 +36,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from diffdict.commands.intervene import check_positive, load_host_from_args, prompts_from_args
+    from diffdict.io import claim_output_folder
     from diffdict.steering import ablation_table, block_ablation, save_block_ablation
 
     check_positive("--batch-size", args.batch_size)
     check_positive("--scale", args.scale)
+    claim_output_folder(args.out, "ablate-block", own_files=("metrics.json",))
     prompts = prompts_from_args(args)
     host = load_host_from_args(args)
     if args.sites is None:

@@ -188,11 +188,13 @@ def run(args: argparse.Namespace) -> int:
         single_dictionary_folder,
     )
     from diffdict.interventions import Ablate, Add, Icon, LatentEdit, Splice
+    from diffdict.io import claim_output_folder
     from diffdict.steering import format_summary, resolve_backbone, run_intervention, save_intervention_report
 
     check_positive("--batch-size", args.batch_size)
     check_positive("--scale", args.scale)
     check_mode_options(args)
+    claim_output_folder(args.out, "intervene", own_files=("metrics.json",))
     folder = dictionary = None
     meta: dict = {}
     recorded: dict = {}
