@@ -138,6 +138,8 @@ def bad_inputs(w: Path, f: dict[str, Path]) -> list[list]:
         ["report", "--run", d, "--out", w / "file.txt"],
         ["report", "--run", d, "--out", w / "mine"],
         ["study", "blocks", "--quick", "--out", w / "mine"],
+        ["intervene", "--run", d, "--prompt", "a red circle", "--mode", "splice", "--out", w / "mine"],
+        ["ablate-block", "--prompt", "a red circle", "--out", w / "mine"],
         ["study", "blocks", "--quick", "--out", w / "file.txt"],
         ["collect", "--sites", SITE, "--prompts", "4", "--out", w / "mine"],
         ["collect", "--sites", SITE, "--prompts", "4", "--out", w / "file.txt"],

@@ -270,7 +270,9 @@ def test_folder_writers_refuse_an_unrelated_non_empty_folder(tmp_path, capsys):
     make_sae(sae)
     for argv in (["report", "--run", sae, "--out", mine],
                  ["interpret", "--run", sae, "--store", tmp_path / "nostore", "--out", mine],
-                 ["study", "blocks", "--quick", "--out", mine]):
+                 ["study", "blocks", "--quick", "--out", mine],
+                 ["intervene", "--run", sae, "--prompt", "a red circle", "--mode", "splice", "--out", mine],
+                 ["ablate-block", "--prompt", "a red circle", "--out", mine]):
         code, err = run_cli(argv, capsys)
         assert_one_line(code, err, f"{mine} exists, is not empty", "choose a new or empty folder")
     assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
