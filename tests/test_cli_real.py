@@ -160,7 +160,7 @@ def test_intervene_checks_everything_before_generating(trained, tmp_path, capsys
     for extra, message in cases:
         code, _, err = run_cli(base + extra, capsys)
         assert code == 2 and err.count("\n") == 0 and message in err, (extra, err)
-        assert not (tmp_path / "o").exists()  # nothing was generated
+        assert not list(tmp_path.glob("o/*.png")) and not (tmp_path / "o" / "metrics.json").exists()  # no image made
 
 
 @pytest.mark.parametrize("name", ["sdxl-turbo", "flux-schnell"])
@@ -231,7 +231,8 @@ def test_collect_train_intervene_report_on_a_fresh_store(tmp_path, capsys):
     # the toy model's judge knows the shapes world's words only: refused before any image is made
     code, _, err = run_cli(["intervene", "--run", run, "--feature", feature, "--prompts", 2, "--target",
                             "a photo of a dog", "--out", tmp_path / "dog"], capsys)
-    assert code == 2 and "'photo' is not in the shapes world's vocabulary" in err and not (tmp_path / "dog").exists()
+    assert code == 2 and "'photo' is not in the shapes world's vocabulary" in err
+    assert not list(tmp_path.glob("dog/*.png"))  # refused before any image was made
     code, out, err = run_cli(["report", "--run", run, "--out", tmp_path / "site"], capsys)
     assert code == 0, err
     index = (tmp_path / "site" / "index.html").read_text()

@@ -89,7 +89,8 @@ def resolve_backbone(name: "str | Backbone | None", host_name: str, needed: bool
     """The backbone to measure with on host ``host_name``: ``auto`` is shapes-clip on the
     toy model and the CLIP backbone (open-clip) on real ones, or None (pixel metrics only,
     with a note) when that is not installed and nothing ``needed`` it; a shapes-world
-    judge on a real model is refused with a line naming the alternative."""
+    judge named on a real model is refused with a line naming the alternative. A
+    :class:`Backbone` instance is the caller's explicit choice and passes as it is."""
     from diffdict.hosts import is_real_host
     from diffdict.metrics.backbones import backbone_available
 
@@ -112,14 +113,6 @@ def resolve_backbone(name: "str | Backbone | None", host_name: str, needed: bool
         raise DiffdictError(f"{what} on {host_name} is read by the {choice} backbone, but {reason}")
     print(f"note: {reason}; pixel metrics only")
     return None
-
-
-def check_backbone_for_host(backbone: "Backbone | None", host: "HostModel") -> None:
-    """Refuse the shapes world's own judge on a real model: it reads only rendered shapes."""
-    from diffdict.hosts import is_real_host
-
-    if backbone is not None and backbone.name == "shapes-clip" and is_real_host(host.name):
-        raise DiffdictError(shapes_clip_refusal(host.name))
 
 
 def run_intervention(
@@ -149,8 +142,8 @@ def run_intervention(
     intervention.bind(host, num_steps if num_steps is not None else host.default_steps)
     if target is not None and backbone is None:
         raise DiffdictError("a target needs a backbone to read it")
+    backbone = resolve_backbone(backbone, host.name, needed=target is not None)
     model = load_backbone(backbone) if backbone is not None else None
-    check_backbone_for_host(model, host)
     if target is not None:
         blank = np.zeros((1, *host.image_size, 3), dtype=np.uint8)
         read_target(blank, target, model)  # an unknown concept or word fails here
@@ -293,7 +286,6 @@ def block_ablation(
         raise DiffdictError("a site is given twice")
     backbone = resolve_backbone(backbone, host.name)
     model = load_backbone(backbone) if backbone is not None else None
-    check_backbone_for_host(model, host)
     concepts = hasattr(model, "read_concepts")  # shapes-clip; other judges give the distances only
     kwargs = dict(seed=seed, num_steps=num_steps, guidance=guidance, batch_size=batch_size)
     original = generate(host, prompts, [], **kwargs)
@@ -399,7 +391,6 @@ __all__ = [
     "InterventionReport",
     "ablation_table",
     "block_ablation",
-    "check_backbone_for_host",
     "resolve_backbone",
     "concept_text",
     "format_summary",

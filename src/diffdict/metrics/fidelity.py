@@ -122,10 +122,9 @@ def store_fidelity(
     capture = settings.get("capture") or {}
     host = host if host is not None else host_for_store(store, model_path)
     from diffdict.hosts import is_real_host
-    from diffdict.steering import check_backbone_for_host, resolve_backbone
+    from diffdict.steering import resolve_backbone
 
     backbone = resolve_backbone(backbone, host.name, what="spliced fidelity's CLIP score")
-    check_backbone_for_host(load_backbone(backbone) if backbone is not None else None, host)
     if isinstance(prompts, int):
         if prompts < 1:
             raise DiffdictError(f"spliced fidelity needs at least one prompt, got {prompts}")
