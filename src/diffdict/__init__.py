@@ -19,6 +19,7 @@ _EXPORTS = {
     "ToyDiffusion": "diffdict.models", "ShapesClip": "diffdict.models", "load_model": "diffdict.models",
     # host models and hooks
     "load_host": "diffdict.hosts", "HOSTS": "diffdict.hosts", "HostModel": "diffdict.hosts.base",
+    "load_recorded_host": "diffdict.hosts",
     "SiteInfo": "diffdict.hosts.base", "ReadHook": "diffdict.capture", "EditHook": "diffdict.capture",
     "Recorder": "diffdict.capture", "capture": "diffdict.capture", "collect": "diffdict.collect",
     # activation store
@@ -34,6 +35,7 @@ _EXPORTS = {
     "Ablate": "diffdict.interventions", "Icon": "diffdict.interventions", "RandomDirection": "diffdict.interventions",
     "intervene": "diffdict.interventions", "feature_icon": "diffdict.interventions",
     "compute_feature_stats": "diffdict.feature_stats", "load_feature_stats": "diffdict.feature_stats",
+    "ensure_feature_stats": "diffdict.feature_stats",
     "causal_strength": "diffdict.metrics", "spliced_fidelity": "diffdict.metrics",
     "perceptual_distance": "diffdict.metrics", "clip_score": "diffdict.metrics",
     "frechet_distance": "diffdict.metrics", "manhattan_locality": "diffdict.metrics",
