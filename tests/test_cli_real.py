@@ -264,3 +264,22 @@ def test_ablate_block_on_a_real_host_measures_distances_only(saved, tmp_path, ca
     assert set(metrics["sites"]) == {"mid.0", "up.0.1"} and metrics["settings"]["backbone"] is None
     assert all(entry["pixel_mae"]["mean"] > 0 and "families" not in entry for entry in metrics["sites"].values())
     assert "No concept columns" in (tmp_path / "a" / "table.md").read_text()
+
+
+def test_app_backend_needs_only_the_dictionary(saved, trained, tmp_path):
+    """The app finds the store the dictionary was trained on, rebuilds its host from the
+    saved folder and computes the statistics and top images it shows."""
+    from diffdict.report.app import make_backend
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "sd-run", run)
+    backend = make_backend(run)
+    assert backend.host.name == "sd" and backend.host.source == str((saved / "sd").resolve())
+    assert backend.num_steps == 2 and (member(run) / STATS_FILE).exists()
+    feature = int(load_feature_stats(member(run)).count.argmax())
+    tiles, text = backend.browse(feature)
+    assert tiles and tiles[0][0].shape[:2] == (SIZE * 16, SIZE * 16)  # 16 px shown at about 256 px
+    image, features, order = backend.generate("a photo of a dog", seed=0)
+    assert image.shape == (SIZE, SIZE, 3)
+    original, edited = backend.edit("a photo of a dog", feature, 10.0)
+    assert (original != edited).any()
