@@ -283,3 +283,19 @@ def test_app_backend_needs_only_the_dictionary(saved, trained, tmp_path):
     assert image.shape == (SIZE, SIZE, 3)
     original, edited = backend.edit("a photo of a dog", feature, 10.0)
     assert (original != edited).any()
+
+
+def test_interpret_on_a_real_store(trained, tmp_path, capsys):
+    run = trained / "flux-schnell-run"
+    code, _, err = run_cli(["interpret", "--run", run, "--out", tmp_path / "o", "--explainer", "concept-oracle"], capsys)
+    assert code == 2 and err.count("\n") == 0 and "concept-oracle judge knows only the shapes world" in err
+    assert "--explainer vlm" in err
+    # defaults: no shapes-world explainer, the store the run was trained on, icons from the recorded host
+    code, out, err = run_cli(["interpret", "--run", run, "--out", tmp_path / "i", "--features", "0-3", "--icons"],
+                             capsys)
+    assert code == 0, err
+    index = json.loads((tmp_path / "i" / "interpret.json").read_text())
+    assert index["settings"]["explainer"] is None and index["settings"]["scorers"] == []
+    assert index["store"].endswith("flux-schnell-store")
+    icons = sorted((tmp_path / "i" / "images").glob("*_icon.png"))
+    assert icons and Image.open(icons[0]).size == (8 * SIZE, 8 * SIZE)
