@@ -69,7 +69,7 @@ def best_threshold_f1(ranked: Ranked, labels: Tensor, n_features: int) -> tuple[
     step = max(1, _CHUNK_CELLS // max(ranked.feature.numel(), 1))
     for c0 in range(0, C, step):
         cols = slice(c0, min(C, c0 + step))
-        tp = segment_cumsum(ranked, labels[ranked.item][:, cols].double())
+        tp = segment_cumsum(ranked, labels[:, cols][ranked.item].double())
         f1 = 2 * tp / (ranked.rank.unsqueeze(1).double() + positives[cols])
         f1[~ranked.cut] = -1.0
         width = f1.shape[1]

@@ -38,9 +38,12 @@ def concept_precision(ranked: Ranked, labels: Tensor, n_features: int, top: int 
     """(precision (n_features, C), weight (n_features,)): the share of each feature's top
     activations that have each concept, and how many activations that share is over."""
     weights = top_weights(ranked, top)
+    keep = weights > 0
+    feature, item, weights = ranked.feature[keep], ranked.item[keep], weights[keep]
     sums = torch.zeros(n_features, labels.shape[1], dtype=torch.float64)
-    sums.index_add_(0, ranked.feature, labels[ranked.item].double() * weights.unsqueeze(1))
-    total = torch.zeros(n_features, dtype=torch.float64).index_add_(0, ranked.feature, weights)
+    for c in range(labels.shape[1]):  # one concept at a time: entries x concepts can be gigabytes
+        sums[:, c] = torch.bincount(feature, weights=labels[item, c].double() * weights, minlength=n_features)
+    total = torch.bincount(feature, weights=weights, minlength=n_features)
     return sums / total.clamp_min(1e-12).unsqueeze(1), total
 
 

@@ -69,8 +69,8 @@ def markdown(results: dict[str, Any]) -> str:
         s = steering.get(concept)
         lines.append(f"| {concept} | {c['token_feature']} | {cell(c['token_f1'])} | {cell(c['token_auroc'])} | "
                      f"{cell(c['image_f1'])} | {c['detectors']} | {cell(c['absorption'])} | "
-                     f"{cell(s['success']) if s else '—'} | {cell(s['random']) if s else '—'} | "
-                     f"{('yes' if s['steers'] else 'no') if s else '—'} |")
+                     f"{cell(s['success']) if s else '—'} | {cell(s.get('random')) if s else '—'} | "
+                     f"{('yes' if s.get('steers') else 'no') if s else '—'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -158,8 +158,9 @@ def fidelity(shared: Shared, dictionary, prompts: int, seed: int) -> dict[str, f
 
 
 def score_dictionary(shared: Shared, dictionary, config: BenchConfig, others: Sequence[Any] = (),
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every score of one dictionary."""
+                     log: Callable[[str], None] = print, controls: bool = True) -> dict[str, Any]:
+    """Every score of one dictionary; ``controls``: also the random-direction, supervised
+    and random-feature controls (a baseline needs only its own edits)."""
     codes = dictionary_codes(dictionary, shared.store, shared.site, seed=config.seed)
     result = interpretability_scores(codes, shared.truth, config.seed)
     result["l0"] = codes.value.numel() / max(codes.num_tokens, 1)
@@ -169,13 +170,13 @@ def score_dictionary(shared: Shared, dictionary, config: BenchConfig, others: Se
     typical = typical_activations(codes)
     concepts = list(config.concepts)
     features = {c: result["concepts"][c]["token_feature"] for c in concepts}
-    result["steering"] = steering = _steering(shared, dictionary, config, concepts, features, typical, log)
+    result["steering"] = steering = _steering(shared, dictionary, config, concepts, features, typical, log, controls)
     erased = {c: result["concepts"][c]["detector_features"] for c in concepts}
     live = torch.bincount(codes.feature, minlength=codes.n_features) > 0
     from diffdict.bench.steering import erasure_scores
 
     result["erasure"] = erasure = erasure_scores(shared.generator, shared.judge, dictionary, concepts, erased, live,
-                                                 config.erase_prompts, config.seed, log)
+                                                 config.erase_prompts, config.seed, log, controls)
     result["fidelity"] = fidelity(shared, dictionary, config.fidelity_prompts, config.seed)
     result["summary"].update(_causal_summary(steering, erasure, result["summary"]["covered"], config.seed))
     result["summary"]["fidelity_lpips"] = result["fidelity"]["lpips"]
@@ -183,14 +184,14 @@ def score_dictionary(shared: Shared, dictionary, config: BenchConfig, others: Se
     return result
 
 
-def _steering(shared, dictionary, config, concepts, features, typical, log):
+def _steering(shared, dictionary, config, concepts, features, typical, log, controls):
     from diffdict.bench.steering import pool_size, steering_pool, steering_scores
 
     if shared.pool is None:
         shared.pool = steering_pool(shared.generator, shared.judge, pool_size(config.steer_prompts), config.seed,
                                     (shared.truth.rows, shared.truth.cols))
     return steering_scores(shared.generator, shared.judge, dictionary, shared.pool, concepts, features, typical,
-                           shared.supervised, config.strengths, config.steer_prompts, config.seed, log)
+                           shared.supervised, config.strengths, config.steer_prompts, config.seed, log, controls)
 
 
 def proportion_interval(successes: Sequence[float]) -> dict[str, float]:
@@ -208,18 +209,24 @@ def proportion_interval(successes: Sequence[float]) -> dict[str, float]:
 def _causal_summary(steering: dict, erasure: dict, covered: Sequence[str], seed: int) -> dict[str, Any]:
     """Pooled steering and erasure rates; a concept *steers* when a feature detects it
     (coverage) and its steering success is >= 0.8 with an interval above the random direction's."""
-    pooled = {m: sum((steering[c][f"{m}_success"] for c in steering), []) for m in ("feature", "random", "supervised")}
-    out = {f"steer_{m}": proportion_interval(v) for m, v in pooled.items()}
-    out["steer_minus_random"] = interval(np.array(pooled["feature"]) - np.array(pooled["random"]), seed)
+    out: dict[str, Any] = {}
+    pooled = {m: sum((steering[c][f"{m}_success"] for c in steering), []) for m in ("feature", "random", "supervised")
+              if all(f"{m}_success" in e for e in steering.values())}
+    for method, values in pooled.items():
+        out[f"steer_{method}"] = proportion_interval(values)
+    if "random" in pooled:
+        out["steer_minus_random"] = interval(np.array(pooled["feature"]) - np.array(pooled["random"]), seed)
     out["steer_retain"] = interval(sum((steering[c]["feature_retain"] for c in steering), []), seed)
     for concept, entry in steering.items():
-        mine, rand = proportion_interval(entry["feature_success"]), proportion_interval(entry["random_success"])
-        entry["success"], entry["random"] = mine, rand
-        entry["steers"] = bool(concept in covered and mine["mean"] >= 0.8 and mine["low"] > rand["high"])
-    out["steered_concepts"] = sorted(c for c, e in steering.items() if e["steers"])
-    erased = {m: sum((erasure[c][m]["erased"] for c in erasure), []) for m in ("feature", "random")}
-    out["erase_feature"] = proportion_interval(erased["feature"])
-    out["erase_random"] = proportion_interval(erased["random"])
+        entry["success"] = mine = proportion_interval(entry["feature_success"])
+        if "random_success" in entry:
+            entry["random"] = rand = proportion_interval(entry["random_success"])
+            entry["steers"] = bool(concept in covered and mine["mean"] >= 0.8 and mine["low"] > rand["high"])
+    if "random" in pooled:
+        out["steered_concepts"] = sorted(c for c, e in steering.items() if e.get("steers"))
+    for method in ("feature", "random"):
+        if all(method in erasure[c] for c in erasure):
+            out[f"erase_{method}"] = proportion_interval(sum((erasure[c][method]["erased"] for c in erasure), []))
     out["erase_retain"] = interval(sum((erasure[c]["feature"]["retain"] for c in erasure), []), seed)
     return out
 
@@ -296,7 +303,7 @@ def run_bench(dictionary, store, site: str, config: BenchConfig | None = None, h
             twin_others = [random_init_twin(dictionary, shared.sample, seed=config.seed + 1 + i) for i in range(len(others))]
         else:
             base, twin_others = raw_basis(shared.sample), []
-        results["baselines"][name] = score_dictionary(shared, base, config, twin_others, log)
+        results["baselines"][name] = score_dictionary(shared, base, config, twin_others, log, controls=False)
         results["differences"][name] = differences(results["dictionary"], results["baselines"][name], config.seed)
     return results
 

@@ -194,12 +194,13 @@ def site_directions(dictionary, d: int) -> Tensor:
 
 def steering_scores(generator: Generator, judge, dictionary, pool: SteeringPool, concepts: Sequence[str],
                     features: dict[str, int], typical: Tensor, supervised: dict[str, Tensor] | None,
-                    strengths: Sequence[float], prompts: int, seed: int, log=print) -> dict[str, Any]:
-    """Per concept and strength: success of the feature edit, the random direction and
-    (with ``supervised``) the supervised direction, and retain accuracy; per concept each
-    method's best strength and its successes."""
+                    strengths: Sequence[float], prompts: int, seed: int, log=print,
+                    controls: bool = True) -> dict[str, Any]:
+    """Per concept and strength: success of the feature edit, and (with ``controls``) of
+    the random direction and (with ``supervised``) the supervised direction, and retain
+    accuracy; per concept each method's best strength and its successes."""
     directions = site_directions(dictionary, generator.width)
-    methods = ("feature", "random") + (("supervised",) if supervised is not None else ())
+    methods = ("feature",) + ((("random",) + (("supervised",) if supervised is not None else ())) if controls else ())
     out: dict[str, Any] = {}
     for ci, concept in enumerate(concepts):
         family, _, value = concept.partition(":")
@@ -241,7 +242,7 @@ def steering_scores(generator: Generator, judge, dictionary, pool: SteeringPool,
 
 
 def erasure_scores(generator: Generator, judge, dictionary, concepts: Sequence[str], erased: dict[str, list[int]],
-                   live: Tensor, prompts: int, seed: int, log=print) -> dict[str, Any]:
+                   live: Tensor, prompts: int, seed: int, log=print, controls: bool = True) -> dict[str, Any]:
     """Per concept: erasure rate and retain accuracy of removing its features, and of
     removing as many random live features."""
     from diffdict.world import caption, single_object_scene
@@ -265,7 +266,7 @@ def erasure_scores(generator: Generator, judge, dictionary, concepts: Sequence[s
         chosen = erased[concept]
         generator_random = torch.Generator().manual_seed(seed * 1_000_003 + 104_729 * (ci + 1))
         result = {"features": chosen, "prompts": int(keep.sum())}
-        for method in ("feature", "random"):
+        for method in ("feature", "random") if controls else ("feature",):
             mask = torch.zeros(len(texts), dictionary.n_features, dtype=torch.bool)
             for i in range(len(texts)):
                 if method == "feature":
@@ -279,8 +280,8 @@ def erasure_scores(generator: Generator, judge, dictionary, concepts: Sequence[s
             erased_now = (after.values[family] != target)[keep].astype(float)
             retain = after.retain(before, family)[keep]
             result[method] = {"erased": erased_now.tolist(), "retain": retain.tolist()}
-        log(f"  erase {concept}: features {np.mean(result['feature']['erased']) if keep.any() else float('nan'):.2f} "
-            f"random {np.mean(result['random']['erased']) if keep.any() else float('nan'):.2f}")
+        log(f"  erase {concept}: " + " ".join(f"{m} {np.mean(result[m]['erased']) if keep.any() else float('nan'):.2f}"
+                                            for m in ("feature", "random") if m in result))
         out[concept] = result
     return out
 
