@@ -1078,11 +1078,14 @@ class _FileVerifier:
 
     def _run(self, files: list[Path]) -> None:
         for file in files:
-            problem = _hash_problem(file, self._expected[file], self._stop)
-            with self._lock:
-                if problem != "":
-                    self._results[file] = problem
-                self._queued.pop(file).set()
+            problem = ""  # unknown (stopped, or an unexpected error): a waiter hashes it inline
+            try:
+                problem = _hash_problem(file, self._expected[file], self._stop)
+            finally:
+                with self._lock:
+                    if problem != "":
+                        self._results[file] = problem
+                    self._queued.pop(file).set()
 
     def confirm(self, files: Iterable[Path]) -> None:
         for file in files:
