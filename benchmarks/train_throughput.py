@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -269,6 +270,7 @@ def main() -> None:
     parser.add_argument("--libraries", default="diffdict,sparsify",
                         help="any of diffdict, diffdict-fp32, sparsify, sae-lens, itda")
     parser.add_argument("--old-src", default=None, help="also run diffdict from this checkout's src folder")
+    parser.add_argument("--diffdict-args", default="", help='more options for diffdict train, e.g. "--seed 1"')
     parser.add_argument("--data-steps", type=int, default=None,
                         help="size of the training file in batches (default: --steps; fewer repeats epochs)")
     parser.add_argument("--dead-window", type=int, default=None, help="AuxK dead window in tokens")
@@ -314,7 +316,8 @@ def main() -> None:
             print(f"running {key} ...", flush=True)
             try:
                 if library == "diffdict":
-                    result = run_diffdict(acts, heldout, case, steps, dead_window, args.data, args.threads)
+                    result = run_diffdict(acts, heldout, case, steps, dead_window, args.data, args.threads,
+                                          extra=tuple(shlex.split(args.diffdict_args)))
                 elif library == "diffdict-fp32":
                     result = run_diffdict(acts, heldout, case, steps, dead_window, args.data, args.threads,
                                           extra=("--bf16", "off"))
