@@ -147,10 +147,10 @@ def _timed_loop(step_fn, batches: list[torch.Tensor]) -> dict:
             "tokens_per_cpu_s": tokens / (time.process_time() - began_cpu)}
 
 
-def run_sparsify(batches, heldout, case: Case, dead_window) -> dict:
+def run_sparsify(batches, heldout, case: Case, dead_window, seed: int = 0) -> dict:
     from sparsify import SparseCoder, SparseCoderConfig
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     sae = SparseCoder(case.d, SparseCoderConfig(expansion_factor=case.expansion, k=case.k))
     lr = default_lr(sae.num_latents)  # sparsify's own default: 2e-4 / sqrt(n / 2^14)
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
@@ -271,6 +271,7 @@ def main() -> None:
                         help="any of diffdict, diffdict-fp32, sparsify, sae-lens, itda")
     parser.add_argument("--old-src", default=None, help="also run diffdict from this checkout's src folder")
     parser.add_argument("--diffdict-args", default="", help='more options for diffdict train, e.g. "--seed 1"')
+    parser.add_argument("--peer-seed", type=int, default=0, help="torch seed of sparsify's initialisation")
     parser.add_argument("--data-steps", type=int, default=None,
                         help="size of the training file in batches (default: --steps; fewer repeats epochs)")
     parser.add_argument("--dead-window", type=int, default=None, help="AuxK dead window in tokens")
@@ -325,7 +326,7 @@ def main() -> None:
                     result = run_diffdict(acts, heldout, case, steps, dead_window, args.data, args.threads,
                                           src=args.old_src)
                 elif library == "sparsify":
-                    result = run_sparsify(batches, heldout, case, dead_window)
+                    result = run_sparsify(batches, heldout, case, dead_window, args.peer_seed)
                 elif library == "sae-lens":
                     result = run_sae_lens(batches, heldout, case, dead_window)
                 elif library == "itda":
