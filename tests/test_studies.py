@@ -87,10 +87,19 @@ def test_study_table_has_every_row_and_column_in_range(study_all, name):
 
 
 def test_reconstruction_and_ground_truth_columns_are_filled(study_all):
-    """On the toy model the concept oracle and the reconstruction metrics are never n/a."""
+    """On the toy model the benchmark's ground-truth scores and the reconstruction metrics
+    are never n/a, and every row is compared with TopK, paired over concepts and trials."""
     results = read_results(study_all / "sparsity-mechanism")
     for row in results["rows"]:
-        for name in ("mse", "fvu", "explained_variance", "l0", "dead_fraction", "auroc"):
+        if row != "topk":
+            diff = results["differences"][row]
+            assert diff["reference"] == "topk"
+            # detection F1 pairs the 27 concepts of every seed (less those no test prompt of the
+            # tiny quick store has); steering pairs every trial
+            assert 20 <= diff["detect_f1"]["n"] <= 27 * SEEDS
+            assert diff["steer_success"]["n"] == diff["causal_strength"]["n"] >= 2
+        for name in ("mse", "fvu", "explained_variance", "l0", "dead_fraction", "detect_f1", "purity", "coverage",
+                     "steer_success", "causal_strength"):
             assert results["summary"][row][name]["n"] == SEEDS, (row, name)
         ci = results["summary"][row]["fvu"]["ci95"]
         assert ci[0] <= results["summary"][row]["fvu"]["mean"] <= ci[1]
@@ -243,7 +252,8 @@ def test_real_model_adapters_produce_the_same_table(tmp_path, model, site):
     summary = results["summary"]
     for row in results["rows"]:
         assert summary[row]["fvu"]["n"] == 1 and summary[row]["fidelity_lpips"]["n"] == 1
-        assert summary[row]["auroc"]["n"] == 0  # no concept oracle outside the shapes world
+        assert summary[row]["detect_f1"]["n"] == 0  # no ground truth outside the shapes world
+        assert summary[row]["causal_strength"]["n"] == 0
     assert (tmp_path / model / "table.md").exists()
     config = json.loads((tmp_path / model / "config.json").read_text())
     assert config["resolved"]["host"]["host"] == model

@@ -127,9 +127,11 @@ class Detection:
 
 
 def detect(item: Tensor, feature: Tensor, value: Tensor, labels: Tensor, in_selection: Tensor,
-           n_features: int) -> Detection:
+           n_features: int, forced: dict[int, int] | None = None) -> Detection:
     """k = 1 probing over items (tokens or images): ``item``/``feature``/``value`` the
-    non-zero codes, ``labels`` (N, C) bool, ``in_selection`` (N,) bool."""
+    non-zero codes, ``labels`` (N, C) bool, ``in_selection`` (N,) bool. ``forced``
+    {concept index: feature} scores that feature for the concept instead of the best one
+    (its threshold still chosen on the selection half)."""
     n_items, C = labels.shape
     index_sel = torch.cumsum(in_selection.long(), 0) - 1
     index_test = torch.cumsum((~in_selection).long(), 0) - 1
@@ -137,6 +139,8 @@ def detect(item: Tensor, feature: Tensor, value: Tensor, labels: Tensor, in_sele
     ranked = rank_entries(index_sel[item[sel]], feature[sel], value[sel], n_features)
     best, threshold = best_threshold_f1(ranked, labels[in_selection], n_features)
     chosen = best.argmax(0)  # (C,)
+    for c, f in (forced or {}).items():
+        chosen[c] = f
     test_labels = labels[~in_selection]
     test = ~sel
     t_item, t_feature, t_value = index_test[item[test]], feature[test], value[test]

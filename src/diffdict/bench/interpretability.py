@@ -36,8 +36,11 @@ def _concept_columns(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, [CONCEPTS.index(c) for c in BENCH_CONCEPTS]]
 
 
-def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0) -> dict[str, Any]:
-    """Every score of the module docstring for one dictionary's codes."""
+def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
+                            writers: dict[str, int] | None = None) -> dict[str, Any]:
+    """Every score of the module docstring for one dictionary's codes; with ``writers``
+    ({concept: feature}, see ``runner.concept_writers``) also those features' detection
+    F1 for their concept (threshold from the selection half, F1 on the test half)."""
     n = codes.n_features
     tok_labels = _concept_columns(token_labels(truth, codes))
     tok_selection = truth.selection[codes.prompt]
@@ -47,6 +50,10 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0) -> 
 
     token = detect(codes.token, codes.feature, codes.value, tok_labels, tok_selection, n)
     image = detect(image_entries[0], image_entries[1], image_values, image_labels, truth.selection, n)
+    forced = {BENCH_CONCEPTS.index(c): f for c, f in (writers or {}).items()}
+    if forced:
+        writer_token = detect(codes.token, codes.feature, codes.value, tok_labels, tok_selection, n, forced)
+        writer_image = detect(image_entries[0], image_entries[1], image_values, image_labels, truth.selection, n, forced)
 
     def halves(item, feature, value, in_selection):
         index_sel = torch.cumsum(in_selection.long(), 0) - 1
@@ -77,6 +84,9 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0) -> 
             "detectors": int(split[c]), "absorption": _num(absorbed[c]),
             "detector_features": _detectors(token.all_selection_f1[:, c], int(token.feature[c])),
         }
+        if c in forced:
+            per_concept[name].update(writer_feature=forced[c], writer_token_f1=_num(writer_token.test_f1[c]),
+                                     writer_image_f1=_num(writer_image.test_f1[c]))
     # a concept is covered when a feature detects it accurately (F1) *and* discriminates
     # (AUROC): at image level a common concept gets a high F1 from a feature that is always on
     detected = ((np.nan_to_num(token.test_f1) >= COVERAGE_F1) & (np.nan_to_num(token.test_auroc) >= COVERAGE_AUROC)) | \

@@ -61,14 +61,18 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {key} | {'**' + text + '**' if excludes else text} |")
     concepts = results["dictionary"]["concepts"]
     steering = results["dictionary"].get("steering", {})
-    lines += ["", "Per concept (dictionary): chosen feature, test-half F1 / AUROC, steering success [random]:", "",
-              "| concept | feature | F1 token | AUROC token | F1 image | detectors | absorption | steering | random | steers |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["", "Per concept (dictionary): the feature detection chose (the reader) and its test-half F1 / AUROC; "
+                  "the feature closest to the concept's direction (the writer), its F1 and steering success [random "
+                  "direction]:", "",
+              "| concept | reader | F1 token | AUROC token | F1 image | detectors | absorption | writer | writer F1 | "
+              "steering | random | steers |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for concept in BENCH_CONCEPTS:
         c = concepts[concept]
         s = steering.get(concept)
         lines.append(f"| {concept} | {c['token_feature']} | {cell(c['token_f1'])} | {cell(c['token_auroc'])} | "
                      f"{cell(c['image_f1'])} | {c['detectors']} | {cell(c['absorption'])} | "
+                     f"{c.get('writer_feature', '—')} | {cell(s.get('writer_f1')) if s else '—'} | "
                      f"{cell(s['success']) if s else '—'} | {cell(s.get('random')) if s else '—'} | "
                      f"{('yes' if s.get('steers') else 'no') if s else '—'} |")
     return "\n".join(lines) + "\n"

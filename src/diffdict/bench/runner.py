@@ -36,7 +36,7 @@ class BenchConfig:
     causal: bool = True
     concepts: Sequence[str] = tuple(c for c in BENCH_CONCEPTS if c.split(":")[0] in STEER_FAMILIES)
     steer_prompts: int = 32
-    strengths: Sequence[float] = (4.0, 8.0)
+    strengths: Sequence[float] = (6.0,)
     erase_prompts: int = 16
     fidelity_prompts: int = 16
     baselines: Sequence[str] = BASELINES
@@ -108,6 +108,22 @@ def concept_directions(store, site: str, truth: GroundTruth, concepts: Sequence[
     return out
 
 
+def concept_writers(dictionary, supervised: dict[str, torch.Tensor], live: torch.Tensor, width: int) -> dict[str, int]:
+    """Per concept, the live feature whose direction is closest (cosine) to the concept's
+    supervised direction: the feature that *writes* the concept. Detection's choice, the
+    feature that *reads* it best, often only reports it: at the toy model's up.1.1 the
+    red reader steers 6% of prompts, the red writer 92%."""
+    from diffdict.bench.steering import site_directions
+
+    directions = torch.nn.functional.normalize(site_directions(dictionary, width), dim=1)
+    out = {}
+    for concept, direction in supervised.items():
+        cosine = directions @ torch.nn.functional.normalize(direction.float(), dim=0)
+        cosine[~live] = -2.0
+        out[concept] = int(cosine.argmax())
+    return out
+
+
 def typical_activations(codes) -> torch.Tensor:
     """Mean non-zero code of each feature (the ``a`` of an ``add`` edit)."""
     n = codes.n_features
@@ -162,23 +178,24 @@ def score_dictionary(shared: Shared, dictionary, config: BenchConfig, others: Se
     """Every score of one dictionary; ``controls``: also the random-direction, supervised
     and random-feature controls (a baseline needs only its own edits)."""
     codes = dictionary_codes(dictionary, shared.store, shared.site, seed=config.seed)
-    result = interpretability_scores(codes, shared.truth, config.seed)
+    live = torch.bincount(codes.feature, minlength=codes.n_features) > 0
+    writers = concept_writers(dictionary, shared.supervised, live, shared.store.d(shared.site)) if config.causal else None
+    result = interpretability_scores(codes, shared.truth, config.seed, writers)
     result["l0"] = codes.value.numel() / max(codes.num_tokens, 1)
     result["stability"] = stability(dictionary, others)
     if not config.causal:
         return result
     typical = typical_activations(codes)
     concepts = list(config.concepts)
-    features = {c: result["concepts"][c]["token_feature"] for c in concepts}
+    features = dict(writers)
     result["steering"] = steering = _steering(shared, dictionary, config, concepts, features, typical, log, controls)
     erased = {c: result["concepts"][c]["detector_features"] for c in concepts}
-    live = torch.bincount(codes.feature, minlength=codes.n_features) > 0
     from diffdict.bench.steering import erasure_scores
 
     result["erasure"] = erasure = erasure_scores(shared.generator, shared.judge, dictionary, concepts, erased, live,
                                                  config.erase_prompts, config.seed, log, controls)
     result["fidelity"] = fidelity(shared, dictionary, config.fidelity_prompts, config.seed)
-    result["summary"].update(_causal_summary(steering, erasure, result["summary"]["covered"], config.seed))
+    result["summary"].update(_causal_summary(steering, erasure, result["concepts"], config.seed))
     result["summary"]["fidelity_lpips"] = result["fidelity"]["lpips"]
     result["summary"]["fidelity_judge_accuracy"] = result["fidelity"]["judge_accuracy"]
     return result
@@ -206,9 +223,10 @@ def proportion_interval(successes: Sequence[float]) -> dict[str, float]:
     return {"mean": p, "low": centre - half, "high": centre + half, "n": n}
 
 
-def _causal_summary(steering: dict, erasure: dict, covered: Sequence[str], seed: int) -> dict[str, Any]:
-    """Pooled steering and erasure rates; a concept *steers* when a feature detects it
-    (coverage) and its steering success is >= 0.8 with an interval above the random direction's."""
+def _causal_summary(steering: dict, erasure: dict, concepts: dict, seed: int) -> dict[str, Any]:
+    """Pooled steering and erasure rates; a concept *steers* when its writer feature also
+    detects it (test-half F1 >= 0.8, token or image level) and steers it on >= 80% of the
+    prompts with an interval above the random direction's."""
     out: dict[str, Any] = {}
     pooled = {m: sum((steering[c][f"{m}_success"] for c in steering), []) for m in ("feature", "random", "supervised")
               if all(f"{m}_success" in e for e in steering.values())}
@@ -221,7 +239,9 @@ def _causal_summary(steering: dict, erasure: dict, covered: Sequence[str], seed:
         entry["success"] = mine = proportion_interval(entry["feature_success"])
         if "random_success" in entry:
             entry["random"] = rand = proportion_interval(entry["random_success"])
-            entry["steers"] = bool(concept in covered and mine["mean"] >= 0.8 and mine["low"] > rand["high"])
+            f1 = max(concepts[concept].get("writer_token_f1") or 0.0, concepts[concept].get("writer_image_f1") or 0.0)
+            entry["writer_f1"] = f1
+            entry["steers"] = bool(f1 >= 0.8 and mine["mean"] >= 0.8 and mine["low"] > rand["high"])
     if "random" in pooled:
         out["steered_concepts"] = sorted(c for c, e in steering.items() if e.get("steers"))
     for method in ("feature", "random"):

@@ -1,7 +1,8 @@
 """The causal scores: steering success and erasure, read by the judge (shapes-clip).
 
-Steering: for each concept, the feature detection chose is added (s · a · d, a its
-typical activation) on one-object test prompts whose image lacks the concept, over the
+Steering: for each concept, its *writer* (the live feature whose direction is closest to
+the concept's supervised direction, ``runner.concept_writers``) is added (s · a · d, a
+its typical activation) on one-object test prompts whose image lacks the concept, over the
 object's extent for an object attribute and everywhere for a scene attribute, at every
 denoising step. Success = the judge's most likely value of the family is the target.
 Two references at the same norm and mask: a random unit direction per prompt (seeded),

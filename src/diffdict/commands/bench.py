@@ -33,7 +33,8 @@ def register(subparsers) -> None:
     parser.add_argument("--concepts", default=None,
                         help="concepts steered and erased (default: every colour, shape, background colour, texture)")
     parser.add_argument("--steer-prompts", type=int, default=32, help="prompts per steered concept (default: 32)")
-    parser.add_argument("--strengths", default="4,8", help="steering strengths s (adds s * a * d; default: 4,8)")
+    parser.add_argument("--strengths", default="6", help="steering strengths s, comma-separated (adds s * a * d; "
+                        "default: 6; each method is reported at its best strength)")
     parser.add_argument("--erase-prompts", type=int, default=16, help="prompts per erased concept (default: 16)")
     parser.add_argument("--fidelity-prompts", type=int, default=16, help="prompts for spliced fidelity (default: 16)")
     parser.add_argument("--baselines", default="random-init,raw-basis", help="baselines (default: random-init,raw-basis)")

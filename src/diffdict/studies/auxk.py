@@ -20,6 +20,7 @@ class AuxK(DictionaryStudy):
     name = "auxk"
     title = "Auxiliary loss (AuxK) for dead features"
     question = "Does the AuxK loss keep features alive, and does that buy interpretability or causality?"
+    reference = WITH
     metrics = DictionaryStudy.metrics + (
         Metric("train_dead_fraction", "dead in training", 0, 1, "lower",
                "share of features dead (no firing in the dead window) at the end of training"),

@@ -241,9 +241,13 @@ class Metric:
 
 @dataclass
 class Record:
+    """One seed's values of one row; ``items`` holds, for metrics that are means over
+    paired units (concepts, steering trials), the per-unit values the mean is over."""
+
     row: str
     seed: int
     values: dict[str, float]
+    items: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Study:
@@ -254,6 +258,15 @@ class Study:
     question: ClassVar[str]  # what the study answers, one sentence
     Config: ClassVar[type[StudyConfig]] = StudyConfig
     metrics: ClassVar[tuple[Metric, ...]]
+    #: the row every other row is compared with (the paper's choice), or None
+    reference: ClassVar[str | None] = None
+
+    def reference_row(self, ctx: "StudyContext", row: str) -> str | None:
+        """The row ``row`` is compared with: the reference at the same site."""
+        if self.reference is None:
+            return None
+        suffix = row.partition(" @ ")[2]
+        return f"{self.reference} @ {suffix}" if suffix else self.reference
 
     def rows(self, ctx: "StudyContext") -> list[str]:
         """The rows (variants) the study's table will have, in order."""
@@ -324,12 +337,13 @@ class StudyContext:
         elapsed = time.monotonic() - self.started
         self._log(f"[{self.study.name} {elapsed:6.1f}s] {message}")
 
-    def record(self, row: str, seed: int, **values: float) -> None:
+    def record(self, row: str, seed: int, items: dict[str, list[float]] | None = None, **values: float) -> None:
         known = {m.name for m in self.study.metrics}
-        for name in values:
+        for name in [*values, *(items or {})]:
             if name not in known:
                 raise KeyError(f"study {self.study.name} has no metric {name!r}")  # a study bug, not user input
-        self.records.append(Record(row, seed, {k: float(v) for k, v in values.items()}))
+        self.records.append(Record(row, seed, {k: float(v) for k, v in values.items()},
+                                   {k: [float(x) for x in v] for k, v in (items or {}).items()}))
 
     def curve(self, name: str, row: str, points: Iterable[tuple[float, float]]) -> None:
         """A curve (x, y) of ``row`` (e.g. dead fraction over training tokens); one per seed."""

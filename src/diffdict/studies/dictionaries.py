@@ -33,6 +33,7 @@ class Dictionaries(DictionaryStudy):
     title = "SAE vs ITDA vs MLP neurons at equal L0"
     question = "Do SAEs beat ITDA and MLP neurons on reconstruction, interpretability and steering, and at what cost?"
     Config = DictionariesConfig
+    reference = LABELS["sae"]
     metrics = DictionaryStudy.metrics + (
         Metric("n_features", "features", 0, float("inf"), None, "dictionary size"),
         Metric("build_seconds", "build time (s)", 0, float("inf"), "lower", "training / building wall time"),

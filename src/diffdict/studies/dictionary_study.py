@@ -19,6 +19,17 @@ from diffdict.studies.base import Metric, Study, StudyConfig, StudyContext, opti
 from diffdict.studies.pipeline import Member, activation_store, evaluation, spliced_fidelity, steering, train_members
 
 
+#: concepts steered by default: every colour, and the shapes
+STEER_CONCEPTS = ("color:red", "color:green", "color:blue", "color:yellow", "color:purple", "color:cyan",
+                  "shape:circle", "shape:square", "shape:triangle", "shape:cross")
+
+
+def _bench_concepts() -> list[str]:
+    from diffdict.bench.data import BENCH_CONCEPTS
+
+    return BENCH_CONCEPTS
+
+
 @dataclass
 class DictionaryStudyConfig(StudyConfig):
     train_prompts: int = option(512, "prompts collected for training", quick=48, minimum=1)
@@ -33,12 +44,12 @@ class DictionaryStudyConfig(StudyConfig):
     dead_window: int = option(50_000, "tokens without firing after which a feature counts as dead (AuxK)",
                               quick=2048, minimum=1)
     itda_tokens: int | None = option(None, "tokens ITDA builds on (default: all training tokens)", minimum=1)
-    oracle_features: int = option(256, "features scored by the concept oracle (a seeded sample)", quick=32, minimum=1)
-    clip_features: int = option(24, "features scored by CLIP similarity", quick=4, minimum=1)
-    steer_features: int = option(3, "features steered for causal strength", quick=1, minimum=1)
-    steer_prompts: int = option(5, "prompts per steered feature", quick=2, minimum=2)
+    clip_features: int = option(12, "best-detected concepts whose feature's top images CLIP scores", quick=4, minimum=1)
+    steer_concepts: tuple[str, ...] = option(STEER_CONCEPTS, "concepts steered (family:value, comma-separated)",
+                                             quick=("color:red", "color:blue"), choices=_bench_concepts)
+    steer_prompts: int = option(8, "one-object prompts per steered concept (lacking it)", quick=2, minimum=2)
     fidelity_prompts: int = option(8, "prompts for spliced fidelity", quick=3, minimum=2)
-    strength: float = option(4.0, "steering strength s (adds s * a_i * d_i)")
+    strength: float = option(8.0, "steering strength s (adds s * a_i * d_i)")
 
 
 RECONSTRUCTION = (
@@ -49,13 +60,19 @@ RECONSTRUCTION = (
     Metric("dead_fraction", "dead", 0, 1, "lower", "share of features that never fire on the eval tokens"),
 )
 INTERPRETABILITY = (
-    Metric("auroc", "oracle AUROC", 0, 1, "higher", "concept-oracle AUROC (ground truth), mean over features"),
-    Metric("f1", "oracle F1", 0, 1, "higher", "concept-oracle F1 at the threshold chosen on the other half"),
-    Metric("clip_score", "CLIP score", -1, 1, "higher", "CLIP similarity of explanation and top images"),
+    Metric("detect_f1", "detection F1", 0, 1, "higher",
+           "token-level F1 of each concept's best feature (chosen on one half of the prompts, scored on the other), "
+           "mean over the 27 concepts"),
+    Metric("detect_f1_image", "detection F1 (image)", 0, 1, "higher", "the same at image level (per-image maximum)"),
+    Metric("purity", "purity", 0, 1, "higher", "precision of a live feature's top 64 token activations for its concept"),
+    Metric("coverage", "coverage", 0, 1, "higher", "share of concepts with a feature at F1 >= 0.8 and AUROC >= 0.9"),
+    Metric("clip_score", "CLIP score", -1, 1, "higher", "CLIP similarity of a chosen feature's top images and its concept"),
 )
 GENERATION = (
+    Metric("steer_success", "steering success", 0, 1, "higher",
+           "share of prompts where adding the concept's feature makes the judge read the concept"),
     Metric("causal_strength", "causal strength", -1, 1, "higher",
-           "p(concept | steered) - p(concept | random direction of equal norm)"),
+           "steering success minus that of a random direction of equal norm, per prompt"),
     Metric("fidelity_lpips", "splice LPIPS", 0, math.inf, "lower", "perceptual distance, spliced vs original"),
     Metric("fidelity_clip_drop", "splice CLIP drop", -2, 2, "lower", "CLIP score lost by splicing"),
 )
@@ -113,10 +130,13 @@ class DictionaryStudy(Study):
                 for row, member in self.select(ctx, site, seed, results):
                     t, result = trained[member], results[member]
                     values = {m.name: result[m.name] for m in RECONSTRUCTION + INTERPRETABILITY}
-                    values.update(self.generation_metrics(ctx, t, result, seed))
+                    items = dict(result.get("items", {}))
+                    generation = self.generation_metrics(ctx, t, result, seed)
+                    items.update(generation.pop("items", {}))
+                    values.update(generation)
                     values.update(self.extra_metrics(ctx, t, result))
                     name = self.row_name(ctx, row, site)
-                    ctx.record(name, seed, **values)
+                    ctx.record(name, seed, items=items, **values)
                     if t.folder is not None:
                         ctx.extras.setdefault("dictionaries", {}).setdefault(name, []).append(
                             {"folder": str(t.folder), "store": str(t.eval_store.path), "site": t.eval_site})
@@ -124,8 +144,9 @@ class DictionaryStudy(Study):
 
     # -- hooks for the studies -------------------------------------------------------------------
     def generation_metrics(self, ctx: StudyContext, t: Trained, result: dict, seed: int) -> dict:
-        return {"causal_strength": steering(ctx, t.key, t.load, t.edit_site, result, seed)["causal_strength"],
-                **spliced_fidelity(ctx, t.key, t.load, t.edit_site)}
+        steered = steering(ctx, t.key, t.load, t.edit_site, result, seed)
+        return {"steer_success": steered["steer_success"], "causal_strength": steered["causal_strength"],
+                "items": steered["items"], **spliced_fidelity(ctx, t.key, t.load, t.edit_site)}
 
     def extra_metrics(self, ctx: StudyContext, t: Trained, result: dict) -> dict[str, float]:
         return {}

@@ -72,6 +72,7 @@ class InterventionMethod(Study):
     title = "Intervention method: dense add vs latent edit"
     question = "Is it better to steer the dense block output or the SAE's sparse code (keeping or dropping the error)?"
     Config = InterventionMethodConfig
+    reference = "add"
     metrics = (
         Metric("lpips", "LPIPS-style", 0, math.inf, None, "perceptual distance edited vs unedited"),
         Metric("locality", "Manhattan dist.", 0, math.inf, "lower", "change-weighted token distance from the mask"),
@@ -103,7 +104,8 @@ class InterventionMethod(Study):
                 (folder,) = train_members(ctx, train_store, site, [member], seed).values()
                 t = trained_folder(member, folder, eval_store, site)
                 result = evaluation(ctx, t.key, t.load, eval_store, site, seed)
-                features = steering_features(result, config.edit_features)
+                features = [f for f in steering_features(result, config.steer_concepts)
+                            if f["activation"] > 0][: config.edit_features]
                 if not features:
                     ctx.note(f"seed {seed}: no feature fired on the evaluation prompts; nothing to edit")
                     continue

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: the sites a study reads when none are given (the SDXL Turbo paper's and the Flux paper's)
 DEFAULT_SITES: dict[str, tuple[str, ...]] = {
-    "toy": ("up.0.1",),
+    "toy": ("up.1.1",),
     "sdxl-turbo": ("down.2.1", "up.0.1"),
     "sdxl": ("down.2.1", "up.0.1"),
     "flux-schnell": ("double.18",),
@@ -373,50 +373,86 @@ def reconstruction_metrics(dictionary, store, site: str) -> dict[str, float]:
 
 
 def interpretability(ctx: "StudyContext", dictionary, store, site: str, seed: int) -> dict[str, Any]:
-    """Concept-oracle AUROC (mean over scored features) and the CLIP score of the oracle's
-    explanations; per feature: typical activation, frequency, concept, phrase, AUROC."""
+    """The benchmark's ground-truth scores (``diffdict.bench``) on the eval store: mean
+    detection F1 over concepts (token and image level), purity of the live features,
+    coverage; the CLIP score of the chosen features' top images with their concept's
+    phrase; per concept the chosen feature, its F1 and typical activation. NaN without
+    ground truth (real models)."""
+    result: dict[str, Any] = {"detect_f1": math.nan, "detect_f1_image": math.nan, "purity": math.nan,
+                              "coverage": math.nan, "clip_score": math.nan, "items": {}, "concepts": {}}
+    if not has_ground_truth(ctx.host):
+        return result
+    from diffdict.bench.data import BENCH_CONCEPTS, dictionary_codes
+    from diffdict.bench.interpretability import interpretability_scores
+    from diffdict.bench.runner import concept_directions, concept_writers, typical_activations
+    from diffdict.interpret.groundtruth import concept_phrase
+
+    codes = dictionary_codes(dictionary, store, site, seed=seed)
+    truth = study_ground_truth(ctx, store, site)
+    live = torch.bincount(codes.feature, minlength=codes.n_features) > 0
+    steered = list(ctx.config.steer_concepts)
+    writers = concept_writers(dictionary, concept_directions(store, site, truth, steered), live, store.d(site))
+    scores = interpretability_scores(codes, truth, seed, writers)
+    typical = typical_activations(codes)
+    summary = scores["summary"]
+    result.update(detect_f1=summary["token_f1"]["mean"], detect_f1_image=summary["image_f1"]["mean"],
+                  purity=summary["token_purity"]["mean"], coverage=summary["coverage"])
+    concepts = scores["concepts"]
+    result["items"] = {"detect_f1": [_nan(concepts[c]["token_f1"]) for c in BENCH_CONCEPTS],
+                       "detect_f1_image": [_nan(concepts[c]["image_f1"]) for c in BENCH_CONCEPTS]}
+    result["concepts"] = {c: {"feature": concepts[c]["token_feature"], "token_f1": _nan(concepts[c]["token_f1"]),
+                              "activation": float(typical[concepts[c]["token_feature"]]), "phrase": concept_phrase(c)}
+                          for c in BENCH_CONCEPTS}
+    for c, f in writers.items():  # the feature steered: the one closest to the concept's direction
+        result["concepts"][c].update(writer=f, writer_activation=float(typical[f]),
+                                     writer_f1=_nan(concepts[c]["writer_token_f1"]))
+    result["clip_score"] = clip_interpretability(ctx, dictionary, store, site, seed, result["concepts"])
+    return result
+
+
+_GROUND_TRUTH: dict[tuple, Any] = {}
+
+
+def study_ground_truth(ctx: "StudyContext", store, site: str):
+    """The ground truth of a store's site (kept in memory: every dictionary of a study
+    reads the same eval store; the split is the study's seed, so every variant and seed
+    is scored on the same test half)."""
+    from diffdict.bench.data import ground_truth
+
+    key = (store.digest, site, ctx.config.seed)
+    if key not in _GROUND_TRUTH:
+        _GROUND_TRUTH.clear()
+        _GROUND_TRUTH[key] = ground_truth(store, site, seed=ctx.config.seed)
+    return _GROUND_TRUTH[key]
+
+
+def clip_interpretability(ctx: "StudyContext", dictionary, store, site: str, seed: int,
+                          concepts: dict[str, dict]) -> float:
+    """Mean CLIP similarity (the judge) between a chosen feature's top images and its
+    concept's phrase, over the ``clip_features`` best-detected concepts."""
     from diffdict.interpret.base import Explanation, FeatureView, InterpretContext
-    from diffdict.interpret.groundtruth import oracle_results
     from diffdict.interpret.scorers import ClipScorer
     from diffdict.interpret.stats import compute_activation_stats
 
-    config = ctx.config
+    clip = getattr(ctx.judge, "model", None) if ctx.judge.name == "shapes-clip" else None
+    if clip is None:
+        return math.nan
+    ranked = sorted((c for c in concepts if not math.isnan(concepts[c]["token_f1"])),
+                    key=lambda c: (-concepts[c]["token_f1"], c))[: ctx.config.clip_features]
+    if not ranked:
+        return math.nan
     stats = compute_activation_stats(store, dictionary, site, top_n=8, keep_maps=True)
-    alive = [int(f) for f in torch.nonzero(stats.fire_count > 0).flatten()]
-    rng = np.random.default_rng([seed, 7])
-    scored = sorted(rng.choice(alive, size=min(len(alive), config.oracle_features), replace=False).tolist()) if alive else []
-    features: dict[int, dict[str, Any]] = {
-        f: {"frequency": float(stats.frequency[f]), "activation": float(stats.mean_activation[f])} for f in alive
-    }
-    result = {"auroc": math.nan, "f1": math.nan, "clip_score": math.nan, "clip_contrast": math.nan,
-              "scored": len(scored)}
-    if has_ground_truth(ctx.host) and scored:
-        clip = getattr(ctx.judge, "model", None) if ctx.judge.name == "shapes-clip" else None
-        context = InterpretContext(store, dictionary, site, stats, seed=seed, clip=clip, host=ctx.host)
-        oracle = oracle_results(context, scored)
-        for f, entry in oracle.items():
-            features[f].update(concept=entry["concept"], phrase=entry["phrase"], auroc=_nan(entry["auroc"]),
-                               f1=_nan(entry["f1"]))
-        for name in ("auroc", "f1"):
-            values = [features[f][name] for f in scored if not math.isnan(features[f][name])]
-            result[name] = float(np.mean(values)) if values else math.nan
-        if clip is not None:
-            scorer = ClipScorer()
-            clip_features = sorted(scored, key=lambda f: -features[f]["auroc"] if not math.isnan(features[f]["auroc"])
-                                   else 1.0)[: config.clip_features]
-            sims, contrasts = [], []
-            for f in clip_features:
-                view = FeatureView(f, context, context.examples(f, 5), stats.feature_summary(f))
-                score = scorer.score(Explanation(features[f]["phrase"], "concept-oracle",
-                                                 {"concept": features[f]["concept"]}), view)
-                if score.get("similarity") is not None:
-                    sims.append(score["similarity"])
-                if score.get("contrast") is not None:
-                    contrasts.append(score["contrast"])
-            result["clip_score"] = float(np.mean(sims)) if sims else math.nan
-            result["clip_contrast"] = float(np.mean(contrasts)) if contrasts else math.nan
-    result["features"] = {str(f): v for f, v in features.items()}
-    return result
+    context = InterpretContext(store, dictionary, site, stats, seed=seed, clip=clip, host=ctx.host)
+    scorer, sims = ClipScorer(), []
+    for concept in ranked:
+        f = concepts[concept]["feature"]
+        if int(stats.fire_count[f]) == 0:
+            continue
+        view = FeatureView(f, context, context.examples(f, 5), stats.feature_summary(f))
+        score = scorer.score(Explanation(concepts[concept]["phrase"], "ground truth", {"concept": concept}), view)
+        if score.get("similarity") is not None:
+            sims.append(score["similarity"])
+    return float(np.mean(sims)) if sims else math.nan
 
 
 def _nan(value) -> float:
@@ -426,7 +462,8 @@ def _nan(value) -> float:
 def evaluation(ctx: "StudyContext", dictionary_key: dict, load, eval_store, site: str, seed: int) -> dict[str, Any]:
     """Reconstruction and interpretability of one dictionary on the eval store (cached)."""
     settings = {"dictionary": dictionary_key, "store": eval_store.digest, "site": site, "seed": seed,
-                "oracle_features": ctx.config.oracle_features, "clip_features": ctx.config.clip_features,
+                "split_seed": ctx.config.seed, "clip_features": ctx.config.clip_features, "bench": BENCH_VERSION,
+                "steer_concepts": list(ctx.config.steer_concepts),
                 "judge": judge_fingerprint(ctx.judge) if has_ground_truth(ctx.host) else None,
                 "oracle": has_ground_truth(ctx.host)}
 
@@ -438,74 +475,83 @@ def evaluation(ctx: "StudyContext", dictionary_key: dict, load, eval_store, site
     return ctx.cache.json("evaluation", settings, compute)
 
 
-def steering_features(evaluation_result: dict, count: int) -> list[dict[str, Any]]:
-    """The features to steer: the most interpretable ones, one per concept, whose concept
-    shapes-clip reads (without the oracle: the most frequent features, with no target)."""
-    features = [{"feature": int(f), **v} for f, v in evaluation_result["features"].items()]
-    with_concept = [f for f in features if f.get("concept", "").split(":")[0] in CONCEPT_FAMILIES_WITH_HEADS
-                    and not math.isnan(f.get("auroc", math.nan))]
-    chosen, concepts = [], set()
-    for f in sorted(with_concept, key=lambda f: (-f["auroc"], f["feature"])):
-        if f["concept"] not in concepts and f["activation"] > 0:
-            chosen.append(f)
-            concepts.add(f["concept"])
-        if len(chosen) == count:
-            return chosen
-    if not with_concept:
-        for f in sorted(features, key=lambda f: (-f["frequency"], f["feature"])):
-            if f["activation"] > 0:
-                chosen.append({**f, "concept": None, "phrase": None})
-            if len(chosen) == count:
-                break
-    return chosen
+#: bumped when the benchmark's scores change meaning (it keys the cached evaluations)
+BENCH_VERSION = 2
 
 
-def prompts_without(ctx: "StudyContext", phrase: str | None, count: int) -> list[str]:
-    """``count`` edit prompts, preferring those that do not already name ``phrase``."""
-    pool = study_prompts(ctx.config, "edit", 4 * count)
-    if phrase:
-        lacking = [p for p in pool if f" {phrase} " not in f" {p} "]
-        pool = lacking + [p for p in pool if p not in lacking]
-    return pool[:count]
+def steering_features(evaluation_result: dict, concepts: Sequence[str]) -> list[dict[str, Any]]:
+    """The features to steer: for each concept its writer (the feature closest to the
+    concept's direction), with its typical activation; best-detected writers first."""
+    chosen = []
+    for c in concepts:
+        entry = evaluation_result["concepts"].get(c)
+        if entry is not None and "writer" in entry:
+            chosen.append({"concept": c, "phrase": entry["phrase"], "feature": entry["writer"],
+                           "activation": entry["writer_activation"], "token_f1": entry["writer_f1"]})
+    return sorted(chosen, key=lambda f: (-(f["token_f1"] if not math.isnan(f["token_f1"]) else -1.0), f["concept"]))
 
 
-def causal_strength(ctx: "StudyContext", make_edit, feature: dict, prompts: Sequence[str], seed: int) -> float:
-    """Mean over prompts of p(target | edited) − p(target | random control of equal norm),
-    read by the judge; NaN when the feature has no target concept."""
-    from diffdict.metrics.causal import causal_strength as measure
+def steering_pool(ctx: "StudyContext", site: str):
+    """The one-object prompts every dictionary of the study is steered on, with their
+    unedited images (cached) and what the judge reads in them."""
+    from diffdict.bench.steering import pool_size, steering_pool as make_pool
+    from diffdict.io import load_tensors, save_tensors
 
-    if not feature.get("concept"):
-        return math.nan
+    count = pool_size(ctx.config.steer_prompts)
+    generator = study_generator(ctx, site)
+    settings = {"host": ctx.host.describe(), "pool": count, "seed": ctx.config.seed, **generation_settings(ctx)}
+
+    def build(folder: Path) -> None:
+        pool = make_pool(generator, ctx.judge, count, ctx.config.seed, ctx.host.site(site).grid)
+        save_tensors(folder / "images.safetensors", {"images": torch.from_numpy(pool.originals)})
+
+    folder = ctx.cache.folder("steer-pool", settings, build)
+    originals = load_tensors(folder / "images.safetensors")["images"].numpy()
+    return make_pool(generator, ctx.judge, count, ctx.config.seed, ctx.host.site(site).grid, originals=originals)
+
+
+def study_generator(ctx: "StudyContext", site: str):
+    from diffdict.bench.steering import Generator
+
     gen = generation_settings(ctx)
-    result, _ = measure(ctx.host, make_edit(), feature["concept"], list(prompts), seed=ctx.config.seed,
-                        control_seed=seed, backbone=ctx.judge, num_steps=gen["num_steps"], guidance=gen["guidance"],
-                        batch_size=ctx.config.batch_size, original=original_images(ctx, prompts))
-    return float(result.summary["strength"]["mean"])
+    return Generator(ctx.host, site, ctx.host.site(site).d, site_what(ctx, site), gen["num_steps"], gen["guidance"],
+                     ctx.config.batch_size)
 
 
 def steering(ctx: "StudyContext", dictionary_key: dict, load, edit_site: str, evaluation_result: dict,
-             seed: int) -> dict[str, float]:
-    """Causal strength of ``add`` steering with the top features (cached)."""
-    from diffdict.interventions import Add
-
-    features = steering_features(evaluation_result, ctx.config.steer_features)
-    settings = {"dictionary": dictionary_key, "site": edit_site, "features": features, "seed": seed,
-                "prompts": ctx.config.steer_prompts, "strength": ctx.config.strength, "judge": judge_fingerprint(ctx.judge),
-                "host": ctx.host.describe(), **generation_settings(ctx)}
+             seed: int) -> dict[str, Any]:
+    """Steering success of each concept's chosen feature (``add`` over the object, or the
+    whole image for a scene attribute) and causal strength = success minus the success of
+    a random direction of equal norm, per trial (cached). The prompts, their noise and the
+    random directions are the study's (``--seed``), the same for every variant, so trials
+    pair up across variants."""
+    if not has_ground_truth(ctx.host) or not evaluation_result.get("concepts"):
+        return {"steer_success": math.nan, "causal_strength": math.nan, "items": {}}
+    features = steering_features(evaluation_result, ctx.config.steer_concepts)
+    settings = {"dictionary": dictionary_key, "site": edit_site, "features": features, "seed": ctx.config.seed,
+                "prompts": ctx.config.steer_prompts, "strength": ctx.config.strength, "bench": BENCH_VERSION,
+                "judge": judge_fingerprint(ctx.judge), "host": ctx.host.describe(), **generation_settings(ctx)}
 
     def compute() -> dict:
+        from diffdict.bench.steering import steering_scores
+
         dictionary = load()
-        values = []
+        typical = torch.zeros(dictionary.n_features)
         for f in features:
-            prompts = prompts_without(ctx, f.get("phrase"), ctx.config.steer_prompts)
-
-            def make_edit(f=f):
-                return Add(edit_site, dictionary, feature=f["feature"], strength=ctx.config.strength,
-                           activation=f["activation"], what=site_what(ctx, edit_site))
-
-            values.append(causal_strength(ctx, make_edit, f, prompts, seed))
-        finite = [v for v in values if not math.isnan(v)]
-        return {"causal_strength": float(np.mean(finite)) if finite else math.nan, "per_feature": values}
+            typical[f["feature"]] = f["activation"]
+        scores = steering_scores(study_generator(ctx, edit_site), ctx.judge, dictionary, steering_pool(ctx, edit_site),
+                                 [f["concept"] for f in features], {f["concept"]: f["feature"] for f in features},
+                                 typical, None, [ctx.config.strength], ctx.config.steer_prompts, ctx.config.seed,
+                                 log=lambda line: None)
+        success = sum((scores[f["concept"]]["feature_success"] for f in features), [])
+        random = sum((scores[f["concept"]]["random_success"] for f in features), [])
+        causal = [a - b for a, b in zip(success, random)]
+        return {"steer_success": float(np.mean(success)) if success else math.nan,
+                "causal_strength": float(np.mean(causal)) if causal else math.nan,
+                "items": {"steer_success": success, "causal_strength": causal},
+                "per_concept": {c: {"success": float(np.mean(v["feature_success"])) if v["feature_success"] else None,
+                                    "random": float(np.mean(v["random_success"])) if v["random_success"] else None}
+                                for c, v in scores.items()}}
 
     return ctx.cache.json("steering", settings, compute)
 
@@ -548,9 +594,9 @@ def spliced_fidelity(ctx: "StudyContext", dictionary_key: dict, load, edit_site:
 
 
 __all__ = [
-    "DEFAULT_SITES", "DEFAULT_WHAT", "Member", "capture_what", "site_what", "activation_store", "block_sites", "build_seconds", "causal_strength", "clip_scores",
+    "DEFAULT_SITES", "DEFAULT_WHAT", "Member", "capture_what", "site_what", "activation_store", "block_sites", "build_seconds", "clip_interpretability", "clip_scores",
     "evaluation", "generate_images", "has_ground_truth", "interpretability", "load_judge", "load_study_host",
-    "neuron_dictionary", "original_images", "plan_passes", "prompts_without", "read_training_log",
-    "reconstruction_metrics", "spliced_fidelity", "steering", "steering_features", "study_prompts", "study_sites",
+    "neuron_dictionary", "original_images", "plan_passes", "read_training_log",
+    "reconstruction_metrics", "spliced_fidelity", "steering", "steering_features", "steering_pool", "study_ground_truth", "study_prompts", "study_sites",
     "train_members", "training_settings",
 ]

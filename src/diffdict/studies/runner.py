@@ -79,13 +79,13 @@ def execute(study: Study, config: StudyConfig, out: str | Path, cache: Cache, ho
         study.run(ctx)
     finally:
         torch.set_num_threads(threads)
-    table = Table.from_records(ctx.records, rows, study.metrics)
+    table = Table.from_records(ctx.records, rows, study.metrics, lambda row: study.reference_row(ctx, row))
     table.write(out, study.title, ctx.notes)
     plots = [p.name for p in study.plot(ctx, table, out)]
     results = {
         "study": study.name, "title": study.title, "question": study.question,
         "rows": table.rows, "metrics": [_metric_json(m) for m in study.metrics],
-        "summary": table.summary(), "per_seed": table.per_seed, "curves": ctx.curves, "notes": ctx.notes,
+        "summary": table.summary(), "differences": table.differences_summary(), "per_seed": table.per_seed, "curves": ctx.curves, "notes": ctx.notes,
         "extras": ctx.extras, "plots": plots, "seconds": time.monotonic() - began,
         "ground_truth": has_ground_truth(ctx.host),
         "trained": ctx.trained,

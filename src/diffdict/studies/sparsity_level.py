@@ -20,5 +20,10 @@ class SparsityLevel(DictionaryStudy):
     question = "How do reconstruction, interpretability and causal strength trade off as k grows?"
     Config = SparsityLevelConfig
 
+    def reference_row(self, ctx, row: str) -> str | None:
+        """k = the config's k (the paper's 10 by default)."""
+        suffix = row.partition(" @ ")[2]
+        return f"k={ctx.config.k}" + (f" @ {suffix}" if suffix else "")
+
     def members(self, config: SparsityLevelConfig) -> list[Member]:
         return [Member.of("topk", f"k={k}", k=k, auxk=True) for k in config.ks]

@@ -53,6 +53,7 @@ class SparsityMechanism(DictionaryStudy):
     title = "Sparsity mechanism at matched L0"
     question = "Is TopK the best way to make an SAE sparse, for reconstruction, interpretability and causality?"
     Config = SparsityMechanismConfig
+    reference = "topk"
 
     def __init__(self):
         self.matched: dict[str, dict[str, Member]] = {}  # site -> label -> the member matched on the first seed

@@ -58,11 +58,15 @@ def fmt(value: float) -> str:
 class Table:
     """rows x metrics cells over the seeds; built by :meth:`from_records`."""
 
-    def __init__(self, rows: list[str], metrics, cells: dict[tuple[str, str], Cell], per_seed: list[dict]):
+    def __init__(self, rows: list[str], metrics, cells: dict[tuple[str, str], Cell], per_seed: list[dict],
+                 differences: dict[tuple[str, str], Cell] | None = None, references: dict[str, str] | None = None):
         self.rows, self.metrics, self.cells, self.per_seed = rows, list(metrics), cells, per_seed
+        self.differences = differences or {}
+        self.references = references or {}
 
     @classmethod
-    def from_records(cls, records, rows: Sequence[str], metrics) -> "Table":
+    def from_records(cls, records, rows: Sequence[str], metrics, reference_of=None) -> "Table":
+        """``reference_of(row)``: the row to compare ``row`` with (None: no comparison)."""
         rows = list(rows)
         for record in records:
             if record.row not in rows:
@@ -73,7 +77,11 @@ class Table:
                 values = [r.values[metric.name] for r in records if r.row == row and metric.name in r.values]
                 cells[(row, metric.name)] = Cell.of(values)
         per_seed = [{"row": r.row, "seed": r.seed, **r.values} for r in records]
-        return cls(rows, metrics, cells, per_seed)
+        references = {row: ref for row in rows if reference_of is not None
+                      and (ref := reference_of(row)) is not None and ref != row and ref in rows}
+        differences = {(row, m.name): paired_difference(records, row, ref, m.name)
+                       for row, ref in references.items() for m in metrics}
+        return cls(rows, metrics, cells, per_seed, differences, references)
 
     def cell(self, row: str, metric: str) -> Cell:
         return self.cells[(row, metric)]
@@ -104,7 +112,28 @@ class Table:
             lines.append("| " + " | ".join([row] + cells) + " |")
         n = max((c.n for c in self.cells.values()), default=0)
         lines += ["", f"mean ± std over {n} seed(s) [95% t-interval of the mean]; ↑/↓: higher/lower is better."]
+        differing = [m for m in shown if any(self.differences.get((r, m.name), Cell.of([])).n >= 2 for r in self.references)]
+        if differing:
+            lines += ["", f"Difference from the reference (row minus {', '.join(sorted(set(self.references.values())))}), "
+                          "paired over seeds and, where a metric is a mean over concepts or steering trials, over "
+                          "those [95% t-interval]; **bold**: the interval excludes 0 (n: pairs).", "",
+                      "| variant | " + " | ".join(m.label for m in differing) + " |",
+                      "|" + "|".join(["---"] + ["---:"] * len(differing)) + "|"]
+            for row in self.references:
+                cells = []
+                for metric in differing:
+                    d = self.differences[(row, metric.name)]
+                    if d.n < 2:
+                        cells.append("n/a")
+                        continue
+                    text = f"{d.mean:+.3g} [{d.low:+.3g}, {d.high:+.3g}] (n {d.n})"
+                    cells.append(f"**{text}**" if self.excludes_zero(row, metric.name) else text)
+                lines.append("| " + " | ".join([row] + cells) + " |")
         return "\n".join(lines) + "\n"
+
+    def excludes_zero(self, row: str, metric: str) -> bool:
+        d = self.differences.get((row, metric))
+        return d is not None and d.n >= 2 and (d.low > 0 or d.high < 0)
 
     def csv(self) -> str:
         buffer = io.StringIO()
@@ -125,6 +154,13 @@ class Table:
     def summary(self) -> dict:
         return {row: {m.name: self.cell(row, m.name).to_dict() for m in self.metrics} for row in self.rows}
 
+    def differences_summary(self) -> dict:
+        """Per compared row and metric: the paired difference from the reference."""
+        return {row: {"reference": ref, **{m.name: {**self.differences[(row, m.name)].to_dict(),
+                                                  "excludes_zero": self.excludes_zero(row, m.name)}
+                                         for m in self.metrics}}
+                for row, ref in self.references.items()}
+
     def write(self, out: Path, title: str | None = None, notes: Sequence[str] = ()) -> None:
         text = self.markdown(title)
         if notes:
@@ -133,4 +169,19 @@ class Table:
         atomic_write_text(out / "table.csv", self.csv())
 
 
-__all__ = ["Cell", "Table", "fmt"]
+def paired_difference(records, row: str, reference: str, metric: str) -> Cell:
+    """``row`` minus ``reference`` over the seeds both have: per-unit values (``items``)
+    pair up unit by unit when both have the same number, else the seed means pair up."""
+    mine = {r.seed: r for r in records if r.row == row and metric in r.values}
+    theirs = {r.seed: r for r in records if r.row == reference and metric in r.values}
+    diffs: list[float] = []
+    for seed in sorted(set(mine) & set(theirs)):
+        a, b = mine[seed].items.get(metric), theirs[seed].items.get(metric)
+        if a is not None and b is not None and len(a) == len(b):
+            diffs += [x - y for x, y in zip(a, b)]
+        else:
+            diffs.append(mine[seed].values[metric] - theirs[seed].values[metric])
+    return Cell.of(diffs)
+
+
+__all__ = ["Cell", "Table", "fmt", "paired_difference"]
