@@ -124,14 +124,15 @@ class Detection:
     test_f1: np.ndarray
     test_auroc: np.ndarray
     all_selection_f1: Tensor
+    extra_test_f1: dict[int, float]  # concept index -> test-half F1 of the ``extra`` feature
 
 
 def detect(item: Tensor, feature: Tensor, value: Tensor, labels: Tensor, in_selection: Tensor,
-           n_features: int, forced: dict[int, int] | None = None) -> Detection:
+           n_features: int, extra: dict[int, int] | None = None) -> Detection:
     """k = 1 probing over items (tokens or images): ``item``/``feature``/``value`` the
-    non-zero codes, ``labels`` (N, C) bool, ``in_selection`` (N,) bool. ``forced``
-    {concept index: feature} scores that feature for the concept instead of the best one
-    (its threshold still chosen on the selection half)."""
+    non-zero codes, ``labels`` (N, C) bool, ``in_selection`` (N,) bool. ``extra``
+    {concept index: feature} also scores that feature for the concept (its threshold
+    chosen on the selection half, its F1 on the test half)."""
     n_items, C = labels.shape
     index_sel = torch.cumsum(in_selection.long(), 0) - 1
     index_test = torch.cumsum((~in_selection).long(), 0) - 1
@@ -139,8 +140,6 @@ def detect(item: Tensor, feature: Tensor, value: Tensor, labels: Tensor, in_sele
     ranked = rank_entries(index_sel[item[sel]], feature[sel], value[sel], n_features)
     best, threshold = best_threshold_f1(ranked, labels[in_selection], n_features)
     chosen = best.argmax(0)  # (C,)
-    for c, f in (forced or {}).items():
-        chosen[c] = f
     test_labels = labels[~in_selection]
     test = ~sel
     t_item, t_feature, t_value = index_test[item[test]], feature[test], value[test]
@@ -150,8 +149,12 @@ def detect(item: Tensor, feature: Tensor, value: Tensor, labels: Tensor, in_sele
         column = dense_column(t_item, t_feature, t_value, int(chosen[c]), n_test)
         test_f1[c] = f1_at(column, test_labels[:, c], float(threshold[chosen[c], c]))
         test_auc[c] = auroc(column, test_labels[:, c])
+    extra_f1 = {}
+    for c, f in (extra or {}).items():
+        column = dense_column(t_item, t_feature, t_value, int(f), n_test)
+        extra_f1[c] = f1_at(column, test_labels[:, c], float(threshold[f, c]))
     return Detection(chosen.numpy(), threshold[chosen, torch.arange(C)].numpy(), best[chosen, torch.arange(C)].numpy(),
-                     test_f1, test_auc, best)
+                     test_f1, test_auc, best, extra_f1)
 
 
 __all__ = ["Detection", "Ranked", "auroc", "best_threshold_f1", "detect", "f1_at", "rank_entries", "segment_cumsum"]

@@ -48,12 +48,9 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
     image_entries = codes.image_max.nonzero(as_tuple=True)
     image_values = codes.image_max[image_entries]
 
-    token = detect(codes.token, codes.feature, codes.value, tok_labels, tok_selection, n)
-    image = detect(image_entries[0], image_entries[1], image_values, image_labels, truth.selection, n)
     forced = {BENCH_CONCEPTS.index(c): f for c, f in (writers or {}).items()}
-    if forced:
-        writer_token = detect(codes.token, codes.feature, codes.value, tok_labels, tok_selection, n, forced)
-        writer_image = detect(image_entries[0], image_entries[1], image_values, image_labels, truth.selection, n, forced)
+    token = detect(codes.token, codes.feature, codes.value, tok_labels, tok_selection, n, forced)
+    image = detect(image_entries[0], image_entries[1], image_values, image_labels, truth.selection, n, forced)
 
     def halves(item, feature, value, in_selection):
         index_sel = torch.cumsum(in_selection.long(), 0) - 1
@@ -85,8 +82,8 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
             "detector_features": _detectors(token.all_selection_f1[:, c], int(token.feature[c])),
         }
         if c in forced:
-            per_concept[name].update(writer_feature=forced[c], writer_token_f1=_num(writer_token.test_f1[c]),
-                                     writer_image_f1=_num(writer_image.test_f1[c]))
+            per_concept[name].update(writer_feature=forced[c], writer_token_f1=_num(token.extra_test_f1[c]),
+                                     writer_image_f1=_num(image.extra_test_f1[c]))
     # a concept is covered when a feature detects it accurately (F1) *and* discriminates
     # (AUROC): at image level a common concept gets a high F1 from a feature that is always on
     detected = ((np.nan_to_num(token.test_f1) >= COVERAGE_F1) & (np.nan_to_num(token.test_auroc) >= COVERAGE_AUROC)) | \

@@ -19,9 +19,9 @@ from diffdict.studies.base import Metric, Study, StudyConfig, StudyContext, opti
 from diffdict.studies.pipeline import Member, activation_store, evaluation, spliced_fidelity, steering, train_members
 
 
-#: concepts steered by default: every colour, and the shapes
-STEER_CONCEPTS = ("color:red", "color:green", "color:blue", "color:yellow", "color:purple", "color:cyan",
-                  "shape:circle", "shape:square", "shape:triangle", "shape:cross")
+#: concepts steered by default: the colours (the family the study block, up.1.1, writes;
+#: ``diffdict bench`` steers every colour, shape, background colour and texture)
+STEER_CONCEPTS = ("color:red", "color:green", "color:blue", "color:yellow", "color:purple", "color:cyan")
 
 
 def _bench_concepts() -> list[str]:
@@ -47,9 +47,9 @@ class DictionaryStudyConfig(StudyConfig):
     clip_features: int = option(12, "best-detected concepts whose feature's top images CLIP scores", quick=4, minimum=1)
     steer_concepts: tuple[str, ...] = option(STEER_CONCEPTS, "concepts steered (family:value, comma-separated)",
                                              quick=("color:red", "color:blue"), choices=_bench_concepts)
-    steer_prompts: int = option(8, "one-object prompts per steered concept (lacking it)", quick=2, minimum=2)
+    steer_prompts: int = option(6, "one-object prompts per steered concept (lacking it)", quick=2, minimum=2)
     fidelity_prompts: int = option(8, "prompts for spliced fidelity", quick=3, minimum=2)
-    strength: float = option(8.0, "steering strength s (adds s * a_i * d_i)")
+    strength: float = option(6.0, "steering strength s (adds s * a_i * d_i)")
 
 
 RECONSTRUCTION = (
