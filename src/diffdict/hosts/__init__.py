@@ -20,10 +20,10 @@ from diffdict.hosts.base import WHATS, HostModel, SiteInfo
 
 HOSTS: dict[str, str] = {
     "toy": "diffdict.hosts.toy:ToyHost",
-    "sd": "diffdict.hosts.sd:SDHost",
     "sdxl-turbo": "diffdict.hosts.sdxl:SDXLTurboHost",
     "sdxl": "diffdict.hosts.sdxl:SDXLHost",
     "flux-schnell": "diffdict.hosts.flux:FluxSchnellHost",
+    "sd": "diffdict.hosts.sd:SDHost",
 }
 
 DEFAULT_HOST = "toy"
