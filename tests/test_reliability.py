@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _interpret_fixtures import OTHER_SITE, SITE, make_sae, make_store
+from _interpret_fixtures import SITE, make_sae, make_store
 from diffdict.cli import main as cli_main
 from diffdict.errors import DiffdictError
 from diffdict.store import open_store, verify_store
