@@ -129,7 +129,7 @@ def test_sparsity_mechanism_reports_l0_reached_and_knobs(study_all):
     assert results["rows"] == ["topk", "soft-threshold", "relu-l1", "relu", "batchtopk", "jumprelu",
                                "matryoshka-batchtopk"]
     assert results["summary"]["topk"]["l0"]["mean"] == pytest.approx(10)
-    assert any(note.startswith("relu-l1 (up.0.1): l1 = ") for note in results["notes"])
+    assert any(note.startswith("relu-l1 (up.1.1): l1 = ") for note in results["notes"])
 
 
 def test_blocks_rows_are_every_block_site(study_all):
@@ -263,4 +263,4 @@ def test_context_sites_default_per_host(model_folders, tmp_path):
     study = get_study("sparsity-level")
     config = resolve_config(study.Config, {"model_path": model_folders["model_path"]}, quick=True)
     ctx = StudyContext(study, config, tmp_path, Cache(tmp_path / "cache"), log=lambda message: None)
-    assert ctx.sites == ["up.0.1"]
+    assert ctx.sites == ["up.1.1"]
