@@ -4,7 +4,6 @@ baselines, and the command end to end on a tiny store of the toy model."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest

@@ -10,10 +10,10 @@ and plots (``detection.png``, ``steering.png``). Without ``--store`` it first co
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from diffdict.errors import DiffdictError
 
+#: what a benchmark folder holds (an earlier run's folder is reused)
 OUTPUTS = ("bench.json", "table.md", "detection.png", "steering.png", "store")
 
 
@@ -54,30 +54,19 @@ def _floats(text: str, name: str) -> list[float]:
         raise DiffdictError(f"{name} must be comma-separated numbers, got {text!r}") from None
 
 
-def check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise DiffdictError(f"--out {out} is a file; expected a folder")
-    if out.is_dir():
-        unrelated = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS and not p.name.startswith("."))
-        if unrelated:
-            raise DiffdictError(f"--out {out} is a folder with other files ({', '.join(unrelated[:3])}); "
-                                f"choose a new or a benchmark folder")
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from diffdict.bench import BenchConfig, run_bench, write_bench
     from diffdict.dictionaries import load_dictionary
     from diffdict.feature_stats import dictionary_metadata
+    from diffdict.io import claim_output_folder
     from diffdict.store import open_store
 
     if args.threads is not None:
         if args.threads < 1:
             raise DiffdictError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    check_out(out)
     concepts = None if args.concepts is None else [c.strip() for c in args.concepts.split(",") if c.strip()]
     config = BenchConfig(seed=args.seed, causal=not args.no_causal, steer_prompts=args.steer_prompts,
                          strengths=_floats(args.strengths, "--strengths"), erase_prompts=args.erase_prompts,
@@ -85,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
                          baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
                          **({"concepts": concepts} if concepts is not None else {}))
     dictionary = load_dictionary(args.run)
+    out = claim_output_folder(args.out, "bench", own_files=OUTPUTS)
     others = [load_dictionary(p.strip()) for p in (args.compare or "").split(",") if p.strip()]
     site = args.site or dictionary_metadata(args.run).get("site")
     if site is None:
