@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffdict.errors import DiffdictError
-from diffdict.interpret.groundtruth import CONCEPTS, grid_coverage, pixel_concepts
+from diffdict.interpret.groundtruth import CONCEPTS, grid_coverage, pixel_concepts, require_prompts_and_images
 
 #: the concepts the benchmark scores: every value of every family (not object / background)
 BENCH_CONCEPTS: list[str] = [c for c in CONCEPTS if ":" in c]
@@ -45,11 +44,7 @@ class GroundTruth:
 
 def ground_truth(store, site: str, seed: int = 0, batch: int = 128) -> GroundTruth:
     """The ground truth of every prompt of ``store`` at ``site``'s token grid."""
-    if not store.has_images:
-        raise DiffdictError(f"store {store.path} has no images: the benchmark reads the generated images")
-    prompts = store.prompts
-    if not prompts:
-        raise DiffdictError(f"store {store.path} has no prompts (an imported array): the benchmark needs prompts")
+    prompts = require_prompts_and_images(store, "the benchmark")
     rows, cols = store.grid(site)
     n = len(prompts)
     grid = torch.zeros(n, len(CONCEPTS), rows * cols, dtype=torch.bool)

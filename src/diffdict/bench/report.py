@@ -84,8 +84,6 @@ def plots(results: dict[str, Any], folder: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffdict.io import atomic_target
-
     rows = {"dictionary": results["dictionary"], **results["baselines"]}
     made = []
     fig, ax = plt.subplots(figsize=(12, 4))
@@ -98,11 +96,7 @@ def plots(results: dict[str, Any], folder: Path) -> list[Path]:
     ax.set_ylabel("detection F1 (token, test half)")
     ax.axhline(0.8, color="gray", lw=0.5, ls="--")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_target(folder / "detection.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    made.append(folder / "detection.png")
+    made.append(_save(fig, folder / "detection.png"))
     steering = results["dictionary"].get("steering")
     if steering:
         concepts = list(steering)
@@ -118,12 +112,20 @@ def plots(results: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_xticks(x + 0.4 - width / 2, concepts, rotation=60, fontsize=8)
         ax.set_ylabel("steering success")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        with atomic_target(folder / "steering.png") as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
-        made.append(folder / "steering.png")
+        made.append(_save(fig, folder / "steering.png"))
     return made
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from diffdict.io import atomic_target
+
+    fig.tight_layout()
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
 
 
 __all__ = ["markdown", "plots"]

@@ -251,11 +251,7 @@ def oracle_results(context, features: list[int], block_tokens: int = 16384,
     if not todo:
         return {f: cache[f] for f in features}
     store, dictionary, site, stats = context.store, context.dictionary, context.site, context.stats
-    if not store.has_images:
-        raise DiffdictError(f"store {store.path} has no images: the concept oracle reads the generated images")
-    prompts = store.prompts
-    if not prompts:
-        raise DiffdictError(f"store {store.path} has no prompts (an imported array): the concept oracle needs prompts and images")
+    prompts = require_prompts_and_images(store, "the concept oracle")
     rows, cols = store.grid(site)
     space = site_space(dictionary, store.d(site), f"site {site!r}")
     C = len(CONCEPTS)
@@ -318,6 +314,16 @@ def oracle_results(context, features: list[int], block_tokens: int = 16384,
                 "tokens": int(tables.tokens[sc]),
             }
     return {f: cache[f] for f in features}
+
+
+def require_prompts_and_images(store, who: str) -> list[str]:
+    """The store's prompts; one clear error when it has no images or no prompts (the
+    ground truth is read from the generated images with the prompts' words)."""
+    if not store.has_images:
+        raise DiffdictError(f"store {store.path} has no images: {who} reads the generated images")
+    if not store.prompts:
+        raise DiffdictError(f"store {store.path} has no prompts (an imported array): {who} needs prompts and images")
+    return store.prompts
 
 
 def _num(value) -> float | None:
