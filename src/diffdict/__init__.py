@@ -7,6 +7,7 @@ layer over it. Heavy submodules are imported on first use.
 from __future__ import annotations
 
 import importlib
+import types
 
 from diffdict.errors import DiffdictError
 
@@ -60,4 +61,14 @@ def __getattr__(name: str):
         return importlib.import_module("diffdict.world")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value
+    _unshadow()
     return value
+
+
+def _unshadow() -> None:
+    """Importing a submodule sets it as an attribute of this package: ``diffdict.train``
+    the module hides ``diffdict.train`` the function once anything imported it. Put the
+    exported objects back over the submodules of the same name."""
+    for name, module in _EXPORTS.items():
+        if name != "world" and isinstance(globals().get(name), types.ModuleType):
+            globals()[name] = getattr(importlib.import_module(module), name)
