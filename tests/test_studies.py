@@ -257,6 +257,12 @@ def test_real_model_adapters_produce_the_same_table(tmp_path, model, site):
     assert (tmp_path / model / "table.md").exists()
     config = json.loads((tmp_path / model / "config.json").read_text())
     assert config["resolved"]["host"]["host"] == model
+    if model == "sdxl-turbo":  # without concepts, the edits use the most frequent features
+        options = {k: v for k, v in options.items() if k != "ks"}
+        edits = run_study("intervention-method", tmp_path / "edits", options, quick=True, host=host, judge=judge,
+                          log=lambda message: None)
+        for row in edits["rows"]:
+            assert edits["summary"][row]["lpips"]["n"] == 1 and edits["summary"][row]["causal_strength"]["n"] == 0
 
 
 def test_context_sites_default_per_host(model_folders, tmp_path):

@@ -104,7 +104,7 @@ class InterventionMethod(Study):
                 (folder,) = train_members(ctx, train_store, site, [member], seed).values()
                 t = trained_folder(member, folder, eval_store, site)
                 result = evaluation(ctx, t.key, t.load, eval_store, site, seed)
-                features = [f for f in steering_features(result, config.steer_concepts)
+                features = [f for f in steering_features(result, config.steer_concepts) or result.get("frequent", [])
                             if f["activation"] > 0][: config.edit_features]
                 if not features:
                     ctx.note(f"seed {seed}: no feature fired on the evaluation prompts; nothing to edit")

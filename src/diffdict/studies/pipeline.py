@@ -378,16 +378,21 @@ def interpretability(ctx: "StudyContext", dictionary, store, site: str, seed: in
     coverage; the CLIP score of the chosen features' top images with their concept's
     phrase; per concept the chosen feature, its F1 and typical activation. NaN without
     ground truth (real models)."""
-    result: dict[str, Any] = {"detect_f1": math.nan, "detect_f1_image": math.nan, "purity": math.nan,
-                              "coverage": math.nan, "clip_score": math.nan, "items": {}, "concepts": {}}
-    if not has_ground_truth(ctx.host):
-        return result
     from diffdict.bench.data import BENCH_CONCEPTS, dictionary_codes
     from diffdict.bench.interpretability import interpretability_scores
     from diffdict.bench.runner import concept_directions, concept_writers, typical_activations
     from diffdict.interpret.groundtruth import concept_phrase
 
+    result: dict[str, Any] = {"detect_f1": math.nan, "detect_f1_image": math.nan, "purity": math.nan,
+                              "coverage": math.nan, "clip_score": math.nan, "items": {}, "concepts": {}}
     codes = dictionary_codes(dictionary, store, site, seed=seed)
+    if not has_ground_truth(ctx.host):
+        # no concepts to steer towards: the most frequent features, for the edits that need no target
+        counts = torch.bincount(codes.feature, minlength=codes.n_features)
+        typical = typical_activations(codes)
+        result["frequent"] = [{"feature": int(f), "activation": float(typical[f]), "concept": None, "phrase": None}
+                              for f in torch.argsort(counts, descending=True, stable=True)[:16] if counts[f] > 0]
+        return result
     truth = study_ground_truth(ctx, store, site)
     live = torch.bincount(codes.feature, minlength=codes.n_features) > 0
     steered = list(ctx.config.steer_concepts)
