@@ -207,6 +207,7 @@ def test_unknown_site(capsys, tmp_path, model_folders):
     (["sparsity-level", "--ks", "5,ten,20"], "--ks member 2 ('ten'): expected an integer"),
     (["sparsity-level", "--ks", "5,0"], "--ks: 0 must be at least 1"),
     (["intervention-method", "--methods", "add,paint"], "--methods: 'paint' is not one of"),
+    (["sparsity-level", "--model", "sdxl-turbo", "--judge", "shapes-clip"], "--judge shapes-clip reads only the shapes world"),
     (["dictionaries", "--kinds", "sae,pca"], "--kinds: 'pca' is not one of"),
     (["sparsity-level", "--seeds", "0"], "--seeds: 0 must be at least 1"),
     (["all", "--seeds", "0"], "--seeds: 0 must be at least 1"),

@@ -184,7 +184,7 @@ def _host_names() -> list[str]:
     return list(HOSTS)
 
 
-JUDGES = ("shapes-clip", "open-clip")
+JUDGES = ("auto", "shapes-clip", "open-clip")
 
 
 @dataclass
@@ -200,7 +200,8 @@ class StudyConfig:
     seed: int = option(0, "first seed; seed i is SEED + i", minimum=0)
     what: str | None = option(None, "what is read and edited at a block site (default: update; output for FLUX)",
                               choices=("update", "output"))
-    judge: str = option("shapes-clip", "image-text backbone for the image metrics", choices=JUDGES)
+    judge: str = option("auto", "image-text backbone for the image metrics: auto = shapes-clip on the toy model, "
+                        "open-clip on real models", choices=JUDGES)
     judge_path: str | None = option(None, "shapes-clip: a weights folder (default: the shipped weights)")
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: cuda when available)")
     model_dtype: str | None = option(None, "compute dtype of a real model", choices=("float16", "bfloat16", "float32"))

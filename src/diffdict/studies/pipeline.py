@@ -60,12 +60,24 @@ def load_study_host(config):
     return load_host(config.model, **options)
 
 
+def judge_name(config) -> str:
+    """The judge a study uses: ``auto`` is shapes-clip on the toy model and open-clip on
+    real models; shapes-clip (it reads only the shapes world) is refused on real models."""
+    if config.judge == "auto":
+        return "shapes-clip" if config.model == "toy" else "open-clip"
+    if config.judge == "shapes-clip" and config.model != "toy":
+        raise DiffdictError(f"--judge shapes-clip reads only the shapes world, not images of {config.model}; "
+                            f"use --judge open-clip (pip install 'diffdict[metrics]')")
+    return config.judge
+
+
 def load_judge(config):
     from diffdict.metrics.backbones import load_backbone
 
-    if config.judge == "shapes-clip":
-        return load_backbone(config.judge, **({"path": config.judge_path} if config.judge_path else {}))
-    return load_backbone(config.judge, device=config.device)
+    name = judge_name(config)
+    if name == "shapes-clip":
+        return load_backbone(name, **({"path": config.judge_path} if config.judge_path else {}))
+    return load_backbone(name, device=config.device)
 
 
 _JUDGE_FINGERPRINTS: dict[int, tuple[Any, str]] = {}

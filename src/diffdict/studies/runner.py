@@ -62,12 +62,16 @@ def execute(study: Study, config: StudyConfig, out: str | Path, cache: Cache, ho
         raise DiffdictError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     ctx = StudyContext(study, config, out, cache, host=host, judge=judge, log=log)
+    if judge is None:
+        from diffdict.studies.pipeline import judge_name
+
+        judge_name(config)  # a judge that cannot read this host's images is refused before any work
     rows = study.rows(ctx)  # checks the sites against the host before any work
     from diffdict.studies.pipeline import generation_settings, has_ground_truth
 
     resolved = {"study": study.name, **config.to_dict(),
                 "resolved": {"sites": study.sites(ctx), "rows": rows, "host": ctx.host.describe(),
-                             "generation": generation_settings(ctx), "judge": ctx.config.judge}}
+                             "generation": generation_settings(ctx), "judge": ctx.judge.name}}
     write_json(out / "config.json", resolved)
     hits_before, computed_before = Counter(cache.hits), Counter(cache.computed)
     began = time.monotonic()
