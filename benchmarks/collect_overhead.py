@@ -17,6 +17,7 @@ Target: ``capture`` at most 5% slower than ``plain``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shutil
 import statistics
@@ -26,10 +27,11 @@ from pathlib import Path
 
 import torch
 
-import diffdict.capture as capture_module
 from diffdict.capture import Recorder
 from diffdict.collect import collect, parse_steps
 from diffdict.hosts import load_host
+
+capture_module = importlib.import_module("diffdict.capture")  # the module (diffdict.capture is the function)
 from diffdict.models.toy import ToyConfig, ToyDiffusion
 from diffdict.world import sample_prompts
 
