@@ -249,3 +249,22 @@ def test_bench_refuses_a_missing_run(tmp_path, capsys):
 
     assert main(["bench", "--run", str(tmp_path / "nope"), "--site", "up.1.1", "--out", str(tmp_path / "o")]) != 0
     assert "dictionary folder not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["saelens", "sparsify"])
+def test_bench_reads_sae_lens_and_sparsify_folders(toy_bench_data, tmp_path, fmt):
+    """The same SAE exported to SAE Lens or sparsify scores the same as diffdict's folder."""
+    from diffdict.cli import main
+    from diffdict.dictionaries import load_dictionary
+    from diffdict.dictionaries.export import export_dictionary
+
+    export_dictionary(load_dictionary(toy_bench_data / "sae"), tmp_path / fmt, fmt)
+    common = ["--site", "up.1.1", "--store", str(toy_bench_data / "store"), "--no-causal", "--baselines", "raw-basis",
+              "--seed", "1"]
+    assert main(["bench", "--run", str(tmp_path / fmt), *common, "--out", str(tmp_path / "theirs")]) == 0
+    assert main(["bench", "--run", str(toy_bench_data / "sae"), *common, "--out", str(tmp_path / "ours")]) == 0
+    theirs = json.loads((tmp_path / "theirs" / "bench.json").read_text())["dictionary"]["concepts"]
+    ours = json.loads((tmp_path / "ours" / "bench.json").read_text())["dictionary"]["concepts"]
+    for concept in ours:
+        assert theirs[concept]["token_feature"] == ours[concept]["token_feature"]
+        assert theirs[concept]["token_f1"] == pytest.approx(ours[concept]["token_f1"], abs=1e-6)
