@@ -233,12 +233,16 @@ def test_bench_command_end_to_end(toy_bench_data, tmp_path, capsys):
     (["--site", "nosuch"], "unknown site 'nosuch'"),
     (["--site", "up.1.1", "--concepts", "color:pink"], "unknown concept 'color:pink'"),
     (["--site", "up.1.1", "--strengths", "x"], "--strengths must be comma-separated numbers"),
+    (["--site", "up.1.1", "--steer-feature", "best"], "invalid choice: 'best'"),
 ])
 def test_bench_bad_input_gets_one_line(toy_bench_data, tmp_path, capsys, extra, message):
     from diffdict.cli import main
 
-    code = main(["bench", "--run", str(toy_bench_data / "sae"), "--store", str(toy_bench_data / "store"), *extra,
-                 "--out", str(tmp_path / "out")])
+    try:
+        code = main(["bench", "--run", str(toy_bench_data / "sae"), "--store", str(toy_bench_data / "store"), *extra,
+                     "--out", str(tmp_path / "out")])
+    except SystemExit as exit_:  # argparse's own checks exit with status 2
+        code = exit_.code
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and message in err[0]
     assert not (tmp_path / "out" / "bench.json").exists()

@@ -26,6 +26,7 @@ from diffdict.world.concepts import OBJECT_FAMILIES
 #: concepts steered and erased by default: every colour, shape, background colour and texture
 STEER_FAMILIES = ("color", "shape", "bg_color", "texture")
 BASELINES = ("random-init", "raw-basis")
+STEER_FEATURES = ("writer", "reader")
 
 
 @dataclass
@@ -40,6 +41,7 @@ class BenchConfig:
     erase_prompts: int = 16
     fidelity_prompts: int = 16
     baselines: Sequence[str] = BASELINES
+    steer_feature: str = "writer"  # which feature of a concept is steered: its writer, or detection's reader
     batch_size: int = 64
     num_steps: int | None = None
     guidance: float | None = None
@@ -48,6 +50,8 @@ class BenchConfig:
         unknown = [c for c in self.concepts if c not in BENCH_CONCEPTS]
         if unknown:
             raise DiffdictError(f"unknown concept {unknown[0]!r}; expected family:value, one of {', '.join(BENCH_CONCEPTS)}")
+        if self.steer_feature not in STEER_FEATURES:
+            raise DiffdictError(f"unknown steered feature {self.steer_feature!r}; expected {' or '.join(STEER_FEATURES)}")
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise DiffdictError(f"unknown baseline {bad[0]!r}; expected {', '.join(BASELINES)}")
@@ -111,8 +115,7 @@ def concept_directions(store, site: str, truth: GroundTruth, concepts: Sequence[
 def concept_writers(dictionary, supervised: dict[str, torch.Tensor], live: torch.Tensor, width: int) -> dict[str, int]:
     """Per concept, the live feature whose direction is closest (cosine) to the concept's
     supervised direction: the feature that *writes* the concept. Detection's choice, the
-    feature that *reads* it best, often only reports it: at the toy model's up.1.1 the
-    red reader steers 6% of prompts, the red writer 92%."""
+    feature that *reads* it best, often only reports it (docs/bench.md)."""
     from diffdict.bench.steering import site_directions
 
     directions = torch.nn.functional.normalize(site_directions(dictionary, width), dim=1)
@@ -187,7 +190,8 @@ def score_dictionary(shared: Shared, dictionary, config: BenchConfig, others: Se
         return result
     typical = typical_activations(codes)
     concepts = list(config.concepts)
-    features = dict(writers)
+    features = dict(writers) if config.steer_feature == "writer" else \
+        {c: result["concepts"][c]["token_feature"] for c in concepts}
     result["steering"] = steering = _steering(shared, dictionary, config, concepts, features, typical, log, controls)
     erased = {c: result["concepts"][c]["detector_features"] for c in concepts}
     from diffdict.bench.steering import erasure_scores

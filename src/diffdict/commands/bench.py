@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     parser.add_argument("--steer-prompts", type=int, default=32, help="prompts per steered concept (default: 32)")
     parser.add_argument("--strengths", default="6", help="steering strengths s, comma-separated (adds s * a * d; "
                         "default: 6; each method is reported at its best strength)")
+    parser.add_argument("--steer-feature", choices=("writer", "reader"), default="writer",
+                        help="the feature steered per concept: the one closest to the concept's direction (writer, "
+                             "default) or the one detection chose (reader)")
     parser.add_argument("--erase-prompts", type=int, default=16, help="prompts per erased concept (default: 16)")
     parser.add_argument("--fidelity-prompts", type=int, default=16, help="prompts for spliced fidelity (default: 16)")
     parser.add_argument("--baselines", default="random-init,raw-basis", help="baselines (default: random-init,raw-basis)")
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     config = BenchConfig(seed=args.seed, causal=not args.no_causal, steer_prompts=args.steer_prompts,
                          strengths=_floats(args.strengths, "--strengths"), erase_prompts=args.erase_prompts,
                          fidelity_prompts=args.fidelity_prompts, batch_size=args.batch_size,
+                         steer_feature=args.steer_feature,
                          baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
                          **({"concepts": concepts} if concepts is not None else {}))
     dictionary = load_dictionary(args.run)
