@@ -141,12 +141,19 @@ class Generator:
     guidance: float | None
     batch_size: int
 
+    originals: dict = field(default_factory=dict, repr=False)  # unedited images, shared by every dictionary scored
+
     def __call__(self, prompts: Sequence[str], seeds: Sequence[int], edit: Intervention | None = None) -> np.ndarray:
         from diffdict.interventions import generate
 
-        return generate(self.host, list(prompts), [edit] if edit is not None else [], seeds=list(seeds),
-                        num_steps=self.num_steps, guidance=self.guidance, batch_size=self.batch_size)
-
+        key = (tuple(prompts), tuple(seeds)) if edit is None else None
+        if key in self.originals:
+            return self.originals[key]
+        images = generate(self.host, list(prompts), [edit] if edit is not None else [], seeds=list(seeds),
+                          num_steps=self.num_steps, guidance=self.guidance, batch_size=self.batch_size)
+        if key is not None:
+            self.originals[key] = images
+        return images
 
 @dataclass
 class SteeringPool:
