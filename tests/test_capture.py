@@ -205,3 +205,16 @@ def test_bad_input(host, prompts):
         host.generate(["a purple zeppelin"], steps=1)
     with pytest.raises(DiffdictError, match="toy model weights not found"):
         load_host("toy", path="/nonexistent/toy")
+    with pytest.raises(DiffdictError, match="toy model weights not found"):
+        load_host("toy", model="/nonexistent/toy")  # every host takes its weights folder as model=
+    assert load_host("toy", only_taken=True, model=host.model, quantize="nf4").model is host.model
+
+
+def test_hosts_say_what_they_draw_without_callers_naming_them():
+    from diffdict.hosts import host_class, is_real_host
+
+    assert host_class("toy").shapes_world and host_class("toy").default_judge == "shapes-clip"
+    for name in ("sd", "sdxl", "sdxl-turbo", "flux-schnell"):
+        assert not host_class(name).shapes_world and host_class(name).default_judge == "open-clip"
+        assert is_real_host(name)
+    assert not is_real_host("toy") and is_real_host(None)

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from diffdict.bench import BenchConfig, run_bench, write_bench
     from diffdict.dictionaries import load_dictionary
     from diffdict.feature_stats import dictionary_metadata
+    from diffdict.hosts import is_real_host
     from diffdict.io import claim_output_folder
     from diffdict.store import open_store
 
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         store = open_store(out / "store")
     else:
         store = open_store(args.store)
-        if store.settings.get("model") != "toy":
+        if is_real_host(store.settings.get("model")):
             raise DiffdictError(f"store {args.store} was made by model {store.settings.get('model')!r}; the benchmark "
                                 f"scores against the shapes world's ground truth, which only the toy model draws")
         if site not in store.sites:
@@ -124,4 +125,4 @@ def run(args: argparse.Namespace) -> int:
 def _toy_host(model_path):
     from diffdict.hosts import load_host
 
-    return load_host("toy", path=model_path)
+    return load_host("toy", model=model_path)

@@ -61,12 +61,8 @@ def host_options(args: argparse.Namespace, local_rank: int = 0) -> dict:
     device = args.device
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if args.model == "toy":
-        options = {"path": args.model_path, "device": device, "dtype": args.model_dtype}
-    else:
-        options = {"model": args.model_path, "device": device, "dtype": args.model_dtype}
-    options.update(quantize=args.quantize, image_size=args.image_size)
-    return options
+    return {"model": args.model_path, "device": device, "dtype": args.model_dtype, "quantize": args.quantize,
+            "image_size": args.image_size}
 
 
 def run(args: argparse.Namespace) -> int:

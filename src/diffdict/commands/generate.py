@@ -63,12 +63,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from diffdict.commands.intervene import check_positive, load_host_from_args
+    from diffdict.hosts import DEFAULT_HOST, is_real_host
     from diffdict.interventions import generate
 
     for name in ("batch_size", "scale", "steps"):
         check_positive("--" + name.replace("_", "-"), getattr(args, name))
     prompts = read_prompts(args)
-    if (args.model or "toy") == "toy":
+    if not is_real_host(args.model or DEFAULT_HOST):
         from diffdict.world import encode_prompts
 
         encode_prompts(prompts)  # the shapes world's vocabulary: fail before loading anything

@@ -58,21 +58,17 @@ def load_host_from_args(args: argparse.Namespace, default_model: str | None = No
     ``recorded`` describes (a store's ``model`` and ``host``: model folder, image size,
     dtype), with ``--model-path``, ``--device``, ``--model-dtype``, ``--image-size`` and
     ``--quantize`` replacing what was recorded."""
-    from diffdict.hosts import host_class, load_host, load_recorded_host
+    from diffdict.hosts import DEFAULT_HOST, host_class, load_host, load_recorded_host
 
     recorded = recorded or {}
-    name = args.model or recorded.get("model") or default_model or "toy"
+    name = args.model or recorded.get("model") or default_model or DEFAULT_HOST
     host_class(name)
     if recorded.get("model") == name:
         return load_recorded_host(recorded, args.model_path, args.device, args.model_dtype, where="the dictionary's store",
                                   image_size=args.image_size, quantize=args.quantize)
-    if name == "toy":
-        options = {"path": args.model_path, "device": args.device, "dtype": args.model_dtype,
-                   "image_size": args.image_size}
-    else:
-        options = {"model": args.model_path, "device": args.device, "dtype": args.model_dtype,
-                   "quantize": args.quantize, "image_size": args.image_size}
-    return load_host(name, **options)
+    # --quantize applies to real models only: left out for a host that does not take it
+    return load_host(name, only_taken=True, model=args.model_path, device=args.device, dtype=args.model_dtype,
+                     quantize=args.quantize, image_size=args.image_size)
 
 
 def prompts_from_args(args: argparse.Namespace) -> list[str]:
@@ -187,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         require_recorded_store,
         single_dictionary_folder,
     )
+    from diffdict.hosts import DEFAULT_HOST
     from diffdict.interventions import Ablate, Add, Icon, LatentEdit, Splice
     from diffdict.io import claim_output_folder
     from diffdict.steering import format_summary, resolve_backbone, run_intervention, save_intervention_report
@@ -209,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     if site is None:
         raise DiffdictError(f"{folder or '--mode ablate'} records no site to edit; pass --site")
     what = args.what or meta.get("what")
-    host_name = args.model or recorded.get("model") or meta.get("model") or "toy"
+    host_name = args.model or recorded.get("model") or meta.get("model") or DEFAULT_HOST
     backbone = resolve_backbone(args.backbone, host_name, needed=args.target is not None)
     if args.backbone_path is not None:
         if backbone not in ("clip", "shapes-clip"):
@@ -232,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         generation = recorded.get("generation") or {}
         args.num_steps = args.num_steps if args.num_steps is not None else generation.get("num_steps")
         args.guidance = args.guidance if args.guidance is not None else generation.get("guidance")
-    if host.name != "toy" and args.prompts and not args.prompt and str(args.prompts).strip().isdigit():
+    if not host.shapes_world and args.prompts and not args.prompt and str(args.prompts).strip().isdigit():
         print(f"note: --prompts {args.prompts} samples shapes-world captions; give real prompts with --prompt or a file")
     common = dict(mask=args.mask, steps=args.steps, what=what)
     feature = dict(activation=args.activation, stats=stats)

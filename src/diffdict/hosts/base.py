@@ -99,6 +99,11 @@ class HostModel:
     name: str = "base"
     default_steps: int = 1
     default_guidance: float = 0.0
+    #: whether the host draws the shapes world (prompts in its vocabulary; the concept
+    #: ground truth, the concept oracle and shapes-clip apply to its images)
+    shapes_world: bool = False
+    #: the image-text judge studies use on its images by default
+    default_judge: str = "open-clip"
 
     def __init__(self) -> None:
         self._cfg_active = False

@@ -54,10 +54,16 @@ def load_recorded_host(settings: dict, model_path: str | os.PathLike | None = No
     return load_host(name, model=source, device=device, **options)
 
 
+def host_for_store(store: Any, model_path: str | os.PathLike | None = None):
+    """The host model that made ``store``, rebuilt from what it recorded (model folder,
+    image size, dtype; see :func:`load_recorded_host`)."""
+    return load_recorded_host(store.settings, model_path, where=f"store {store.path}")
+
+
 def _toy_host(recorded: dict, model_path, device, where: str):
     from diffdict.hosts import load_host
 
-    host = load_host("toy", path=str(model_path) if model_path is not None else None, device=device)
+    host = load_host("toy", model=str(model_path) if model_path is not None else None, device=device)
     weights = recorded.get("weights")
     if weights and host.describe()["weights"] != weights:
         given = f"the toy model in {model_path}" if model_path is not None else "the shipped toy model"
@@ -66,4 +72,4 @@ def _toy_host(recorded: dict, model_path, device, where: str):
     return host
 
 
-__all__ = ["load_recorded_host"]
+__all__ = ["host_for_store", "load_recorded_host"]

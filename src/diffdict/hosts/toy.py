@@ -8,6 +8,7 @@ Sites as for SDXL (``down.1.0``, ``down.2.0``, ``mid.0``, ``up.0.0``, ``up.0.1``
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,13 +34,18 @@ class ToyHost(HostModel):
     name = "toy"
     default_steps = 10
     default_guidance = 3.0
+    shapes_world = True
+    default_judge = "shapes-clip"
 
     def __init__(self, model=None, path: str | Path | None = None, device: str | None = None,
                  dtype: str | torch.dtype | None = None, image_size: int | None = None):
-        """``model``: a ``ToyDiffusion`` (else loaded from ``path``, else the shipped weights)."""
+        """``model``: a ``ToyDiffusion`` or a saved ToyDiffusion folder (``path`` is an
+        alias), as for the real hosts; default: the shipped weights."""
         super().__init__()
         from diffdict.models.toy import ToyDiffusion
 
+        if isinstance(model, (str, os.PathLike)):
+            model, path = None, model
         device = check_device(device)
         self.source = str(path) if path is not None else ("shipped" if model is None else "in-memory")
         if model is None:

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from diffdict.errors import DiffdictError
+from diffdict.hosts.recorded import host_for_store
 from diffdict.imaging import image_grid, save_png
 from diffdict.interpret.base import FeatureView, InterpretContext, feature_file, make_explainer, make_scorer
 from diffdict.interpret.stats import ActivationStats, compute_activation_stats
 from diffdict.io import read_json, write_json
-from diffdict.metrics.fidelity import host_for_store  # the host that made a store (icons, the app)
 
 SITE_FILES = ("config.json", "cfg.json", "train.json", "training.json", "run.json", "settings.json", "meta.json",
               "metadata.json", "member.json")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from diffdict.errors import DiffdictError
+from diffdict.hosts.recorded import host_for_store
 from diffdict.metrics.backbones import Backbone, load_backbone
 from diffdict.metrics.causal import mean_interval
 from diffdict.metrics.image import clip_score, perceptual_distance, pixel_mae, pixel_mse
@@ -87,14 +88,6 @@ def fidelity_metrics(original: np.ndarray, spliced: np.ndarray, prompts: Sequenc
     return out
 
 
-def host_for_store(store: Any, model_path: str | None = None) -> "HostModel":
-    """The host model that made ``store``, rebuilt from what it recorded (model folder,
-    image size, dtype; see :func:`diffdict.hosts.load_recorded_host`)."""
-    from diffdict.hosts import load_recorded_host
-
-    return load_recorded_host(store.settings, model_path, where=f"store {store.path}")
-
-
 def store_fidelity(
     store: Any,
     site: str,
@@ -154,4 +147,4 @@ def store_fidelity(
     return fidelity
 
 
-__all__ = ["fidelity_metrics", "host_for_store", "spliced_fidelity", "store_fidelity"]
+__all__ = ["fidelity_metrics", "spliced_fidelity", "store_fidelity"]

@@ -202,7 +202,8 @@ def make_backend(run, store=None, interpret_dir=None, site=None, member=None, mo
                  host=None) -> AppBackend:
     from diffdict.dictionaries import load_dictionary
     from diffdict.feature_stats import load_feature_stats
-    from diffdict.interpret.pipeline import dictionary_site, host_for_store, load_for_store, resolve_run
+    from diffdict.hosts import host_for_store
+    from diffdict.interpret.pipeline import dictionary_site, load_for_store, resolve_run
 
     from diffdict.feature_stats import ensure_feature_stats, recorded_store, require_recorded_store
 
@@ -224,10 +225,9 @@ def make_backend(run, store=None, interpret_dir=None, site=None, member=None, mo
         if store_obj is not None and model is None:
             host = host_for_store(store_obj, model_path)
         else:
-            from diffdict.hosts import load_host
+            from diffdict.hosts import DEFAULT_HOST, load_host
 
-            name = model or "toy"
-            host = load_host(name, path=model_path) if name == "toy" else load_host(name, model=model_path)
+            host = load_host(model or DEFAULT_HOST, model=model_path)
     typical = None
     if store_obj is not None:
         saved = ensure_feature_stats(folder, dictionary, store=store_obj, site=site)

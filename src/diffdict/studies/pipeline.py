@@ -52,20 +52,19 @@ def load_study_host(config):
     from diffdict.hosts import load_host
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if config.model == "toy":
-        options = {"path": config.model_path, "device": device, "dtype": config.model_dtype}
-    else:
-        options = {"model": config.model_path, "device": device, "dtype": config.model_dtype,
-                   "quantize": config.quantize, "image_size": config.image_size}
-    return load_host(config.model, **options)
+    return load_host(config.model, only_taken=True, model=config.model_path, device=device, dtype=config.model_dtype,
+                     quantize=config.quantize, image_size=config.image_size)
 
 
 def judge_name(config) -> str:
     """The judge a study uses: ``auto`` is shapes-clip on the toy model and open-clip on
     real models; shapes-clip (it reads only the shapes world) is refused on real models."""
+    from diffdict.hosts import host_class
+
+    host = host_class(config.model)
     if config.judge == "auto":
-        return "shapes-clip" if config.model == "toy" else "open-clip"
-    if config.judge == "shapes-clip" and config.model != "toy":
+        return host.default_judge
+    if config.judge == "shapes-clip" and not host.shapes_world:
         raise DiffdictError(f"--judge shapes-clip reads only the shapes world, not images of {config.model}; "
                             f"use --judge open-clip (pip install 'diffdict[metrics]')")
     return config.judge
@@ -124,7 +123,7 @@ def site_what(ctx: "StudyContext", site: str) -> str | None:
 
 def has_ground_truth(host) -> bool:
     """Whether the concept oracle applies: the host draws the shapes world."""
-    return host.name == "toy"
+    return host.shapes_world
 
 
 # -- prompts, stores, images ---------------------------------------------------------------------
