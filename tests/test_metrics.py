@@ -20,7 +20,7 @@ from diffdict.metrics import (
     perceptual_distance,
     pixel_mae,
 )
-from diffdict.metrics.causal import summarize, t_quantile_975
+from diffdict.metrics.causal import summarize
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,8 @@ def test_intervals_and_causal_summary():
     half = 3.1824 * np.std(values, ddof=1) / 2
     assert (mean, low, high) == pytest.approx((2.5, 2.5 - half, 2.5 + half), rel=1e-4)
     assert mean_interval(values, "bootstrap", seed=3) == mean_interval(values, "bootstrap", seed=3)
-    assert t_quantile_975(40) == pytest.approx(2.0211, abs=2e-4)
+    many = np.arange(41.0)  # 40 degrees of freedom: t quantile 2.0211
+    assert mean_interval(many)[2] - 20.0 == pytest.approx(2.0211 * np.std(many, ddof=1) / np.sqrt(41), rel=1e-4)
     s = summarize([0.1, 0.2, 0.1], [0.9, 0.8, 0.3], [0.2, 0.2, 0.4])
     assert s["effect"]["mean"] == pytest.approx(0.5333333) and s["strength"]["mean"] == pytest.approx(0.4)
     assert s["win_rate"] == pytest.approx(2 / 3)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from diffdict.io import atomic_write_text
-from diffdict.metrics.causal import t_quantile_975
+from diffdict.metrics.causal import mean_interval
 
 @dataclass(frozen=True)
 class Cell:
@@ -31,14 +31,9 @@ class Cell:
     def of(cls, values: Sequence[float]) -> "Cell":
         values = [float(v) for v in values if not math.isnan(float(v))]
         n = len(values)
-        if n == 0:
-            return cls(math.nan, math.nan, math.nan, math.nan, 0)
-        mean = sum(values) / n
-        if n == 1:
-            return cls(mean, math.nan, math.nan, math.nan, 1)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-        half = t_quantile_975(n - 1) * std / math.sqrt(n)
-        return cls(mean, std, mean - half, mean + half, n)
+        mean, low, high = mean_interval(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+        return cls(mean, std, low, high, n)
 
     def to_dict(self) -> dict:
         return {"mean": self.mean, "std": self.std, "ci95": [self.low, self.high], "n": self.n}
