@@ -17,7 +17,7 @@ import torch
 
 from diffdict.capture import capture
 from diffdict.cli import main as cli_main
-from diffdict.collect import collect
+from diffdict.collect import collect, steps_to_capture
 from diffdict.errors import DiffdictError
 from diffdict.hosts import load_host
 from diffdict.models.text_encoder import TextEncoderConfig
@@ -165,9 +165,17 @@ def test_bad_input(model_dir, tmp_path, capsys):
     fails(base + ["--sites", "mid.0", "--prompts", str(bad)], r"'zeppelin' is not in the shapes world's vocabulary")
     fails(base + ["--sites", "mid.0", "--prompts", "4", "--steps", "3", "--denoise-steps", "2"],
           r"step 3 out of range: the run has 2 denoising step")
+    fails(base + ["--sites", "mid.0", "--prompts", "4", "--steps", "0-2", "--denoise-steps", "2"],
+          r"step 2 out of range: the run has 2 denoising step")  # ranges, as for intervene
+    fails(base + ["--sites", "mid.0", "--prompts", "4", "--steps", "0-x"], r"bad steps '0-x'")
     fails(base + ["--sites", "mid.0.mlp", "--prompts", "4"], r"holds MLP neurons.*--what mlp")
     fails(base + ["--sites", "mid.0", "--prompts", "4", "--quantize", "nf4"], r"model toy takes no option 'quantize'")
     assert not out.exists()  # every check ran before anything was written
+
+
+def test_collect_reads_steps_with_the_parser_intervene_uses():
+    assert steps_to_capture("all", 3) == [0, 1, 2] and steps_to_capture(None, 2) == [0, 1]
+    assert steps_to_capture("0-1,3", 4) == [0, 1, 3] and steps_to_capture([2, 0], 3) == [0, 2]
 
 
 def test_nonfinite_activations_are_refused_naming_site_and_prompt(model_dir, tmp_path):

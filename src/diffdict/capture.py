@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Collection, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +50,42 @@ def _check_common(site: str, what: str | None, steps, half: str) -> frozenset[in
     steps = frozenset(int(s) for s in steps)
     if any(s < 0 for s in steps):
         raise DiffdictError(f"denoising steps must be >= 0, got {sorted(steps)}")
+    return steps
+
+
+def parse_steps(spec: Any) -> frozenset[int] | None:
+    """Denoising steps as given to ``--steps`` or a hook (the one parser of steps):
+    None / ``"all"`` -> None (every step); an int, a list, a range ``"0-3"``, a list
+    ``"0,2,5"`` or both ``"0-3,7"`` -> the steps."""
+    if spec is None:
+        return None
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        spec = [int(spec)]
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text in ("all", ""):
+            return None
+        steps: set[int] = set()
+        for part in text.split(","):
+            part = part.strip()
+            try:
+                if "-" in part[1:]:
+                    cut = part.index("-", 1)
+                    lo, hi = int(part[:cut]), int(part[cut + 1:])
+                    if hi < lo:
+                        raise ValueError
+                    steps.update(range(lo, hi + 1))
+                elif part:
+                    steps.add(int(part))
+            except ValueError:
+                raise DiffdictError(f"bad steps {spec!r}: expected 'all', a range like 0-3 or a list like 0,2,5") from None
+        spec = steps
+    try:
+        steps = frozenset(int(s) for s in spec)
+    except (TypeError, ValueError):
+        raise DiffdictError(f"bad steps {spec!r}: expected 'all', a range like 0-3 or a list like 0,2,5") from None
+    if not steps:
+        raise DiffdictError("no denoising steps selected")
     return steps
 
 
@@ -372,4 +408,4 @@ def capture(
     return images, acts, meta
 
 
-__all__ = ["HALVES", "ReadHook", "EditHook", "Recorder", "capture", "install_hooks", "resolve"]
+__all__ = ["HALVES", "ReadHook", "EditHook", "Recorder", "capture", "install_hooks", "parse_steps", "resolve"]

@@ -21,7 +21,7 @@ from typing import Callable, Collection, Sequence
 
 import torch
 
-from diffdict.capture import Recorder
+from diffdict.capture import Recorder, parse_steps
 from diffdict.errors import DiffdictError
 from diffdict.hosts import HostModel
 
@@ -63,20 +63,13 @@ def distributed_from_env() -> DistContext:
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, initialized)
 
 
-def parse_steps(spec: str | Collection[int] | None, num_steps: int) -> list[int]:
-    """``all`` / None -> every step; ``"0,3"`` or a list -> those steps, checked against the run."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
+def steps_to_capture(spec: str | Collection[int] | None, num_steps: int) -> list[int]:
+    """The steps :func:`~diffdict.capture.parse_steps` reads in ``spec`` (None: every
+    step), checked against the run."""
+    steps = parse_steps(spec)
+    if steps is None:
         return list(range(num_steps))
-    if isinstance(spec, str):
-        try:
-            steps = [int(s) for s in spec.split(",") if s.strip()]
-        except ValueError:
-            raise DiffdictError(f"bad --steps {spec!r}: expected 'all' or comma-separated step numbers like 0,3") from None
-    else:
-        steps = [int(s) for s in spec]
-    if not steps:
-        raise DiffdictError("no denoising steps to capture")
-    for step in steps:
+    for step in sorted(steps):
         if not 0 <= step < num_steps:
             raise DiffdictError(
                 f"step {step} out of range: the run has {num_steps} denoising step(s), numbered 0..{num_steps - 1}"
@@ -131,7 +124,7 @@ def collect(
     if num_steps < 1:
         raise DiffdictError(f"number of denoising steps {num_steps} must be at least 1")
     guidance = host.default_guidance if guidance is None else float(guidance)
-    step_list = parse_steps(steps, num_steps)
+    step_list = steps_to_capture(steps, num_steps)
     recorder = Recorder(host, list(sites), what, step_list)
     host.check_prompts(prompts)
 
@@ -228,5 +221,5 @@ def read_prompts(spec: str | int, seed: int = 0, split: str = "train") -> list[s
     return prompts
 
 
-__all__ = ["DistContext", "collect", "collect_chunk", "collect_settings", "distributed_from_env", "parse_steps",
-           "read_prompts"]
+__all__ = ["DistContext", "collect", "collect_chunk", "collect_settings", "distributed_from_env", "read_prompts",
+           "steps_to_capture"]

@@ -22,7 +22,6 @@ encoded with ``encode_activations``; see :func:`site_space`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from torch import Tensor
 
 from diffdict.dictionaries.base import CONFIG_FILE, WEIGHTS_FILE, Dictionary, SparseCodes
 from diffdict.errors import DiffdictError
-from diffdict.io import read_json, save_tensors
+from diffdict.io import read_json, save_tensors, weights_fingerprint
 
 STATS_FILE = "feature_stats.safetensors"
 _META_KEY = "diffdict-feature-stats"
@@ -197,16 +196,6 @@ class FeatureStats:
                 "mean_frequency": float(self.frequency.float().mean()) if self.n_features else 0.0}
 
 
-def dictionary_fingerprint(dictionary: Dictionary) -> str:
-    """A short hash of a dictionary's weights (the statistics record it to catch staleness)."""
-    digest = hashlib.sha256()
-    for name, value in sorted(dictionary.state_tensors().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(value.shape)).encode())
-        digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def compute_feature_stats(
     dictionary: Dictionary,
     source: Any,
@@ -293,7 +282,7 @@ def compute_feature_stats_many(
         bar.close()
     if seen == 0:
         raise DiffdictError("no tokens to compute feature statistics from")
-    return [acc.result(dictionary_kind=dic.kind, dictionary=dictionary_fingerprint(dic), space=space, **meta)
+    return [acc.result(dictionary_kind=dic.kind, dictionary=weights_fingerprint(dic.state_tensors()), space=space, **meta)
             for dic, space, acc in zip(dictionaries, spaces, accs)]
 
 
@@ -345,7 +334,7 @@ def load_feature_stats(folder: str | Path, dictionary: Dictionary | None = None,
                 f"{dictionary.n_features}; recompute them with 'diffdict feature-stats'"
             )
         recorded = meta.get("dictionary")
-        if recorded and recorded != dictionary_fingerprint(dictionary):
+        if recorded and recorded != weights_fingerprint(dictionary.state_tensors()):
             raise DiffdictError(
                 f"feature statistics in {folder} were computed for other weights; recompute them with 'diffdict feature-stats'"
             )
@@ -531,7 +520,6 @@ __all__ = [
     "STATS_FILE",
     "compute_feature_stats",
     "compute_feature_stats_many",
-    "dictionary_fingerprint",
     "dictionary_folders",
     "dictionary_metadata",
     "encode_codes",

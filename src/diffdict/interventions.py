@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffdict.capture import HALVES, EditHook
+from diffdict.capture import HALVES, EditHook, parse_steps
 from diffdict.errors import DiffdictError
 from diffdict.feature_stats import FeatureStats, encode_codes, site_space
 
@@ -155,40 +155,6 @@ def resolve_mask(mask: Any, grid: tuple[int, int], image_size: tuple[int, int]) 
 
 
 # -- steps -----------------------------------------------------------------------------------
-def parse_steps(spec: Any) -> frozenset[int] | None:
-    """None / ``"all"`` -> None (every step); an int, a list, ``"0-3"`` or ``"0,2,5"`` -> the steps."""
-    if spec is None:
-        return None
-    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
-        spec = [int(spec)]
-    if isinstance(spec, str):
-        text = spec.strip().lower()
-        if text in ("all", ""):
-            return None
-        steps: set[int] = set()
-        for part in text.split(","):
-            part = part.strip()
-            try:
-                if "-" in part[1:]:
-                    cut = part.index("-", 1)
-                    lo, hi = int(part[:cut]), int(part[cut + 1:])
-                    if hi < lo:
-                        raise ValueError
-                    steps.update(range(lo, hi + 1))
-                elif part:
-                    steps.add(int(part))
-            except ValueError:
-                raise DiffdictError(f"bad steps {spec!r}: expected 'all', a range like 0-3 or a list like 0,2,5") from None
-        spec = steps
-    try:
-        steps = frozenset(int(s) for s in spec)
-    except (TypeError, ValueError):
-        raise DiffdictError(f"bad steps {spec!r}: expected 'all', a range like 0-3 or a list like 0,2,5") from None
-    if not steps:
-        raise DiffdictError("no denoising steps selected")
-    return steps
-
-
 def check_steps(steps: frozenset[int] | None, num_steps: int | None) -> None:
     if steps is None or num_steps is None:
         return

@@ -12,7 +12,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -68,6 +68,17 @@ def sha256_file(path: str | Path, block: int = 8 << 20) -> str:
 
 
 OUTPUT_MARKER = ".diffdict-output.json"
+
+
+def weights_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A short sha256 of named tensors (names and float32 values, in name order): what a
+    toy store, feature statistics and study cache entries record of the weights they
+    were made with."""
+    digest = hashlib.sha256()
+    for name, value in sorted(tensors.items()):
+        digest.update(name.encode())
+        digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def claim_output_folder(path: str | Path, command: str, own_files: tuple[str, ...] = ()) -> Path:

@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument("--split", default="train", help="world split when --prompts is a count (default: train)")
     parser.add_argument("--what", default="update", choices=list(WHATS),
                         help="update (block output - input), output (residual stream) or mlp (neurons)")
-    parser.add_argument("--steps", default="all", help="denoising steps to capture: all, or e.g. 0 or 0,5 (default: all)")
+    parser.add_argument("--steps", default="all", help="denoising steps to capture: all, 0-3, or 0,2 (default: all)")
     parser.add_argument("--denoise-steps", type=validate.positive_int, default=None,
                         help="number of denoising steps of each generation (default: the model's)")
     parser.add_argument("--guidance", type=validate.finite_float(low=0), default=None, help="guidance scale (default: the model's)")

@@ -7,7 +7,6 @@ Sites as for SDXL (``down.1.0``, ``down.2.0``, ``mid.0``, ``up.0.0``, ``up.0.1``
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,15 +18,8 @@ from torch import nn
 from diffdict.errors import DiffdictError
 from diffdict.hosts.base import HostModel, SiteInfo, check_device, parse_dtype
 from diffdict.hosts.unet import unet_sites
+from diffdict.io import weights_fingerprint
 from diffdict.world import encode_prompts
-
-
-def _fingerprint(model: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class ToyHost(HostModel):
@@ -85,7 +77,7 @@ class ToyHost(HostModel):
 
     def describe(self) -> dict:
         if self._fingerprint is None:
-            self._fingerprint = _fingerprint(self.model)
+            self._fingerprint = weights_fingerprint(self.model.state_dict())
         # the weights' fingerprint, not the folder they came from, so a moved folder resumes
         return {"host": self.name, "weights": self._fingerprint,
                 "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),

@@ -44,7 +44,7 @@ from torch import Tensor
 from diffdict.errors import DiffdictError
 from diffdict.feature_stats import FeatureStats as BaseStats
 from diffdict.feature_stats import FeatureStatsAccumulator, encode_codes, site_space
-from diffdict.io import load_tensors, read_json, save_tensors, write_json
+from diffdict.io import load_tensors, read_json, save_tensors, weights_fingerprint, write_json
 
 RANK_BY = ("max", "mean")
 HIST_LO, HIST_HI, HIST_BINS = -4.0, 4.0, 64
@@ -332,8 +332,6 @@ def compute_activation_stats(
     progress: Callable[[int, int], None] | None = None,
 ) -> ActivationStats:
     """One streaming pass over ``site`` of ``store``; see the module docstring."""
-    from diffdict.feature_stats import dictionary_fingerprint
-
     if rank_by not in RANK_BY:
         raise DiffdictError(f"unknown ranking {rank_by!r}; expected one of {', '.join(RANK_BY)}")
     if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
@@ -395,7 +393,7 @@ def compute_activation_stats(
     top.finish()
     offsets[-1] = total
     settings = store.settings or {}
-    base = acc.result(dictionary_kind=dictionary.kind, dictionary=dictionary_fingerprint(dictionary), site=site,
+    base = acc.result(dictionary_kind=dictionary.kind, dictionary=weights_fingerprint(dictionary.state_tensors()), site=site,
                       what=(settings.get("capture") or {}).get("what"), model=settings.get("model"),
                       store=str(store.path), store_digest=store.digest, grid=[rows, cols], space=space)
     return ActivationStats(

@@ -24,8 +24,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from diffdict.errors import DiffdictError
 from diffdict.io import read_json, write_json
 
@@ -55,15 +53,6 @@ def settings_key(kind: str, settings: dict[str, Any]) -> str:
 def text_digest(items: Any) -> str:
     """sha256 of a JSON-able value (e.g. a list of prompts), short."""
     return hashlib.sha256(json.dumps(_jsonable(items), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def module_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 of a module's parameters and buffers (names, dtypes, values), short."""
-    digest = hashlib.sha256()
-    for name, value in sorted(module.state_dict().items()):
-        digest.update(f"{name}{value.dtype}{tuple(value.shape)}".encode())
-        digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class Cache:
@@ -147,4 +136,4 @@ def _restore_floats(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["CACHE_VERSION", "Cache", "module_fingerprint", "settings_key", "text_digest"]
+__all__ = ["CACHE_VERSION", "Cache", "settings_key", "text_digest"]

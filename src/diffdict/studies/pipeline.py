@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from diffdict.errors import DiffdictError
-from diffdict.studies.cache import module_fingerprint, text_digest
+from diffdict.io import weights_fingerprint
+from diffdict.studies.cache import text_digest
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffdict.studies.base import StudyContext
@@ -88,7 +89,7 @@ def judge_fingerprint(judge) -> str:
     if known is not None and known[0] is judge:
         return known[1]
     model = getattr(judge, "model", None)
-    value = f"{judge.name}:{module_fingerprint(model)}" if isinstance(model, torch.nn.Module) else judge.name
+    value = f"{judge.name}:{weights_fingerprint(model.state_dict())}" if isinstance(model, torch.nn.Module) else judge.name
     _JUDGE_FINGERPRINTS[id(judge)] = (judge, value)
     return value
 
