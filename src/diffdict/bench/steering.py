@@ -206,10 +206,18 @@ def steering_scores(generator: Generator, judge, dictionary, pool: SteeringPool,
                     controls: bool = True) -> dict[str, Any]:
     """Per concept and strength: success of the feature edit, and (with ``controls``) of
     the random direction and (with ``supervised``) the supervised direction, and retain
-    accuracy; per concept each method's best strength and its successes."""
+    accuracy; per concept each method's best strength and its successes.
+
+    Every edit of every concept, strength and method is one row of a single generation
+    call (``RowwiseAdd`` holds a delta and a mask per row): small per-concept batches
+    would leave most of the CPU's throughput unused."""
     directions = site_directions(dictionary, generator.width)
     methods = ("feature",) + ((("random",) + (("supervised",) if supervised is not None else ())) if controls else ())
+    width = directions.shape[1]
+    n_tokens = pool.weights.shape[1]
     out: dict[str, Any] = {}
+    jobs: list[tuple[str, str, str, list[int]]] = []  # (concept, strength, method, pool rows)
+    deltas, weights, job_rows = [], [], []
     for ci, concept in enumerate(concepts):
         family, _, value = concept.partition(":")
         target = FAMILIES[family].index(value.replace("_", " "))
@@ -217,35 +225,50 @@ def steering_scores(generator: Generator, judge, dictionary, pool: SteeringPool,
                 and pool.readings.values[family][i] != target][:prompts]
         f = features[concept]
         norm = float(typical[f])
-        width = directions.shape[1]
         unit = {"feature": directions[f] / directions[f].norm().clamp_min(1e-12)}
         if supervised is not None:
             unit["supervised"] = supervised[concept] / supervised[concept].norm().clamp_min(1e-12)
         random_units = unit_rows(len(pool.prompts), width, seed * 1_000_003 + 7919 * (ci + 1))
-        row_weights = pool.weights[rows] if family in OBJECT_FAMILIES else None
-        before = JudgeReadings({k: v[rows] for k, v in pool.readings.values.items()})
-        entry: dict[str, Any] = {"feature": f, "typical_activation": norm, "prompts": len(rows), "strengths": {}}
+        row_weights = pool.weights[rows] if family in OBJECT_FAMILIES else torch.ones(len(rows), n_tokens)
+        out[concept] = {"feature": f, "typical_activation": norm, "prompts": len(rows), "strengths": {}}
         for strength in strengths:
             scale = float(strength) * norm
-            by_method = {}
             for method in methods:
-                deltas = random_units[rows] * scale if method == "random" else unit[method].expand(len(rows), width) * scale
-                edit = RowwiseAdd(generator.site, what=generator.what, deltas=deltas, row_weights=row_weights)
-                images = generator([pool.prompts[i] for i in rows], [pool.seeds[i] for i in rows], edit)
-                after = JudgeReadings.of(judge, images)
-                by_method[method] = {"success": (after.values[family] == target).astype(float).tolist(),
-                                     "retain": after.retain(before, family).tolist()}
-            entry["strengths"][str(strength)] = by_method
+                if not rows:
+                    jobs.append((concept, str(strength), method, rows))
+                    continue
+                deltas.append(random_units[rows] * scale if method == "random"
+                              else unit[method].expand(len(rows), width) * scale)
+                weights.append(row_weights)
+                job_rows.extend(rows)
+                jobs.append((concept, str(strength), method, rows))
+    if job_rows:
+        edit = RowwiseAdd(generator.site, what=generator.what, deltas=torch.cat(deltas), row_weights=torch.cat(weights))
+        after_all = JudgeReadings.of(judge, generator([pool.prompts[i] for i in job_rows],
+                                                      [pool.seeds[i] for i in job_rows], edit))
+    start = 0
+    for concept, strength, method, rows in jobs:
+        family = concept.partition(":")[0]
+        target = FAMILIES[family].index(concept.partition(":")[2].replace("_", " "))
+        part = slice(start, start + len(rows))
+        start += len(rows)
+        after = JudgeReadings({k: v[part] for k, v in after_all.values.items()}) if rows else JudgeReadings(
+            {k: np.zeros(0, dtype=int) for k in FAMILIES})
+        before = JudgeReadings({k: v[rows] for k, v in pool.readings.values.items()})
+        out[concept]["strengths"].setdefault(strength, {})[method] = {
+            "success": (after.values[family] == target).astype(float).tolist(),
+            "retain": after.retain(before, family).tolist() if rows else []}
+    for concept, entry in out.items():
+        for strength, by_method in entry["strengths"].items():
             log(f"  steer {concept} s={strength}: " + " ".join(
-                f"{m} {np.mean(v['success']) if rows else float('nan'):.2f}" for m, v in by_method.items()))
+                f"{m} {np.mean(v['success']) if v['success'] else float('nan'):.2f}" for m, v in by_method.items()))
         for method in methods:
-            means = {s: float(np.mean(v[method]["success"])) if rows else float("nan")
+            means = {s: float(np.mean(v[method]["success"])) if entry["prompts"] else float("nan")
                      for s, v in entry["strengths"].items()}
             best = max(means, key=lambda s: (means[s], -float(s)))
             entry[f"{method}_best_strength"] = float(best)
             entry[f"{method}_success"] = entry["strengths"][best][method]["success"]
             entry[f"{method}_retain"] = entry["strengths"][best][method]["retain"]
-        out[concept] = entry
     return out
 
 
