@@ -61,7 +61,7 @@ def test_detect_picks_the_planted_feature_and_random_ones_score_chance():
 
 def test_purity_rewards_a_planted_feature_not_a_dense_one():
     from diffdict.bench.detection import rank_entries
-    from diffdict.bench.purity import purity
+    from diffdict.bench.purity import precisions, purity
 
     g = torch.Generator().manual_seed(2)
     n = 2000
@@ -77,13 +77,52 @@ def test_purity_rewards_a_planted_feature_not_a_dense_one():
         item, feature = v.nonzero(as_tuple=True)
         return rank_entries(item, feature, v[item, feature], 3)
 
-    precision, concept, live = purity(ranked(selection), ranked(~selection), labels[selection], labels[~selection],
-                                      3, top=50, min_count=10)
+    precision, concept, live = purity(precisions(ranked(selection), ranked(~selection), labels[selection],
+                                                 labels[~selection], 3, top=50, min_count=10))
     assert bool(live.all())
     assert precision[0].item() == pytest.approx(1.0) and concept[0].item() == 0
     # the constant feature's top-50 are ties across all items: its precision is the base rate
     assert precision[1].item() == pytest.approx(labels[~selection][:, concept[1]].double().mean().item(), abs=1e-9)
     assert precision[1].item() < 0.6 and precision[2].item() < 0.7
+
+
+def test_concept_purity_separates_learnt_features_from_random_directions_in_clustered_data():
+    """Tokens in three background clusters (one common concept each) with a rare object
+    concept that shifts them slightly along one axis: every random direction's top
+    activations lie in one cluster, so feature purity cannot separate random directions
+    from a dictionary that also has a feature for the rare concept; concept purity can."""
+    from diffdict.bench.detection import rank_entries
+    from diffdict.bench.purity import concept_purity, precisions, purity
+
+    g = torch.Generator().manual_seed(3)
+    n, d = 6000, 32
+    cluster = torch.randint(0, 3, (n,), generator=g)
+    rare = torch.rand(n, generator=g) < 0.05
+    labels = torch.cat([torch.nn.functional.one_hot(cluster, 3).bool(), rare.unsqueeze(1)], 1)  # 3 common + 1 rare
+    x = (torch.randn(3, d, generator=g) * 6)[cluster] + torch.randn(n, d, generator=g) * 0.5
+    x[rare, 0] += 1.0
+    selection = torch.arange(n) % 2 == 0
+
+    def scores(values):
+        def ranked(mask):
+            v = values[mask]
+            item, feature = v.nonzero(as_tuple=True)
+            return rank_entries(item, feature, v[item, feature], values.shape[1])
+        p = precisions(ranked(selection), ranked(~selection), labels[selection], labels[~selection],
+                       values.shape[1], top=50, min_count=10)
+        return purity(p)[0], concept_purity(p)[0]
+
+    random_codes = torch.relu(x @ torch.randn(d, 16, generator=g))
+    learnt_codes = torch.cat([random_codes, (rare.float() * (1 + torch.rand(n, generator=g))).unsqueeze(1)], 1)
+    random_feature_purity, random_concept_purity = scores(random_codes)
+    learnt_feature_purity, learnt_concept_purity = scores(learnt_codes)
+    # feature purity: random directions are pure about a cluster, as pure as the dictionary
+    assert torch.nanmean(random_feature_purity).item() > 0.9
+    assert abs(torch.nanmean(learnt_feature_purity).item() - torch.nanmean(random_feature_purity).item()) < 0.05
+    # concept purity: both are pure on the common concepts; only the dictionary on the rare one
+    assert random_concept_purity[:3].min().item() > 0.9 and learnt_concept_purity[:3].min().item() > 0.9
+    assert random_concept_purity[3].item() < 0.2  # about the base rate, 0.05
+    assert learnt_concept_purity[3].item() == pytest.approx(1.0)
 
 
 def test_absorption_counts_tokens_a_specific_feature_takes_over():
@@ -131,6 +170,8 @@ def test_interpretability_scores_of_a_feature_that_is_a_concept_mask():
     assert red_entry["image_f1"] == 1.0
     assert scores["features"]["token_purity"][0] == 1.0 and scores["features"]["token_concept"][0] == "color:red"
     assert scores["features"]["token_purity"][1] < 0.3  # the dense feature: the base rate
+    assert red_entry["purest_feature"] == 0 and red_entry["concept_purity"] == 1.0
+    assert scores["summary"]["pure_coverage"] == pytest.approx(1 / len(BENCH_CONCEPTS))
     others = [scores["concepts"][c]["token_auroc"] for c in BENCH_CONCEPTS if c != "color:red"]
     assert abs(np.mean(others) - 0.5) < 0.05  # random features sit at chance on the test half
     assert scores["summary"]["coverage"] == pytest.approx(1 / len(BENCH_CONCEPTS))

@@ -12,7 +12,7 @@ import torch
 from diffdict.bench.absorption import DETECTOR_F1, absorption, splitting
 from diffdict.bench.data import BENCH_CONCEPTS, Codes, GroundTruth, token_labels
 from diffdict.bench.detection import detect, rank_entries
-from diffdict.bench.purity import purity
+from diffdict.bench.purity import concept_purity, precisions, purity
 from diffdict.interpret.groundtruth import CONCEPTS
 
 COVERAGE_F1 = 0.8
@@ -62,10 +62,13 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
 
     tok_sel, tok_test, tok_test_entries = halves(codes.token, codes.feature, codes.value, tok_selection)
     img_sel, img_test, _ = halves(image_entries[0], image_entries[1], image_values, truth.selection)
-    token_purity, token_concept, token_live = purity(tok_sel, tok_test, tok_labels[tok_selection],
-                                                     tok_labels[~tok_selection], n, TOP_TOKENS, TOP_TOKENS // 4)
-    image_purity, image_concept, image_live = purity(img_sel, img_test, image_labels[truth.selection],
-                                                     image_labels[~truth.selection], n, TOP_IMAGES, TOP_IMAGES // 2)
+    token_precisions = precisions(tok_sel, tok_test, tok_labels[tok_selection], tok_labels[~tok_selection], n,
+                                  TOP_TOKENS, TOP_TOKENS // 4)
+    image_precisions = precisions(img_sel, img_test, image_labels[truth.selection], image_labels[~truth.selection], n,
+                                  TOP_IMAGES, TOP_IMAGES // 2)
+    token_purity, token_concept, token_live = purity(token_precisions)
+    image_purity, image_concept, image_live = purity(image_precisions)
+    purest, purest_feature = concept_purity(token_precisions)
     absorbed = absorption(tok_sel, tok_labels[tok_selection], *tok_test_entries, tok_labels[~tok_selection],
                           token.feature, token.threshold, n)
     split = splitting(token.all_selection_f1)
@@ -79,6 +82,7 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
             "image_feature": int(image.feature[c]), "image_f1": _num(image.test_f1[c]),
             "image_auroc": _num(image.test_auroc[c]),
             "detectors": int(split[c]), "absorption": _num(absorbed[c]),
+            "purest_feature": int(purest_feature[c]), "concept_purity": _num(purest[c]),
             "detector_features": _detectors(token.all_selection_f1[:, c], int(token.feature[c])),
         }
         if c in forced:
@@ -94,6 +98,7 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
         "coverage": float(np.mean(detected)), "covered": [c for c, d in zip(BENCH_CONCEPTS, detected) if d],
         "token_purity": interval(token_purity.numpy(), seed), "image_purity": interval(image_purity.numpy(), seed),
         "token_pure_share": _share(token_purity, PURE_PRECISION), "image_pure_share": _share(image_purity, PURE_PRECISION),
+        "concept_purity": interval(purest.numpy(), seed), "pure_coverage": _share(purest, PURE_PRECISION),
         "live_features": int(token_live.sum()),
         "detectors_per_concept": interval(split.astype(float), seed), "absorption": interval(absorbed, seed),
     }

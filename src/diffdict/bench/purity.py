@@ -5,9 +5,20 @@ of its top activations have) and the precision of its top activations for that c
 is measured on the test half. Ties at the cut-off count fractionally (the expected
 precision under a random tie break), so a constant feature scores the base rate of the
 commonest concept, not the luck of item order: density is not rewarded.
+
+Feature purity cannot tell a trained dictionary from random directions when the data
+are clustered: the top activations of *any* direction lie in the cluster at its
+extreme (on the shapes world, one background colour), so random directions are pure
+about the few commonest concepts. **Concept purity** asks the question the other way
+round: for each concept, the purest feature for it (chosen on the selection half) and
+its precision on the test half. Random directions reach the dominant clusters only; a
+dictionary scores high on the rare concepts (an object's colour or shape) only when it
+has learnt a feature for them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -47,17 +58,40 @@ def concept_precision(ranked: Ranked, labels: Tensor, n_features: int, top: int 
     return sums / total.clamp_min(1e-12).unsqueeze(1), total
 
 
-def purity(selection: Ranked, test: Ranked, selection_labels: Tensor, test_labels: Tensor, n_features: int,
-           top: int, min_count: int) -> tuple[Tensor, Tensor, Tensor]:
+@dataclass
+class Purity:
+    """Top-activation precision of every feature for every concept, on both halves."""
+
+    selection: Tensor  # (n_features, C) precision on the selection half
+    test: Tensor  # (n_features, C) precision on the test half
+    live: Tensor  # (n_features,) fires on at least ``min_count`` items of each half
+
+
+def precisions(selection: Ranked, test: Ranked, selection_labels: Tensor, test_labels: Tensor, n_features: int,
+               top: int, min_count: int) -> Purity:
+    return Purity(concept_precision(selection, selection_labels, n_features, top)[0],
+                  concept_precision(test, test_labels, n_features, top)[0],
+                  (selection.count >= min_count) & (test.count >= min_count))
+
+
+def purity(p: Purity) -> tuple[Tensor, Tensor, Tensor]:
     """Per feature: (precision on the test half for the concept chosen on the selection
-    half, that concept's index, live mask). A feature is live when it fires on at least
-    ``min_count`` items of each half."""
-    sel_precision, sel_weight = concept_precision(selection, selection_labels, n_features, top)
-    test_precision, test_weight = concept_precision(test, test_labels, n_features, top)
-    concept = sel_precision.argmax(1)
-    live = (selection.count >= min_count) & (test.count >= min_count)
-    value = test_precision[torch.arange(n_features), concept]
-    return torch.where(live, value, torch.full_like(value, float("nan"))), concept, live
+    half, that concept's index, live mask); NaN for features that are not live."""
+    concept = p.selection.argmax(1)
+    value = p.test[torch.arange(p.test.shape[0]), concept]
+    return torch.where(p.live, value, torch.full_like(value, float("nan"))), concept, p.live
 
 
-__all__ = ["concept_precision", "purity", "top_weights"]
+def concept_purity(p: Purity) -> tuple[Tensor, Tensor]:
+    """Per concept: (test-half precision of the live feature purest for it on the selection
+    half, that feature; NaN and -1 when no feature is live). Ties on the selection half go
+    to the lowest index."""
+    if not bool(p.live.any()):
+        c = p.selection.shape[1]
+        return torch.full((c,), float("nan"), dtype=torch.float64), torch.full((c,), -1, dtype=torch.long)
+    masked = torch.where(p.live.unsqueeze(1), p.selection, torch.full_like(p.selection, -1.0))
+    feature = masked.argmax(0)
+    return p.test[feature, torch.arange(p.test.shape[1])], feature
+
+
+__all__ = ["Purity", "concept_precision", "concept_purity", "precisions", "purity", "top_weights"]

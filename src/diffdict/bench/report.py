@@ -14,6 +14,7 @@ from diffdict.bench.data import BENCH_CONCEPTS
 COLUMNS = (
     ("token_f1", "detection F1 (token)"), ("image_f1", "detection F1 (image)"), ("coverage", "coverage"),
     ("token_purity", "purity (token)"), ("image_purity", "purity (image)"), ("token_pure_share", "pure ≥ 0.9"),
+    ("concept_purity", "concept purity"), ("pure_coverage", "pure coverage"),
     ("detectors_per_concept", "detectors / concept"), ("absorption", "absorption"),
     ("steer_feature", "steering success"), ("steer_random", "random dir."), ("steer_supervised", "supervised dir."),
     ("steer_retain", "retain"), ("erase_feature", "erasure"), ("erase_random", "erasure (random)"),

@@ -256,17 +256,22 @@ def _causal_summary(steering: dict, erasure: dict, concepts: dict, seed: int) ->
 
 
 #: headline scores compared with the baselines: (key in summary, how the pairs are formed)
-HEADLINE = ("token_f1", "image_f1", "token_purity", "image_purity", "steer_feature", "erase_feature")
+HEADLINE = ("token_f1", "image_f1", "token_purity", "image_purity", "concept_purity", "steer_feature", "erase_feature")
+
+
+def per_concept(result: dict, key: str) -> np.ndarray:
+    """One score per benchmark concept, NaN where it is undefined."""
+    return np.array([np.nan if result["concepts"][c][key] is None else result["concepts"][c][key]
+                     for c in BENCH_CONCEPTS], dtype=float)
 
 
 def differences(mine: dict, other: dict, seed: int) -> dict[str, dict[str, float]]:
     """Dictionary minus baseline per headline score with a 95% interval: paired over
-    concepts (detection), over (concept, prompt) trials (steering, erasure: the same
+    concepts (detection, concept purity), over (concept, prompt) trials (steering, erasure: the same
     prompts and noise), unpaired over features (purity, bootstrap)."""
     out = {}
     for kind in ("token", "image"):
-        a = np.array([mine["concepts"][c][f"{kind}_f1"] or np.nan for c in BENCH_CONCEPTS], dtype=float)
-        b = np.array([other["concepts"][c][f"{kind}_f1"] or np.nan for c in BENCH_CONCEPTS], dtype=float)
+        a, b = (per_concept(r, f"{kind}_f1") for r in (mine, other))
         out[f"{kind}_f1"] = interval(a - b, seed)
         pa = np.array(mine["features"][f"{kind}_purity"], dtype=float)
         pb = np.array(other["features"][f"{kind}_purity"], dtype=float)
@@ -278,6 +283,7 @@ def differences(mine: dict, other: dict, seed: int) -> dict[str, dict[str, float
             low, high = np.quantile(boots, [0.025, 0.975])
             out[f"{kind}_purity"] = {"mean": float(pa.mean() - pb.mean()), "low": float(low), "high": float(high),
                                      "n": int(pa.size)}
+    out["concept_purity"] = interval(per_concept(mine, "concept_purity") - per_concept(other, "concept_purity"), seed)
     if "steering" in mine and "steering" in other:
         a = sum((mine["steering"][c]["feature_success"] for c in mine["steering"]), [])
         b = sum((other["steering"][c]["feature_success"] for c in mine["steering"]), [])

@@ -275,44 +275,61 @@ def steering_scores(generator: Generator, judge, dictionary, pool: SteeringPool,
 def erasure_scores(generator: Generator, judge, dictionary, concepts: Sequence[str], erased: dict[str, list[int]],
                    live: Tensor, prompts: int, seed: int, log=print, controls: bool = True) -> dict[str, Any]:
     """Per concept: erasure rate and retain accuracy of removing its features, and of
-    removing as many random live features."""
+    removing as many random live features. The originals of every concept are one
+    generation call, and every edit another (``RowwiseErase`` holds a mask per row)."""
     from diffdict.world import caption, single_object_scene
 
-    out: dict[str, Any] = {}
     live_ids = torch.nonzero(live).flatten()
+    methods = ("feature", "random") if controls else ("feature",)
+    texts, seeds, spans = [], [], {}
     for ci, concept in enumerate(concepts):
         family, _, value = concept.partition(":")
-        target = FAMILIES[family].index(value.replace("_", " "))
         scenes, index = [], 0
         while len(scenes) < prompts and index < 200 * prompts:
             scene = single_object_scene(seed + 1, index, "test")
             index += 1
             if scene_value(scene, family) == value.replace("_", " "):
                 scenes.append(scene)
-        texts = [caption(s) for s in scenes]
-        seeds = [seed + 90_000 + 1000 * ci + i for i in range(len(texts))]
-        originals = generator(texts, seeds)
-        before = JudgeReadings.of(judge, originals)
-        keep = before.values[family] == target
+        spans[concept] = slice(len(texts), len(texts) + len(scenes))
+        texts += [caption(s) for s in scenes]
+        seeds += [seed + 90_000 + 1000 * ci + i for i in range(len(scenes))]
+    if not texts:
+        return {c: {"features": erased[c], "prompts": 0, **{m: {"erased": [], "retain": []} for m in methods}}
+                for c in concepts}
+    before_all = JudgeReadings.of(judge, generator(texts, seeds))
+    masks = []
+    for ci, concept in enumerate(concepts):
         chosen = erased[concept]
         generator_random = torch.Generator().manual_seed(seed * 1_000_003 + 104_729 * (ci + 1))
-        result = {"features": chosen, "prompts": int(keep.sum())}
-        for method in ("feature", "random") if controls else ("feature",):
-            mask = torch.zeros(len(texts), dictionary.n_features, dtype=torch.bool)
-            for i in range(len(texts)):
+        span = spans[concept]
+        for method in methods:
+            mask = torch.zeros(span.stop - span.start, dictionary.n_features, dtype=torch.bool)
+            for i in range(mask.shape[0]):
                 if method == "feature":
                     mask[i, chosen] = True
                 else:
-                    pick = live_ids[torch.randperm(live_ids.numel(), generator=generator_random)[: len(chosen)]]
-                    mask[i, pick] = True
-            edit = RowwiseErase(generator.site, what=generator.what, dictionary=dictionary, erased=mask)
-            images = generator(texts, seeds, edit)
-            after = JudgeReadings.of(judge, images)
-            erased_now = (after.values[family] != target)[keep].astype(float)
-            retain = after.retain(before, family)[keep]
-            result[method] = {"erased": erased_now.tolist(), "retain": retain.tolist()}
+                    mask[i, live_ids[torch.randperm(live_ids.numel(), generator=generator_random)[: len(chosen)]]] = True
+            masks.append(mask)
+    edit_rows = [i for concept in concepts for _ in methods for i in range(spans[concept].start, spans[concept].stop)]
+    edit = RowwiseErase(generator.site, what=generator.what, dictionary=dictionary, erased=torch.cat(masks))
+    after_all = JudgeReadings.of(judge, generator([texts[i] for i in edit_rows], [seeds[i] for i in edit_rows], edit))
+    out: dict[str, Any] = {}
+    start = 0
+    for concept in concepts:
+        family, _, value = concept.partition(":")
+        target = FAMILIES[family].index(value.replace("_", " "))
+        span = spans[concept]
+        before = JudgeReadings({k: v[span] for k, v in before_all.values.items()})
+        keep = before.values[family] == target
+        result = {"features": erased[concept], "prompts": int(keep.sum())}
+        for method in methods:
+            part = slice(start, start + span.stop - span.start)
+            start = part.stop
+            after = JudgeReadings({k: v[part] for k, v in after_all.values.items()})
+            result[method] = {"erased": (after.values[family] != target)[keep].astype(float).tolist(),
+                              "retain": after.retain(before, family)[keep].tolist()}
         log(f"  erase {concept}: " + " ".join(f"{m} {np.mean(result[m]['erased']) if keep.any() else float('nan'):.2f}"
-                                            for m in ("feature", "random") if m in result))
+                                            for m in methods))
         out[concept] = result
     return out
 

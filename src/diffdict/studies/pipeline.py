@@ -387,7 +387,7 @@ def reconstruction_metrics(dictionary, store, site: str) -> dict[str, float]:
 def interpretability(ctx: "StudyContext", dictionary, store, site: str, seed: int) -> dict[str, Any]:
     """The benchmark's ground-truth scores (``diffdict.bench``) on the eval store: mean
     detection F1 over concepts (token and image level), purity of the live features,
-    coverage; the CLIP score of the chosen features' top images with their concept's
+    concept purity (each concept's purest feature), coverage; the CLIP score of the chosen features' top images with their concept's
     phrase; per concept the chosen feature, its F1 and typical activation. NaN without
     ground truth (real models)."""
     from diffdict.bench.data import BENCH_CONCEPTS, dictionary_codes
@@ -396,7 +396,7 @@ def interpretability(ctx: "StudyContext", dictionary, store, site: str, seed: in
     from diffdict.interpret.groundtruth import concept_phrase
 
     result: dict[str, Any] = {"detect_f1": math.nan, "detect_f1_image": math.nan, "purity": math.nan,
-                              "coverage": math.nan, "clip_score": math.nan, "items": {}, "concepts": {}}
+                              "concept_purity": math.nan, "coverage": math.nan, "clip_score": math.nan, "items": {}, "concepts": {}}
     codes = dictionary_codes(dictionary, store, site, seed=seed)
     if not has_ground_truth(ctx.host):
         # no concepts to steer towards: the most frequent features, for the edits that need no target
@@ -413,10 +413,12 @@ def interpretability(ctx: "StudyContext", dictionary, store, site: str, seed: in
     typical = typical_activations(codes)
     summary = scores["summary"]
     result.update(detect_f1=summary["token_f1"]["mean"], detect_f1_image=summary["image_f1"]["mean"],
-                  purity=summary["token_purity"]["mean"], coverage=summary["coverage"])
+                  purity=summary["token_purity"]["mean"], concept_purity=summary["concept_purity"]["mean"],
+                  coverage=summary["coverage"])
     concepts = scores["concepts"]
-    result["items"] = {"detect_f1": [_nan(concepts[c]["token_f1"]) for c in BENCH_CONCEPTS],
-                       "detect_f1_image": [_nan(concepts[c]["image_f1"]) for c in BENCH_CONCEPTS]}
+    result["items"] = {key: [_nan(concepts[c][field]) for c in BENCH_CONCEPTS]
+                       for key, field in (("detect_f1", "token_f1"), ("detect_f1_image", "image_f1"),
+                                          ("concept_purity", "concept_purity"))}
     result["concepts"] = {c: {"feature": concepts[c]["token_feature"], "token_f1": _nan(concepts[c]["token_f1"]),
                               "activation": float(typical[concepts[c]["token_feature"]]), "phrase": concept_phrase(c)}
                           for c in BENCH_CONCEPTS}
@@ -493,7 +495,7 @@ def evaluation(ctx: "StudyContext", dictionary_key: dict, load, eval_store, site
 
 
 #: bumped when the benchmark's scores change meaning (it keys the cached evaluations)
-BENCH_VERSION = 2
+BENCH_VERSION = 3
 
 
 def steering_features(evaluation_result: dict, concepts: Sequence[str]) -> list[dict[str, Any]]:
