@@ -27,27 +27,24 @@ which is part of the store's settings.
 
 Readers trust nothing they have not checked: :func:`open_store` cross-checks every
 manifest field with ``store.json``, the chunk records and the digest, and refuses any file
-path that leads outside the store; each file is hashed (xxh3-128, in a background thread
-while the loader reads it) and compared with its record before any batch holding its
+path that leads outside the store; each file is hashed (xxh3-128, from the bytes the
+loader reads, as it reads them) and compared with its record before any batch holding its
 data is handed out. ``verify=False`` (the commands' ``--no-verify``) skips the hashing.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import contextvars
 import errno
 import hashlib
 import json
 import math
-import mmap
 import os
 import re
 import secrets
 import sys
 import threading
-import weakref
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -1001,9 +998,8 @@ def _raise_first(problems: list[str]) -> None:
 
 # --------------------------------------------------------------------------- verification on read
 
-_VERIFY_BLOCK = 8 << 20
+_HASH_PIECE = 1 << 20  # bytes read, then hashed, at a time: hashed while still in the CPU cache
 _verify_reads: contextvars.ContextVar[bool] = contextvars.ContextVar("diffdict_verify_reads", default=True)
-_live_verifiers: "weakref.WeakSet[_FileVerifier]" = weakref.WeakSet()
 
 
 @contextlib.contextmanager
@@ -1017,108 +1013,123 @@ def verification(enabled: bool):
         _verify_reads.reset(token)
 
 
-def _hash_problem(file: Path, expected: tuple[str, str], stop: threading.Event | None = None) -> str | None:
-    """None if ``file`` hashes to ``expected`` = (algorithm, hex digest), else the problem
-    in words ("" when ``stop`` was set). Hashes the mapped file, so no copy is made, and
-    the hash functions release the GIL: the loader keeps reading meanwhile."""
-    algorithm, digest_hex = expected
-    digest = xxhash.xxh3_128() if algorithm == _FAST_HASH else hashlib.sha256()
-    try:
-        with open(file, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size:
-                with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                    view = memoryview(mapped)
-                    try:
-                        for start in range(0, size, _VERIFY_BLOCK):
-                            if stop is not None and stop.is_set():
-                                return ""
-                            digest.update(view[start:start + _VERIFY_BLOCK])
-                    finally:
-                        view.release()
-    except (OSError, ValueError) as error:
-        return f"cannot read {file}: {_describe_os_error(error) if isinstance(error, OSError) else error}"
-    if digest.hexdigest() != digest_hex:
-        return f"corrupt file {file}: {algorithm} does not match the manifest; run `diffdict store verify` on the store"
-    return None
+class _FileHash:
+    """The hash of one file, computed from its bytes in file order as a reader reads them.
+
+    The bytes ``[0, position)`` are hashed. :func:`_pread` feeds it the bytes the loader
+    reads anyway; :meth:`advance` reads and hashes those before ``to`` that the loader did
+    not read (the header, other tensors, blocks it reads later), through a small buffer;
+    :meth:`finish` hashes the rest of the file and compares.
+    """
+
+    def __init__(self, file: Path, expected: tuple[str, str]):
+        self.file = file
+        self.algorithm, self.expected = expected
+        self.digest = xxhash.xxh3_128() if self.algorithm == _FAST_HASH else hashlib.sha256()
+        self.position = 0
+
+    def feed(self, offset: int, data: memoryview) -> None:
+        """Hash what ``data`` (the file's bytes at ``offset``) adds; ``offset <= position``."""
+        skip = self.position - offset
+        if 0 <= skip < len(data):
+            self.digest.update(data[skip:])
+            self.position = offset + len(data)
+
+    def advance(self, fd: int, to: int | None) -> None:
+        """Read and hash the bytes ``[position, to)`` (``None``: to the end of the file)."""
+        if to is not None and to <= self.position:
+            return
+        scratch = memoryview(bytearray(_HASH_PIECE))
+        while to is None or self.position < to:
+            want = _HASH_PIECE if to is None else min(_HASH_PIECE, to - self.position)
+            n = os.preadv(fd, [scratch[:want]], self.position)
+            if n == 0:
+                if to is None:
+                    return
+                raise OSError(errno.EIO, "unexpected end of file")
+            self.digest.update(scratch[:n])
+            self.position += n
+
+    def finish(self) -> str | None:
+        """None if the whole file hashes to the expected digest, else the problem in words."""
+        try:
+            fd = os.open(self.file, os.O_RDONLY)
+            try:
+                self.advance(fd, None)
+            finally:
+                os.close(fd)
+        except OSError as error:
+            return f"cannot read {self.file}: {_describe_os_error(error)}"
+        if self.digest.hexdigest() != self.expected:
+            return (f"corrupt file {self.file}: {self.algorithm} does not match the manifest; "
+                    "run `diffdict store verify` on the store")
+        return None
+
+
+def _hash_problem(file: Path, expected: tuple[str, str]) -> str | None:
+    """None if ``file`` hashes to ``expected`` = (algorithm, hex digest), else the problem in words."""
+    return _FileHash(file, expected).finish()
 
 
 def _expected_hash(entry: dict) -> tuple[str, str]:
     return (_FAST_HASH, entry[_FAST_HASH]) if _FAST_HASH in entry else ("sha256", entry["sha256"])
 
 
+def _pread(fd: int, view: memoryview, offset: int, file_hash: _FileHash | None = None) -> None:
+    """Fill ``view`` with the file's bytes at ``offset``. With ``file_hash``, the bytes are
+    hashed as they are read, a piece at a time while the piece is still in the CPU cache,
+    after any bytes before ``offset`` that the hash still lacks."""
+    if file_hash is not None and file_hash.position >= offset + len(view):
+        file_hash = None  # hashed already
+    if file_hash is not None:
+        file_hash.advance(fd, offset)
+    piece = _HASH_PIECE if file_hash is not None else len(view)
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:done + piece]], offset + done)
+        if n == 0:
+            raise OSError(errno.EIO, "unexpected end of file")
+        if file_hash is not None:
+            file_hash.feed(offset + done, view[done:done + n])
+        done += n
+
+
 class _FileVerifier:
     """Checks each file of a store against the hash its manifest records, once per file.
 
-    ``start(files)`` hashes files in a background thread, in the order given, while the
-    loader reads them; ``confirm(files)`` returns once those files are known good (waiting
-    for the background hash, or hashing inline a file nobody queued) and raises the
-    first problem otherwise. The loader confirms every file it has read from before it
+    The loader's reads feed each file's hash (:meth:`hashing`), so a file read in order is
+    read once, not twice; ``confirm(files)`` hashes what the reads left out, compares, and
+    raises the first problem. The loader confirms every file it has read from before it
     hands out a batch, so no batch ever holds unverified data.
     """
 
     def __init__(self, expected: dict[Path, tuple[str, str]]):
         self._expected = expected
-        self._results: dict[Path, str | None] = {}
-        self._queued: dict[Path, threading.Event] = {}
+        self._hashes: dict[Path, _FileHash] = {}  # files read from, not yet confirmed
+        self._results: dict[Path, str | None] = {}  # confirmed files: None, or the problem
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
 
-    def start(self, files: Iterable[Path]) -> None:
+    @contextlib.contextmanager
+    def hashing(self, file: Path):
+        """The running hash of ``file`` for a read to feed (None once the file is confirmed)."""
         with self._lock:
-            todo = [f for f in dict.fromkeys(files) if f not in self._results and f not in self._queued]
-            for file in todo:
-                self._queued[file] = threading.Event()
-        if todo:
-            thread = threading.Thread(target=self._run, args=(todo,), name="diffdict-verify", daemon=True)
-            self._threads.append(thread)
-            _live_verifiers.add(self)
-            thread.start()
-
-    def _run(self, files: list[Path]) -> None:
-        for file in files:
-            problem = ""  # unknown (stopped, or an unexpected error): a waiter hashes it inline
-            try:
-                problem = _hash_problem(file, self._expected[file], self._stop)
-            finally:
-                with self._lock:
-                    if problem != "":
-                        self._results[file] = problem
-                    self._queued.pop(file).set()
+            if file in self._results:
+                yield None
+            else:
+                file_hash = self._hashes.get(file)
+                if file_hash is None:
+                    file_hash = self._hashes[file] = _FileHash(file, self._expected[file])
+                yield file_hash
 
     def confirm(self, files: Iterable[Path]) -> None:
         for file in files:
-            while True:
-                with self._lock:
-                    done = file in self._results
-                    event = self._queued.get(file)
-                if done:
-                    break
-                if event is None:
-                    problem = _hash_problem(file, self._expected[file])
-                    with self._lock:
-                        self._results[file] = problem
-                    break
-                event.wait()
-            problem = self._results[file]
+            with self._lock:
+                if file not in self._results:
+                    file_hash = self._hashes.pop(file, None) or _FileHash(file, self._expected[file])
+                    self._results[file] = file_hash.finish()
+                problem = self._results[file]
             if problem:
                 raise DiffdictError(problem)
-
-    def close(self) -> None:
-        """Stop background hashing (within one block) and wait for it."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-        self._threads.clear()
-        self._stop.clear()
-
-
-@atexit.register
-def _stop_verifiers() -> None:
-    # a daemon thread still hashing at interpreter exit would be killed mid-call
-    for verifier in list(_live_verifiers):
-        verifier.close()
 
 
 def _wrap_read_error(file: Path, error: Exception) -> DiffdictError:
@@ -1176,7 +1187,10 @@ class _ShardFile:
             raise DiffdictError(f"shard {path} holds {have}; the manifest describes {want}; "
                                 "run `diffdict store verify` on the store")
 
-    def read_rows(self, name: str, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    def read_rows(self, name: str, start: int, stop: int, out: torch.Tensor | None = None,
+                  file_hash: _FileHash | None = None) -> torch.Tensor:
+        """Rows ``start:stop`` of tensor ``name``, into ``out`` when given; the bytes read
+        feed ``file_hash`` when given (see :func:`_pread`)."""
         if name not in self.tensors:
             raise _wrap_read_error(self.path, KeyError(f"no tensor {name!r}"))
         dtype, shape, begin = self.tensors[name]
@@ -1194,12 +1208,7 @@ class _ShardFile:
         try:
             fd = os.open(self.path, os.O_RDONLY)
             try:
-                done = 0
-                while done < len(view):
-                    n = os.preadv(fd, [view[done:]], offset + done)
-                    if n == 0:
-                        raise OSError(errno.EIO, "unexpected end of file")
-                    done += n
+                _pread(fd, view, offset, file_hash)
             finally:
                 os.close(fd)
         except OSError as error:
@@ -1312,19 +1321,19 @@ class Store(_Described):
         """Rows ``start:stop`` of tensor ``name`` of a shard, read straight into ``out``.
 
         Not yet checked against the manifest's hash: callers confirm the file
-        (:meth:`_confirm`) before anything read from it leaves the store.
+        (:meth:`_confirm`) before anything read from it leaves the store. When verifying,
+        the bytes read feed the file's hash, so that a file read in order is read once.
         """
-        return self._shard_file(file).read_rows(name, start, stop, out)
+        shard = self._shard_file(file)
+        if self._verifier is None:
+            return shard.read_rows(name, start, stop, out)
+        with self._verifier.hashing(file) as file_hash:
+            return shard.read_rows(name, start, stop, out, file_hash)
 
     def _confirm(self, files: Iterable[Path]) -> None:
         """Raise, naming the file, unless each file hashes to what the manifest records (when verifying)."""
         if self._verifier is not None:
             self._verifier.confirm(files)
-
-    def _verify_ahead(self, files: Iterable[Path]) -> None:
-        """Start hashing ``files`` in the background, in this order (when verifying)."""
-        if self._verifier is not None:
-            self._verifier.start(files)
 
     def _read_block(self, file: Path, start: int, stop: int, with_meta: bool, dtype: torch.dtype):
         x = self._read_rows(file, "acts", start, stop)
@@ -1345,8 +1354,8 @@ class Store(_Described):
             a, b = max(start, offset), min(stop, offset + count)
             if a >= b:
                 continue
-            self._confirm([file])
             x, m = self._read_block(file, a - offset, b - offset, True, dtype)
+            self._confirm([file])  # before the rows leave the store
             parts.append(x)
             metas.append(m)
         d = self.d(site)
@@ -1469,9 +1478,8 @@ class BatchIterator:
         self._generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
         self._iterator = self._shuffled() if shuffle else self._sequential()
         # files read since the last batch was handed out: confirmed against the manifest
-        # before the next one is (hashed in the background, in the order they are needed)
+        # before the next one is
         self._unconfirmed: set[Path] = set()
-        store._verify_ahead(shards[i][0] for i, _, _ in self._blocks)
 
     def __len__(self) -> int:
         if self.drop_last:
