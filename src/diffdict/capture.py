@@ -32,12 +32,43 @@ import numpy as np
 import torch
 
 from diffdict.errors import DiffdictError
-from diffdict.hosts.base import WHATS, SiteInfo
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffdict.hosts.base import HostModel
 
 HALVES = ("cond", "uncond", "both")
+
+#: what a hook can read or edit at a site
+WHATS = ("update", "output", "mlp")
+
+#: kinds of site, i.e. how the module's native tensors map to the (B, T, d) token layout
+SITE_KINDS = ("unet-block", "dit-block", "mlp")
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """One site of a host model.
+
+    ``d`` is the width of a token; ``grid`` the (rows, cols) of the image token grid at
+    the host's image size (T = rows * cols tokens, row-major); ``module`` the dotted path
+    of the hooked module (first component a component of the host: ``unet``,
+    ``transformer``); ``kind`` one of ``SITE_KINDS``: ``unet-block`` (a
+    Transformer2DModel, native NCHW), ``dit-block`` (a FLUX block, image-stream tokens),
+    ``mlp`` (an MLP's hidden units; image tokens are the last T of the sequence).
+    """
+
+    name: str
+    d: int
+    grid: tuple[int, int]
+    module: str
+    kind: str
+
+    @property
+    def tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def to_dict(self) -> dict:
+        return {"d": self.d, "grid": list(self.grid), "module": self.module, "kind": self.kind}
 
 
 def _check_common(site: str, what: str | None, steps, half: str) -> frozenset[int] | None:

@@ -23,7 +23,7 @@ import numpy as np
 from diffdict.errors import DiffdictError
 from diffdict.interventions import Ablate, Intervention, generate
 from diffdict.io import write_json
-from diffdict.metrics.backbones import Backbone, load_backbone
+from diffdict.metrics.backbones import Backbone, load_backbone, resolve_backbone
 from diffdict.world.phrases import concept_text
 from diffdict.metrics.causal import causal_strength, mean_interval, read_target
 from diffdict.metrics.image import clip_score, perceptual_distance, pixel_mae
@@ -77,42 +77,6 @@ class InterventionReport:
             rows.append(row)
         return _finite({"intervention": self.intervention, "settings": self.settings, "per_image": rows,
                         "aggregate": self.aggregate, "causal_strength": self.causal})
-
-
-def shapes_clip_refusal(host_name: str) -> str:
-    return (f"the shapes-clip backbone reads only shapes-world images, not {host_name}'s; "
-            "use --backbone open-clip (the CLIP backbone) or --backbone none")
-
-
-def resolve_backbone(name: "str | Backbone | None", host_name: str, needed: bool = False,
-                     what: str = "--target") -> "str | Backbone | None":
-    """The backbone to measure with on host ``host_name``: ``auto`` is shapes-clip on the
-    toy model and the CLIP backbone (open-clip) on real ones, or None (pixel metrics only,
-    with a note) when that is not installed and nothing ``needed`` it; a shapes-world
-    judge named on a real model is refused with a line naming the alternative. A
-    :class:`Backbone` instance is the caller's explicit choice and passes as it is."""
-    from diffdict.hosts import is_real_host
-    from diffdict.metrics.backbones import backbone_available
-
-    real = is_real_host(host_name)
-    if name is None or name == "none":
-        if needed:
-            raise DiffdictError(f"{what} needs a backbone to read it; drop --backbone none")
-        return None
-    if not isinstance(name, str):
-        return name
-    if name in ("shapes-clip", "shapes_clip") and real:
-        raise DiffdictError(shapes_clip_refusal(host_name))
-    if name != "auto":
-        return name
-    choice = "open-clip" if real else "shapes-clip"
-    ok, reason = backbone_available(choice)
-    if ok:
-        return choice
-    if needed:
-        raise DiffdictError(f"{what} on {host_name} is read by the {choice} backbone, but {reason}")
-    print(f"note: {reason}; pixel metrics only")
-    return None
 
 
 def run_intervention(
@@ -391,7 +355,6 @@ __all__ = [
     "InterventionReport",
     "ablation_table",
     "block_ablation",
-    "resolve_backbone",
     "concept_text",
     "format_summary",
     "heatmap",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,22 @@ DICTIONARY_KINDS: dict[str, type["Dictionary"]] = {}
 def register_kind(cls: type["Dictionary"]) -> type["Dictionary"]:
     DICTIONARY_KINDS[cls.kind] = cls
     return cls
+
+
+class ForeignFormat(NamedTuple):
+    """A folder layout another library writes: ``cfg.json`` plus ``weights``, read by ``load``."""
+
+    label: str
+    weights: str
+    load: Callable[[Path], "Dictionary"]
+
+
+#: folders of other libraries :func:`load_dictionary` reads, tried in order (``foreign.py`` registers them)
+FOREIGN_FORMATS: list[ForeignFormat] = []
+
+
+def register_foreign_format(label: str, weights: str, load: Callable[[Path], "Dictionary"]) -> None:
+    FOREIGN_FORMATS.append(ForeignFormat(label, weights, load))
 
 
 class SparseCodes(NamedTuple):
@@ -141,9 +157,6 @@ class Dictionary(nn.Module):
 def load_dictionary(folder: str | Path) -> Dictionary:
     """Load a diffdict dictionary folder, an EleutherAI sparsify folder (``cfg.json`` +
     ``sae.safetensors``) or an SAE Lens folder (``cfg.json`` + ``sae_weights.safetensors``)."""
-    import diffdict.dictionaries  # noqa: F401  (registers every kind)
-    from diffdict.dictionaries import foreign
-
     folder = Path(folder)
     if not folder.is_dir():
         raise DiffdictError(f"dictionary folder not found: {folder}")
@@ -163,14 +176,11 @@ def load_dictionary(folder: str | Path) -> Dictionary:
             raise DiffdictError(f"{folder} is not a valid {kind} dictionary: {error}") from None
         _check_round_trip(folder, dictionary, config, tensors)
         return dictionary
-    if (folder / foreign.SPARSIFY_WEIGHTS).exists():
-        return foreign.load_sparsify(folder)
-    if (folder / foreign.SAE_LENS_WEIGHTS).exists():
-        return foreign.load_sae_lens(folder)
-    raise DiffdictError(
-        f"{folder} is not a dictionary folder: expected {CONFIG_FILE} + {WEIGHTS_FILE}, "
-        f"or cfg.json + {foreign.SPARSIFY_WEIGHTS} (sparsify), or cfg.json + {foreign.SAE_LENS_WEIGHTS} (SAE Lens)"
-    )
+    for layout in FOREIGN_FORMATS:
+        if (folder / layout.weights).exists():
+            return layout.load(folder)
+    others = "".join(f", or cfg.json + {layout.weights} ({layout.label})" for layout in FOREIGN_FORMATS)
+    raise DiffdictError(f"{folder} is not a dictionary folder: expected {CONFIG_FILE} + {WEIGHTS_FILE}{others}")
 
 
 def _config_sha256(config: dict) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from diffdict.dictionaries.base import register_foreign_format
 from diffdict.dictionaries.sae import SparseAutoencoder
 from diffdict.errors import DiffdictError
 from diffdict.io import load_tensors, read_json
@@ -106,3 +107,7 @@ def load_sae_lens(folder: str | Path) -> SparseAutoencoder:
     )
     sae.load_state_tensors(tensors)
     return sae
+
+
+register_foreign_format("sparsify", SPARSIFY_WEIGHTS, load_sparsify)
+register_foreign_format("SAE Lens", SAE_LENS_WEIGHTS, load_sae_lens)

@@ -3,60 +3,27 @@
 A host names its *sites* (transformer blocks, or a block's MLP neurons), generates uint8
 images for a batch of prompts, and lets hooks read and edit a site at chosen denoising
 steps (``with host.hooks([...]): host.generate(...)``; the hooks are in
-:mod:`diffdict.capture`). Under classifier-free guidance the host knows which rows of the
-denoiser's batch are the conditional half, so hooks read and edit that half only.
+:mod:`diffdict.capture`, as is :class:`SiteInfo`, the token layout of a site). Under
+classifier-free guidance the host knows which rows of the denoiser's batch are the
+conditional half, so hooks read and edit that half only.
 
-Adding a host is one file (a ``HostModel`` subclass) plus one line in
-``diffdict.hosts.HOSTS``.
+Adding a host is one file (a ``HostModel`` subclass) plus one line in the registry
+``HOSTS`` below; :func:`load_host` builds one by name.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from diffdict.capture import WHATS, EditHook, ReadHook, SiteInfo, install_hooks
 from diffdict.errors import DiffdictError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from diffdict.capture import EditHook, ReadHook
-
-#: what a hook can read or edit at a site
-WHATS = ("update", "output", "mlp")
-
-#: kinds of site, i.e. how the module's native tensors map to the (B, T, d) token layout
-SITE_KINDS = ("unet-block", "dit-block", "mlp")
-
-
-@dataclass(frozen=True)
-class SiteInfo:
-    """One site of a host model.
-
-    ``d`` is the width of a token; ``grid`` the (rows, cols) of the image token grid at
-    the host's image size (T = rows * cols tokens, row-major); ``module`` the dotted path
-    of the hooked module (first component a component of the host: ``unet``,
-    ``transformer``); ``kind`` one of ``SITE_KINDS``: ``unet-block`` (a
-    Transformer2DModel, native NCHW), ``dit-block`` (a FLUX block, image-stream tokens),
-    ``mlp`` (an MLP's hidden units; image tokens are the last T of the sequence).
-    """
-
-    name: str
-    d: int
-    grid: tuple[int, int]
-    module: str
-    kind: str
-
-    @property
-    def tokens(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    def to_dict(self) -> dict:
-        return {"d": self.d, "grid": list(self.grid), "module": self.module, "kind": self.kind}
-
 
 def parse_dtype(name: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
     """``float16`` / ``bfloat16`` / ``float32`` (None: float16 on CUDA, float32 elsewhere)."""
@@ -227,10 +194,65 @@ class HostModel:
     @contextmanager
     def hooks(self, hooks: Sequence["ReadHook | EditHook"]) -> Iterator[None]:
         """Install read/edit hooks (:mod:`diffdict.capture`) for the duration of the block."""
-        from diffdict.capture import install_hooks
-
         with install_hooks(self, list(hooks)):
             yield
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}: {len(self.sites())} sites>"
+
+
+# -- the registry of hosts -------------------------------------------------------------------
+HOSTS: dict[str, str] = {
+    "toy": "diffdict.hosts.toy:ToyHost",
+    "sdxl-turbo": "diffdict.hosts.sdxl:SDXLTurboHost",
+    "sdxl": "diffdict.hosts.sdxl:SDXLHost",
+    "flux-schnell": "diffdict.hosts.flux:FluxSchnellHost",
+    "sd": "diffdict.hosts.sd:SDHost",
+}
+
+DEFAULT_HOST = "toy"
+
+
+def host_class(name: str) -> type[HostModel]:
+    if name not in HOSTS:
+        raise DiffdictError(f"unknown model {name!r}; available: {', '.join(HOSTS)}")
+    module, _, attr = HOSTS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def host_options(name: str) -> list[str]:
+    """The keyword options ``load_host(name, ...)`` accepts."""
+    params: list[str] = []
+    for base in host_class(name).__mro__:
+        if base is HostModel:
+            break
+        if "__init__" not in vars(base):
+            continue
+        for param in inspect.signature(base.__init__).parameters.values():
+            if param.name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            if param.name not in params:
+                params.append(param.name)
+    return params
+
+
+def load_host(name: str = DEFAULT_HOST, only_taken: bool = False, **options) -> HostModel:
+    """Build the host ``name`` (see :mod:`diffdict.hosts` for its options; None values
+    are left out, so CLI defaults pass through). An option the host does not take is an
+    error, or with ``only_taken`` left out (options that apply to real models only)."""
+    cls = host_class(name)
+    options = {k: v for k, v in options.items() if v is not None}
+    accepted = host_options(name)
+    for key in list(options):
+        if key not in accepted:
+            if only_taken:
+                del options[key]
+                continue
+            raise DiffdictError(f"model {name} takes no option {key!r}; its options: {', '.join(accepted)}")
+    return cls(**options)
+
+
+def is_real_host(name: str | None) -> bool:
+    """Whether ``name`` is a real text-to-image model (anything but a host that draws the
+    shapes world; an unknown name counts as real)."""
+    return name not in HOSTS or not host_class(name).shapes_world

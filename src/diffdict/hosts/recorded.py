@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from diffdict.errors import DiffdictError
-from diffdict.hosts.base import check_device
+from diffdict.hosts.base import check_device, load_host
 
 #: ``host`` keys of a store record that are options of the host's constructor
 _RECORDED_OPTIONS = ("image_size", "quantize", "max_sequence_length")
@@ -28,8 +28,6 @@ def load_recorded_host(settings: dict, model_path: str | os.PathLike | None = No
     """The host described by store ``settings``. ``model_path`` replaces the recorded
     model folder (a moved folder, or other weights on purpose); ``device`` and ``dtype``
     replace the recorded ones; ``overrides`` other options (None values are ignored)."""
-    from diffdict.hosts import load_host
-
     settings = settings or {}
     name = settings.get("model")
     if not name:
@@ -61,8 +59,6 @@ def host_for_store(store: Any, model_path: str | os.PathLike | None = None):
 
 
 def _toy_host(recorded: dict, model_path, device, where: str):
-    from diffdict.hosts import load_host
-
     host = load_host("toy", model=str(model_path) if model_path is not None else None, device=device)
     weights = recorded.get("weights")
     if weights and host.describe()["weights"] != weights:

@@ -155,9 +155,7 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
 
 
 def _build(registry: dict, kind: str, name: str, options: dict):
-    import diffdict.interpret.explainers  # noqa: F401  (registers the built-in ones)
-    import diffdict.interpret.scorers  # noqa: F401
-
+    # the built-in ones are registered: diffdict.interpret (run before any of its modules) imports them
     if name not in registry:
         raise DiffdictError(f"unknown {kind} {name!r}; expected one of {', '.join(sorted(registry))}")
     cls = registry[name]

@@ -4,7 +4,7 @@
 For real models: ``open-clip`` (CLIP score, embeddings, Fréchet features; package
 ``open_clip_torch``), ``lpips`` (the learned perceptual distance; package ``lpips``) and
 ``inception`` (Inception-v3 pool features for FID; package ``pytorch-fid``), and ``clip``
-(a transformers CLIP folder or hub id, :mod:`diffdict.metrics.hf_clip`). These come
+(a transformers CLIP folder or hub id, :class:`TransformersClipBackbone`). These come
 from the optional extra ``diffdict[metrics]`` and are imported only when asked for; a
 missing one is one clear error naming the extra.
 
@@ -18,7 +18,9 @@ arrays or tensors.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffdict.errors import DiffdictError
+from diffdict.hosts import is_real_host
 
 EXTRA = "metrics"
 DEFAULT_BACKBONE = "shapes-clip"
@@ -63,6 +66,21 @@ def to_unit_range(images: Any) -> Tensor:
     return as_uint8(images).permute(0, 3, 1, 2).float() / 255.0
 
 
+def lpips_style(maps_a: Sequence[Tensor], maps_b: Sequence[Tensor], eps: float = 1e-10) -> Tensor:
+    """(N,) Σ_layers mean_positions ‖n(a) − n(b)‖², n() unit-normalising over channels."""
+    if len(maps_a) != len(maps_b) or not maps_a:
+        raise DiffdictError("perceptual distance needs the same non-empty list of feature maps for both image sets")
+    total = None
+    for fa, fb in zip(maps_a, maps_b):
+        if fa.shape != fb.shape or fa.ndim != 4:
+            raise DiffdictError(f"feature maps differ or are not (N, C, H, W): {tuple(fa.shape)} and {tuple(fb.shape)}")
+        na = fa.double() / (fa.double().pow(2).sum(1, keepdim=True).sqrt() + eps)
+        nb = fb.double() / (fb.double().pow(2).sum(1, keepdim=True).sqrt() + eps)
+        layer = (na - nb).pow(2).sum(1).mean(dim=(1, 2))
+        total = layer if total is None else total + layer
+    return total
+
+
 class Backbone:
     """Base class: subclasses override what they provide."""
 
@@ -76,8 +94,6 @@ class Backbone:
 
     def perceptual_distance(self, a: Any, b: Any) -> Tensor:
         """(N,) LPIPS-style distance from :meth:`feature_maps` (see ``image.lpips_style``)."""
-        from diffdict.metrics.image import lpips_style
-
         return lpips_style(self.feature_maps(a), self.feature_maps(b))
 
     def image_embeddings(self, images: Any) -> Tensor:
@@ -214,16 +230,79 @@ class InceptionBackbone(Backbone):
         return self.model(to_unit_range(images).to(self.device))[0].flatten(1).float().cpu()
 
 
-def _transformers_clip(**options: Any) -> Backbone:
-    from diffdict.metrics.hf_clip import TransformersClipBackbone  # its module imports this one
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's preprocessing, when the folder has none
+_STD = (0.26862954, 0.26130258, 0.27577711)
 
-    return TransformersClipBackbone(**options)
+
+class TransformersClipBackbone(Backbone):
+    """A CLIP backbone from a transformers ``CLIPModel`` folder or hub id (``clip``):
+    transformers is a core dependency, so it works offline from any ``save_pretrained``
+    folder or the Hugging Face cache. ``read`` is the CLIP score (cosine similarity of
+    image and text embeddings); ``feature_maps`` are the vision transformer's patch
+    tokens per layer."""
+
+    name = "clip"
+
+    def __init__(self, path: str = DEFAULT_CLIP, device: str | None = None):
+        from transformers import AutoTokenizer, CLIPModel
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            self.model = CLIPModel.from_pretrained(str(path)).to(self.device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DiffdictError(f"cannot load the CLIP backbone from {str(path)!r}: {first}") from None
+        self.size = int(self.model.config.vision_config.image_size)
+        mean, std = _preprocessing(Path(str(path)))
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+
+    def _pixels(self, images: Any) -> Tensor:
+        x = F.interpolate(to_unit_range(images), size=(self.size, self.size), mode="bicubic", antialias=True,
+                          align_corners=False)
+        return ((x.clamp(0, 1) - self.mean) / self.std).to(self.device)
+
+    @torch.no_grad()
+    def image_embeddings(self, images):
+        pooled = self.model.vision_model(pixel_values=self._pixels(images)).pooler_output
+        return F.normalize(self.model.visual_projection(pooled).float(), dim=-1).cpu()
+
+    @torch.no_grad()
+    def text_embeddings(self, texts):
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
+        pooled = self.model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
+        return F.normalize(self.model.text_projection(pooled).float(), dim=-1).cpu()
+
+    @torch.no_grad()
+    def fid_features(self, images):
+        return self.image_embeddings(images)
+
+    @torch.no_grad()
+    def feature_maps(self, images):
+        hidden = self.model.vision_model(pixel_values=self._pixels(images), output_hidden_states=True).hidden_states
+        side = self.size // int(self.model.config.vision_config.patch_size)
+        # patch tokens (the class token first is dropped) as (N, C, side, side) maps, one per layer
+        return [h[:, 1:].float().cpu().transpose(1, 2).reshape(h.shape[0], -1, side, side) for h in hidden[1:]]
+
+    @torch.no_grad()
+    def read(self, images, target):
+        return (self.image_embeddings(images) @ self.text_embeddings([target]).T)[:, 0]
+
+
+def _preprocessing(folder: Path) -> tuple[tuple, tuple]:
+    config = folder / "preprocessor_config.json"
+    if config.is_file():
+        data = json.loads(config.read_text())
+        return tuple(data.get("image_mean", _MEAN)), tuple(data.get("image_std", _STD))
+    return _MEAN, _STD
 
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {
     "shapes-clip": ShapesClipBackbone,
     "open-clip": OpenClipBackbone,
-    "clip": _transformers_clip,
+    "clip": TransformersClipBackbone,
     "lpips": LpipsBackbone,
     "inception": InceptionBackbone,
 }
@@ -265,6 +344,39 @@ def backbone_available(name: str) -> tuple[bool, str]:
     return True, ""
 
 
+def shapes_clip_refusal(host_name: str) -> str:
+    return (f"the shapes-clip backbone reads only shapes-world images, not {host_name}'s; "
+            "use --backbone open-clip (the CLIP backbone) or --backbone none")
+
+
+def resolve_backbone(name: "str | Backbone | None", host_name: str, needed: bool = False,
+                     what: str = "--target") -> "str | Backbone | None":
+    """The backbone to measure with on host ``host_name``: ``auto`` is shapes-clip on the
+    toy model and the CLIP backbone (open-clip) on real ones, or None (pixel metrics only,
+    with a note) when that is not installed and nothing ``needed`` it; a shapes-world
+    judge named on a real model is refused with a line naming the alternative. A
+    :class:`Backbone` instance is the caller's explicit choice and passes as it is."""
+    real = is_real_host(host_name)
+    if name is None or name == "none":
+        if needed:
+            raise DiffdictError(f"{what} needs a backbone to read it; drop --backbone none")
+        return None
+    if not isinstance(name, str):
+        return name
+    if name in ("shapes-clip", "shapes_clip") and real:
+        raise DiffdictError(shapes_clip_refusal(host_name))
+    if name != "auto":
+        return name
+    choice = "open-clip" if real else "shapes-clip"
+    ok, reason = backbone_available(choice)
+    if ok:
+        return choice
+    if needed:
+        raise DiffdictError(f"{what} on {host_name} is read by the {choice} backbone, but {reason}")
+    print(f"note: {reason}; pixel metrics only")
+    return None
+
+
 __all__ = [
     "BACKBONES",
     "Backbone",
@@ -274,9 +386,13 @@ __all__ = [
     "LpipsBackbone",
     "OpenClipBackbone",
     "ShapesClipBackbone",
+    "TransformersClipBackbone",
     "as_uint8",
     "backbone_available",
     "is_concept",
     "load_backbone",
+    "lpips_style",
+    "resolve_backbone",
+    "shapes_clip_refusal",
     "to_unit_range",
 ]

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from diffdict.errors import DiffdictError
-from diffdict.hosts.recorded import host_for_store
-from diffdict.metrics.backbones import Backbone, load_backbone
+from diffdict.hosts import host_for_store, is_real_host
+from diffdict.metrics.backbones import Backbone, load_backbone, resolve_backbone
 from diffdict.metrics.causal import mean_interval
 from diffdict.metrics.image import clip_score, perceptual_distance, pixel_mae, pixel_mse
 
@@ -114,9 +114,6 @@ def store_fidelity(
     generation = settings.get("generation") or {}
     capture = settings.get("capture") or {}
     host = host if host is not None else host_for_store(store, model_path)
-    from diffdict.hosts import is_real_host
-    from diffdict.steering import resolve_backbone
-
     backbone = resolve_backbone(backbone, host.name, what="spliced fidelity's CLIP score")
     if isinstance(prompts, int):
         if prompts < 1:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffdict.errors import DiffdictError
-from diffdict.metrics.backbones import Backbone, as_uint8, load_backbone
+from diffdict.metrics.backbones import Backbone, as_uint8, load_backbone, lpips_style
 
 
 def _pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
@@ -44,21 +44,6 @@ def pixel_mse(a: Any, b: Any) -> np.ndarray:
     """Mean squared pixel difference per image, pixels in [0, 1]."""
     a, b = _pair(a, b)
     return (((a.double() - b.double()) / 255.0) ** 2).flatten(1).mean(1).numpy()
-
-
-def lpips_style(maps_a: Sequence[Tensor], maps_b: Sequence[Tensor], eps: float = 1e-10) -> Tensor:
-    """(N,) Σ_layers mean_positions ‖n(a) − n(b)‖², n() unit-normalising over channels."""
-    if len(maps_a) != len(maps_b) or not maps_a:
-        raise DiffdictError("perceptual distance needs the same non-empty list of feature maps for both image sets")
-    total = None
-    for fa, fb in zip(maps_a, maps_b):
-        if fa.shape != fb.shape or fa.ndim != 4:
-            raise DiffdictError(f"feature maps differ or are not (N, C, H, W): {tuple(fa.shape)} and {tuple(fb.shape)}")
-        na = fa.double() / (fa.double().pow(2).sum(1, keepdim=True).sqrt() + eps)
-        nb = fb.double() / (fb.double().pow(2).sum(1, keepdim=True).sqrt() + eps)
-        layer = (na - nb).pow(2).sum(1).mean(dim=(1, 2))
-        total = layer if total is None else total + layer
-    return total
 
 
 def _batched(fn, a: Tensor, b: Tensor | None, batch_size: int) -> Tensor:

@@ -8,6 +8,7 @@ from diffdict.world.captions import (
     caption,
     encode_prompts,
     parse_caption,
+    sample_prompts,
     scene_for_caption,
     with_random_omissions,
 )
@@ -28,7 +29,6 @@ from diffdict.world.scene import (
     SPLITS,
     Scene,
     SceneObject,
-    sample_prompts,
     sample_scene,
     sample_scenes,
     single_object_scene,

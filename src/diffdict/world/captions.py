@@ -17,7 +17,7 @@ import numpy as np
 
 from diffdict.errors import DiffdictError
 from diffdict.world.concepts import BACKGROUNDS, COLORS, REGIONS, SHAPES, SIZES, TEXTURES
-from diffdict.world.scene import Scene, SceneObject, place_object
+from diffdict.world.scene import Scene, SceneObject, place_object, sample_scenes
 
 PAD = "<pad>"
 CONTEXT_LENGTH = 32
@@ -64,6 +64,11 @@ def caption(scene: Scene) -> str:
     if bg_words:
         text += " on a " + " ".join(bg_words) + " background"
     return text
+
+
+def sample_prompts(count: int, seed: int = 0, split: str = "train", start: int = 0) -> list[str]:
+    """Captions of ``count`` scenes of a split (the prompts the studies sample)."""
+    return [caption(s) for s in sample_scenes(count, seed, split, start)]
 
 
 def tokenize_words(prompt: str) -> list[str]:

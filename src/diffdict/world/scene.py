@@ -124,9 +124,3 @@ def single_object_scene(seed: int, index: int, split: str = "test") -> Scene:
     scene = sample_scene(seed, index, split)
     return Scene(scene.objects[:1], scene.background, scene.texture)
 
-
-def sample_prompts(count: int, seed: int = 0, split: str = "train", start: int = 0) -> list[str]:
-    """Captions of ``count`` scenes of a split (the prompts the studies sample)."""
-    from diffdict.world.captions import caption
-
-    return [caption(s) for s in sample_scenes(count, seed, split, start)]
