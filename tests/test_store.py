@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 import diffdict.store as store_mod
+import diffdict.store.writer as store_writer
 from diffdict.cli import main as cli_main
 from diffdict.errors import DiffdictError
 from diffdict.store import StoreWriter, import_array, open_store, store_info, verify_store
@@ -139,16 +140,16 @@ def test_resume_after_simulated_crash_gives_same_digest(reference, tmp_path):
 KILL_SCRIPT = r"""
 import os, sys, time
 sys.path.insert(0, sys.argv[2])
-import diffdict.store as st
+import diffdict.store.writer as st
 from test_store import open_writer, synthetic_chunk
 
 target = os.path.join("up.0.0", "000001.safetensors")
 current = [""]
 durable, write_all = st._durable_write, st._write_all
 
-def traced_durable(path, data, temps=None):
+def traced_durable(path, data):
     current[0] = str(path)
-    return durable(path, data, temps)
+    return durable(path, data)
 
 def dying_write_all(fd, data):
     if current[0].endswith(target):
@@ -384,7 +385,7 @@ def test_io_error_leaves_no_completed_chunk(tmp_path, monkeypatch, failure):
     writer = write_store(path, chunks=[0], finalize=False)
     calls = []
     if failure == "disk-full":
-        real = store_mod._write_all
+        real = store_writer._write_all
 
         def write_all(fd, data):  # the second file of the chunk fills the disk half way
             calls.append(1)
@@ -393,7 +394,7 @@ def test_io_error_leaves_no_completed_chunk(tmp_path, monkeypatch, failure):
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real(fd, data)
 
-        monkeypatch.setattr(store_mod, "_write_all", write_all)
+        monkeypatch.setattr(store_writer, "_write_all", write_all)
         message = "disk full"
     else:
         real = os.replace
@@ -403,7 +404,7 @@ def test_io_error_leaves_no_completed_chunk(tmp_path, monkeypatch, failure):
                 raise PermissionError(errno.EACCES, "Permission denied", str(dst))
             return real(src, dst)
 
-        monkeypatch.setattr(store_mod.os, "replace", replace)
+        monkeypatch.setattr(store_writer.os, "replace", replace)
         message = "permission denied"
     with pytest.raises(DiffdictError, match=rf"could not write chunk 1 of store .*{message}.*not marked complete") as caught:
         writer.write_chunk(1, *synthetic_chunk(writer, 1))
