@@ -86,11 +86,8 @@ def make_sae(folder: Path | None = None, d: int = D, site: str | None = SITE):
         sae.b_enc.zero_()
         sae.b_dec.zero_()
     if folder is not None:
+        sae.provenance = {"site": site} if site is not None else None
         sae.save(folder)
-        if site is not None:
-            import json
-
-            (Path(folder) / "train.json").write_text(json.dumps({"site": site}))
     return sae
 
 

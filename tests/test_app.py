@@ -4,7 +4,6 @@ headless Chromium (skipped with a reason when Gradio, Playwright or Chromium is 
 
 from __future__ import annotations
 
-import json
 import socket
 import sys
 
@@ -29,8 +28,9 @@ def backend(tmp_path_factory):
     torch.manual_seed(0)
     host = ToyHost(model=ToyDiffusion())
     folder = tmp_path_factory.mktemp("app") / "sae"
-    SparseAutoencoder(128, 64, mechanism="topk", mechanism_options={"k": 8}, seed=1).save(folder)
-    (folder / "train.json").write_text(json.dumps({"site": SITE}))
+    sae = SparseAutoencoder(128, 64, mechanism="topk", mechanism_options={"k": 8}, seed=1)
+    sae.provenance = {"site": SITE}
+    sae.save(folder)
     app_backend = make_backend(folder, host=host)
     app_backend.num_steps = 2
     return app_backend

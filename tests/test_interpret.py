@@ -288,3 +288,57 @@ def test_bad_input_one_clear_line(store, tmp_path, capsys):
     code, err = run_cli(["interpret", "--run", str(onsite), "--store", str(store.path), "--out", str(tmp_path / "o7"),
                          "--features", "3,99"], capsys)
     assert code == 2 and "feature 99 out of range" in err
+
+
+# ------------------------------------------------------------------------------ provenance
+
+
+def test_trained_dictionary_records_its_provenance_and_interpret_uses_it(store, tmp_path):
+    from diffdict.dictionaries import load_dictionary, read_provenance
+    from diffdict.feature_stats import dictionary_metadata, recorded_host, recorded_store
+    from diffdict.interpret.pipeline import dictionary_site, load_for_store
+    from diffdict.train import TrainSettings, train
+
+    settings = TrainSettings(acts=str(store.path), site=SITE, arch=["topk"], k=[2], expansion=[1.0], batch_size=256,
+                             tokens=1024, init_tokens=512, seed=3)
+    folder = train(settings, tmp_path / "run", progress=False)["topk-k2-x1"]
+    expected = {"version": 1, "site": SITE, "what": "update", "model": "toy", "model_weights": None,
+                "host": store.settings["host"], "generation": store.settings["generation"],
+                "store": str(store.path.resolve()), "store_digest": store.digest, "acts": None, "tokens": 1024,
+                "seed": 3}
+    assert json.loads((folder / "config.json").read_text())["provenance"] == expected
+    assert load_dictionary(folder).provenance == expected
+    # the record alone is read: nothing of the run folder is needed
+    (tmp_path / "run" / "settings.json").unlink()
+    assert read_provenance(folder) == expected and dictionary_site(folder) == SITE
+    assert dictionary_metadata(folder) == {"site": SITE, "what": "update", "model": "toy"}
+    assert recorded_store(folder) == store.path.resolve()
+    assert recorded_host(folder) == {"model": "toy", "host": store.settings["host"],
+                                     "generation": store.settings["generation"]}
+    assert load_for_store(folder, store)[2] == SITE
+    with pytest.raises(DiffdictError, match="trained on site 'mid.0', not on --site 'up.1.0'"):
+        load_for_store(folder, store, site=OTHER_SITE)
+
+
+def test_folders_without_provenance_use_the_one_fallback(store, tmp_path):
+    from diffdict.dictionaries import read_provenance
+    from diffdict.dictionaries.export import export_dictionary
+    from diffdict.interpret.pipeline import dictionary_site, load_for_store
+
+    # saved before records existed: the run's settings.json and the store it names
+    old = tmp_path / "run" / "topk"
+    sae = make_sae(old, site=None)
+    (tmp_path / "run" / "settings.json").write_text(json.dumps({"acts": str(store.path), "site": SITE}))
+    assert "provenance" not in json.loads((old / "config.json").read_text())
+    known = read_provenance(old)
+    assert {k: known[k] for k in ("site", "what", "model", "store")} == {
+        "site": SITE, "what": "update", "model": "toy", "store": str(store.path)}
+    assert known["generation"] == store.settings["generation"] and dictionary_site(old) == SITE
+    assert load_for_store(old, store)[2] == SITE
+    # a folder SAE Lens wrote: its cfg.json's hook_name and model_name
+    lens = export_dictionary(sae, tmp_path / "lens", "saelens", metadata={"hook_name": SITE, "model_name": "toy"})
+    assert read_provenance(lens) == {"site": SITE, "model": "toy"} and dictionary_site(lens) == SITE
+    # nothing recorded anywhere
+    bare = tmp_path / "bare"
+    make_sae(bare, site=None)
+    assert read_provenance(bare) == {} and dictionary_site(bare) is None

@@ -286,3 +286,25 @@ def test_small_steps_run_on_one_thread_and_restore_the_callers(planted, tmp_path
     assert seen == [1, 2] and torch.get_num_threads() == 2
     big = TrainSettings(acts=str(acts), width=[5120], batch_size=4096)
     assert trainer._encoder_macs(big, 1280, trainer._Distributed(torch.device("cpu"))) > trainer.SMALL_STEP_MACS
+
+
+def test_provenance_is_recorded_in_every_member_and_covered_by_the_checksum(planted, tmp_path):
+    from diffdict.dictionaries import read_provenance
+
+    acts, _ = planted
+    settings = small_settings(acts, arch=["topk", "itda"], l0=[3], seed=7)
+    folders = train(settings, tmp_path / "run", checkpoint_every=10, progress=False)
+    for folder in folders.values():
+        record = json.loads((folder / "config.json").read_text())["provenance"]
+        assert record == {"version": 1, "site": None, "what": None, "model": None, "model_weights": None, "host": None,
+                          "generation": None, "store": None, "store_digest": None, "acts": str(Path(acts).resolve()),
+                          "seed": 7, "tokens": settings.total_steps * settings.batch_size}
+        assert load_dictionary(folder).provenance == record == read_provenance(folder)
+    # an edited record is refused like any other edited field
+    config_path = folders["topk-k3-x3"] / "config.json"
+    config = json.loads(config_path.read_text())
+    config["provenance"]["seed"] = 8
+    config_path.write_text(json.dumps(config))
+    for read in (load_dictionary, read_provenance):
+        with pytest.raises(DiffdictError, match="do not match their recorded sha256"):
+            read(folders["topk-k3-x3"])

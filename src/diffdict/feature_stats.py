@@ -32,8 +32,9 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from diffdict.dictionaries.base import CONFIG_FILE, WEIGHTS_FILE, Dictionary, SparseCodes
+from diffdict.dictionaries.provenance import read_provenance
 from diffdict.errors import DiffdictError
-from diffdict.io import read_json, save_tensors, weights_fingerprint
+from diffdict.io import save_tensors, weights_fingerprint
 
 STATS_FILE = "feature_stats.safetensors"
 _META_KEY = "diffdict-feature-stats"
@@ -373,79 +374,28 @@ def single_dictionary_folder(path: str | Path) -> Path:
 
 def dictionary_metadata(folder: str | Path) -> dict[str, Any]:
     """What is known about where a saved dictionary was trained: ``site``, ``what``,
-    ``model``. Sources, later ones winning: the training run's ``settings.json`` in the
-    parent folder (its ``site``, and the store it names: the store's only site, model and
-    captured ``what``), the feature statistics, and the dictionary's own config.json."""
-    folder = Path(folder)
-    known: dict[str, Any] = {}
-    known.update(_run_metadata(folder.parent / "settings.json"))
-    stats = load_feature_stats(folder, required=False)
-    if stats is not None:
-        known.update({k: stats.meta.get(k) for k in ("site", "what", "model") if stats.meta.get(k) is not None})
-    config_path = folder / CONFIG_FILE
-    if config_path.exists():
-        config = read_json(config_path)
-        if isinstance(config, dict):
-            for key in ("site", "what", "model"):
-                value = config.get(key)
-                if value is None and isinstance(config.get("source"), dict):
-                    value = config["source"].get(key)
-                if value is not None:
-                    known[key] = value
-    return known
+    ``model``, from its provenance (:func:`diffdict.dictionaries.read_provenance`: the
+    record ``diffdict train`` writes, else the one fallback for older and foreign folders)."""
+    known = read_provenance(folder)
+    return {key: known[key] for key in ("site", "what", "model") if known.get(key) is not None}
 
 
 def recorded_store(folder: str | Path) -> Path | None:
     """The activation store a dictionary was trained on, as recorded (it may since have
-    moved): its feature statistics' ``store``, else its training run's ``acts``. None
-    when nothing records one (e.g. trained from an array file)."""
-    folder = Path(folder)
-    candidates: list[Path] = []
-    try:
-        stats = load_feature_stats(folder, required=False)
-    except DiffdictError:
-        stats = None
-    if stats is not None and stats.meta.get("store"):
-        candidates.append(Path(stats.meta["store"]))
-    candidates += _run_stores(folder.parent / "settings.json")
-    return next((c for c in candidates if (c / "manifest.json").exists()), candidates[0] if candidates else None)
-
-
-def _run_stores(settings_path: Path) -> list[Path]:
-    """Where a training run's ``acts`` may be, when it is a store (not an array file)."""
-    try:
-        acts = json.loads(settings_path.read_text()).get("acts") if settings_path.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        acts = None
-    if not acts or Path(acts).suffix in (".npy", ".safetensors", ".pt"):
-        return []
-    acts = Path(acts)
-    return [acts] if acts.is_absolute() else [acts, settings_path.parent / acts]
+    moved). None when nothing records one (e.g. trained from an array file)."""
+    store = read_provenance(folder).get("store")
+    return Path(store) if store else None
 
 
 def recorded_host(folder: str | Path) -> dict[str, Any]:
     """What is recorded about the host model a dictionary's activations came from, as a
     store records it (``model``: the host's name, ``host``: its description with the model
-    folder, image size and dtype; ``generation``: denoising steps and guidance, when the
-    store is there): from the store it was trained on, else from its feature statistics.
-    Empty when nothing records it."""
-    from diffdict.store import open_store
-
-    store = recorded_store(folder)
-    if store is not None and (store / "manifest.json").exists():
-        try:
-            settings = open_store(store).settings or {}
-            return {"model": settings.get("model"), "host": settings.get("host") or {},
-                    "generation": settings.get("generation") or {}}
-        except DiffdictError:
-            pass
-    try:
-        stats = load_feature_stats(folder, required=False)
-    except DiffdictError:
-        stats = None
-    if stats is None or not stats.meta.get("model"):
+    folder, image size and dtype; ``generation``: denoising steps and guidance). Empty
+    when nothing records the model."""
+    known = read_provenance(folder)
+    if not known.get("model"):
         return {}
-    return {"model": stats.meta["model"], "host": stats.meta.get("host") or {}}
+    return {"model": known["model"], "host": known.get("host") or {}, "generation": known.get("generation") or {}}
 
 
 def require_recorded_store(folder: str | Path) -> Path:
@@ -484,33 +434,6 @@ def ensure_feature_stats(folder: str | Path, dictionary: Dictionary, store: Any 
     stats = compute_feature_stats(dictionary, store, resolve_store_site(store, site), progress=progress)
     save_feature_stats(folder, stats)
     return stats
-
-
-def _run_metadata(settings_path: Path) -> dict[str, Any]:
-    """Best effort: what a training run's settings.json and its store say (nothing on any problem)."""
-    if not settings_path.is_file():
-        return {}
-    try:
-        site = json.loads(settings_path.read_text()).get("site")
-        out: dict[str, Any] = {}
-        store_path = next((c for c in _run_stores(settings_path) if (c / "manifest.json").exists()), None)
-        if store_path is not None:
-            from diffdict.store import open_store
-
-            store = open_store(store_path)
-            if site is None and len(store.sites) == 1:
-                site = store.sites[0]
-            store_settings = store.settings or {}
-            if store_settings.get("model"):
-                out["model"] = store_settings["model"]
-            what = (store_settings.get("capture") or {}).get("what")
-            if what:
-                out["what"] = what
-        if site is not None:
-            out["site"] = site
-        return out
-    except (OSError, ValueError, AttributeError, TypeError, DiffdictError):
-        return {}
 
 
 __all__ = [

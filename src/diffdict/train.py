@@ -52,6 +52,7 @@ from diffdict.adam import Adam
 from diffdict.dictionaries.base import Dictionary
 from diffdict.dictionaries.data import ActivationSource, Batch, open_activations, prefetch
 from diffdict.dictionaries.itda import ITDA, PURSUITS
+from diffdict.dictionaries.provenance import training_provenance
 from diffdict.dictionaries.sae import B_DEC_INITS, SparseAutoencoder, normalization_name
 from diffdict.dictionaries.sparsity import MECHANISMS
 from diffdict.errors import DiffdictError
@@ -512,7 +513,8 @@ def train(
     threads: int | None = None,
 ) -> dict[str, Path]:
     """Train every grid member of ``settings`` in one pass; return member name → folder
-    (``config.json`` + ``model.safetensors``, loadable with ``load_dictionary``).
+    (``config.json`` + ``model.safetensors``, loadable with ``load_dictionary``; config.json
+    records where the dictionary came from, see ``diffdict.dictionaries.provenance``).
 
     An existing ``out`` with the same settings is resumed from its last checkpoint; with
     different settings it is refused. ``stop_after_step`` stops the pass once that many
@@ -607,6 +609,7 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
                                               "options": member.spec.options})
             _truncate_metrics(folder / METRICS_FILE, start)
 
+    record = training_provenance(source, settings.acts, settings.seed)
     last_checkpoint = start
     metrics = _Metrics(members, start * settings.batch_size, data_variance, device)
     batches = prefetch(source.batches(settings.batch_size, settings.seed, start, comm.rank, comm.world_size))
@@ -620,6 +623,7 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
             for member in members:
                 if step < total:
                     save_checkpoint(out / member.spec.name / f"checkpoint-{step}.safetensors", member.state())
+                member.dictionary.provenance = {**record, "tokens": step * settings.batch_size}
                 member.dictionary.save(out / member.spec.name)
             write_json(out / STATE_FILE, {"step": step, "total_steps": total, "done": step >= total,
                                           "data_variance": data_variance})

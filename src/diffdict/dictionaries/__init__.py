@@ -15,6 +15,7 @@ from diffdict.dictionaries.fused import sparse_decode, topk_encode
 from diffdict.dictionaries.itda import ITDA, gradient_pursuit, matching_pursuit
 from diffdict.dictionaries.matryoshka import MatryoshkaBatchTopK  # registers matryoshka-batchtopk
 from diffdict.dictionaries.neurons import NeuronDictionary
+from diffdict.dictionaries.provenance import read_provenance
 from diffdict.dictionaries.sae import SparseAutoencoder
 from diffdict.dictionaries.sparsity import MECHANISMS, Mechanism, make_mechanism, register
 
@@ -32,6 +33,7 @@ __all__ = [
     "load_dictionary",
     "make_mechanism",
     "matching_pursuit",
+    "read_provenance",
     "register",
     "sparse_decode",
     "topk_encode",

@@ -4,8 +4,9 @@ A dictionary maps activations x (B, d_in) to codes (B, n_features) and back. Cod
 handed around either dense (a (B, n) tensor with zeros) or as :class:`SparseCodes`
 (values and indices of the non-zero entries, (B, m) each), which every ``decode``
 accepts. A saved dictionary is a folder with ``config.json`` (``kind`` plus what the
-kind needs) and ``model.safetensors``; :func:`load_dictionary` reads it back, and also
-reads EleutherAI sparsify and SAE Lens folders (see ``foreign.py``).
+kind needs, its ``provenance`` when recorded, and checksums) and ``model.safetensors``;
+:func:`load_dictionary` reads it back, and also reads EleutherAI sparsify and SAE Lens
+folders (see ``foreign.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from diffdict.io import load_tensors, read_json, save_tensors, sha256_file, writ
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CHECKSUMS_FIELD = "checksums"  # in config.json: sha256 of the weights file and of the rest of the config
+PROVENANCE_FIELD = "provenance"  # in config.json: where the dictionary came from (``provenance.py``)
 
 DICTIONARY_KINDS: dict[str, type["Dictionary"]] = {}
 
@@ -80,6 +82,9 @@ class Dictionary(nn.Module):
     """Base class: subclasses set ``kind`` and implement the abstract methods."""
 
     kind: ClassVar[str]
+    #: where the dictionary came from (see ``provenance.py``): written into config.json by
+    #: ``save`` when set, read back by ``load_dictionary``; None when nothing recorded it
+    provenance: dict[str, Any] | None = None
 
     @property
     def d_in(self) -> int:
@@ -141,6 +146,8 @@ class Dictionary(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         save_tensors(folder / WEIGHTS_FILE, self.state_tensors())
         config = {"kind": self.kind, **self.config()}
+        if self.provenance is not None:
+            config[PROVENANCE_FIELD] = self.provenance
         config[CHECKSUMS_FIELD] = {"config_sha256": _config_sha256(config),
                                    "weights_sha256": sha256_file(folder / WEIGHTS_FILE)}
         write_json(folder / CONFIG_FILE, config)
@@ -164,6 +171,7 @@ def load_dictionary(folder: str | Path) -> Dictionary:
         config = read_json(folder / CONFIG_FILE)
         if isinstance(config, dict):
             _check_checksums(folder, config)
+        recorded = config.pop(PROVENANCE_FIELD, None) if isinstance(config, dict) else None
         kind = config.pop("kind", None) if isinstance(config, dict) else None
         if kind not in DICTIONARY_KINDS:
             raise DiffdictError(
@@ -175,6 +183,8 @@ def load_dictionary(folder: str | Path) -> Dictionary:
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise DiffdictError(f"{folder} is not a valid {kind} dictionary: {error}") from None
         _check_round_trip(folder, dictionary, config, tensors)
+        if isinstance(recorded, dict):
+            dictionary.provenance = recorded
         return dictionary
     for layout in FOREIGN_FORMATS:
         if (folder / layout.weights).exists():
@@ -188,20 +198,30 @@ def _config_sha256(config: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def check_config_checksum(folder: Path, config: dict) -> dict | None:
+    """The config's fields must hash to what its checksum record says; returns the
+    record (None for a folder saved before records existed)."""
+    record = config.get(CHECKSUMS_FIELD)
+    if record is None:
+        return None
+    if not isinstance(record, dict) or set(record) != {"config_sha256", "weights_sha256"}:
+        raise DiffdictError(f"{folder / CONFIG_FILE}: {CHECKSUMS_FIELD} is not a checksum record")
+    if _config_sha256(config) != record["config_sha256"]:
+        raise DiffdictError(f"corrupt file {folder / CONFIG_FILE}: its fields do not match their recorded sha256 "
+                            "(edited after saving?)")
+    return record
+
+
 def _check_checksums(folder: Path, config: dict) -> None:
     """The config's fields and the weights file must hash to what the config records.
 
     Removes the record from ``config``. Folders saved before records existed have none;
     they are still checked against their own shapes by :func:`_check_round_trip`.
     """
-    record = config.pop(CHECKSUMS_FIELD, None)
+    record = check_config_checksum(folder, config)
+    config.pop(CHECKSUMS_FIELD, None)
     if record is None:
         return
-    if not isinstance(record, dict) or set(record) != {"config_sha256", "weights_sha256"}:
-        raise DiffdictError(f"{folder / CONFIG_FILE}: {CHECKSUMS_FIELD} is not a checksum record")
-    if _config_sha256(config) != record["config_sha256"]:
-        raise DiffdictError(f"corrupt file {folder / CONFIG_FILE}: its fields do not match their recorded sha256 "
-                            "(edited after saving?)")
     weights = folder / WEIGHTS_FILE
     if not weights.exists():
         raise DiffdictError(f"weights file not found: {weights}")

@@ -13,7 +13,6 @@ Output folder::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,9 +26,6 @@ from diffdict.interpret.base import FeatureView, InterpretContext, feature_file,
 from diffdict.interpret.stats import ActivationStats, compute_activation_stats
 from diffdict.io import read_json, write_json
 
-SITE_FILES = ("config.json", "cfg.json", "train.json", "training.json", "run.json", "settings.json", "meta.json",
-              "metadata.json", "member.json")
-SITE_KEYS = ("site", "hookpoint", "hook_name")
 INDEX_FILE = "interpret.json"
 
 
@@ -64,41 +60,15 @@ def resolve_run(run: str | Path, member: str | None = None) -> Path:
 
 
 def dictionary_site(folder: Path) -> str | None:
-    """The site a dictionary was trained on, when its folder (or its run) records it."""
-    from diffdict.feature_stats import dictionary_metadata
+    """The site a dictionary was trained on, when its provenance records it
+    (:func:`diffdict.dictionaries.read_provenance`)."""
+    from diffdict.dictionaries import read_provenance
 
     try:
-        site = dictionary_metadata(folder).get("site")
+        site = read_provenance(folder).get("site")
     except DiffdictError:
-        site = None
-    if isinstance(site, str) and site:
-        return site
-    for where in (folder, folder.parent):
-        for name in SITE_FILES:
-            path = where / name
-            if not path.is_file():
-                continue
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            found = _find_site(data)
-            if found:
-                return found
-    return None
-
-
-def _find_site(data: Any, depth: int = 0) -> str | None:
-    if not isinstance(data, dict) or depth > 2:
         return None
-    for key in SITE_KEYS:
-        if isinstance(data.get(key), str) and data[key]:
-            return data[key]
-    for value in data.values():
-        found = _find_site(value, depth + 1)
-        if found:
-            return found
-    return None
+    return site if isinstance(site, str) and site else None
 
 
 def load_for_store(run: str | Path, store, site: str | None = None, member: str | None = None):
