@@ -1,42 +1,11 @@
-"""Interventions: composable edits of a host model's site, as hook factories.
-
-Each intervention edits one site's value (the block's *update* for a block site by
-default, ``what='output'`` for a residual stream, the neuron activations for an MLP
-site) at chosen denoising steps, optionally only inside a spatial mask:
-
-- :class:`Add` — add ``s · a_i · d_i`` to the dense value (d_i the decoder direction of
-  feature i, a_i its typical activation, s the strength; negative s suppresses);
-- :class:`LatentEdit` — encode, set / scale / add feature i, decode; the reconstruction
-  error (x − x̂) is kept (default) or dropped;
-- :class:`Splice` — replace the value by the dictionary's reconstruction;
-- :class:`Ablate` — remove (scale 0) or scale a block's update;
-- :class:`Icon` — replace the value by the feature direction at its typical magnitude
-  (with the empty prompt: the feature's visualisation, :func:`feature_icon`);
-- :class:`RandomDirection` — a control: wherever another intervention changes a token,
-  change it by the same norm along a seeded random direction instead.
-
-Interventions compose: pass several to :func:`intervene` / :func:`generate` (hooks on
-one site run in the order given). Every dictionary kind works through the
-:class:`~diffdict.dictionaries.Dictionary` interface; a neuron dictionary on its MLP site
-edits the neurons directly (see :func:`diffdict.feature_stats.site_space`).
-
-Masks (``mask=``) are given on the site's token grid or in image pixels and pooled to it:
-``"x0,y0,x1,y1"`` or :class:`PixelBox` (pixels, end exclusive), :class:`TokenBox`
-(rows/cols of the token grid), or an array of shape grid (weights in [0, 1]) or of the
-image's shape (pooled by area). A pooled token is edited in proportion to the part of
-it the mask covers; tokens outside are left bit-for-bit unchanged. Steps (``steps=``):
-None (every step), an int, a list, or text ``"0-3"``, ``"0,2,5"``, ``"all"``.
-
-    sae = load_dictionary("runs/k10"); stats = load_feature_stats("runs/k10")
-    edit = Add("mid.0", sae, feature=12, strength=5, stats=stats, mask="8,8,24,24", steps="0-3")
-    images = generate(host, ["a red circle"], [edit], seed=0)
-"""
+"""The interventions: :class:`Intervention` (masking, step gating, hooking) and the
+edits built on it, ``add``, ``latent``, ``splice``, ``ablate``, ``icon`` and the
+``RandomDirection`` control, with the checks of a dictionary against the bound site."""
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +14,7 @@ from torch import Tensor
 from diffdict.capture import HALVES, EditHook, parse_steps
 from diffdict.errors import DiffdictError
 from diffdict.feature_stats import FeatureStats, encode_codes, site_space
+from diffdict.interventions.masks import PixelBox, check_steps, resolve_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffdict.dictionaries import Dictionary
@@ -53,120 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
 LATENT_OPS = ("set", "scale", "add")
 
 
-# -- masks -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PixelBox:
-    """A box in image pixels: x0 <= x < x1, y0 <= y < y1."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-    def __str__(self) -> str:
-        return ",".join(f"{v:g}" for v in (self.x0, self.y0, self.x1, self.y1))
-
-
-@dataclass(frozen=True)
-class TokenBox:
-    """A box on the site's token grid: rows r0 <= r < r1, columns c0 <= c < c1."""
-
-    r0: int
-    c0: int
-    r1: int
-    c1: int
-
-
-def parse_box(text: str) -> PixelBox:
-    """``"x0,y0,x1,y1"`` (pixels) -> :class:`PixelBox`."""
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) != 4:
-        raise DiffdictError(f"bad mask {text!r}: expected four pixel coordinates x0,y0,x1,y1")
-    return PixelBox(*values)
-
-
-def _coverage(n_pixels: int, n_cells: int, lo: float, hi: float) -> np.ndarray:
-    """(n_cells,) share of each cell of [0, n_pixels) split evenly into n_cells covered by [lo, hi)."""
-    edges = np.linspace(0.0, n_pixels, n_cells + 1)
-    overlap = np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0.0, None)
-    return overlap / np.diff(edges)
-
-
-def _pool_matrix(n_pixels: int, n_cells: int) -> np.ndarray:
-    """(n_cells, n_pixels): the share of cell r that pixel p covers (rows sum to 1)."""
-    return np.stack([_coverage(n_pixels, n_cells, p, p + 1) for p in range(n_pixels)], axis=1)
-
-
-def pool_to_grid(pixel_mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Area-average an (H, W) mask onto a (rows, cols) grid."""
-    h, w = pixel_mask.shape
-    return _pool_matrix(h, grid[0]) @ pixel_mask.astype(np.float64) @ _pool_matrix(w, grid[1]).T
-
-
-def resolve_mask(mask: Any, grid: tuple[int, int], image_size: tuple[int, int]) -> Tensor | None:
-    """Token weights (rows*cols,) float32 in [0, 1] for a mask spec (None: no mask)."""
-    if mask is None:
-        return None
-    rows, cols = grid
-    height, width = image_size
-    if isinstance(mask, str):
-        mask = parse_box(mask)
-    if isinstance(mask, (tuple, list)) and len(mask) == 4 and all(isinstance(v, (int, float, np.number)) for v in mask):
-        mask = PixelBox(*(float(v) for v in mask))
-    if isinstance(mask, PixelBox):
-        x0, y0, x1, y1 = mask.x0, mask.y0, mask.x1, mask.y1
-        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-            raise DiffdictError(
-                f"mask {mask} lies outside the {width}x{height} image: expected 0 <= x0 < x1 <= {width} "
-                f"and 0 <= y0 < y1 <= {height} (pixels, end exclusive)"
-            )
-        weights = np.outer(_coverage(height, rows, y0, y1), _coverage(width, cols, x0, x1))
-    elif isinstance(mask, TokenBox):
-        r0, c0, r1, c1 = mask.r0, mask.c0, mask.r1, mask.c1
-        if not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= cols):
-            raise DiffdictError(
-                f"token mask rows {r0}:{r1}, columns {c0}:{c1} lies outside the site's {rows}x{cols} token grid"
-            )
-        weights = np.zeros((rows, cols))
-        weights[r0:r1, c0:c1] = 1.0
-    else:
-        array = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
-        if array.dtype == object or array.ndim != 2:
-            raise DiffdictError(f"bad mask of type {type(mask).__name__}: expected x0,y0,x1,y1 or a 2-D array")
-        array = array.astype(np.float64)
-        if array.shape == (rows, cols):
-            weights = array
-        elif array.shape == (height, width):
-            weights = pool_to_grid(array, grid)
-        else:
-            raise DiffdictError(
-                f"mask of shape {array.shape[0]}x{array.shape[1]} matches neither the site's {rows}x{cols} token grid "
-                f"nor the {height}x{width} image"
-            )
-        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise DiffdictError("mask weights must lie in [0, 1]")
-    if not (weights > 0).any():
-        raise DiffdictError(f"the mask covers no token of the site's {rows}x{cols} grid")
-    return torch.from_numpy(np.clip(weights, 0.0, 1.0).reshape(-1).astype(np.float32))
-
-
-# -- steps -----------------------------------------------------------------------------------
-def check_steps(steps: frozenset[int] | None, num_steps: int | None) -> None:
-    if steps is None or num_steps is None:
-        return
-    bad = sorted(s for s in steps if not 0 <= s < num_steps)
-    if bad:
-        raise DiffdictError(
-            f"step {bad[0]} is outside the schedule: the generation has {num_steps} denoising "
-            f"step{'s' if num_steps != 1 else ''} (0..{num_steps - 1})"
-        )
-
-
-# -- the interventions ---------------------------------------------------------------------
 @dataclass
 class Intervention:
     """Base class. Subclasses implement ``edit(x, step) -> new x`` on (B, T, d) float32
@@ -520,102 +376,3 @@ def make_intervention(mode: str, site: str, **options: Any) -> Intervention:
     if mode not in MODES:
         raise DiffdictError(f"unknown intervention mode {mode!r}; expected one of {', '.join(MODES)}")
     return MODES[mode](site, **options)
-
-
-# -- running ----------------------------------------------------------------------------------
-@contextmanager
-def intervene(host: "HostModel", interventions: Sequence[Intervention], num_steps: int | None = None) -> Iterator[None]:
-    """Install the interventions' hooks on ``host`` for the block (checked against a
-    generation of ``num_steps`` denoising steps; default the host's)."""
-    hooks: list[EditHook] = []
-    for intervention in interventions:
-        if not isinstance(intervention, Intervention):
-            raise DiffdictError(f"expected an intervention, got {type(intervention).__name__}")
-        hooks.extend(intervention.bind(host, num_steps if num_steps is not None else host.default_steps))
-    with ExitStack() as stack:
-        if hooks:
-            stack.enter_context(host.hooks(hooks))
-        yield
-
-
-def generate(
-    host: "HostModel",
-    prompts: Sequence[str],
-    interventions: Sequence[Intervention] = (),
-    seed: int = 0,
-    seeds: Sequence[int] | None = None,
-    num_steps: int | None = None,
-    guidance: float | None = None,
-    batch_size: int = 16,
-) -> np.ndarray:
-    """uint8 images (N, H, W, 3) of ``prompts`` under ``interventions`` (none: the
-    originals). Image i starts from the noise of seed ``seed + i`` (or ``seeds[i]``)."""
-    prompts = list(prompts)
-    if not prompts:
-        raise DiffdictError("no prompts to generate")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DiffdictError(f"batch size must be a positive integer, got {batch_size!r}")
-    seeds = [int(s) for s in seeds] if seeds is not None else [seed + i for i in range(len(prompts))]
-    if len(seeds) != len(prompts):
-        raise DiffdictError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-    num_steps = host.default_steps if num_steps is None else int(num_steps)
-    out = []
-    with intervene(host, interventions, num_steps):
-        for start in range(0, len(prompts), batch_size):
-            rows = range(start, min(start + batch_size, len(prompts)))
-            for intervention in interventions:
-                intervention.set_batch(rows)
-            try:
-                out.append(host.generate(prompts[rows.start:rows.stop], seeds=seeds[rows.start:rows.stop],
-                                         steps=num_steps, guidance=guidance))
-            finally:
-                for intervention in interventions:
-                    intervention.set_batch(None)
-    return np.concatenate(out)
-
-
-def feature_icon(
-    host: "HostModel",
-    site: str,
-    dictionary: "Dictionary",
-    feature: int,
-    strength: float = 1.0,
-    activation: float | None = None,
-    stats: FeatureStats | None = None,
-    count: int = 1,
-    seed: int = 0,
-    num_steps: int | None = None,
-    guidance: float | None = None,
-    steps: Any = None,
-    what: str | None = None,
-) -> np.ndarray:
-    """The feature's visualisation: ``count`` images of the empty prompt with the site's
-    value replaced by the feature direction at its typical magnitude."""
-    icon = Icon(site, dictionary, feature, strength, activation=activation, stats=stats, steps=steps, what=what)
-    return generate(host, [""] * count, [icon], seed=seed, num_steps=num_steps, guidance=guidance)
-
-
-__all__ = [
-    "Ablate",
-    "Add",
-    "Icon",
-    "Intervention",
-    "LATENT_OPS",
-    "LatentEdit",
-    "MODES",
-    "PixelBox",
-    "RandomDirection",
-    "Splice",
-    "TokenBox",
-    "check_steps",
-    "feature_direction",
-    "feature_icon",
-    "generate",
-    "intervene",
-    "make_intervention",
-    "parse_box",
-    "parse_steps",
-    "pool_to_grid",
-    "resolve_mask",
-    "typical_activation",
-]

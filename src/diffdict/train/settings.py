@@ -1,0 +1,190 @@
+"""Training settings: what determines the trained weights, their validation, and the
+grid of members they describe (one per combination of the list-valued options each
+architecture uses), with each member's learning rate schedule."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from diffdict.dictionaries.itda import PURSUITS
+from diffdict.dictionaries.sae import B_DEC_INITS, normalization_name
+from diffdict.dictionaries.sparsity import MECHANISMS
+from diffdict.errors import DiffdictError
+
+# Settings that may take several values; their product (restricted to the options each
+# architecture uses) is the grid.
+GRID_OPTIONS = ("arch", "expansion", "width", "lr", "normalization", "k", "auxk", "l1", "l0_coef", "theta",
+                "learn_theta", "tau", "l0")
+# How an option appears in a member's name.
+NAME_FORMATS = {
+    "k": "k{}", "expansion": "x{}", "width": "w{}", "lr": "lr{}", "normalization": "{}", "l1": "l1_{}",
+    "l0_coef": "l0c{}", "theta": "th{}", "tau": "tau{}", "l0": "l0_{}", "threshold_decay": "td{}",
+    "bandwidth": "bw{}",
+}
+
+
+@dataclass
+class TrainSettings:
+    """What determines the trained weights; list-valued fields form the grid."""
+
+    acts: str
+    site: str | None = None
+    arch: list[str] = field(default_factory=lambda: ["topk"])
+    expansion: list[float] = field(default_factory=lambda: [4.0])
+    width: list[int] | None = None  # replaces expansion when given
+    lr: list[float] | None = None  # None: default_lr(width) for each member
+    normalization: list[str] = field(default_factory=lambda: ["none"])
+    # sparsity options (None: the mechanism's default)
+    k: list[int] = field(default_factory=lambda: [32])
+    auxk: list[bool] = field(default_factory=lambda: [True])
+    l1: list[float] | None = None
+    l0_coef: list[float] | None = None
+    theta: list[float] | None = None
+    learn_theta: list[bool] | None = None
+    bandwidth: float | None = None
+    threshold_decay: float | None = None
+    # AuxK and dead features
+    auxk_coef: float = 1 / 32
+    k_aux: int | None = None  # default d_in // 2
+    dead_window: int = 10_000_000
+    # initialisation and speed
+    b_dec_init: str = "geometric-median"
+    init_tokens: int = 16384
+    bf16: bool = True
+    # ITDA
+    tau: list[float] = field(default_factory=lambda: [0.3])
+    l0: list[int] = field(default_factory=lambda: [10])
+    pursuit: str = "mp"
+    itda_tokens: int | None = None
+    itda_chunk: int = 256
+    max_atoms: int | None = None
+    # the pass
+    batch_size: int = 4096
+    tokens: int = 2_000_000
+    seed: int = 0
+    warmup_steps: int = 0
+    decay_fraction: float = 0.0  # linear decay to 0 over this last fraction of steps
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainSettings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def validate(self) -> None:
+        for name in ("batch_size", "tokens", "init_tokens", "dead_window", "itda_chunk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DiffdictError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        for name in GRID_OPTIONS:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, list) or not value):
+                raise DiffdictError(f"--{name.replace('_', '-')} needs at least one value")
+        for arch in self.arch:
+            if arch not in MECHANISMS and arch != "itda":
+                raise DiffdictError(
+                    f"unknown --arch {arch!r}; expected one of {', '.join(sorted(MECHANISMS))}, itda"
+                )
+        for value in self.k:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DiffdictError(f"--k must be positive integers, got {value!r}")
+        for value in self.lr or []:
+            if not value > 0:
+                raise DiffdictError(f"--lr must be positive, got {value}")
+        for value in self.expansion:
+            if not value > 0:
+                raise DiffdictError(f"--expansion must be positive, got {value}")
+        self.normalization = [normalization_name(n) for n in self.normalization]
+        if self.b_dec_init not in B_DEC_INITS:
+            raise DiffdictError(f"unknown --b-dec-init {self.b_dec_init!r}; expected one of {', '.join(B_DEC_INITS)}")
+        if self.pursuit not in PURSUITS:
+            raise DiffdictError(f"unknown --pursuit {self.pursuit!r}; expected one of {', '.join(PURSUITS)}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise DiffdictError(f"--decay-fraction must lie in [0, 1], got {self.decay_fraction}")
+        if self.warmup_steps < 0:
+            raise DiffdictError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(self.tokens / self.batch_size)
+
+
+@dataclass
+class MemberSpec:
+    name: str
+    arch: str
+    options: dict[str, Any]  # grid values for this member (SAE: also its mechanism options)
+
+
+def default_lr(n_features: int) -> float:
+    """Adam's learning rate when none is given: 2e-4 / √(n / 2¹⁴) for n features, the
+    width-scaled rule of EleutherAI sparsify (1.1e-3 at 512 features, 3.6e-4 at 5120).
+    The SDXL Turbo paper's fixed 1e-4 is meant for 10M+ tokens; on the short runs users
+    start with it leaves the dictionary far from converged (figures in the README,
+    ``benchmarks/train_throughput.py --case planted``)."""
+    return 2e-4 / math.sqrt(n_features / 2**14)
+
+
+def _mechanism_option_names(arch: str) -> list[str]:
+    parameters = list(inspect.signature(MECHANISMS[arch].__init__).parameters)
+    return [p for p in parameters if p not in ("self", "n_features")]
+
+
+def _format(value: Any) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def grid_members(settings: TrainSettings) -> list[MemberSpec]:
+    """The grid: for each architecture the product of the options it uses. A member's
+    name shows its architecture's first option, its width, and every option that takes
+    several values in the grid, e.g. ``topk-k10-x4`` or ``relu-l1-l1_0.001-x4-lr0.0003``."""
+    varied = {name for name in GRID_OPTIONS if isinstance(getattr(settings, name), list)
+              and len(getattr(settings, name)) > 1}
+    members: list[MemberSpec] = []
+    for arch in dict.fromkeys(settings.arch):
+        if arch == "itda":
+            used, always = ["tau", "l0"], ["tau", "l0"]
+        else:
+            mechanism_options = _mechanism_option_names(arch)
+            sparsity = [name for name in mechanism_options if getattr(settings, name, None) is not None]
+            size = "width" if settings.width else "expansion"
+            used = sparsity + [size] + (["lr"] if settings.lr is not None else []) + ["normalization"]
+            if MECHANISMS[arch].supports_auxk:
+                used.append("auxk")
+            always = sparsity[:1] + [size]
+        axes = [[(name, v) for v in (getattr(settings, name) if isinstance(getattr(settings, name), list)
+                                     else [getattr(settings, name)])] for name in used]
+        for combo in itertools.product(*axes):
+            options = dict(combo)
+            parts = [arch]
+            for name, value in combo:
+                if name == "auxk":
+                    if "auxk" in varied:
+                        parts.append("auxk" if value else "noauxk")
+                elif name == "learn_theta":
+                    if "learn_theta" in varied:
+                        parts.append("learned" if value else "fixed")
+                elif name in always or name in varied:
+                    parts.append(NAME_FORMATS.get(name, name + "{}").format(_format(value)))
+            members.append(MemberSpec("-".join(parts), arch, options))
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise DiffdictError(f"the grid gives members with the same name: {', '.join(sorted(names))}")
+    return members
+
+
+def lr_at(step: int, base: float, settings: TrainSettings) -> float:
+    factor = 1.0
+    if settings.warmup_steps:
+        factor = min(1.0, (step + 1) / settings.warmup_steps)
+    total = settings.total_steps
+    decay_start = total * (1 - settings.decay_fraction)
+    if settings.decay_fraction and step >= decay_start:
+        factor *= max(0.0, (total - step) / (total - decay_start))
+    return base * factor
