@@ -23,13 +23,13 @@ from diffdict.studies.base import Metric, Study, StudyConfig, StudyContext, opti
 from diffdict.studies.cache import text_digest
 from diffdict.studies.pipeline import (
     block_sites,
-    clip_scores,
     generate_images,
     generation_settings,
     judge_fingerprint,
     original_images,
     study_prompts,
 )
+from diffdict.studies.scoring import clip_scores
 
 COMPOSITION = ("shape", "size", "region", "n_objects")
 STYLE = ("color", "bg_color", "texture")

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from diffdict.studies.base import Metric, Study, StudyConfig, StudyContext, option
-from diffdict.studies.pipeline import Member, activation_store, evaluation, spliced_fidelity, steering, train_members
+from diffdict.studies.pipeline import Member, activation_store, train_members
+from diffdict.studies.scoring import evaluation, spliced_fidelity, steering
 
 
 #: concepts steered by default: the colours (the family the study block, up.1.1, writes;

@@ -27,18 +27,16 @@ from diffdict.studies.base import Metric, Study, StudyContext, option
 from diffdict.studies.dictionary_study import DictionaryStudyConfig, trained_folder
 from diffdict.studies.pipeline import (
     Member,
-    clip_scores,
     activation_store,
-    evaluation,
     generate_images,
     generation_settings,
     judge_fingerprint,
     original_images,
     site_what,
-    steering_features,
     study_prompts,
     train_members,
 )
+from diffdict.studies.scoring import clip_scores, evaluation, steering_features
 from diffdict.studies.cache import text_digest
 
 METHODS = ("add", "latent-keep", "latent-drop")

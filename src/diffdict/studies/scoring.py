@@ -1,0 +1,261 @@
+"""What a study measures on one trained dictionary, each cached by exactly the settings
+it depends on: the ground-truth benchmark's interpretability scores (``diffdict.bench``),
+the CLIP score of the detected features' top images, steering success and causal
+strength of each concept's writer, and spliced fidelity."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from diffdict.studies.cache import text_digest
+from diffdict.studies.pipeline import (
+    generate_images,
+    generation_settings,
+    has_ground_truth,
+    judge_fingerprint,
+    original_images,
+    reconstruction_metrics,
+    site_what,
+    study_prompts,
+)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffdict.studies.base import StudyContext
+
+
+def interpretability(ctx: "StudyContext", dictionary, store, site: str, seed: int) -> dict[str, Any]:
+    """The benchmark's ground-truth scores (``diffdict.bench``) on the eval store: mean
+    detection F1 over concepts (token and image level), purity of the live features,
+    concept purity (each concept's purest feature), coverage; the CLIP score of the chosen features' top images with their concept's
+    phrase; per concept the chosen feature, its F1 and typical activation. NaN without
+    ground truth (real models)."""
+    from diffdict.bench.data import BENCH_CONCEPTS, dictionary_codes
+    from diffdict.bench.interpretability import interpretability_scores
+    from diffdict.bench.runner import concept_directions, concept_writers, typical_activations
+    from diffdict.interpret.groundtruth import concept_phrase
+
+    result: dict[str, Any] = {"detect_f1": math.nan, "detect_f1_image": math.nan, "purity": math.nan,
+                              "concept_purity": math.nan, "coverage": math.nan, "clip_score": math.nan, "items": {}, "concepts": {}}
+    codes = dictionary_codes(dictionary, store, site, seed=seed)
+    if not has_ground_truth(ctx.host):
+        # no concepts to steer towards: the most frequent features, for the edits that need no target
+        counts = torch.bincount(codes.feature, minlength=codes.n_features)
+        typical = typical_activations(codes)
+        result["frequent"] = [{"feature": int(f), "activation": float(typical[f]), "concept": None, "phrase": None}
+                              for f in torch.argsort(counts, descending=True, stable=True)[:16] if counts[f] > 0]
+        return result
+    truth = study_ground_truth(ctx, store, site)
+    live = torch.bincount(codes.feature, minlength=codes.n_features) > 0
+    steered = list(ctx.config.steer_concepts)
+    writers = concept_writers(dictionary, concept_directions(store, site, truth, steered), live, store.d(site))
+    scores = interpretability_scores(codes, truth, seed, writers)
+    typical = typical_activations(codes)
+    summary = scores["summary"]
+    result.update(detect_f1=summary["token_f1"]["mean"], detect_f1_image=summary["image_f1"]["mean"],
+                  purity=summary["token_purity"]["mean"], concept_purity=summary["concept_purity"]["mean"],
+                  coverage=summary["coverage"])
+    concepts = scores["concepts"]
+    result["items"] = {key: [_nan(concepts[c][field]) for c in BENCH_CONCEPTS]
+                       for key, field in (("detect_f1", "token_f1"), ("detect_f1_image", "image_f1"),
+                                          ("concept_purity", "concept_purity"))}
+    result["concepts"] = {c: {"feature": concepts[c]["token_feature"], "token_f1": _nan(concepts[c]["token_f1"]),
+                              "activation": float(typical[concepts[c]["token_feature"]]), "phrase": concept_phrase(c)}
+                          for c in BENCH_CONCEPTS}
+    for c, f in writers.items():  # the feature steered: the one closest to the concept's direction
+        result["concepts"][c].update(writer=f, writer_activation=float(typical[f]),
+                                     writer_f1=_nan(concepts[c]["writer_token_f1"]))
+    result["clip_score"] = clip_interpretability(ctx, dictionary, store, site, seed, result["concepts"])
+    return result
+
+
+_GROUND_TRUTH: dict[tuple, Any] = {}
+
+
+def study_ground_truth(ctx: "StudyContext", store, site: str):
+    """The ground truth of a store's site (kept in memory: every dictionary of a study
+    reads the same eval store; the split is the study's seed, so every variant and seed
+    is scored on the same test half)."""
+    from diffdict.bench.data import ground_truth
+
+    key = (store.digest, site, ctx.config.seed)
+    if key not in _GROUND_TRUTH:
+        _GROUND_TRUTH.clear()
+        _GROUND_TRUTH[key] = ground_truth(store, site, seed=ctx.config.seed)
+    return _GROUND_TRUTH[key]
+
+
+def clip_interpretability(ctx: "StudyContext", dictionary, store, site: str, seed: int,
+                          concepts: dict[str, dict]) -> float:
+    """Mean CLIP similarity (the judge) between a chosen feature's top images and its
+    concept's phrase, over the ``clip_features`` best-detected concepts."""
+    from diffdict.interpret.base import Explanation, FeatureView, InterpretContext
+    from diffdict.interpret.scorers import ClipScorer
+    from diffdict.interpret.stats import compute_activation_stats
+
+    clip = getattr(ctx.judge, "model", None) if ctx.judge.name == "shapes-clip" else None
+    if clip is None:
+        return math.nan
+    ranked = sorted((c for c in concepts if not math.isnan(concepts[c]["token_f1"])),
+                    key=lambda c: (-concepts[c]["token_f1"], c))[: ctx.config.clip_features]
+    if not ranked:
+        return math.nan
+    stats = compute_activation_stats(store, dictionary, site, top_n=8, keep_maps=True)
+    context = InterpretContext(store, dictionary, site, stats, seed=seed, clip=clip, host=ctx.host)
+    scorer, sims = ClipScorer(), []
+    for concept in ranked:
+        f = concepts[concept]["feature"]
+        if int(stats.fire_count[f]) == 0:
+            continue
+        view = FeatureView(f, context, context.examples(f, 5), stats.feature_summary(f))
+        score = scorer.score(Explanation(concepts[concept]["phrase"], "ground truth", {"concept": concept}), view)
+        if score.get("similarity") is not None:
+            sims.append(score["similarity"])
+    return float(np.mean(sims)) if sims else math.nan
+
+
+def _nan(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def evaluation(ctx: "StudyContext", dictionary_key: dict, load, eval_store, site: str, seed: int) -> dict[str, Any]:
+    """Reconstruction and interpretability of one dictionary on the eval store (cached)."""
+    settings = {"dictionary": dictionary_key, "store": eval_store.digest, "site": site, "seed": seed,
+                "split_seed": ctx.config.seed, "clip_features": ctx.config.clip_features, "bench": BENCH_VERSION,
+                "steer_concepts": list(ctx.config.steer_concepts),
+                "judge": judge_fingerprint(ctx.judge) if has_ground_truth(ctx.host) else None,
+                "oracle": has_ground_truth(ctx.host)}
+
+    def compute() -> dict:
+        dictionary = load()
+        return {**reconstruction_metrics(dictionary, eval_store, site),
+                **interpretability(ctx, dictionary, eval_store, site, seed)}
+
+    return ctx.cache.json("evaluation", settings, compute)
+
+
+#: bumped when the benchmark's scores change meaning (it keys the cached evaluations)
+BENCH_VERSION = 3
+
+
+def steering_features(evaluation_result: dict, concepts: Sequence[str]) -> list[dict[str, Any]]:
+    """The features to steer: for each concept its writer (the feature closest to the
+    concept's direction), with its typical activation; best-detected writers first."""
+    chosen = []
+    for c in concepts:
+        entry = evaluation_result["concepts"].get(c)
+        if entry is not None and "writer" in entry:
+            chosen.append({"concept": c, "phrase": entry["phrase"], "feature": entry["writer"],
+                           "activation": entry["writer_activation"], "token_f1": entry["writer_f1"]})
+    return sorted(chosen, key=lambda f: (-(f["token_f1"] if not math.isnan(f["token_f1"]) else -1.0), f["concept"]))
+
+
+def steering_pool(ctx: "StudyContext", site: str):
+    """The one-object prompts every dictionary of the study is steered on, with their
+    unedited images (cached) and what the judge reads in them."""
+    from diffdict.bench.steering import pool_size, steering_pool as make_pool
+    from diffdict.io import load_tensors, save_tensors
+
+    count = pool_size(ctx.config.steer_prompts)
+    generator = study_generator(ctx, site)
+    settings = {"host": ctx.host.describe(), "pool": count, "seed": ctx.config.seed, **generation_settings(ctx)}
+
+    def build(folder: Path) -> None:
+        pool = make_pool(generator, ctx.judge, count, ctx.config.seed, ctx.host.site(site).grid)
+        save_tensors(folder / "images.safetensors", {"images": torch.from_numpy(pool.originals)})
+
+    folder = ctx.cache.folder("steer-pool", settings, build)
+    originals = load_tensors(folder / "images.safetensors")["images"].numpy()
+    return make_pool(generator, ctx.judge, count, ctx.config.seed, ctx.host.site(site).grid, originals=originals)
+
+
+def study_generator(ctx: "StudyContext", site: str):
+    from diffdict.bench.steering import Generator
+
+    gen = generation_settings(ctx)
+    return Generator(ctx.host, site, ctx.host.site(site).d, site_what(ctx, site), gen["num_steps"], gen["guidance"],
+                     ctx.config.batch_size)
+
+
+def steering(ctx: "StudyContext", dictionary_key: dict, load, edit_site: str, evaluation_result: dict,
+             seed: int) -> dict[str, Any]:
+    """Steering success of each concept's chosen feature (``add`` over the object, or the
+    whole image for a scene attribute) and causal strength = success minus the success of
+    a random direction of equal norm, per trial (cached). The prompts, their noise and the
+    random directions are the study's (``--seed``), the same for every variant, so trials
+    pair up across variants."""
+    if not has_ground_truth(ctx.host) or not evaluation_result.get("concepts"):
+        return {"steer_success": math.nan, "causal_strength": math.nan, "items": {}}
+    features = steering_features(evaluation_result, ctx.config.steer_concepts)
+    settings = {"dictionary": dictionary_key, "site": edit_site, "features": features, "seed": ctx.config.seed,
+                "prompts": ctx.config.steer_prompts, "strength": ctx.config.strength, "bench": BENCH_VERSION,
+                "judge": judge_fingerprint(ctx.judge), "host": ctx.host.describe(), **generation_settings(ctx)}
+
+    def compute() -> dict:
+        from diffdict.bench.steering import steering_scores
+
+        dictionary = load()
+        typical = torch.zeros(dictionary.n_features)
+        for f in features:
+            typical[f["feature"]] = f["activation"]
+        scores = steering_scores(study_generator(ctx, edit_site), ctx.judge, dictionary, steering_pool(ctx, edit_site),
+                                 [f["concept"] for f in features], {f["concept"]: f["feature"] for f in features},
+                                 typical, None, [ctx.config.strength], ctx.config.steer_prompts, ctx.config.seed,
+                                 log=lambda line: None)
+        success = sum((scores[f["concept"]]["feature_success"] for f in features), [])
+        random = sum((scores[f["concept"]]["random_success"] for f in features), [])
+        causal = [a - b for a, b in zip(success, random)]
+        return {"steer_success": float(np.mean(success)) if success else math.nan,
+                "causal_strength": float(np.mean(causal)) if causal else math.nan,
+                "items": {"steer_success": success, "causal_strength": causal},
+                "per_concept": {c: {"success": float(np.mean(v["feature_success"])) if v["feature_success"] else None,
+                                    "random": float(np.mean(v["random_success"])) if v["random_success"] else None}
+                                for c, v in scores.items()}}
+
+    return ctx.cache.json("steering", settings, compute)
+
+
+def clip_scores(judge, images, texts: Sequence[str] | str) -> np.ndarray:
+    """CLIP score of each image with its text; shapes-clip reads only the shapes world's
+    words, so other words are dropped (NaN where none is left)."""
+    from diffdict.interpret.scorers import in_vocabulary
+    from diffdict.metrics.image import clip_score
+
+    texts = [texts] * len(images) if isinstance(texts, str) else list(texts)
+    if judge.name == "shapes-clip":
+        texts = [in_vocabulary(t) for t in texts]
+        known = np.array([bool(t) for t in texts])
+        out = np.full(len(texts), np.nan)
+        if known.any():
+            out[known] = clip_score(np.asarray(images)[known], [t for t in texts if t], judge)
+        return out
+    return clip_score(images, texts, judge)
+
+
+def spliced_fidelity(ctx: "StudyContext", dictionary_key: dict, load, edit_site: str) -> dict[str, float]:
+    """Images with the site replaced by the reconstruction against the originals:
+    perceptual distance, and the drop in CLIP score with the prompt (cached)."""
+    from diffdict.interventions import Splice
+    from diffdict.metrics.image import perceptual_distance
+
+    prompts = study_prompts(ctx.config, "edit", ctx.config.fidelity_prompts)
+    settings = {"dictionary": dictionary_key, "site": edit_site, "prompts": text_digest(prompts),
+                "judge": judge_fingerprint(ctx.judge), "host": ctx.host.describe(), **generation_settings(ctx)}
+
+    def compute() -> dict:
+        original = original_images(ctx, prompts)
+        spliced = generate_images(ctx, prompts, [Splice(edit_site, load(), what=site_what(ctx, edit_site))])
+        drop = clip_scores(ctx.judge, original, prompts) - clip_scores(ctx.judge, spliced, prompts)
+        return {"fidelity_lpips": float(perceptual_distance(original, spliced, ctx.judge).mean()),
+                "fidelity_clip_drop": float(np.nanmean(drop)) if np.isfinite(drop).any() else math.nan}
+
+    return ctx.cache.json("fidelity", settings, compute)
+
+
+__all__ = ["clip_interpretability", "clip_scores", "evaluation", "interpretability", "spliced_fidelity", "steering",
+           "steering_features", "steering_pool", "study_generator", "study_ground_truth"]
