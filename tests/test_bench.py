@@ -125,6 +125,26 @@ def test_concept_purity_separates_learnt_features_from_random_directions_in_clus
     assert learnt_concept_purity[3].item() == pytest.approx(1.0)
 
 
+def test_best_strength_is_chosen_on_the_other_half_of_the_prompts():
+    """Two strengths that each succeed on alternate prompts only: choosing the best on the
+    prompts scored reports 0.5; cross-fitting reports what a strength chosen in advance
+    gets, here 0. With one strength nothing is chosen."""
+    from diffdict.bench.steering import cross_fitted
+
+    by_strength = {"4.0": {"success": [1.0, 0.0, 1.0, 0.0], "retain": [0.9, 0.8, 0.9, 0.8]},
+                   "8.0": {"success": [0.0, 1.0, 0.0, 1.0], "retain": [0.5, 0.6, 0.5, 0.6]}}
+    best, success, retain = cross_fitted(by_strength)
+    assert best == "4.0"  # tie over all prompts: the weaker strength
+    assert success == [0.0, 0.0, 0.0, 0.0]
+    assert retain == [0.5, 0.8, 0.5, 0.8]
+    # a strength that is better on both halves is chosen for both
+    by_strength["4.0"]["success"] = [0.0, 0.0, 1.0, 0.0]
+    by_strength["8.0"]["success"] = [1.0, 1.0, 1.0, 1.0]
+    assert cross_fitted(by_strength)[:2] == ("8.0", [1.0, 1.0, 1.0, 1.0])
+    single = {"6.0": {"success": [1.0, 0.0], "retain": [1.0, 1.0]}}
+    assert cross_fitted(single) == ("6.0", [1.0, 0.0], [1.0, 1.0])
+
+
 def test_absorption_counts_tokens_a_specific_feature_takes_over():
     from diffdict.bench.absorption import absorption
     from diffdict.bench.detection import rank_entries

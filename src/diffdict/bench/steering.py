@@ -263,13 +263,40 @@ def steering_scores(generator: Generator, judge, dictionary, pool: SteeringPool,
             log(f"  steer {concept} s={strength}: " + " ".join(
                 f"{m} {np.mean(v['success']) if v['success'] else float('nan'):.2f}" for m, v in by_method.items()))
         for method in methods:
-            means = {s: float(np.mean(v[method]["success"])) if entry["prompts"] else float("nan")
-                     for s, v in entry["strengths"].items()}
-            best = max(means, key=lambda s: (means[s], -float(s)))
+            by_strength = {s: v[method] for s, v in entry["strengths"].items()}
+            best, success, retain = cross_fitted(by_strength)
             entry[f"{method}_best_strength"] = float(best)
-            entry[f"{method}_success"] = entry["strengths"][best][method]["success"]
-            entry[f"{method}_retain"] = entry["strengths"][best][method]["retain"]
+            entry[f"{method}_success"] = success
+            entry[f"{method}_retain"] = retain
     return out
+
+
+def best_strength(by_strength: dict[str, dict[str, list[float]]], rows: Sequence[int]) -> str:
+    """The strength with the highest success on ``rows`` (ties: the weaker strength)."""
+    def mean(s):
+        values = [by_strength[s]["success"][i] for i in rows]
+        return float(np.mean(values)) if values else 0.0
+    return max(by_strength, key=lambda s: (mean(s), -float(s)))
+
+
+def cross_fitted(by_strength: dict[str, dict[str, list[float]]]) -> tuple[str, list[float], list[float]]:
+    """(the best strength over all prompts, per-prompt success, per-prompt retain) where,
+    with several strengths, each prompt's result is taken at the strength chosen on the
+    *other* half of the prompts (two-fold cross-fitting): choosing the best strength on
+    the prompts it is scored on would report the luck of the draw as steering."""
+    first = next(iter(by_strength.values()))
+    n = len(first["success"])
+    best = best_strength(by_strength, range(n))
+    if len(by_strength) == 1:
+        return best, list(first["success"]), list(first["retain"])
+    halves = [list(range(0, n, 2)), list(range(1, n, 2))]
+    chosen = [best_strength(by_strength, halves[1]), best_strength(by_strength, halves[0])]  # per half: the other's
+    success, retain = [0.0] * n, [0.0] * n
+    for half, strength in zip(halves, chosen):
+        for i in half:
+            success[i] = by_strength[strength]["success"][i]
+            retain[i] = by_strength[strength]["retain"][i]
+    return best, success, retain
 
 
 def erasure_scores(generator: Generator, judge, dictionary, concepts: Sequence[str], erased: dict[str, list[int]],
@@ -334,5 +361,5 @@ def erasure_scores(generator: Generator, judge, dictionary, concepts: Sequence[s
     return out
 
 
-__all__ = ["Generator", "JudgeReadings", "RowwiseAdd", "RowwiseErase", "erasure_scores", "object_weights",
+__all__ = ["Generator", "JudgeReadings", "cross_fitted", "RowwiseAdd", "RowwiseErase", "erasure_scores", "object_weights",
            "steering_scores"]
