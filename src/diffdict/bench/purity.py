@@ -11,9 +11,10 @@ are clustered: the top activations of *any* direction lie in the cluster at its
 extreme (on the shapes world, one background colour), so random directions are pure
 about the few commonest concepts. **Concept purity** asks the question the other way
 round: for each concept, the purest feature for it (chosen on the selection half) and
-its precision on the test half. Random directions reach the dominant clusters only; a
-dictionary scores high on the rare concepts (an object's colour or shape) only when it
-has learnt a feature for them.
+its precision on the test half. It separates a learnt feature from random directions
+for a concept that is a small shift random directions do not reach (tests); when every
+concept is a strong cluster, as the colours are at the toy model's ``up.1.1``, random
+directions reach them too and neither purity separates trained from random weights.
 """
 
 from __future__ import annotations

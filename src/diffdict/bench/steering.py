@@ -206,18 +206,10 @@ def steering_scores(generator: Generator, judge, dictionary, pool: SteeringPool,
                     controls: bool = True) -> dict[str, Any]:
     """Per concept and strength: success of the feature edit, and (with ``controls``) of
     the random direction and (with ``supervised``) the supervised direction, and retain
-    accuracy; per concept each method's best strength and its successes.
-
-    Every edit of every concept, strength and method is one row of a single generation
-    call (``RowwiseAdd`` holds a delta and a mask per row): small per-concept batches
-    would leave most of the CPU's throughput unused."""
+    accuracy; per concept each method's best strength and its successes."""
     directions = site_directions(dictionary, generator.width)
     methods = ("feature",) + ((("random",) + (("supervised",) if supervised is not None else ())) if controls else ())
-    width = directions.shape[1]
-    n_tokens = pool.weights.shape[1]
     out: dict[str, Any] = {}
-    jobs: list[tuple[str, str, str, list[int]]] = []  # (concept, strength, method, pool rows)
-    deltas, weights, job_rows = [], [], []
     for ci, concept in enumerate(concepts):
         family, _, value = concept.partition(":")
         target = FAMILIES[family].index(value.replace("_", " "))
@@ -225,49 +217,33 @@ def steering_scores(generator: Generator, judge, dictionary, pool: SteeringPool,
                 and pool.readings.values[family][i] != target][:prompts]
         f = features[concept]
         norm = float(typical[f])
+        width = directions.shape[1]
         unit = {"feature": directions[f] / directions[f].norm().clamp_min(1e-12)}
         if supervised is not None:
             unit["supervised"] = supervised[concept] / supervised[concept].norm().clamp_min(1e-12)
         random_units = unit_rows(len(pool.prompts), width, seed * 1_000_003 + 7919 * (ci + 1))
-        row_weights = pool.weights[rows] if family in OBJECT_FAMILIES else torch.ones(len(rows), n_tokens)
-        out[concept] = {"feature": f, "typical_activation": norm, "prompts": len(rows), "strengths": {}}
+        row_weights = pool.weights[rows] if family in OBJECT_FAMILIES else None
+        before = JudgeReadings({k: v[rows] for k, v in pool.readings.values.items()})
+        entry: dict[str, Any] = {"feature": f, "typical_activation": norm, "prompts": len(rows), "strengths": {}}
         for strength in strengths:
             scale = float(strength) * norm
+            by_method = {}
             for method in methods:
-                if not rows:
-                    jobs.append((concept, str(strength), method, rows))
-                    continue
-                deltas.append(random_units[rows] * scale if method == "random"
-                              else unit[method].expand(len(rows), width) * scale)
-                weights.append(row_weights)
-                job_rows.extend(rows)
-                jobs.append((concept, str(strength), method, rows))
-    if job_rows:
-        edit = RowwiseAdd(generator.site, what=generator.what, deltas=torch.cat(deltas), row_weights=torch.cat(weights))
-        after_all = JudgeReadings.of(judge, generator([pool.prompts[i] for i in job_rows],
-                                                      [pool.seeds[i] for i in job_rows], edit))
-    start = 0
-    for concept, strength, method, rows in jobs:
-        family = concept.partition(":")[0]
-        target = FAMILIES[family].index(concept.partition(":")[2].replace("_", " "))
-        part = slice(start, start + len(rows))
-        start += len(rows)
-        after = JudgeReadings({k: v[part] for k, v in after_all.values.items()}) if rows else JudgeReadings(
-            {k: np.zeros(0, dtype=int) for k in FAMILIES})
-        before = JudgeReadings({k: v[rows] for k, v in pool.readings.values.items()})
-        out[concept]["strengths"].setdefault(strength, {})[method] = {
-            "success": (after.values[family] == target).astype(float).tolist(),
-            "retain": after.retain(before, family).tolist() if rows else []}
-    for concept, entry in out.items():
-        for strength, by_method in entry["strengths"].items():
+                deltas = random_units[rows] * scale if method == "random" else unit[method].expand(len(rows), width) * scale
+                edit = RowwiseAdd(generator.site, what=generator.what, deltas=deltas, row_weights=row_weights)
+                images = generator([pool.prompts[i] for i in rows], [pool.seeds[i] for i in rows], edit)
+                after = JudgeReadings.of(judge, images)
+                by_method[method] = {"success": (after.values[family] == target).astype(float).tolist(),
+                                     "retain": after.retain(before, family).tolist()}
+            entry["strengths"][str(strength)] = by_method
             log(f"  steer {concept} s={strength}: " + " ".join(
-                f"{m} {np.mean(v['success']) if v['success'] else float('nan'):.2f}" for m, v in by_method.items()))
+                f"{m} {np.mean(v['success']) if rows else float('nan'):.2f}" for m, v in by_method.items()))
         for method in methods:
-            by_strength = {s: v[method] for s, v in entry["strengths"].items()}
-            best, success, retain = cross_fitted(by_strength)
+            best, success, retain = cross_fitted({s: v[method] for s, v in entry["strengths"].items()})
             entry[f"{method}_best_strength"] = float(best)
             entry[f"{method}_success"] = success
             entry[f"{method}_retain"] = retain
+        out[concept] = entry
     return out
 
 
@@ -302,61 +278,44 @@ def cross_fitted(by_strength: dict[str, dict[str, list[float]]]) -> tuple[str, l
 def erasure_scores(generator: Generator, judge, dictionary, concepts: Sequence[str], erased: dict[str, list[int]],
                    live: Tensor, prompts: int, seed: int, log=print, controls: bool = True) -> dict[str, Any]:
     """Per concept: erasure rate and retain accuracy of removing its features, and of
-    removing as many random live features. The originals of every concept are one
-    generation call, and every edit another (``RowwiseErase`` holds a mask per row)."""
+    removing as many random live features."""
     from diffdict.world import caption, single_object_scene
 
+    out: dict[str, Any] = {}
     live_ids = torch.nonzero(live).flatten()
-    methods = ("feature", "random") if controls else ("feature",)
-    texts, seeds, spans = [], [], {}
     for ci, concept in enumerate(concepts):
         family, _, value = concept.partition(":")
+        target = FAMILIES[family].index(value.replace("_", " "))
         scenes, index = [], 0
         while len(scenes) < prompts and index < 200 * prompts:
             scene = single_object_scene(seed + 1, index, "test")
             index += 1
             if scene_value(scene, family) == value.replace("_", " "):
                 scenes.append(scene)
-        spans[concept] = slice(len(texts), len(texts) + len(scenes))
-        texts += [caption(s) for s in scenes]
-        seeds += [seed + 90_000 + 1000 * ci + i for i in range(len(scenes))]
-    if not texts:
-        return {c: {"features": erased[c], "prompts": 0, **{m: {"erased": [], "retain": []} for m in methods}}
-                for c in concepts}
-    before_all = JudgeReadings.of(judge, generator(texts, seeds))
-    masks = []
-    for ci, concept in enumerate(concepts):
+        texts = [caption(s) for s in scenes]
+        seeds = [seed + 90_000 + 1000 * ci + i for i in range(len(texts))]
+        originals = generator(texts, seeds)
+        before = JudgeReadings.of(judge, originals)
+        keep = before.values[family] == target
         chosen = erased[concept]
         generator_random = torch.Generator().manual_seed(seed * 1_000_003 + 104_729 * (ci + 1))
-        span = spans[concept]
-        for method in methods:
-            mask = torch.zeros(span.stop - span.start, dictionary.n_features, dtype=torch.bool)
-            for i in range(mask.shape[0]):
+        result = {"features": chosen, "prompts": int(keep.sum())}
+        for method in ("feature", "random") if controls else ("feature",):
+            mask = torch.zeros(len(texts), dictionary.n_features, dtype=torch.bool)
+            for i in range(len(texts)):
                 if method == "feature":
                     mask[i, chosen] = True
                 else:
-                    mask[i, live_ids[torch.randperm(live_ids.numel(), generator=generator_random)[: len(chosen)]]] = True
-            masks.append(mask)
-    edit_rows = [i for concept in concepts for _ in methods for i in range(spans[concept].start, spans[concept].stop)]
-    edit = RowwiseErase(generator.site, what=generator.what, dictionary=dictionary, erased=torch.cat(masks))
-    after_all = JudgeReadings.of(judge, generator([texts[i] for i in edit_rows], [seeds[i] for i in edit_rows], edit))
-    out: dict[str, Any] = {}
-    start = 0
-    for concept in concepts:
-        family, _, value = concept.partition(":")
-        target = FAMILIES[family].index(value.replace("_", " "))
-        span = spans[concept]
-        before = JudgeReadings({k: v[span] for k, v in before_all.values.items()})
-        keep = before.values[family] == target
-        result = {"features": erased[concept], "prompts": int(keep.sum())}
-        for method in methods:
-            part = slice(start, start + span.stop - span.start)
-            start = part.stop
-            after = JudgeReadings({k: v[part] for k, v in after_all.values.items()})
-            result[method] = {"erased": (after.values[family] != target)[keep].astype(float).tolist(),
-                              "retain": after.retain(before, family)[keep].tolist()}
+                    pick = live_ids[torch.randperm(live_ids.numel(), generator=generator_random)[: len(chosen)]]
+                    mask[i, pick] = True
+            edit = RowwiseErase(generator.site, what=generator.what, dictionary=dictionary, erased=mask)
+            images = generator(texts, seeds, edit)
+            after = JudgeReadings.of(judge, images)
+            erased_now = (after.values[family] != target)[keep].astype(float)
+            retain = after.retain(before, family)[keep]
+            result[method] = {"erased": erased_now.tolist(), "retain": retain.tolist()}
         log(f"  erase {concept}: " + " ".join(f"{m} {np.mean(result[m]['erased']) if keep.any() else float('nan'):.2f}"
-                                            for m in methods))
+                                            for m in ("feature", "random") if m in result))
         out[concept] = result
     return out
 
