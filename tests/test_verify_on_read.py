@@ -1,5 +1,6 @@
 """Verification on read hashes the bytes the loader reads: a file read in order is read
-once, and a damaged byte anywhere in a file (header, a tensor, a block read later or never)
+once per store (while the loader reads it, or just ahead of it on a background thread),
+and a damaged byte anywhere in a file (header, a tensor, a block read later or never)
 still stops the reader before any of that file's data leaves the store."""
 
 from __future__ import annotations
@@ -61,21 +62,38 @@ def test_a_flipped_byte_anywhere_stops_every_read_path(tmp_path, dtype, where):
         store.read("s", 64, 66)  # two rows of the damaged one: the rest of the file is hashed too
 
 
-def test_a_file_read_in_order_is_read_once(tmp_path, monkeypatch):
-    files = build(tmp_path / "store", "float16")
-    read = []
-    real = os.preadv
+def test_each_file_is_hashed_once_per_store_and_the_loader_reads_only_its_rows(tmp_path, monkeypatch):
+    from diffdict.store import loader
 
-    def counting(fd, buffers, offset):
-        n = real(fd, buffers, offset)
+    files = build(tmp_path / "store", "float16")
+    hashed, read = [], []
+    real_hash, real_preadv = loader.xxhash.xxh3_128, os.preadv
+
+    class CountingHash:
+        def __init__(self):
+            self.inner = real_hash()
+
+        def update(self, data):
+            hashed.append(len(memoryview(data).cast("B")))
+            self.inner.update(data)
+
+        def hexdigest(self):
+            return self.inner.hexdigest()
+
+    def counting_preadv(fd, buffers, offset):
+        n = real_preadv(fd, buffers, offset)
         read.append(n)
         return n
 
-    monkeypatch.setattr(os, "preadv", counting)
+    monkeypatch.setattr(loader.xxhash, "xxh3_128", CountingHash)
+    monkeypatch.setattr(os, "preadv", counting_preadv)
     store = open_store(tmp_path / "store")
     tokens = sum(batch.shape[0] for batch in store.iter_batches("s", 8, shuffle=False))
     assert tokens == PROMPTS * TOKENS_PER_PROMPT
-    assert sum(read) == sum(file.stat().st_size for file in files)  # every byte once: data, header, meta
+    assert sum(hashed) == sum(file.stat().st_size for file in files)  # every byte of every file, once
+    assert sum(read) <= sum(file.stat().st_size for file in files)
+    hashed.clear()
     read.clear()
     list(store.iter_batches("s", 8, shuffle=False))  # a second epoch: files are hashed once per store
-    assert sum(read) == PROMPTS * TOKENS_PER_PROMPT * D * 2
+    assert sum(hashed) == 0
+    assert sum(read) == PROMPTS * TOKENS_PER_PROMPT * D * 2  # the activation rows, nothing else

@@ -296,6 +296,11 @@ class Store(_Described):
         with self._verifier.hashing(file) as file_hash:
             return shard.read_rows(name, start, stop, out, file_hash)
 
+    def _hash_ahead(self, files: list[Path]) -> None:
+        """Start hashing files a loader will read soon, in the background (when verifying)."""
+        if self._verifier is not None and files:
+            self._verifier.hash_ahead(files)
+
     def _confirm(self, files: Iterable[Path]) -> None:
         """Raise, naming the file, unless each file hashes to what the manifest records (when verifying)."""
         if self._verifier is not None:
