@@ -179,8 +179,32 @@ def test_cache_keys_depend_on_settings_only(tmp_path):
     calls = []
     for settings in ({"a": 1, "b": [1, 2]}, {"b": [1, 2], "a": 1}, {"a": 2, "b": [1, 2]}):
         cache.json("step", settings, lambda: calls.append(1) or {"value": float("nan")})
-    assert len(calls) == 2 and cache.stats() == {"hits": {"step": 1}, "computed": {"step": 2}}
+    stats = cache.stats()
+    assert len(calls) == 2 and (stats["hits"], stats["computed"]) == ({"step": 1}, {"step": 2})
+    assert set(stats["seconds"]) == {"step"}
     assert math.isnan(cache.json("step", {"a": 1, "b": [1, 2]}, lambda: {})["value"])
+
+
+def test_cache_time_is_counted_for_the_step_that_spent_it(tmp_path, monkeypatch):
+    from diffdict.studies import cache as cache_module
+
+    clock = [0.0]
+    monkeypatch.setattr(cache_module.time, "monotonic", lambda: clock[0])
+    cache = Cache(tmp_path)
+
+    def inner() -> dict:
+        clock[0] += 5.0
+        return {}
+
+    def outer() -> dict:
+        clock[0] += 2.0
+        cache.json("inner", {}, inner)
+        clock[0] += 1.0
+        return {}
+
+    cache.json("outer", {}, outer)
+    cache.json("outer", {}, outer)  # served: no time
+    assert cache.stats()["seconds"] == {"outer": 3.0, "inner": 5.0}
 
 
 # -- bad input ---------------------------------------------------------------------------------

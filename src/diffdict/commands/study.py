@@ -121,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
             summary = run_all(out, options, quick=quick, studies=names, cache_dir=cache, browsers=browsers,
                               browser_features=browser_features)
         print(f"wrote {out}/index.html: {len(summary['studies'])} studies in {summary['seconds']:.0f} s")
+        steps = [f"{kind} {seconds:.0f} s" for kind, seconds in summary["seconds_by_step"].items() if seconds >= 1]
+        if steps:
+            print("time by step: " + ", ".join(steps))
         return 0
     claim_output_folder(out, "study", own_files=STUDY_OUTPUTS)
     with validate.verifying(no_verify):

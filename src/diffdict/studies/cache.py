@@ -9,7 +9,9 @@ renamed into place when complete, so an interrupted run never leaves a half entr
 ``entry.json`` beside the results records the settings for inspection.
 
 The cache counts what it served and what it computed per kind (``stats()``), which is
-how a study shows that a second run trained nothing.
+how a study shows that a second run trained nothing, and the seconds spent computing each
+kind (a step's own time: a step built inside another counts for its own kind only), which
+is where a study's time goes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +63,8 @@ class Cache:
         self.root = Path(root)
         self.hits: Counter[str] = Counter()
         self.computed: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()  # each kind's own compute time
+        self._nested: list[float] = []  # per build in progress: the time of the builds inside it
 
     def path(self, kind: str, settings: dict[str, Any]) -> Path:
         return self.root / kind / settings_key(kind, settings)[:24]
@@ -80,12 +85,20 @@ class Cache:
         final = self.path(kind, settings)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        began = time.monotonic()
+        self._nested.append(0.0)
         try:
             build(tmp)
             self._commit(tmp, final, kind, settings)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            spent = time.monotonic() - began
+            inner = self._nested.pop()
+            self.seconds[kind] += spent - inner
+            if self._nested:
+                self._nested[-1] += spent
         return final
 
     def put(self, kind: str, settings: dict[str, Any], source: Path) -> Path:
@@ -123,7 +136,8 @@ class Cache:
             raise DiffdictError(f"cache entry {path} is damaged; delete it and rerun") from None
 
     def stats(self) -> dict[str, dict[str, int]]:
-        return {"hits": dict(self.hits), "computed": dict(self.computed)}
+        return {"hits": dict(self.hits), "computed": dict(self.computed),
+                "seconds": {kind: round(t, 1) for kind, t in self.seconds.items()}}
 
 
 def _restore_floats(obj: Any) -> Any:

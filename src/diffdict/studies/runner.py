@@ -73,7 +73,7 @@ def execute(study: Study, config: StudyConfig, out: str | Path, cache: Cache, ho
                 "resolved": {"sites": study.sites(ctx), "rows": rows, "host": ctx.host.describe(),
                              "generation": generation_settings(ctx), "judge": ctx.judge.name}}
     write_json(out / "config.json", resolved)
-    hits_before, computed_before = Counter(cache.hits), Counter(cache.computed)
+    hits_before, computed_before, seconds_before = Counter(cache.hits), Counter(cache.computed), Counter(cache.seconds)
     began = time.monotonic()
     ctx.log(f"start: {study.title}")
     threads = torch.get_num_threads()
@@ -94,7 +94,8 @@ def execute(study: Study, config: StudyConfig, out: str | Path, cache: Cache, ho
         "ground_truth": has_ground_truth(ctx.host),
         "trained": ctx.trained,
         "cache": {"hits": dict(Counter(cache.hits) - hits_before),
-                  "computed": dict(Counter(cache.computed) - computed_before)},
+                  "computed": dict(Counter(cache.computed) - computed_before),
+                  "seconds": {kind: round(t, 1) for kind, t in (Counter(cache.seconds) - seconds_before).items()}},
     }
     write_json(out / "results.json", results)
     ctx.log(f"done in {results['seconds']:.1f}s: {out / 'table.md'} (trained {ctx.trained}, "
@@ -166,6 +167,7 @@ def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool 
     from diffdict.studies.report import write_index
 
     summary["seconds"] = time.monotonic() - began
+    summary["seconds_by_step"] = dict(sorted(cache.stats()["seconds"].items(), key=lambda item: -item[1]))
     write_index(out, results, summary)
     write_json(out / "summary.json", summary)
     return summary
