@@ -27,9 +27,9 @@ which is part of the store's settings.
 
 Readers trust nothing they have not checked: :func:`open_store` cross-checks every
 manifest field with ``store.json``, the chunk records and the digest, and refuses any file
-path that leads outside the store; each file is hashed (xxh3-128, from the bytes the
-loader reads, as it reads them) and compared with its record before any batch holding its
-data is handed out. ``verify=False`` (the commands' ``--no-verify``) skips the hashing.
+path that leads outside the store; each file is hashed once per opened store (xxh3-128,
+from the bytes the loader reads, or just ahead of the loader on a background thread) and
+compared with its record before any batch holding its data is handed out. ``verify=False`` (the commands' ``--no-verify``) skips the hashing.
 """
 
 from diffdict.store.format import (

@@ -288,7 +288,8 @@ class Store(_Described):
 
         Not yet checked against the manifest's hash: callers confirm the file
         (:meth:`_confirm`) before anything read from it leaves the store. When verifying,
-        the bytes read feed the file's hash, so that a file read in order is read once.
+        the bytes read feed the file's hash (unless it is being hashed in the background),
+        so that a file read in order is read once.
         """
         shard = self._shard_file(file)
         if self._verifier is None:
