@@ -308,3 +308,50 @@ def test_provenance_is_recorded_in_every_member_and_covered_by_the_checksum(plan
     for read in (load_dictionary, read_provenance):
         with pytest.raises(DiffdictError, match="do not match their recorded sha256"):
             read(folders["topk-k3-x3"])
+
+
+def test_a_mechanism_declares_its_own_flags(planted, tmp_path, capsys, monkeypatch):
+    """A new mechanism with a new option is one class: its ``flags`` make the ``train`` flag,
+    the grid and the saved options, with no edit to the trainer or the CLI."""
+    from diffdict.dictionaries.sparsity import MECHANISMS, MechanismFlag, TopK
+
+    acts, _ = planted
+
+    class ScaledTopK(TopK):
+        name = "scaled-topk"
+        flags = {"scale": MechanismFlag(float, "scaled-topk: codes are multiplied by this")}
+
+        def __init__(self, n_features, k=32, scale=1.0):
+            super().__init__(n_features, k=k)
+            self.scale = scale
+
+        def options(self):
+            return {**super().options(), "scale": self.scale}
+
+        def forward(self, pre):
+            return super().forward(pre) * self.scale
+
+    monkeypatch.setitem(MECHANISMS, "scaled-topk", ScaledTopK)  # what @register does, undone after the test
+    common = ["train", "--acts", str(acts), "--expansion", "2", "--batch-size", "256", "--tokens", "512",
+              "--init-tokens", "256", "--no-progress"]
+    assert cli_main([*common, "--arch", "scaled-topk,topk", "--k", "3", "--scale", "0.5,2",
+                     "--out", str(tmp_path / "run")]) == 0
+    members = sorted(p.name for p in (tmp_path / "run").iterdir() if (p / "config.json").exists())
+    assert members == ["scaled-topk-k3-scale0.5-x2", "scaled-topk-k3-scale2-x2", "topk-k3-x2"]
+    assert load_dictionary(tmp_path / "run" / "scaled-topk-k3-scale2-x2").mechanism.scale == 2.0
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert settings["mechanism_options"] == {"scale": [0.5, 2.0]}
+    one_line_error(capsys, ["train", "--out", str(tmp_path / "run"), "--resume", "--scale", "3"],
+                   "--scale [3.0] differs from the run's [0.5, 2.0]")
+
+    # Matryoshka's prefix widths: one list, not a grid
+    assert cli_main([*common, "--arch", "matryoshka-batchtopk", "--k", "3", "--prefix-fractions", "0.25,0.5",
+                     "--out", str(tmp_path / "matryoshka")]) == 0
+    (folder,) = [p for p in (tmp_path / "matryoshka").iterdir() if (p / "config.json").exists()]
+    assert load_dictionary(folder).mechanism.widths == (round(0.25 * 2 * D), round(0.5 * 2 * D))
+    one_line_error(capsys, [*common, "--arch", "matryoshka-batchtopk", "--prefix-fractions", "0.5,0.25",
+                            "--out", str(tmp_path / "bad")], "prefix_fractions [0.5, 0.25] give the prefix widths")
+    with pytest.raises(SystemExit) as exit_code:
+        cli_main([*common, "--prefix-fractions", "half", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert exit_code.value.code == 2 and err.count("\n") == 1 and "argument --prefix-fractions: cannot read 'half'" in err

@@ -43,8 +43,7 @@ _switch.__name__ = "on/off"
 OPTIONS = {
     "acts": (str, "activations: a store folder, or an (N, d) .npy / .safetensors file"),
     "site": (str, "the store site (required when the store has several), or the tensor of a safetensors file"),
-    "arch": (_list_of(str), "architectures: topk, batchtopk, matryoshka-batchtopk, relu-l1, relu, soft-threshold, "
-                            "jumprelu, itda (default: topk)"),
+    "arch": (_list_of(str), "architectures: {mechanisms}, itda (default: topk)"),
     "k": (_list_of(int), "codes per token for topk / batchtopk / matryoshka-batchtopk (default: 32)"),
     "expansion": (_list_of(float), "width as a multiple of d (default: 4)"),
     "width": (_list_of(int), "width in features (replaces --expansion)"),
@@ -78,14 +77,37 @@ OPTIONS = {
 }
 
 
+def _mechanism_flags() -> dict:
+    """Flags the sparsity mechanisms declare themselves (``Mechanism.flags``), beyond the table."""
+    from diffdict.train import mechanism_flags
+
+    return {name: flag for name, flag in mechanism_flags().items() if name not in OPTIONS}
+
+
+def _flag_parser(flag):
+    def parse(text: str):
+        try:
+            return [flag.parse(part.strip()) for part in text.split(",") if part.strip()] if flag.grid else flag.parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"cannot read {text!r}") from None
+    parse.__name__ = "value"
+    return parse
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train a grid of dictionaries (SAEs, ITDA) in one pass (resumable, torchrun-ready)",
         description="Train every combination of the comma-separated options in one pass over the activations; "
                     "each dictionary goes to RUN/<member>/. Rerun the same command to resume.",
     )
+    from diffdict.dictionaries.sparsity import MECHANISMS
+
     for name, (kind, text) in OPTIONS.items():
+        text = text.format(mechanisms=", ".join(MECHANISMS)) if name == "arch" else text
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
+    for name, flag in _mechanism_flags().items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_flag_parser(flag), default=None,
+                            help=flag.help)
     parser.add_argument("--out", required=True, type=validate.out_folder, help="run folder (created, or resumed)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out with its own settings")
     parser.add_argument("--checkpoint-every", type=validate.positive_int, default=500,
@@ -106,20 +128,22 @@ def settings_from_args(args: argparse.Namespace):
     from diffdict.train import TrainSettings, load_run_settings
 
     given = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
+    mechanism_options = {name: getattr(args, name) for name in _mechanism_flags() if getattr(args, name) is not None}
     if "acts" in given:
         given["acts"] = str(Path(given["acts"]).resolve())
     if args.resume:
         settings = load_run_settings(args.out)
-        for name, value in given.items():
-            if getattr(settings, name) != value:
+        stored = {**{name: getattr(settings, name) for name in given}, **settings.mechanism_options}
+        for name, value in {**given, **mechanism_options}.items():
+            if stored.get(name) != value:
                 raise DiffdictError(
-                    f"--{name.replace('_', '-')} {value} differs from the run's {getattr(settings, name)}; "
+                    f"--{name.replace('_', '-')} {value} differs from the run's {stored.get(name)}; "
                     "--resume continues a run with its own settings"
                 )
         return settings
     if "acts" not in given:
         raise DiffdictError("--acts is required (or --resume to continue an existing run)")
-    return TrainSettings(**given)
+    return TrainSettings(**given, mechanism_options=mechanism_options)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
-from diffdict.dictionaries.sparsity import BatchTopK, register
+from diffdict.dictionaries.sparsity import BatchTopK, MechanismFlag, float_list, register
 from diffdict.errors import DiffdictError
 
 DEFAULT_PREFIX_FRACTIONS = (0.0625, 0.25)
@@ -47,6 +47,9 @@ class MatryoshkaBatchTopK(BatchTopK):
     """BatchTopK codes; each inner prefix of the dictionary adds its own reconstruction loss."""
 
     name = "matryoshka-batchtopk"
+    flags = {"prefix_fractions": MechanismFlag(
+        float_list, "matryoshka-batchtopk: inner prefix widths as fractions of the width, one list "
+                    "(default: 0.0625,0.25)", grid=False)}
 
     def __init__(self, n_features: int, k: int = 32, threshold_decay: float = 0.99,
                  prefix_fractions: Any = DEFAULT_PREFIX_FRACTIONS):

@@ -17,11 +17,16 @@ Conventions shared by all mechanisms:
   takes it back.
 * ``topk`` is set on mechanisms that keep exactly k codes per token, which lets the
   SAE use the fused sparse encoder (``fused.py``).
+* ``flags`` declares options of the constructor that ``diffdict train`` offers as
+  command-line flags and :class:`~diffdict.train.TrainSettings` carries in
+  ``mechanism_options`` (:class:`MechanismFlag`: how a value is parsed, the help text,
+  whether comma-separated values form a grid), so a new option is one line here.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -59,9 +64,27 @@ def _non_negative(name: str, value: Any) -> float:
     return value
 
 
+@dataclass(frozen=True)
+class MechanismFlag:
+    """A constructor option offered by ``diffdict train`` as ``--<name>``: ``parse`` turns
+    one value's text into the value (raising ValueError on bad text), ``help`` is the
+    flag's help. With ``grid`` comma-separated values are alternatives (a grid, like
+    ``--k 5,10``); without it the whole text is one value (e.g. a list)."""
+
+    parse: Callable[[str], Any]
+    help: str
+    grid: bool = True
+
+
+def float_list(text: str) -> list[float]:
+    """Comma-separated numbers, one value (a ``MechanismFlag`` parser)."""
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
 class Mechanism(nn.Module):
     name: ClassVar[str]
     supports_auxk: ClassVar[bool] = False
+    flags: ClassVar[dict[str, MechanismFlag]] = {}  # options that get a `train` flag (see the module doc)
     topk: int | None = None
 
     def __init__(self, n_features: int):

@@ -54,6 +54,7 @@ from diffdict.train.settings import (
     default_lr,
     grid_members,
     lr_at,
+    mechanism_flags,
 )
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "grid_members",
     "load_run_settings",
     "lr_at",
+    "mechanism_flags",
     "run_members",
     "train",
 ]

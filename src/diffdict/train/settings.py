@@ -12,7 +12,7 @@ from typing import Any
 
 from diffdict.dictionaries.itda import PURSUITS
 from diffdict.dictionaries.sae import B_DEC_INITS, normalization_name
-from diffdict.dictionaries.sparsity import MECHANISMS
+from diffdict.dictionaries.sparsity import MECHANISMS, MechanismFlag
 from diffdict.errors import DiffdictError
 
 # Settings that may take several values; their product (restricted to the options each
@@ -47,6 +47,9 @@ class TrainSettings:
     learn_theta: list[bool] | None = None
     bandwidth: float | None = None
     threshold_decay: float | None = None
+    # options a mechanism declares in its ``flags`` (grid options as lists), e.g.
+    # {"prefix_fractions": [0.1, 0.3]}; missing: the mechanism's default
+    mechanism_options: dict[str, Any] = field(default_factory=dict)
     # AuxK and dead features
     auxk_coef: float = 1 / 32
     k_aux: int | None = None  # default d_in // 2
@@ -70,7 +73,10 @@ class TrainSettings:
     decay_fraction: float = 0.0  # linear decay to 0 over this last fraction of steps
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not data["mechanism_options"]:
+            del data["mechanism_options"]  # so runs from before the field compare equal
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrainSettings":
@@ -85,6 +91,13 @@ class TrainSettings:
         for name in GRID_OPTIONS:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, list) or not value):
+                raise DiffdictError(f"--{name.replace('_', '-')} needs at least one value")
+        flags = mechanism_flags()
+        for name, value in self.mechanism_options.items():
+            if name not in flags:
+                raise DiffdictError(f"unknown mechanism option {name!r}; mechanisms declare "
+                                    f"{', '.join(sorted(flags)) or 'none'}")
+            if flags[name].grid and (not isinstance(value, list) or not value):
                 raise DiffdictError(f"--{name.replace('_', '-')} needs at least one value")
         for arch in self.arch:
             if arch not in MECHANISMS and arch != "itda":
@@ -136,6 +149,26 @@ def _mechanism_option_names(arch: str) -> list[str]:
     return [p for p in parameters if p not in ("self", "n_features")]
 
 
+def mechanism_flags() -> dict[str, MechanismFlag]:
+    """Every option the registered mechanisms declare in ``flags``, by name."""
+    flags: dict[str, MechanismFlag] = {}
+    for cls in MECHANISMS.values():
+        for name, flag in cls.flags.items():
+            flags.setdefault(name, flag)
+    return flags
+
+
+def _alternatives(settings: TrainSettings, name: str) -> list | None:
+    """The values an option takes across the grid; None: the mechanism's default."""
+    if name in settings.mechanism_options:
+        value = settings.mechanism_options[name]
+        return value if mechanism_flags()[name].grid else [value]
+    value = getattr(settings, name, None)
+    if value is None:
+        return None
+    return value if isinstance(value, list) else [value]
+
+
 def _format(value: Any) -> str:
     return format(value, "g") if isinstance(value, float) else str(value)
 
@@ -144,22 +177,21 @@ def grid_members(settings: TrainSettings) -> list[MemberSpec]:
     """The grid: for each architecture the product of the options it uses. A member's
     name shows its architecture's first option, its width, and every option that takes
     several values in the grid, e.g. ``topk-k10-x4`` or ``relu-l1-l1_0.001-x4-lr0.0003``."""
-    varied = {name for name in GRID_OPTIONS if isinstance(getattr(settings, name), list)
-              and len(getattr(settings, name)) > 1}
+    varied = {name for name in (*GRID_OPTIONS, *settings.mechanism_options)
+              if len(_alternatives(settings, name) or []) > 1}
     members: list[MemberSpec] = []
     for arch in dict.fromkeys(settings.arch):
         if arch == "itda":
             used, always = ["tau", "l0"], ["tau", "l0"]
         else:
             mechanism_options = _mechanism_option_names(arch)
-            sparsity = [name for name in mechanism_options if getattr(settings, name, None) is not None]
+            sparsity = [name for name in mechanism_options if _alternatives(settings, name) is not None]
             size = "width" if settings.width else "expansion"
             used = sparsity + [size] + (["lr"] if settings.lr is not None else []) + ["normalization"]
             if MECHANISMS[arch].supports_auxk:
                 used.append("auxk")
             always = sparsity[:1] + [size]
-        axes = [[(name, v) for v in (getattr(settings, name) if isinstance(getattr(settings, name), list)
-                                     else [getattr(settings, name)])] for name in used]
+        axes = [[(name, v) for v in _alternatives(settings, name)] for name in used]
         for combo in itertools.product(*axes):
             options = dict(combo)
             parts = [arch]
