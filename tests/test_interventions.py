@@ -361,7 +361,7 @@ def test_cli_feature_stats_and_intervene(cli_setup, capsys):
     stats = load_feature_stats(root / "dict")
     feature = int(stats.count.argmax())
     args = ["intervene", "--run", str(root / "dict"), "--site", "mid.0", "--feature", str(feature), "--strength", "5",
-            "--mask", "8,8,24,24", "--steps", "0", "--prompt", "a red circle", "--num-steps", str(STEPS),
+            "--mask", "8,8,24,24", "--steps", "0", "--prompt", "a red circle", "--denoise-steps", str(STEPS),
             "--model-path", str(root / "toy"), "--backbone", "none", "--scale", "1", "--seed", "0"]
     assert main(args + ["--out", str(root / "out1")]) == 0
     assert main(args + ["--out", str(root / "out2")]) == 0

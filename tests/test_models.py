@@ -63,7 +63,7 @@ def test_quick_quality_check(toy_model, shapes_clip, tmp_path):
 
 def test_generate_command_writes_a_grid(tmp_path, capsys):
     out = tmp_path / "grid.png"
-    assert main(["generate", "--sample", "4", "--steps", "3", "--seed", "0", "--out", str(out)]) == 0
+    assert main(["generate", "--sample", "4", "--denoise-steps", "3", "--seed", "0", "--out", str(out)]) == 0
     from PIL import Image
 
     assert Image.open(out).size == (2 * 128 + 1, 2 * 128 + 1)

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         if not sites:
             raise DiffdictError(f"no sites given in --sites {args.sites!r}")
     result = block_ablation(host, sites, prompts, seed=args.seed, scale=args.ablate_scale, steps=args.steps,
-                            num_steps=args.num_steps, guidance=args.guidance, backbone=args.backbone,
+                            num_steps=args.denoise_steps, guidance=args.guidance, backbone=args.backbone,
                             batch_size=args.batch_size, top=args.top)
     path = save_block_ablation(result, Path(args.out), scale=args.scale)
     print(ablation_table(result), end="")

@@ -35,8 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--what", default="update", choices=list(WHATS),
                         help="update (block output - input), output (residual stream) or mlp (neurons)")
     parser.add_argument("--steps", default="all", help="denoising steps to capture: all, 0-3, or 0,2 (default: all)")
-    parser.add_argument("--denoise-steps", type=validate.positive_int, default=None,
-                        help="number of denoising steps of each generation (default: the model's)")
+    validate.add_denoise_steps(parser)
     parser.add_argument("--guidance", type=validate.finite_float(low=0), default=None, help="guidance scale (default: the model's)")
     parser.add_argument("--seed", type=validate.nonnegative_int, default=0, help="prompt sampling seed; prompt i's noise seed is seed + i")
     parser.add_argument("--out", required=True, type=validate.out_folder, help="store folder (created, or resumed)")

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     source.add_argument("--sample", type=validate.positive_int, metavar="N", help="N prompts sampled from the shapes world")
     parser.add_argument("--split", default="test", help="world split for --sample (train, test, heldout, all)")
     parser.add_argument("--seed", type=int, default=0, help="image i starts from the noise of seed + i")
-    parser.add_argument("--steps", type=validate.positive_int, default=None, help="denoising steps (default: the model's; toy 10)")
+    validate.add_denoise_steps(parser, "--steps", help="denoising steps (default: the model's; toy 10)")
     parser.add_argument("--guidance", type=validate.finite_float(low=0), default=None,
                         help="classifier-free guidance scale (default: the model's; toy 3)")
     parser.add_argument("--batch-size", type=validate.positive_int, default=16, help="prompts per generation batch (default: 16)")
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from diffdict.hosts import DEFAULT_HOST, is_real_host
     from diffdict.interventions import generate
 
-    for name in ("batch_size", "scale", "steps"):
+    for name in ("batch_size", "scale", "denoise_steps"):
         check_positive("--" + name.replace("_", "-"), getattr(args, name))
     prompts = read_prompts(args)
     if not is_real_host(args.model or DEFAULT_HOST):
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         encode_prompts(prompts)  # the shapes world's vocabulary: fail before loading anything
     host = load_host_from_args(args)
     host.check_prompts(prompts)
-    images = generate(host, prompts, [], seed=args.seed, num_steps=args.steps, guidance=args.guidance,
+    images = generate(host, prompts, [], seed=args.seed, num_steps=args.denoise_steps, guidance=args.guidance,
                       batch_size=args.batch_size)
     scale = args.scale if args.scale is not None else display_scale(max(images.shape[1:3]))
     grid = image_grid(images, scale=scale) if len(images) > 1 else image_grid(images, 1, scale, 0)

@@ -43,8 +43,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser, required: bool = T
     source.add_argument("--prompts", help="a count (sampled from the shapes world) or a text file, one prompt a line")
     parser.add_argument("--split", default="test", help="world split when --prompts is a count (default: test)")
     parser.add_argument("--seed", type=int, default=0, help="prompt sampling seed; image i's noise seed is seed + i")
-    parser.add_argument("--num-steps", type=validate.positive_int, default=None,
-                        help="denoising steps per image (default: the model's)")
+    validate.add_denoise_steps(parser, "--num-steps", help="denoising steps per image (default: the model's)")
     parser.add_argument("--guidance", type=validate.finite_float(low=0), default=None,
                         help="guidance scale (default: the model's)")
     parser.add_argument("--batch-size", type=validate.positive_int, default=16, help="prompts per generation batch (default: 16)")
@@ -228,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     host = load_host_from_args(args, meta.get("model"), recorded if host_name == recorded.get("model") else None)
     if host.name == recorded.get("model"):  # generate as the store did unless told otherwise
         generation = recorded.get("generation") or {}
-        args.num_steps = args.num_steps if args.num_steps is not None else generation.get("num_steps")
+        args.denoise_steps = args.denoise_steps if args.denoise_steps is not None else generation.get("num_steps")
         args.guidance = args.guidance if args.guidance is not None else generation.get("guidance")
     if not host.shapes_world and args.prompts and not args.prompt and str(args.prompts).strip().isdigit():
         print(f"note: --prompts {args.prompts} samples shapes-world captions; give real prompts with --prompt or a file")
@@ -246,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         intervention = Ablate(site, args.ablate_scale, **common)
     report = run_intervention(
-        host, intervention, prompts, seed=args.seed, num_steps=args.num_steps, guidance=args.guidance,
+        host, intervention, prompts, seed=args.seed, num_steps=args.denoise_steps, guidance=args.guidance,
         target=args.target, backbone=backbone, control=not args.no_control, control_seed=args.control_seed,
         batch_size=args.batch_size, locality_threshold=args.locality_threshold,
     )

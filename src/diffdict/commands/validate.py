@@ -134,6 +134,16 @@ def text_file(text: str) -> Path:
     return path
 
 
+def add_denoise_steps(parser: argparse.ArgumentParser, old_name: str | None = None, default: int | None = None,
+                      help: str = "number of denoising steps of each generation (default: the model's)") -> None:
+    """``--denoise-steps N``, the one name every command uses for how many denoising steps a
+    generation takes (``--steps`` selects steps in collect / intervene / ablate-block);
+    ``old_name``, the command's earlier name for it, still works, unlisted."""
+    parser.add_argument("--denoise-steps", dest="denoise_steps", type=positive_int, default=default, help=help)
+    if old_name:
+        parser.add_argument(old_name, dest="denoise_steps", type=positive_int, default=default, help=argparse.SUPPRESS)
+
+
 def add_verify_option(parser: argparse.ArgumentParser) -> None:
     """``--no-verify``: read stores without checking each file's sha256 (see :func:`verifying`)."""
     parser.add_argument("--no-verify", action="store_true",
@@ -206,5 +216,5 @@ def resource_error(error: BaseException, command: str) -> str | None:
 
 __all__ = [
     "add_verify_option", "verifying", "available_memory", "device", "finite_float", "int_at_least", "nonnegative_int", "out_file", "out_folder",
-    "positive_int", "require_memory", "resource_error", "text_file",
+    "positive_int", "require_memory", "add_denoise_steps", "resource_error", "text_file",
 ]

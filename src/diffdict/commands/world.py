@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     p = sub.add_parser("eval-model", help="accuracy of the toy model's generations, read by shapes-clip")
     p.add_argument("--prompts", type=validate.positive_int, default=500)
     p.add_argument("--seed", type=validate.nonnegative_int, default=0)
-    p.add_argument("--steps", type=validate.positive_int, default=10)
+    validate.add_denoise_steps(p, "--steps", default=10, help="denoising steps per image (default: 10)")
     p.add_argument("--guidance", type=validate.finite_float(low=0), default=3.0)
     p.add_argument("--model-path", type=Path)
     p.add_argument("--clip-path", type=Path)
@@ -78,7 +78,7 @@ def run_eval_model(args: argparse.Namespace) -> int:
 
     toy = ToyDiffusion.from_pretrained(args.model_path)
     clip = ShapesClip.from_pretrained(args.clip_path)
-    metrics = evaluate_toy_model(toy, clip, prompts=args.prompts, seed=args.seed, steps=args.steps,
+    metrics = evaluate_toy_model(toy, clip, prompts=args.prompts, seed=args.seed, steps=args.denoise_steps,
                                  guidance=args.guidance, out=args.out)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     return 0
