@@ -355,3 +355,30 @@ def test_a_mechanism_declares_its_own_flags(planted, tmp_path, capsys, monkeypat
         cli_main([*common, "--prefix-fractions", "half", "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert exit_code.value.code == 2 and err.count("\n") == 1 and "argument --prefix-fractions: cannot read 'half'" in err
+
+
+def test_an_explicit_member_list_trains_what_the_grid_would(planted, tmp_path):
+    """``train(settings, out, members=[...])``: each member's weights are those of the same
+    member trained in a grid (a member does not depend on what else is in the pass)."""
+    from diffdict.train import MemberSpec, members_of
+
+    acts, _ = planted
+    grid = small_settings(acts, arch=["topk", "relu-l1"], k=[3], l1=[1e-3, 1e-2], tokens=1024)
+    train(grid, tmp_path / "grid", progress=False)
+    chosen = [spec for spec in grid_members(grid) if spec.name != "relu-l1-l1_0.001-x3"]
+    renamed = [MemberSpec(f"m{i}", spec.arch, spec.options) for i, spec in enumerate(reversed(chosen))]
+    folders = train(small_settings(acts, tokens=1024), tmp_path / "list", progress=False, members=renamed)
+    assert sorted(folders) == ["m0", "m1"]
+    for spec, mine in zip(reversed(chosen), renamed):
+        expected = load_file(str(tmp_path / "grid" / spec.name / "model.safetensors"))
+        got = load_file(str(folders[mine.name] / "model.safetensors"))
+        assert all(torch.equal(expected[name], got[name]) for name in expected)
+    saved = json.loads((tmp_path / "list" / "settings.json").read_text())["members"]
+    assert [m["name"] for m in saved] == ["m0", "m1"]  # resumable: the list is part of the run's settings
+
+    with pytest.raises(DiffdictError, match="members need distinct folder names"):
+        train(small_settings(acts), tmp_path / "dup", members=[renamed[0], renamed[0]])
+    with pytest.raises(DiffdictError, match="member x lacks the option"):
+        train(small_settings(acts), tmp_path / "bad", members=[MemberSpec("x", "topk", {"k": 3})])
+    assert not (tmp_path / "dup").exists() and not (tmp_path / "bad").exists()
+    assert [m.name for m in members_of(grid)] == [m.name for m in grid_members(grid)]

@@ -166,11 +166,11 @@ def run(args: argparse.Namespace) -> int:
 def _check_memory(settings) -> None:
     """Refuse a grid whose SAE weights, gradients and Adam moments cannot fit in memory."""
     from diffdict.dictionaries.data import open_activations
-    from diffdict.train import grid_members
+    from diffdict.train import members_of
 
     settings.validate()
     d = open_activations(settings.acts, settings.site).d
-    widths = [m.options.get("width") or int(m.options["expansion"] * d) for m in grid_members(settings) if m.arch != "itda"]
+    widths = [m.options.get("width") or int(m.options["expansion"] * d) for m in members_of(settings) if m.arch != "itda"]
     # W_enc and W_dec (d x width each, fp32), each with a gradient and two Adam moments
     needed = sum(2 * d * width * 4 * 4 for width in widths)
     if widths:

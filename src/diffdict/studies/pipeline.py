@@ -241,56 +241,16 @@ def _member_key(settings) -> dict:
     return data
 
 
-def _identity(settings) -> tuple:
-    from diffdict.train import grid_members
-
-    (spec,) = grid_members(settings)
-    return spec.arch, tuple(sorted((k, v) for k, v in spec.options.items()))
-
-
-def _merge(group: list) -> Any:
-    """One TrainSettings whose grid is the union of the members' option values (each
-    option's values taken from the members that use it)."""
-    from diffdict.train import GRID_OPTIONS
-
-    merged = dataclasses.replace(group[0])
-    used = [set(dict(_identity(settings)[1])) | {"arch"} for settings in group]
-    for name in GRID_OPTIONS:
-        values = []
-        for settings, names in zip(group, used):
-            for value in (getattr(settings, name) or []) if name in names else []:
-                if value not in values:
-                    values.append(value)
-        if values:
-            setattr(merged, name, values)
-    return merged
-
-
-def plan_passes(wanted: list) -> list[list]:
-    """Group single-member settings into passes whose grid is exactly the group."""
-    from diffdict.train import grid_members
-
-    groups: list[list] = []
-    for settings in wanted:
-        for group in groups:
-            candidate = group + [settings]
-            merged = _merge(candidate)
-            identities = {(m.arch, tuple(sorted(m.options.items()))) for m in grid_members(merged)}
-            if identities == {_identity(s) for s in candidate}:
-                group.append(settings)
-                break
-        else:
-            groups.append([settings])
-    return groups
-
-
 def train_members(ctx: "StudyContext", store, site: str, members: Sequence[Member], seed: int) -> dict[Member, Path]:
     """Each member's dictionary folder (``config.json``, ``model.safetensors``,
-    ``metrics.jsonl``): cached ones as they are, the rest trained in shared passes."""
-    from diffdict.train import train
+    ``metrics.jsonl``): cached ones as they are, the rest trained together in one pass
+    (the members of a study at one seed share the data, batches and schedule; each
+    member's weights do not depend on what else is in the pass)."""
+    from diffdict.io import write_json
+    from diffdict.train import grid_members, train
 
     found: dict[Member, Path] = {}
-    missing: dict[tuple, tuple[Member, Any]] = {}
+    missing: dict[str, tuple[Member, Any]] = {}  # by the member's cache key
     for member in members:
         settings = training_settings(ctx, store.path, site, member, seed)
         key = {"store": store.digest, "member": _member_key(settings)}
@@ -298,28 +258,29 @@ def train_members(ctx: "StudyContext", store, site: str, members: Sequence[Membe
         if path is not None:
             found[member] = path
         else:
-            missing.setdefault(_identity(settings), (member, settings))
-    by_identity = {identity: settings for identity, (_, settings) in missing.items()}
-    for group in plan_passes(list(by_identity.values())):
-        names = ", ".join(m.label for m, s in missing.values() if any(s is g for g in group))
-        ctx.log(f"training {len(group)} dictionar{'y' if len(group) == 1 else 'ies'} on {site}, seed {seed}: {names}")
-        merged = _merge(group)
-        log_every = max(1, merged.total_steps // 20)
+            missing.setdefault(text_digest(key), (member, settings))
+    if missing:
+        # each member as its own one-member grid describes it, under a distinct folder name
+        specs = {}
+        for index, (digest, (member, settings)) in enumerate(missing.items()):
+            (spec,) = grid_members(settings)
+            specs[digest] = dataclasses.replace(spec, name=f"{index:02d}-{spec.name}")
+        shared = next(iter(missing.values()))[1]
+        ctx.log(f"training {len(missing)} dictionar{'y' if len(missing) == 1 else 'ies'} on {site}, seed {seed}: "
+                + ", ".join(member.label for member, _ in missing.values()))
+        log_every = max(1, shared.total_steps // 20)
         with tempfile.TemporaryDirectory(dir=ctx.cache.root) as tmp:
             began = time.perf_counter()
-            folders = train(merged, Path(tmp) / "run", checkpoint_every=merged.total_steps, log_every=log_every,
-                            progress=False, device=str(ctx.host.device) if ctx.host.device.type == "cuda" else "cpu")
+            folders = train(shared, Path(tmp) / "run", checkpoint_every=shared.total_steps, log_every=log_every,
+                            progress=False, members=list(specs.values()),
+                            device=str(ctx.host.device) if ctx.host.device.type == "cuda" else "cpu")
             seconds = time.perf_counter() - began
-            ctx.trained += len(group)
-            from diffdict.io import read_json, write_json
-
-            for folder in folders.values():
-                spec = read_json(folder / "member.json")
-                identity = (spec["arch"], tuple(sorted(spec["options"].items())))
-                member, settings = missing[identity]
+            ctx.trained += len(missing)
+            for digest, (member, settings) in missing.items():
+                folder = folders[specs[digest].name]
                 for checkpoint in folder.glob("checkpoint-*.safetensors"):
                     checkpoint.unlink()
-                write_json(folder / "pass.json", {"members": len(group), "seconds": seconds})
+                write_json(folder / "pass.json", {"members": len(missing), "seconds": seconds})
                 key = {"store": store.digest, "member": _member_key(settings)}
                 found[member] = ctx.cache.put("dictionary", key, folder)
     return {member: found[member] for member in members}
@@ -386,6 +347,6 @@ def reconstruction_metrics(dictionary, store, site: str) -> dict[str, float]:
 __all__ = [
     "DEFAULT_SITES", "DEFAULT_WHAT", "Member", "activation_store", "block_sites", "build_seconds", "capture_what",
     "generate_images", "generation_settings", "has_ground_truth", "judge_fingerprint", "load_judge", "load_study_host",
-    "neuron_dictionary", "original_images", "plan_passes", "read_training_log", "reconstruction_metrics", "site_what",
+    "neuron_dictionary", "original_images", "read_training_log", "reconstruction_metrics", "site_what",
     "study_prompts", "study_sites", "train_members", "training_settings",
 ]

@@ -1,6 +1,8 @@
-"""The trainer: a grid of dictionaries fitted in one pass over the activations.
+"""The trainer: a list of dictionaries fitted in one pass over the activations.
 
-    settings ──grid──▶ members (one SAE + optimiser, or one ITDA build, each)
+    settings ──members_of──▶ members (one SAE + optimiser, or one ITDA build, each):
+                             train(settings, out, members=[MemberSpec, ...]), or the
+                             grid of the settings' comma-separated options (grid_members)
     for step in steps:                      batch = f(seed, step), this rank's slice
         for member: forward, backward       (ITDA: grow the dictionary)
         all-reduce gradients (torchrun)     one flat buffer for all members
@@ -55,6 +57,7 @@ from diffdict.train.settings import (
     grid_members,
     lr_at,
     mechanism_flags,
+    members_of,
 )
 
 __all__ = [
@@ -75,6 +78,7 @@ __all__ = [
     "load_run_settings",
     "lr_at",
     "mechanism_flags",
+    "members_of",
     "run_members",
     "train",
 ]

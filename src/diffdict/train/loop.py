@@ -3,6 +3,7 @@ checkpoints and the checks for non-finite losses and data (see ``diffdict.train`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from diffdict.io import load_checkpoint, read_json, save_checkpoint, write_json
 from diffdict.train.distributed import _all_reduce_gradients, _Distributed
 from diffdict.train.members import ITDAMember, SAEMember, StepResult, _make_member
 from diffdict.train.run import MEMBER_FILE, METRICS_FILE, SETTINGS_FILE, STATE_FILE, _read_run, _truncate_metrics
-from diffdict.train.settings import TrainSettings, grid_members, lr_at
+from diffdict.train.settings import MemberSpec, TrainSettings, lr_at, members_of
 
 
 class _Metrics:
@@ -79,8 +80,10 @@ def train(
     device: str = "cpu",
     stop_after_step: int | None = None,
     threads: int | None = None,
+    members: list[MemberSpec] | None = None,
 ) -> dict[str, Path]:
-    """Train every grid member of ``settings`` in one pass; return member name → folder
+    """Train ``members`` (default: the grid of ``settings``) in one pass, each with the
+    shared settings of ``settings`` (data, batches, schedule, seed); return member name → folder
     (``config.json`` + ``model.safetensors``, loadable with ``load_dictionary``; config.json
     records where the dictionary came from, see ``diffdict.dictionaries.provenance``).
 
@@ -90,7 +93,10 @@ def train(
     torch CPU threads during the pass (default: one for a small step, see
     ``SMALL_STEP_MACS``, else torch's setting); the caller's setting is restored after.
     """
+    if members is not None:
+        settings = dataclasses.replace(settings, members=[dataclasses.asdict(m) for m in members])
     settings.validate()
+    members_of(settings)  # checked before anything is written
     if checkpoint_every < 1 or log_every < 1:
         raise DiffdictError("--checkpoint-every and --log-every must be positive")
     out = Path(out)
@@ -119,14 +125,14 @@ SMALL_STEP_MACS = 1e9
 
 def _encoder_macs(settings: TrainSettings, d: int, comm: _Distributed) -> float:
     widths = [spec.options.get("width") or round(spec.options["expansion"] * d)
-              for spec in grid_members(settings) if spec.arch != "itda"]
+              for spec in members_of(settings) if spec.arch != "itda"]
     return settings.batch_size / comm.world_size * d * sum(widths)
 
 
 def _train(settings, out, source: ActivationSource, comm: _Distributed, device, checkpoint_every, log_every,
            progress, stop_after_step) -> dict[str, Path]:
     d = source.d
-    specs = grid_members(settings)
+    specs = members_of(settings)
     source.check_batch_size(settings.batch_size, comm.world_size)
     start = _read_run(out, settings)
     comm.barrier()  # every rank has read the folder before rank 0 writes to it

@@ -71,11 +71,15 @@ class TrainSettings:
     seed: int = 0
     warmup_steps: int = 0
     decay_fraction: float = 0.0  # linear decay to 0 over this last fraction of steps
+    # an explicit list of members ({"name", "arch", "options"}, as MemberSpec); None: the
+    # grid of the list-valued options above
+    members: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        if not data["mechanism_options"]:
-            del data["mechanism_options"]  # so runs from before the field compare equal
+        for name, empty in (("mechanism_options", {}), ("members", None)):
+            if data[name] == empty:
+                del data[name]  # so runs from before the field compare equal
         return data
 
     @classmethod
@@ -173,10 +177,39 @@ def _format(value: Any) -> str:
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
+def _explicit_members(settings: TrainSettings) -> list[MemberSpec]:
+    members = []
+    for entry in settings.members:
+        if not isinstance(entry, dict) or set(entry) != {"name", "arch", "options"}:
+            raise DiffdictError(f"a member must be a dict with name, arch and options, got {entry!r}")
+        spec = MemberSpec(str(entry["name"]), entry["arch"], dict(entry["options"]))
+        if spec.arch not in MECHANISMS and spec.arch != "itda":
+            raise DiffdictError(f"member {spec.name}: unknown arch {spec.arch!r}; expected one of "
+                                f"{', '.join(sorted(MECHANISMS))}, itda")
+        needed = {"tau", "l0"} if spec.arch == "itda" else {"normalization"}
+        if spec.arch != "itda" and not {"expansion", "width"} & set(spec.options):
+            needed.add("expansion or width")
+        missing = sorted(needed - set(spec.options))
+        if missing:
+            raise DiffdictError(f"member {spec.name} lacks the option(s) {', '.join(missing)}")
+        members.append(spec)
+    return members
+
+
+def members_of(settings: TrainSettings) -> list[MemberSpec]:
+    """The members a pass trains: ``settings.members`` when given, else the grid."""
+    members = _explicit_members(settings) if settings.members is not None else grid_members(settings)
+    names = [m.name for m in members]
+    if not members or len(set(names)) != len(names) or any(not n or "/" in n or n.startswith(".") for n in names):
+        raise DiffdictError(f"members need distinct folder names, got {', '.join(names) or 'none'}")
+    return members
+
+
 def grid_members(settings: TrainSettings) -> list[MemberSpec]:
     """The grid: for each architecture the product of the options it uses. A member's
     name shows its architecture's first option, its width, and every option that takes
-    several values in the grid, e.g. ``topk-k10-x4`` or ``relu-l1-l1_0.001-x4-lr0.0003``."""
+    several values in the grid, e.g. ``topk-k10-x4`` or ``relu-l1-l1_0.001-x4-lr0.0003``.
+    (A helper that builds a member list; ``settings.members`` gives one explicitly.)"""
     varied = {name for name in (*GRID_OPTIONS, *settings.mechanism_options)
               if len(_alternatives(settings, name) or []) > 1}
     members: list[MemberSpec] = []
