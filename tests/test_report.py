@@ -17,6 +17,7 @@ from diffdict.interpret.base import EXPLAINERS, Explainer
 
 EVIL_PROMPT = "<script>alert(1)</script>"
 EVIL_TEXT = "<img src=x onerror=alert(2)> & \"quotes\""
+HOSTILE = '<script>alert(1)</script> "onload="alert(3)'
 
 
 class EvilExplainer(Explainer):
@@ -52,11 +53,38 @@ def test_prompt_and_model_text_are_escaped(site):
     assert EVIL_PROMPT in [e["prompt"] for e in record["examples"]]
     for html in (index, page):
         assert "<script>alert(1)" not in html and "<img src=x" not in html
-        assert "&lt;img src=x onerror=alert(2)&gt; &amp; &quot;quotes&quot;" in html
+        assert "&lt;img src=x onerror=alert(2)&gt; &amp; &#34;quotes&#34;" in html  # jinja2 autoescape
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     # the only scripts are the site's own
     assert re.findall(r"<script[^>]*>", index) == ['<script src="sort.js">']
     assert "<script" not in page
+
+
+def test_hostile_text_is_escaped_in_text_and_attributes(tmp_path):
+    """Prompts, explanations, scorer and row names come from files: the site and the study
+    index escape them in text and in attributes (a quote cannot end an attribute)."""
+    from diffdict.report import write_site
+    from diffdict.studies.report import write_index
+
+    (tmp_path / "interp" / "img").mkdir(parents=True)
+    (tmp_path / "interp" / "img" / "top.png").write_bytes(b"\x89PNG")
+    record = {"feature": 3, "stats": {"frequency": 0.5}, "explanation": {"text": HOSTILE, "source": HOSTILE},
+              "scores": {HOSTILE: {"score": 0.5, "concept": HOSTILE}}, "files": {"top_0": "img/top.png"},
+              "examples": [{"prompt_id": 1, "prompt": HOSTILE, "score": 1.0}]}
+    index = write_site(tmp_path / "site", {"run": HOSTILE, "site": HOSTILE}, [record], tmp_path / "interp").read_text()
+    page = (tmp_path / "site" / "features" / "f000003.html").read_text()
+    result = {"title": HOSTILE, "question": HOSTILE, "metrics": [{"name": "l0", "label": HOSTILE, "help": HOSTILE}],
+              "rows": [HOSTILE], "summary": {HOSTILE: {"l0": {"mean": 1.0, "std": 0.1, "n": 2}}},
+              "notes": [HOSTILE], "plots": [HOSTILE], "seconds": 1.0, "trained": 0}
+    (tmp_path / "study").mkdir()
+    study = write_index(tmp_path / "study", {HOSTILE: result},
+                        {"seconds": 1.0, "browsers": {f"{HOSTILE}/{HOSTILE}": "browsers/x/index.html"}}).read_text()
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt; &#34;onload=&#34;alert(3)"
+    for html in (index, page, study):
+        assert "<script>alert(1)" not in html and '"onload="' not in html
+        assert escaped in html
+    assert f'data-sort="{escaped}"' in index and f'title="{escaped}"' in study and f'id="{escaped}"' in study
+    assert page.count(escaped) == 6  # site, explanation and its source, scorer, concept, prompt
 
 
 def test_site_files(site):

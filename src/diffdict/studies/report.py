@@ -1,27 +1,15 @@
 """The report of ``study all``: ``DIR/index.html`` linking every study's table, plots and
-the feature browsers of its dictionaries (built with :mod:`diffdict.report`)."""
+the feature browsers of its dictionaries (built with :mod:`diffdict.report`); the page is the
+template ``diffdict/report/templates/study_index.html``."""
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from diffdict.io import atomic_write_text
-
-STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1150px; color: #222; padding: 0 1em; }
-table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 13px; }
-th, td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
-th:first-child, td:first-child { text-align: left; } th { background: #f4f4f4; }
-img { max-width: 100%; border: 1px solid #ddd; margin: 4px 0; } .muted { color: #777; }
-h2 { margin-top: 2em; border-bottom: 1px solid #ccc; } nav a { margin-right: 1em; }
-"""
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+from diffdict.report.templating import render
 
 
 def _cell(entry: dict) -> str:
@@ -35,45 +23,24 @@ def _cell(entry: dict) -> str:
     return f"{fmt(mean)} ± {fmt(std)}"
 
 
-def _table(result: dict) -> str:
-    metrics = [m for m in result["metrics"] if any(result["summary"][r][m["name"]]["n"] for r in result["rows"])]
-    head = "".join(f"<th title=\"{esc(m.get('help', ''))}\">{esc(m['label'])}</th>" for m in metrics)
-    rows = []
-    for row in result["rows"]:
-        cells = "".join(f"<td>{esc(_cell(result['summary'][row][m['name']]))}</td>" for m in metrics)
-        rows.append(f"<tr><td>{esc(row)}</td>{cells}</tr>")
-    return f"<table><thead><tr><th>variant</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+def _study(name: str, result: dict, browsers: dict[str, str]) -> dict:
+    """What the index shows of one study: its table (metrics with a value only) and links."""
+    summary = result["summary"]
+    metrics = [m for m in result["metrics"] if any(summary[r][m["name"]]["n"] for r in result["rows"])]
+    return {"name": name, "result": result, "metrics": metrics,
+            "rows": [(row, [_cell(summary[row][m["name"]]) for m in metrics]) for row in result["rows"]],
+            "cache_hits": sum(result.get("cache", {}).get("hits", {}).values()),
+            "browsers": [(key.partition("/")[2], path) for key, path in browsers.items()
+                         if key.partition("/")[0] == name],
+            "notes": result.get("notes", []), "plots": result.get("plots", [])}
 
 
 def write_index(out: Path, results: dict[str, dict], summary: dict) -> Path:
     """``out/index.html``: per study its question, table (mean ± std), plots, notes, and
     links to its table files and feature browsers."""
-    nav = " ".join(f"<a href=\"#{esc(name)}\">{esc(name)}</a>" for name in results)
-    sections = []
     browsers = summary.get("browsers") or {}
-    for name, result in results.items():
-        links = [f"<a href=\"{esc(name)}/table.md\">table.md</a>", f"<a href=\"{esc(name)}/table.csv\">table.csv</a>",
-                 f"<a href=\"{esc(name)}/results.json\">results.json</a>", f"<a href=\"{esc(name)}/config.json\">config.json</a>"]
-        plots = "".join(f"<p><img src=\"{esc(name)}/{esc(p)}\" alt=\"{esc(p)}\"></p>" for p in result.get("plots", []))
-        notes = "".join(f"<li>{esc(n)}</li>" for n in result.get("notes", []))
-        study_browsers = [(row, path) for (study, row), path in
-                          ((tuple(k.split("/", 1)), v) for k, v in browsers.items()) if study == name]
-        browser_links = ", ".join(f"<a href=\"{esc(path)}\">{esc(row)}</a>" for row, path in study_browsers)
-        cache = result.get("cache", {})
-        sections.append(
-            f"<h2 id=\"{esc(name)}\">{esc(result['title'])}</h2>"
-            f"<p><em>{esc(result['question'])}</em></p>{_table(result)}"
-            f"<p class=\"muted\">mean ± std over seeds (95% intervals in table.md / table.csv) · "
-            f"{result['seconds']:.0f} s · trained {result['trained']} · cache hits "
-            f"{sum(cache.get('hits', {}).values())} · {' · '.join(links)}</p>"
-            + (f"<p>Feature browsers: {browser_links}</p>" if browser_links else "")
-            + (f"<ul>{notes}</ul>" if notes else "") + plots
-        )
-    body = (f"<h1>diffdict ablation studies</h1><p class=\"muted\">{len(results)} studies in "
-            f"{summary['seconds']:.0f} s{' (quick)' if summary.get('quick') else ''}</p><nav>{nav}</nav>"
-            + "".join(sections))
-    page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>diffdict studies</title>"
-            f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
+    page = render("study_index.html", studies=[_study(name, result, browsers) for name, result in results.items()],
+                  seconds=summary["seconds"], quick=summary.get("quick"))
     atomic_write_text(out / "index.html", page)
     return out / "index.html"
 
