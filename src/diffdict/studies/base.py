@@ -210,8 +210,9 @@ class StudyConfig:
     denoise_steps: int | None = option(None, "denoising steps per generation (default: the model's)", quick=2, minimum=1)
     guidance: float | None = option(None, "guidance scale (default: the model's)", minimum=0.0)
     batch_size: int = option(32, "prompts per generation batch", minimum=1)
-    threads: int | None = option(1, "CPU threads for torch (none: torch's default); more than one thread "
-                                    "thrashes when other processes share the cores", minimum=1)
+    threads: int | None = option(None, "CPU threads for torch (default: torch's, one per core; the command "
+                                       "makes idle threads wait passively, so a busy machine costs no more "
+                                       "than one thread would)", minimum=1)
     quick: bool = option(False, "a much smaller smoke version", cli=False)
 
     def check(self) -> None:

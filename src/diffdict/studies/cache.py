@@ -101,8 +101,10 @@ class Cache:
                 self._nested[-1] += spent
         return final
 
-    def put(self, kind: str, settings: dict[str, Any], source: Path) -> Path:
-        """Move a finished folder (e.g. one member of a trained grid) into the cache."""
+    def put(self, kind: str, settings: dict[str, Any], source: Path, seconds: float = 0.0) -> Path:
+        """Move a finished folder (e.g. one member of a trained grid) into the cache;
+        ``seconds``: what making it cost, counted for ``kind``."""
+        self.seconds[kind] += seconds
         final = self.path(kind, settings)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))

@@ -282,7 +282,7 @@ def train_members(ctx: "StudyContext", store, site: str, members: Sequence[Membe
                     checkpoint.unlink()
                 write_json(folder / "pass.json", {"members": len(missing), "seconds": seconds})
                 key = {"store": store.digest, "member": _member_key(settings)}
-                found[member] = ctx.cache.put("dictionary", key, folder)
+                found[member] = ctx.cache.put("dictionary", key, folder, seconds=seconds / len(missing))
     return {member: found[member] for member in members}
 
 
