@@ -68,8 +68,9 @@ def test_fused_topk_equals_plain_autograd():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_grouped_topk_equals_torch_topk(dtype):
-    pre = torch.randn(50, 640, generator=torch.Generator().manual_seed(0)).to(dtype)
+@pytest.mark.parametrize("width", [640, 256, 100, 42])  # 8, 4, 2 groups, and whole rows
+def test_grouped_topk_equals_torch_topk(dtype, width):
+    pre = torch.randn(50, width, generator=torch.Generator().manual_seed(0)).to(dtype)
     pre[0, :20] = 7.0  # the k largest all in one row segment, with ties
     values, indices = topk_rows(pre, 10)
     assert torch.equal(values.sort(1, descending=True).values, pre.topk(10, dim=1).values)
