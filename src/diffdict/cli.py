@@ -14,9 +14,9 @@ import os
 import sys
 
 # Before torch loads OpenMP: threads that wait for work by spinning hold their cores, so
-# where another process shares the machine two threads ran the toy model at half the speed
-# of one (1.1 against 2.2 images/s); waiting passively, two threads are as fast as one
-# there (2.2) and nearly twice as fast on idle cores. A value the user set is kept.
+# where another process shares the machine two spinning threads ran the toy model slower
+# than one (1.5 against 2.7 images/s); waiting passively, two threads are as fast as one
+# there (2.5) and 1.6x faster on idle cores (README, "Findings"). A value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from diffdict.errors import DiffdictError  # noqa: E402
