@@ -130,6 +130,10 @@ def test_sparsity_mechanism_reports_l0_reached_and_knobs(study_all):
                                "matryoshka-batchtopk"]
     assert results["summary"]["topk"]["l0"]["mean"] == pytest.approx(10)
     assert any(note.startswith("relu-l1 (up.1.1): l1 = ") for note in results["notes"])
+    # every calibration member's L0 is measured, but only the chosen ones are scored further
+    computed = results["cache"]["computed"]
+    not_chosen = 3  # relu-l1, soft-threshold and jumprelu each try two values in --quick, on the first seed
+    assert computed["reconstruction"] == computed["evaluation"] + not_chosen
 
 
 def test_blocks_rows_are_every_block_site(study_all):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from diffdict.studies.base import Metric, Study, StudyConfig, StudyContext, option
 from diffdict.studies.pipeline import Member, activation_store, train_members
-from diffdict.studies.scoring import evaluation, spliced_fidelity, steering
+from diffdict.studies.scoring import evaluation, reconstruction, spliced_fidelity, steering
 
 
 #: concepts steered by default: the colours (the family the study block, up.1.1, writes;
@@ -111,7 +111,9 @@ class DictionaryStudy(Study):
         return [self.row_name(ctx, label, site) for site in ctx.sites for label in self.labels(ctx.config)]
 
     def select(self, ctx: StudyContext, site: str, seed: int, results: dict[Member, dict]) -> list[tuple[str, Member]]:
-        """(row, member) pairs of one seed's table; default every member under its label."""
+        """(row, member) pairs of one seed's table, chosen on each member's reconstruction
+        metrics (``results``; e.g. the one closest to an L0); default every member under
+        its label. Only the chosen members are scored further."""
         return [(member.label, member) for member in results]
 
     def row_name(self, ctx: StudyContext, row: str, site: str) -> str:
@@ -129,9 +131,12 @@ class DictionaryStudy(Study):
             eval_store = activation_store(ctx, "eval", config.eval_prompts, [site])
             for seed in config.seed_list():
                 trained = {t.member: t for t in self.build(ctx, site, seed, train_store, eval_store)}
-                results = {member: evaluation(ctx, t.key, t.load, t.eval_store, t.eval_site, seed)
-                           for member, t in trained.items()}
-                for row, member in self.select(ctx, site, seed, results):
+                chosen = self.select(ctx, site, seed, {member: reconstruction(ctx, t.key, t.load, t.eval_store,
+                                                                              t.eval_site)
+                                                       for member, t in trained.items()})
+                results = {member: evaluation(ctx, trained[member].key, trained[member].load, trained[member].eval_store,
+                                              trained[member].eval_site, seed) for _, member in chosen}
+                for row, member in chosen:
                     t, result = trained[member], results[member]
                     values = {m.name: result[m.name] for m in RECONSTRUCTION + INTERPRETABILITY}
                     items = dict(result.get("items", {}))

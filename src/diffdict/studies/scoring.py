@@ -123,6 +123,13 @@ def _nan(value) -> float:
     return math.nan if value is None else float(value)
 
 
+def reconstruction(ctx: "StudyContext", dictionary_key: dict, load, eval_store, site: str) -> dict[str, float]:
+    """mse, fvu, explained variance, L0 and dead fraction of one dictionary on the eval
+    store (cached): what a study chooses members by, e.g. the one matching an L0."""
+    settings = {"dictionary": dictionary_key, "store": eval_store.digest, "site": site}
+    return ctx.cache.json("reconstruction", settings, lambda: reconstruction_metrics(load(), eval_store, site))
+
+
 def evaluation(ctx: "StudyContext", dictionary_key: dict, load, eval_store, site: str, seed: int) -> dict[str, Any]:
     """Reconstruction and interpretability of one dictionary on the eval store (cached)."""
     settings = {"dictionary": dictionary_key, "store": eval_store.digest, "site": site, "seed": seed,
@@ -132,9 +139,8 @@ def evaluation(ctx: "StudyContext", dictionary_key: dict, load, eval_store, site
                 "oracle": has_ground_truth(ctx.host)}
 
     def compute() -> dict:
-        dictionary = load()
-        return {**reconstruction_metrics(dictionary, eval_store, site),
-                **interpretability(ctx, dictionary, eval_store, site, seed)}
+        return {**reconstruction(ctx, dictionary_key, load, eval_store, site),
+                **interpretability(ctx, load(), eval_store, site, seed)}
 
     return ctx.cache.json("evaluation", settings, compute)
 
@@ -257,5 +263,6 @@ def spliced_fidelity(ctx: "StudyContext", dictionary_key: dict, load, edit_site:
     return ctx.cache.json("fidelity", settings, compute)
 
 
-__all__ = ["clip_interpretability", "clip_scores", "evaluation", "interpretability", "spliced_fidelity", "steering",
+__all__ = ["clip_interpretability", "clip_scores", "evaluation", "interpretability", "reconstruction",
+           "spliced_fidelity", "steering",
            "steering_features", "steering_pool", "study_generator", "study_ground_truth"]
