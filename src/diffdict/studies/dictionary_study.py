@@ -131,11 +131,12 @@ class DictionaryStudy(Study):
             eval_store = activation_store(ctx, "eval", config.eval_prompts, [site])
             for seed in config.seed_list():
                 trained = {t.member: t for t in self.build(ctx, site, seed, train_store, eval_store)}
-                chosen = self.select(ctx, site, seed, {member: reconstruction(ctx, t.key, t.load, t.eval_store,
-                                                                              t.eval_site)
-                                                       for member, t in trained.items()})
-                results = {member: evaluation(ctx, trained[member].key, trained[member].load, trained[member].eval_store,
-                                              trained[member].eval_site, seed) for _, member in chosen}
+                recon = {m: reconstruction(ctx, t.key, t.load, t.eval_store, t.eval_site) for m, t in trained.items()}
+                chosen = self.select(ctx, site, seed, recon)
+                results = {}
+                for _, member in chosen:
+                    t = trained[member]
+                    results[member] = evaluation(ctx, t.key, t.load, t.eval_store, t.eval_site, seed)
                 for row, member in chosen:
                     t, result = trained[member], results[member]
                     values = {m.name: result[m.name] for m in RECONSTRUCTION + INTERPRETABILITY}
