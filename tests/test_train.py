@@ -288,6 +288,28 @@ def test_small_steps_run_on_one_thread_and_restore_the_callers(planted, tmp_path
     assert trainer._encoder_macs(big, 1280, trainer._Distributed(torch.device("cpu"))) > trainer.SMALL_STEP_MACS
 
 
+def test_bf16_defaults_to_what_the_device_computes_natively_and_a_resumed_run_keeps_its_own(
+        planted, tmp_path, monkeypatch):
+    trainer = importlib.import_module("diffdict.train.loop")
+    acts, _ = planted
+    for native in (False, True):
+        monkeypatch.setattr(trainer, "native_bf16", lambda device, native=native: native)
+        train(small_settings(acts, tokens=512), tmp_path / f"native-{native}", progress=False)
+        assert json.loads((tmp_path / f"native-{native}" / "settings.json").read_text())["bf16"] is native
+        config = json.loads((tmp_path / f"native-{native}" / "topk-k3-x3" / "config.json").read_text())
+        assert config["bf16"] is native
+    # a run started where bf16 is native resumes as it was on a device without it
+    monkeypatch.setattr(trainer, "native_bf16", lambda device: False)
+    train(small_settings(acts, tokens=1024), tmp_path / "native-True-longer", progress=False, stop_after_step=2)
+    settings = json.loads((tmp_path / "native-True-longer" / "settings.json").read_text())
+    settings["bf16"] = True  # as written by a machine with native bf16
+    (tmp_path / "native-True-longer" / "settings.json").write_text(json.dumps(settings))
+    train(small_settings(acts, tokens=1024), tmp_path / "native-True-longer", progress=False)
+    assert json.loads((tmp_path / "native-True-longer" / "topk-k3-x3" / "config.json").read_text())["bf16"] is True
+    with pytest.raises(DiffdictError, match="--bf16 must be on, off or auto, got 'yes'"):
+        train(small_settings(acts, bf16="yes"), tmp_path / "bad", progress=False)
+
+
 def test_provenance_is_recorded_in_every_member_and_covered_by_the_checksum(planted, tmp_path):
     from diffdict.dictionaries import read_provenance
 

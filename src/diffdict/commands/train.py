@@ -39,6 +39,13 @@ def _switch(text: str) -> bool:
 
 _switch.__name__ = "on/off"
 
+
+def _switch_or_auto(text: str) -> bool | None:
+    return None if text.strip().lower() == "auto" else _switch(text)
+
+
+_switch_or_auto.__name__ = "on/off/auto"
+
 # CLI option -> (type, help); names match TrainSettings fields.
 OPTIONS = {
     "acts": (str, "activations: a store folder, or an (N, d) .npy / .safetensors file"),
@@ -62,7 +69,8 @@ OPTIONS = {
     "dead_window": (int, "tokens without firing after which a feature is dead (default: 10M)"),
     "b_dec_init": (str, "b_dec initialisation: geometric-median, mean, zeros (default: geometric-median)"),
     "init_tokens": (int, "tokens sampled for the normalisation and b_dec initialisation (default: 16384)"),
-    "bf16": (_switch, "TopK encoder matmul in bfloat16: on/off (default: on)"),
+    "bf16": (_switch_or_auto, "TopK encoder matmul in bfloat16: on, off, or auto: on where the device computes "
+                              "bf16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX) (default: auto)"),
     "tau": (_list_of(float), "itda: normalised error above which an activation becomes an atom (default: 0.3)"),
     "l0": (_list_of(int), "itda: pursuit steps per token (default: 10)"),
     "pursuit": (str, "itda encoding: mp (signed matching pursuit) or gp (non-negative gradient pursuit)"),

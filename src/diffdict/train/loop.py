@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from diffdict.dictionaries.data import ActivationSource, Batch, open_activations, prefetch
+from diffdict.dictionaries.fused import native_bf16
 from diffdict.dictionaries.provenance import training_provenance
 from diffdict.errors import DiffdictError
 from diffdict.io import load_checkpoint, read_json, save_checkpoint, write_json
@@ -101,6 +102,8 @@ def train(
         raise DiffdictError("--checkpoint-every and --log-every must be positive")
     out = Path(out)
     torch_device = torch.device(device)
+    if settings.bf16 is None:
+        settings = dataclasses.replace(settings, bf16=_default_bf16(out, torch_device))
     source = open_activations(settings.acts, settings.site)
     comm = _Distributed(torch_device)
     before = torch.get_num_threads()
@@ -114,6 +117,12 @@ def train(
     finally:
         torch.set_num_threads(before)
         comm.close()
+
+
+def _default_bf16(out: Path, device: torch.device) -> bool:
+    """bf16 where the device computes it natively; a run being resumed keeps its own."""
+    stored = read_json(out / SETTINGS_FILE).get("bf16") if (out / SETTINGS_FILE).exists() else None
+    return stored if isinstance(stored, bool) else native_bf16(device)
 
 
 # Below this many encoder multiply-adds a step, a pass runs on one thread: its operations

@@ -57,7 +57,7 @@ class TrainSettings:
     # initialisation and speed
     b_dec_init: str = "geometric-median"
     init_tokens: int = 16384
-    bf16: bool = True
+    bf16: bool | None = None  # None: where the device computes bf16 natively (resolved by train)
     # ITDA
     tau: list[float] = field(default_factory=lambda: [0.3])
     l0: list[int] = field(default_factory=lambda: [10])
@@ -122,6 +122,8 @@ class TrainSettings:
             raise DiffdictError(f"unknown --b-dec-init {self.b_dec_init!r}; expected one of {', '.join(B_DEC_INITS)}")
         if self.pursuit not in PURSUITS:
             raise DiffdictError(f"unknown --pursuit {self.pursuit!r}; expected one of {', '.join(PURSUITS)}")
+        if self.bf16 not in (None, True, False):
+            raise DiffdictError(f"--bf16 must be on, off or auto, got {self.bf16!r}")
         if not 0 <= self.decay_fraction <= 1:
             raise DiffdictError(f"--decay-fraction must lie in [0, 1], got {self.decay_fraction}")
         if self.warmup_steps < 0:
