@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     from diffdict.hosts import load_host
     from diffdict.interventions import Add, LatentEdit
     from diffdict.metrics import load_backbone
-    from diffdict.steering import run_intervention, save_intervention_report
+    from diffdict.interventions.experiments import run_intervention, save_intervention_report
     from diffdict.store import open_store
     from diffdict.world import FAMILIES
 

@@ -188,6 +188,18 @@ def test_vlm_refused_key_is_one_clear_error(tmp_path, monkeypatch):
         assert len(server.requests) == 1  # no retry on a refused key
 
 
+def test_vlm_sdk_is_optional(monkeypatch):
+    import subprocess
+    import sys
+
+    # importing diffdict (and its interpret package) never imports the SDK
+    code = "import sys, diffdict, diffdict.interpret, diffdict.cli; assert 'openai' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    monkeypatch.setitem(sys.modules, "openai", None)  # as if it were not installed
+    with pytest.raises(DiffdictError, match=r'pip install "diffdict\[vlm\]"'):
+        VlmClient(VlmConfig())
+
+
 def test_vlm_explainer_and_judge_through_interpret(store, sae_dir, tmp_path):
     with FakeVlm(answer=fake_answer) as server:
         options = dict(base_url=server.url, model="fake-vlm", cache_dir=str(tmp_path / "cache"), backoff=0.01,
@@ -296,7 +308,7 @@ def test_bad_input_one_clear_line(store, tmp_path, capsys):
 def test_trained_dictionary_records_its_provenance_and_interpret_uses_it(store, tmp_path):
     from diffdict.dictionaries import load_dictionary, read_provenance
     from diffdict.feature_stats import dictionary_metadata, recorded_host, recorded_store
-    from diffdict.interpret.pipeline import dictionary_site, load_for_store
+    from diffdict.interpret.run import dictionary_site, load_for_store
     from diffdict.train import TrainSettings, train
 
     settings = TrainSettings(acts=str(store.path), site=SITE, arch=["topk"], k=[2], expansion=[1.0], batch_size=256,
@@ -323,7 +335,7 @@ def test_trained_dictionary_records_its_provenance_and_interpret_uses_it(store, 
 def test_folders_without_provenance_use_the_one_fallback(store, tmp_path):
     from diffdict.dictionaries import read_provenance
     from diffdict.dictionaries.export import export_dictionary
-    from diffdict.interpret.pipeline import dictionary_site, load_for_store
+    from diffdict.interpret.run import dictionary_site, load_for_store
 
     # saved before records existed: the run's settings.json and the store it names
     old = tmp_path / "run" / "topk"

@@ -196,7 +196,7 @@ def test_causal_strength_control_is_seeded(host, backbone):
 
 
 def test_run_intervention_report(host, backbone, tmp_path):
-    from diffdict.steering import run_intervention, save_intervention_report
+    from diffdict.interventions.experiments import run_intervention, save_intervention_report
 
     edit = LatentEdit("mid.0", sae(), 3, 5.0, "set", activation=2.0, mask="0,0,16,16", steps="0")
     report = run_intervention(host, edit, PROMPTS, num_steps=STEPS, target="color:red", backbone=backbone)
@@ -210,7 +210,7 @@ def test_run_intervention_report(host, backbone, tmp_path):
 
 def test_block_ablation_and_spliced_fidelity(host, backbone, tmp_path):
     from diffdict.metrics import spliced_fidelity
-    from diffdict.steering import block_ablation, save_block_ablation
+    from diffdict.interventions.experiments import block_ablation, save_block_ablation
 
     result = block_ablation(host, ["mid.0", "up.1.1"], PROMPTS, num_steps=STEPS, backbone=backbone)
     assert set(result["sites"]) == {"mid.0", "up.1.1"}

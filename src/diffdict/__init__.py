@@ -40,8 +40,8 @@ _EXPORTS = {
     "causal_strength": "diffdict.metrics", "spliced_fidelity": "diffdict.metrics",
     "perceptual_distance": "diffdict.metrics", "clip_score": "diffdict.metrics",
     "frechet_distance": "diffdict.metrics", "manhattan_locality": "diffdict.metrics",
-    "load_backbone": "diffdict.metrics", "run_intervention": "diffdict.steering",
-    "block_ablation": "diffdict.steering",
+    "load_backbone": "diffdict.metrics", "run_intervention": "diffdict.interventions.experiments",
+    "block_ablation": "diffdict.interventions.experiments",
     # interpretation and report
     "interpret": "diffdict.interpret", "compute_activation_stats": "diffdict.interpret",
     "make_explainer": "diffdict.interpret", "make_scorer": "diffdict.interpret",

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from diffdict.commands.intervene import check_positive, load_host_from_args, prompts_from_args
     from diffdict.io import claim_output_folder
-    from diffdict.steering import ablation_table, block_ablation, save_block_ablation
+    from diffdict.interventions.experiments import ablation_table, block_ablation, save_block_ablation
 
     check_positive("--batch-size", args.batch_size)
     check_positive("--scale", args.scale)

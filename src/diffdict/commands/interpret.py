@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffdict.interpret.pipeline import interpret
+    from diffdict.interpret.run import interpret
 
     explainer = None if args.explainer in ("", "none") else args.explainer
     scorers = [s.strip() for s in (args.scorer or "").split(",") if s.strip() and s.strip() != "none"]
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     store = args.store
     if store is None:
         from diffdict.feature_stats import require_recorded_store
-        from diffdict.interpret.pipeline import resolve_run
+        from diffdict.interpret.run import resolve_run
 
         store = require_recorded_store(resolve_run(args.run, args.member))
     from diffdict.io import claim_output_folder

@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     from diffdict.interventions import Ablate, Add, Icon, LatentEdit, Splice
     from diffdict.io import claim_output_folder
     from diffdict.metrics.backbones import resolve_backbone
-    from diffdict.steering import format_summary, run_intervention, save_intervention_report
+    from diffdict.interventions.experiments import format_summary, run_intervention, save_intervention_report
 
     check_positive("--batch-size", args.batch_size)
     check_positive("--scale", args.scale)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from diffdict.hosts.base import SiteInfo
-from diffdict.hosts.pipeline import PipelineHost
+from diffdict.hosts.diffusers_host import PipelineHost
 
 
 class FluxSchnellHost(PipelineHost):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from diffdict.hosts.base import SiteInfo
-from diffdict.hosts.pipeline import PipelineHost
+from diffdict.hosts.diffusers_host import PipelineHost
 from diffdict.hosts.unet import unet_sites
 
 

@@ -15,7 +15,7 @@ from diffdict.interpret.base import (
     register_scorer,
 )
 from diffdict.interpret.groundtruth import CONCEPTS, concept_phrase, oracle_results, pixel_concepts, token_concepts
-from diffdict.interpret.pipeline import interpret, load_for_store, load_interpretation
+from diffdict.interpret.run import interpret, load_for_store, load_interpretation
 from diffdict.interpret.stats import Example, ActivationStats, activation_maps, compute_activation_stats
 from diffdict.interpret.visualize import overlay_heatmap, top_images_grid
 from diffdict.interpret.vlm import VlmClient, VlmConfig

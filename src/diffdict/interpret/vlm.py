@@ -1,17 +1,19 @@
-"""A small client for OpenAI-compatible chat endpoints that accept images (vLLM,
-OpenRouter, OpenAI): ``POST {base_url}/chat/completions`` with ``image_url`` parts
-holding PNG data URLs.
+"""A client for OpenAI-compatible chat endpoints that accept images (vLLM, OpenRouter,
+OpenAI), built on the official ``openai`` SDK (``pip install "diffdict[vlm]"``): chat
+completions with ``image_url`` parts holding PNG data URLs.
 
-- Retries with exponential backoff (honouring ``Retry-After``) on HTTP 429, 5xx,
-  timeouts and dropped connections; a reply the caller cannot use (no ``choices``, bad
-  JSON, or refused by the caller's ``parse``) is retried too, then reported.
+- The SDK retries with exponential backoff (honouring ``Retry-After``) on HTTP 429, 5xx,
+  timeouts and dropped connections (``max_retries``, ``timeout``). A reply the caller
+  cannot use (no ``choices``, bad JSON, or refused by the caller's ``parse``) is asked
+  again too (``backoff`` doubling up to ``max_backoff``), then reported.
 - A refused key (HTTP 401/403) stops at once with one line naming the key's variable.
-- Rate limiting: at most ``requests_per_minute`` requests are started per minute.
+- Rate limiting: at most ``requests_per_minute`` requests (retries included) start per minute.
 - A cache on disk keyed by the request (URL, model, messages, parameters; never the
   key): a rerun reads it and sends nothing. Only replies that ``parse`` accepted are
   cached, so a malformed reply is never stored.
 
-Standard library only (urllib); no request leaves the machine unless a base URL says so.
+No request leaves the machine unless a base URL says so; the only credential sent is the
+one in ``api_key_env`` (none when it is unset).
 """
 
 from __future__ import annotations
@@ -23,11 +25,8 @@ import json
 import os
 import random
 import re
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -64,7 +63,7 @@ class VlmConfig:
     cache_dir: str | None = None
     timeout: float = 60.0
     max_retries: int = 5
-    backoff: float = 1.0  # seconds; doubled each retry (with jitter), capped at max_backoff
+    backoff: float = 1.0  # seconds before re-asking after an unusable reply; doubled each time
     max_backoff: float = 60.0
     requests_per_minute: float = 60.0
     temperature: float = 0.0
@@ -80,126 +79,94 @@ class VlmClient:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._last_start = 0.0
-        self.requests_sent = 0
+        self.requests_sent = 0  # HTTP requests, the SDK's retries included
         self.cache_hits = 0
+        self._key = os.environ.get(self.config.api_key_env, "")
+        self._openai, self._client = self._make_client()
 
-    # -- cache -------------------------------------------------------------------------
+    def _make_client(self):
+        try:
+            import openai
+        except ImportError:
+            raise DiffdictError('the VLM client needs the openai SDK: pip install "diffdict[vlm]"') from None
+        client = openai.OpenAI(
+            base_url=self.config.base_url, api_key=self._key or "unset", max_retries=self.config.max_retries,
+            timeout=self.config.timeout, http_client=openai.DefaultHttpxClient(event_hooks={"request": [self._started]}),
+        )
+        return openai, client
+
+    def _started(self, request) -> None:
+        """Called by the HTTP client before each request it sends: the rate limit and the count."""
+        rpm = self.config.requests_per_minute
+        with self._lock:
+            self.requests_sent += 1
+            if rpm and rpm > 0:
+                gap = 60.0 / rpm - (time.monotonic() - self._last_start)
+                if gap > 0:
+                    self._sleep(gap)
+                self._last_start = time.monotonic()
+
     def request_key(self, body: dict) -> str:
         blob = json.dumps({"url": self.url, "body": body}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _cache_path(self, key: str) -> Path | None:
-        if not self.config.cache_dir:
-            return None
-        return Path(self.config.cache_dir) / key[:2] / f"{key}.json"
+        return Path(self.config.cache_dir) / key[:2] / f"{key}.json" if self.config.cache_dir else None
 
-    # -- requests ----------------------------------------------------------------------
-    def _wait_rate(self) -> None:
-        rpm = self.config.requests_per_minute
-        if not rpm or rpm <= 0:
-            return
-        with self._lock:
-            gap = 60.0 / rpm - (time.monotonic() - self._last_start)
-            if gap > 0:
-                self._sleep(gap)
-            self._last_start = time.monotonic()
-
-    def _post(self, body: dict) -> tuple[int, dict | None, str, dict]:
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.config.api_key_env, "")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-        self._wait_rate()
-        self.requests_sent += 1
+    def _post(self, body: dict) -> str:
+        """The reply's raw body; a DiffdictError when the SDK gave up or the endpoint said no."""
+        openai, rest = self._openai, {k: v for k, v in body.items() if k not in ("model", "messages")}
+        no_key = {} if self._key else {"Authorization": openai.Omit()}  # send no credential at all
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout) as response:
-                raw = response.read().decode("utf-8", "replace")
-                status, response_headers = response.status, dict(response.headers)
-        except urllib.error.HTTPError as error:
-            raw = error.read().decode("utf-8", "replace") if error.fp else ""
-            return error.code, None, raw, dict(error.headers or {})
-        try:
-            return status, json.loads(raw), raw, response_headers
-        except json.JSONDecodeError:
-            return status, None, raw, response_headers
-
-    def _excerpt(self, raw: str) -> str:
-        """The start of an error body, fit for a message: the API key and credentials redacted."""
-        return _excerpt(raw, os.environ.get(self.config.api_key_env, ""))
-
-    def _delay(self, attempt: int, headers: dict) -> float:
-        retry_after = headers.get("Retry-After") or headers.get("retry-after")
-        if retry_after:
-            try:
-                return min(float(retry_after), self.config.max_backoff)
-            except ValueError:
-                pass
-        base = self.config.backoff * (2 ** attempt)
-        return min(base * (1 + 0.25 * random.random()), self.config.max_backoff)
+            return self._client.chat.completions.with_raw_response.create(
+                model=body["model"], messages=body["messages"], extra_body=rest, extra_headers=no_key).text
+        except openai.APIStatusError as error:
+            status, raw = error.status_code, _excerpt(error.response.text, self._key)
+            if status in (401, 403):
+                where = f"${self.config.api_key_env} is {'set' if self._key else 'not set'}"
+                raise DiffdictError(f"the VLM endpoint {self.url} refused the API key (HTTP {status}; {where}): {raw}") from None
+            if status not in (408, 409, 429) and status < 500:
+                raise DiffdictError(f"the VLM endpoint {self.url} rejected the request (HTTP {status}): {raw}") from None
+            problem = f"HTTP {status}: {raw}"
+        except openai.APITimeoutError:
+            problem = f"timed out after {self.config.timeout:g} s"
+        except openai.APIConnectionError as error:
+            problem = f"connection failed: {error.__cause__ or error}"
+        raise DiffdictError(f"the VLM endpoint {self.url} gave no usable reply after "
+                            f"{self.config.max_retries + 1} attempts: {problem}")
 
     def chat(self, messages: list[dict], parse: Callable[[str], Any] = lambda text: text, **params) -> Any:
         """Send a chat request (or read its cached reply) and return ``parse(reply text)``.
 
         ``parse`` raises :class:`MalformedReply` (or ValueError) for a reply it cannot
-        use: the request is retried, and after ``max_retries`` a DiffdictError names the
+        use: the request is asked again, and after ``max_retries`` a DiffdictError names the
         endpoint and what came back. Nothing is cached unless ``parse`` accepted it.
         """
         body = {"model": self.config.model, "messages": messages, "temperature": self.config.temperature,
                 "max_tokens": self.config.max_tokens, **params}
-        key = self.request_key(body)
-        path = self._cache_path(key)
+        path = self._cache_path(self.request_key(body))
         if path is not None and path.exists():
             try:
-                text = json.loads(path.read_text())["reply"]
-                value = parse(text)
+                value = parse(json.loads(path.read_text())["reply"])
                 self.cache_hits += 1
                 return value
             except (ValueError, KeyError, OSError):
                 pass  # a damaged or unusable cache entry: ask again
-        last_problem = "no attempt made"
         for attempt in range(self.config.max_retries + 1):
+            if attempt:
+                delay = self.config.backoff * 2 ** (attempt - 1) * (1 + 0.25 * random.random())
+                self._sleep(min(delay, self.config.max_backoff))
+            raw = self._post(body)
             try:
-                status, payload, raw, headers = self._post(body)
-            except (socket.timeout, TimeoutError) as error:
-                last_problem, headers = f"timed out after {self.config.timeout:g} s ({error})", {}
-            except urllib.error.URLError as error:
-                reason = error.reason
-                if isinstance(reason, (socket.timeout, TimeoutError)):
-                    last_problem = f"timed out after {self.config.timeout:g} s"
-                else:
-                    last_problem = f"connection failed: {reason}"
-                headers = {}
-            except (ConnectionError, OSError) as error:
-                last_problem, headers = f"connection failed: {error}", {}
-            else:
-                if status in (401, 403):
-                    where = (f"${self.config.api_key_env} is set" if os.environ.get(self.config.api_key_env)
-                             else f"${self.config.api_key_env} is not set")
-                    raise DiffdictError(
-                        f"the VLM endpoint {self.url} refused the API key (HTTP {status}; {where}): "
-                        f"{self._excerpt(raw)}"
-                    )
-                if status == 429 or status >= 500:
-                    last_problem = f"HTTP {status}: {self._excerpt(raw)}"
-                elif status >= 400:
-                    raise DiffdictError(f"the VLM endpoint {self.url} rejected the request (HTTP {status}): {self._excerpt(raw)}")
-                else:
-                    try:
-                        text = _reply_text(payload, raw)
-                        value = parse(text)
-                    except (MalformedReply, ValueError, TypeError) as error:
-                        last_problem = f"malformed reply ({error}): {self._excerpt(raw)}"
-                    else:
-                        if path is not None:
-                            atomic_write_text(path, json.dumps({"reply": text, "model": self.config.model}) + "\n")
-                        return value
-            if attempt < self.config.max_retries:
-                self._sleep(self._delay(attempt, headers))
-        raise DiffdictError(
-            f"the VLM endpoint {self.url} gave no usable reply after {self.config.max_retries + 1} attempts: {last_problem}"
-        )
+                value = parse(text := _reply_text(raw))
+            except (ValueError, TypeError) as error:  # MalformedReply and json errors are ValueErrors
+                problem = f"malformed reply ({error}): {_excerpt(raw, self._key)}"
+                continue
+            if path is not None:
+                atomic_write_text(path, json.dumps({"reply": text, "model": self.config.model}) + "\n")
+            return value
+        raise DiffdictError(f"the VLM endpoint {self.url} gave no usable reply after "
+                            f"{self.config.max_retries + 1} attempts: {problem}")
 
 
 # credentials an endpoint may echo back in an error body (some echo the request headers)
@@ -226,7 +193,8 @@ def _excerpt(raw: str, secret: str = "", limit: int = 160) -> str:
     return (text[: limit - 3] + "...") if len(text) > limit else (text or "(empty body)")
 
 
-def _reply_text(payload: Any, raw: str) -> str:
+def _reply_text(raw: str) -> str:
+    payload = json.loads(raw)
     if not isinstance(payload, dict):
         raise MalformedReply("not a JSON object")
     try:
@@ -248,15 +216,11 @@ def parse_explanation(text: str) -> str:
         line = line.split(":", 1)[1].strip()
     if not line:
         raise MalformedReply("no explanation in the reply")
-    if len(line) > 200:
-        line = line[:200]
-    return line
+    return line[:200]
 
 
 def parse_score(text: str) -> float:
     """A number in [0, 1] (the first one in the reply)."""
-    import re
-
     match = re.search(r"-?\d+(?:\.\d+)?", text)
     if match is None:
         raise MalformedReply(f"no number in {text[:40]!r}")

@@ -31,8 +31,10 @@ None (every step), an int, a list, or text ``"0-3"``, ``"0,2,5"``, ``"all"``.
     edit = Add("mid.0", sae, feature=12, strength=5, stats=stats, mask="8,8,24,24", steps="0-3")
     images = generate(host, ["a red circle"], [edit], seed=0)
 
-The package: ``masks.py`` (masks and steps), ``edits.py`` (the interventions) and
-``running.py`` (``intervene``, ``generate``, ``feature_icon``).
+The package: ``masks.py`` (masks and steps), ``edits.py`` (the interventions),
+``running.py`` (``intervene``, ``generate``, ``feature_icon``) and ``experiments.py``
+(``run_intervention``, ``block_ablation``: the experiments behind ``diffdict intervene`` and
+``ablate-block``; not imported here, it pulls in the metrics).
 """
 
 from diffdict.capture import parse_steps

@@ -203,7 +203,7 @@ def make_backend(run, store=None, interpret_dir=None, site=None, member=None, mo
     from diffdict.dictionaries import load_dictionary
     from diffdict.feature_stats import load_feature_stats
     from diffdict.hosts import host_for_store
-    from diffdict.interpret.pipeline import dictionary_site, load_for_store, resolve_run
+    from diffdict.interpret.run import dictionary_site, load_for_store, resolve_run
 
     from diffdict.feature_stats import ensure_feature_stats, recorded_store, require_recorded_store
 
@@ -239,7 +239,7 @@ def make_backend(run, store=None, interpret_dir=None, site=None, member=None, mo
     records: dict[int, dict] = {}
     stats = None
     if interpret_dir is not None:
-        from diffdict.interpret.pipeline import load_interpretation
+        from diffdict.interpret.run import load_interpretation
 
         _, recs = load_interpretation(interpret_dir)
         records = {int(r["feature"]): r for r in recs}

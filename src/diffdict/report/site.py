@@ -134,7 +134,7 @@ def build_report(run: str | Path, out: str | Path, interpret_dir: str | Path | N
         recorded_store,
         require_recorded_store,
     )
-    from diffdict.interpret.pipeline import interpret, load_interpretation, resolve_run
+    from diffdict.interpret.run import interpret, load_interpretation, resolve_run
     from diffdict.store import open_store
 
     out = Path(out)

@@ -54,7 +54,7 @@ def feature_browsers(out: Path, results: dict[str, dict], cache, judge=None, max
     to ``out/browsers/``. Returns ``{"study/row": index.html relative to out}``."""
     import shutil
 
-    from diffdict.interpret.pipeline import interpret, load_interpretation
+    from diffdict.interpret.run import interpret, load_interpretation
     from diffdict.report import write_site
     from diffdict.store import open_store
     from diffdict.studies.pipeline import judge_fingerprint

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from diffdict.errors import DiffdictError
-from diffdict.interventions import Ablate, Intervention, generate
+from diffdict.interventions.edits import Ablate, Intervention
+from diffdict.interventions.running import generate
 from diffdict.io import write_json
 from diffdict.metrics.backbones import Backbone, load_backbone, resolve_backbone
 from diffdict.world.phrases import concept_text
