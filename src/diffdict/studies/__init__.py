@@ -5,7 +5,7 @@
     run_all("out/all", quick=True)
 
 Each study is a module with a config, a runner and a table (:mod:`.base`); the steps
-they share are cached by content (:mod:`.cache`, :mod:`.pipeline`); tables carry mean ±
+they share are cached by content (:mod:`.cache`, :mod:`.stages`); tables carry mean ±
 std and a 95% t-interval over seeds (:mod:`.table`). ``STUDIES`` is the registry.
 """
 

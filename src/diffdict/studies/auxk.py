@@ -11,7 +11,7 @@ from pathlib import Path
 
 from diffdict.studies.base import Metric, StudyContext
 from diffdict.studies.dictionary_study import DictionaryStudy, Trained
-from diffdict.studies.pipeline import Member, read_training_log
+from diffdict.studies.stages import Member, read_training_log
 
 WITH, WITHOUT = "with AuxK", "without AuxK"
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from diffdict.studies.base import Metric, Study, StudyConfig, StudyContext, option
 from diffdict.studies.cache import text_digest
-from diffdict.studies.pipeline import (
+from diffdict.studies.stages import (
     block_sites,
     generate_images,
     generation_settings,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from diffdict.studies.base import Metric, StudyContext, option
 from diffdict.studies.dictionary_study import DictionaryStudy, DictionaryStudyConfig, Trained
-from diffdict.studies.pipeline import Member, activation_store, build_seconds, neuron_dictionary
+from diffdict.studies.stages import Member, activation_store, build_seconds, neuron_dictionary
 
 KINDS = ("sae", "itda", "neurons")
 LABELS = {"sae": "SAE (TopK)", "itda": "ITDA", "neurons": "MLP neurons"}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from diffdict.studies.base import Metric, Study, StudyConfig, StudyContext, option
-from diffdict.studies.pipeline import Member, activation_store, train_members
+from diffdict.studies.stages import Member, activation_store, train_members
 from diffdict.studies.scoring import evaluation, reconstruction, spliced_fidelity, steering
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from diffdict.errors import DiffdictError
 from diffdict.studies.base import Metric, Study, StudyContext, option
 from diffdict.studies.dictionary_study import DictionaryStudyConfig, trained_folder
-from diffdict.studies.pipeline import (
+from diffdict.studies.stages import (
     Member,
     activation_store,
     generate_images,

@@ -57,7 +57,7 @@ def feature_browsers(out: Path, results: dict[str, dict], cache, judge=None, max
     from diffdict.interpret.run import interpret, load_interpretation
     from diffdict.report import write_site
     from diffdict.store import open_store
-    from diffdict.studies.pipeline import judge_fingerprint
+    from diffdict.studies.stages import judge_fingerprint
 
     clip = getattr(judge, "model", None) if getattr(judge, "name", None) == "shapes-clip" else None
     made: dict[str, str] = {}

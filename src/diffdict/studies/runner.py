@@ -63,11 +63,11 @@ def execute(study: Study, config: StudyConfig, out: str | Path, cache: Cache, ho
     out.mkdir(parents=True, exist_ok=True)
     ctx = StudyContext(study, config, out, cache, host=host, judge=judge, log=log)
     if judge is None:
-        from diffdict.studies.pipeline import judge_name
+        from diffdict.studies.stages import judge_name
 
         judge_name(config)  # a judge that cannot read this host's images is refused before any work
     rows = study.rows(ctx)  # checks the sites against the host before any work
-    from diffdict.studies.pipeline import generation_settings, has_ground_truth
+    from diffdict.studies.stages import generation_settings, has_ground_truth
 
     resolved = {"study": study.name, **config.to_dict(),
                 "resolved": {"sites": study.sites(ctx), "rows": rows, "host": ctx.host.describe(),
@@ -148,7 +148,7 @@ def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool 
         torch.set_num_threads(first.threads)
     try:
         # one host and one judge for every study (their model and judge options are shared)
-        from diffdict.studies.pipeline import load_judge, load_study_host
+        from diffdict.studies.stages import load_judge, load_study_host
 
         host = host if host is not None else load_study_host(first)
         judge = judge if judge is not None else load_judge(first)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from diffdict.studies.cache import text_digest
-from diffdict.studies.pipeline import (
+from diffdict.studies.stages import (
     generate_images,
     generation_settings,
     has_ground_truth,

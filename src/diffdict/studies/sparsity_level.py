@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from diffdict.studies.base import option
 from diffdict.studies.dictionary_study import DictionaryStudy, DictionaryStudyConfig
-from diffdict.studies.pipeline import Member
+from diffdict.studies.stages import Member
 
 
 @dataclass

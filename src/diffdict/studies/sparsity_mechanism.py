@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from diffdict.studies.base import StudyContext, option
 from diffdict.studies.dictionary_study import DictionaryStudy, DictionaryStudyConfig, Trained
-from diffdict.studies.pipeline import Member
+from diffdict.studies.stages import Member
 
 DEFAULT_MECHANISMS = ("topk", "soft-threshold", "relu-l1", "relu", "batchtopk", "jumprelu", "matryoshka-batchtopk")
 
@@ -76,7 +76,7 @@ class SparsityMechanism(DictionaryStudy):
         if site not in self.matched:
             return super().build(ctx, site, seed, train_store, eval_store)
         from diffdict.studies.dictionary_study import trained_folder
-        from diffdict.studies.pipeline import train_members
+        from diffdict.studies.stages import train_members
 
         folders = train_members(ctx, train_store, site, list(self.matched[site].values()), seed)
         return [trained_folder(member, folder, eval_store, site) for member, folder in folders.items()]

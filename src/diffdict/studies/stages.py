@@ -1,4 +1,4 @@
-"""The steps studies share, each cached by exactly the settings it depends on.
+"""The stages studies share, each cached by exactly the settings it depends on.
 
     prompts ──collect──▶ store ──train (grid, one pass)──▶ dictionaries ──evaluate──▶ metrics
                                                                │
@@ -10,10 +10,9 @@ the concept oracle (ground-truth interpretability), which is NaN for real models
 every metric that needs a feature's explanation (there is none without the oracle).
 
 Training: a study asks for *members* (an architecture and its options); those not in the
-cache are trained together by :func:`diffdict.train.train` in as few passes as its grid
-allows (members whose options form a product share a pass), and each trained member is
-cached on its own, keyed by the store's digest, the site, the member's full training
-settings and the seed. A member's weights do not depend on the other members of its pass.
+cache are trained together in one pass by :func:`diffdict.train.train` (an explicit
+member list), and each trained member is cached on its own, keyed by the store's digest,
+the site, the member's full training settings and the seed. A member's weights do not depend on the other members of its pass.
 """
 
 from __future__ import annotations
