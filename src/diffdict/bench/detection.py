@@ -15,9 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-#: entries x concepts handled at once (bounds the memory of the cumulative sums)
-_CHUNK_CELLS = 40_000_000
-
+from diffdict.dictionaries.fused import _stable_argsort
 
 @dataclass
 class Ranked:
@@ -36,7 +34,7 @@ class Ranked:
 
 def rank_entries(item: Tensor, feature: Tensor, value: Tensor, n_features: int) -> Ranked:
     order = torch.argsort(value, descending=True, stable=True)
-    order = order[torch.argsort(feature[order], stable=True)]
+    order = order[_stable_argsort(feature[order], n_features)]
     item, feature, value = item[order], feature[order], value[order]
     count = torch.bincount(feature, minlength=n_features)
     start = torch.cumsum(count, 0) - count
@@ -47,44 +45,41 @@ def rank_entries(item: Tensor, feature: Tensor, value: Tensor, n_features: int) 
     return Ranked(item, feature, value, rank, cut, start, count)
 
 
-def segment_cumsum(ranked: Ranked, columns: Tensor) -> Tensor:
-    """Cumulative sums of ``columns`` (E, c) restarting at every feature."""
-    total = torch.cumsum(columns, 0)
-    before = torch.zeros(ranked.count.numel(), columns.shape[1], dtype=total.dtype)
-    has = ranked.start > 0
-    before[has] = total[ranked.start[has] - 1]
-    return total - before[ranked.feature]
-
-
 def best_threshold_f1(ranked: Ranked, labels: Tensor, n_features: int) -> tuple[Tensor, Tensor]:
     """For every (feature, concept): the best F1 of "value >= t" over thresholds t, and
     that t: (n_features, C) each. ``labels`` (items, C) bool; items without an entry
     count as value 0 (never predicted positive)."""
     C = labels.shape[1]
-    positives = labels.sum(0).double()
-    best = torch.zeros(n_features, C, dtype=torch.float64)
-    threshold = torch.full((n_features, C), float("inf"), dtype=torch.float64)
-    if ranked.feature.numel() == 0:
-        return best, threshold
-    step = max(1, _CHUNK_CELLS // max(ranked.feature.numel(), 1))
-    for c0 in range(0, C, step):
-        cols = slice(c0, min(C, c0 + step))
-        tp = segment_cumsum(ranked, labels[:, cols][ranked.item].double())
-        f1 = 2 * tp / (ranked.rank.unsqueeze(1).double() + positives[cols])
-        f1[~ranked.cut] = -1.0
-        width = f1.shape[1]
-        flat = (ranked.feature.unsqueeze(1) * width + torch.arange(width)).reshape(-1)
-        chunk_best = torch.full((n_features * width,), -1.0, dtype=torch.float64)
-        chunk_best.scatter_reduce_(0, flat, f1.reshape(-1), reduce="amax")
-        chunk_best = chunk_best.view(n_features, width)
-        at_best = (f1 == chunk_best[ranked.feature]) & ranked.cut.unsqueeze(1)
-        values = torch.where(at_best, ranked.value.unsqueeze(1).double(), torch.full_like(f1, -1.0))
-        chunk_t = torch.full((n_features * width,), -1.0, dtype=torch.float64)
-        chunk_t.scatter_reduce_(0, flat, values.reshape(-1), reduce="amax")
-        best[:, cols] = chunk_best.clamp_min(0.0)
-        threshold[:, cols] = torch.where(chunk_t.view(n_features, width) > 0, chunk_t.view(n_features, width),
-                                         torch.full((n_features, width), float("inf"), dtype=torch.float64))
-    return best, threshold
+    best = np.zeros((n_features, C))
+    threshold = np.full((n_features, C), np.inf)
+    count = ranked.count.numpy()
+    present = np.flatnonzero(count)  # features with entries: one segment each, in order
+    if present.size == 0:
+        return torch.from_numpy(best), torch.from_numpy(threshold)
+    starts, counts = ranked.start.numpy()[present], count[present]
+    rank = ranked.rank.numpy().astype(np.float64)[:, None]
+    not_cut = ~ranked.cut.numpy()
+    value = ranked.value.numpy().astype(np.float64)[:, None]
+    positives = labels.sum(0).numpy().astype(np.float64)
+    entry_labels = labels.numpy()[ranked.item.numpy()]  # (E, C)
+    # Column blocks of 8 concepts: numpy's segment reductions (reduceat) over the sorted
+    # entries, 2.5-3x faster than scattering into (feature, concept) cells.
+    for c0 in range(0, C, 8):
+        cols = slice(c0, min(C, c0 + 8))
+        tp = np.cumsum(entry_labels[:, cols], axis=0, dtype=np.int64)  # true positives at each cut
+        before = np.zeros((present.size, tp.shape[1]), dtype=np.int64)
+        before[1:] = tp[starts[1:] - 1]
+        tp -= np.repeat(before, counts, axis=0)
+        f1 = 2 * tp / (rank + positives[cols])
+        f1[not_cut] = -1.0
+        segment_best = np.maximum.reduceat(f1, starts, axis=0)
+        at_best = f1 == np.repeat(segment_best, counts, axis=0)
+        at_best[not_cut] = False
+        # values fall within a feature: the largest value at the best F1 is the first
+        at_value = np.maximum.reduceat(np.where(at_best, value, -1.0), starts, axis=0)
+        best[present, cols] = np.maximum(segment_best, 0.0)
+        threshold[present, cols] = np.where(at_value > 0, at_value, np.inf)
+    return torch.from_numpy(best), torch.from_numpy(threshold)
 
 
 def auroc(scores: Tensor, labels: Tensor) -> float:
@@ -128,16 +123,18 @@ class Detection:
 
 
 def detect(item: Tensor, feature: Tensor, value: Tensor, labels: Tensor, in_selection: Tensor,
-           n_features: int, extra: dict[int, int] | None = None) -> Detection:
+           n_features: int, extra: dict[int, int] | None = None, ranked: Ranked | None = None) -> Detection:
     """k = 1 probing over items (tokens or images): ``item``/``feature``/``value`` the
     non-zero codes, ``labels`` (N, C) bool, ``in_selection`` (N,) bool. ``extra``
     {concept index: feature} also scores that feature for the concept (its threshold
-    chosen on the selection half, its F1 on the test half)."""
+    chosen on the selection half, its F1 on the test half). ``ranked``: the selection
+    half's entries already ranked (``rank_entries``), when the caller has them."""
     n_items, C = labels.shape
     index_sel = torch.cumsum(in_selection.long(), 0) - 1
     index_test = torch.cumsum((~in_selection).long(), 0) - 1
     sel = in_selection[item]
-    ranked = rank_entries(index_sel[item[sel]], feature[sel], value[sel], n_features)
+    if ranked is None:
+        ranked = rank_entries(index_sel[item[sel]], feature[sel], value[sel], n_features)
     best, threshold = best_threshold_f1(ranked, labels[in_selection], n_features)
     chosen = best.argmax(0)  # (C,)
     test_labels = labels[~in_selection]
@@ -157,4 +154,4 @@ def detect(item: Tensor, feature: Tensor, value: Tensor, labels: Tensor, in_sele
                      test_f1, test_auc, best, extra_f1)
 
 
-__all__ = ["Detection", "Ranked", "auroc", "best_threshold_f1", "detect", "f1_at", "rank_entries", "segment_cumsum"]
+__all__ = ["Detection", "Ranked", "auroc", "best_threshold_f1", "detect", "f1_at", "rank_entries"]

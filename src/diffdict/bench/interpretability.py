@@ -49,8 +49,6 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
     image_values = codes.image_max[image_entries]
 
     forced = {BENCH_CONCEPTS.index(c): f for c, f in (writers or {}).items()}
-    token = detect(codes.token, codes.feature, codes.value, tok_labels, tok_selection, n, forced)
-    image = detect(image_entries[0], image_entries[1], image_values, image_labels, truth.selection, n, forced)
 
     def halves(item, feature, value, in_selection):
         index_sel = torch.cumsum(in_selection.long(), 0) - 1
@@ -62,6 +60,9 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
 
     tok_sel, tok_test, tok_test_entries = halves(codes.token, codes.feature, codes.value, tok_selection)
     img_sel, img_test, _ = halves(image_entries[0], image_entries[1], image_values, truth.selection)
+    token = detect(codes.token, codes.feature, codes.value, tok_labels, tok_selection, n, forced, ranked=tok_sel)
+    image = detect(image_entries[0], image_entries[1], image_values, image_labels, truth.selection, n, forced,
+                   ranked=img_sel)
     token_precisions = precisions(tok_sel, tok_test, tok_labels[tok_selection], tok_labels[~tok_selection], n,
                                   TOP_TOKENS, TOP_TOKENS // 4)
     image_precisions = precisions(img_sel, img_test, image_labels[truth.selection], image_labels[~truth.selection], n,
