@@ -299,3 +299,14 @@ def test_context_sites_default_per_host(model_folders, tmp_path):
     config = resolve_config(study.Config, {"model_path": model_folders["model_path"]}, quick=True)
     ctx = StudyContext(study, config, tmp_path, Cache(tmp_path / "cache"), log=lambda message: None)
     assert ctx.sites == ["up.1.1"]
+
+
+def test_generation_defaults_to_the_hosts_study_steps(model_folders, tmp_path):
+    from diffdict.studies.stages import generation_settings
+
+    study = get_study("sparsity-level")
+    for options, steps in (({}, 6), ({"denoise_steps": 10}, 10)):
+        config = resolve_config(study.Config, {"model_path": model_folders["model_path"], **options})
+        ctx = StudyContext(study, config, tmp_path, Cache(tmp_path / "cache"), log=lambda message: None)
+        assert generation_settings(ctx) == {"num_steps": steps, "guidance": 3.0}
+    assert ctx.host.default_steps == 10  # other commands keep the model's default

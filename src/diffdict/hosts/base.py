@@ -65,6 +65,9 @@ class HostModel:
 
     name: str = "base"
     default_steps: int = 1
+    #: denoising steps of the studies' generations when ``--denoise-steps`` is not given
+    #: (None: ``default_steps``)
+    study_steps: int | None = None
     default_guidance: float = 0.0
     #: whether the host draws the shapes world (prompts in its vocabulary; the concept
     #: ground truth, the concept oracle and shapes-clip apply to its images)

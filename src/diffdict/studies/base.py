@@ -207,7 +207,8 @@ class StudyConfig:
     model_dtype: str | None = option(None, "compute dtype of a real model", choices=("float16", "bfloat16", "float32"))
     quantize: str | None = option(None, "real models: load 4-bit NF4 weights (bitsandbytes)", choices=("nf4",))
     image_size: int | None = option(None, "real models: image size (default: the model's)", minimum=16)
-    denoise_steps: int | None = option(None, "denoising steps per generation (default: the model's)", quick=2, minimum=1)
+    denoise_steps: int | None = option(None, "denoising steps per generation (default: the model's study setting: 6 "
+                                              "for the toy model, else its default)", quick=2, minimum=1)
     guidance: float | None = option(None, "guidance scale (default: the model's)", minimum=0.0)
     batch_size: int = option(32, "prompts per generation batch", minimum=1)
     threads: int | None = option(None, "CPU threads for torch (default: torch's, one per core; the command "
@@ -314,7 +315,7 @@ class StudyContext:
     @property
     def host(self):
         if self._host is None:
-            from diffdict.studies.pipeline import load_study_host
+            from diffdict.studies.stages import load_study_host
 
             self._host = load_study_host(self.config)
         return self._host
@@ -322,7 +323,7 @@ class StudyContext:
     @property
     def judge(self):
         if self._judge is None:
-            from diffdict.studies.pipeline import load_judge
+            from diffdict.studies.stages import load_judge
 
             self._judge = load_judge(self.config)
         return self._judge
@@ -330,7 +331,7 @@ class StudyContext:
     @property
     def sites(self) -> list[str]:
         """The configured sites checked against the host (or its default study sites)."""
-        from diffdict.studies.pipeline import study_sites
+        from diffdict.studies.stages import study_sites
 
         return study_sites(self.host, self.config.sites)
 

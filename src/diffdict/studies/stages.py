@@ -149,7 +149,7 @@ def study_prompts(config, purpose: str, count: int) -> list[str]:
 
 def generation_settings(ctx: "StudyContext") -> dict:
     host, config = ctx.host, ctx.config
-    return {"num_steps": config.denoise_steps or host.default_steps,
+    return {"num_steps": config.denoise_steps or host.study_steps or host.default_steps,
             "guidance": host.default_guidance if config.guidance is None else config.guidance}
 
 
