@@ -404,3 +404,89 @@ def test_an_explicit_member_list_trains_what_the_grid_would(planted, tmp_path):
         train(small_settings(acts), tmp_path / "bad", members=[MemberSpec("x", "topk", {"k": 3})])
     assert not (tmp_path / "dup").exists() and not (tmp_path / "bad").exists()
     assert [m.name for m in members_of(grid)] == [m.name for m in grid_members(grid)]
+
+
+def _train_parser():
+    import argparse
+
+    from diffdict.cli import build_parser
+
+    (subparsers,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return subparsers.choices["train"]
+
+
+def test_every_settings_field_is_a_train_flag_with_its_help(tmp_path):
+    """``TrainSettings`` is the one place a training option is declared: each field not
+    marked ``cli=False`` is a flag named after it, with the help from its metadata and the
+    default from the dataclass."""
+    from diffdict.commands.train import _mechanism_flags
+    from diffdict.dictionaries.sparsity import MECHANISMS
+
+    parser = _train_parser()
+    actions = {a.dest: a for a in parser._actions}
+    cli_fields = [f for f in dataclasses.fields(TrainSettings) if f.metadata.get("cli", True)]
+    assert {f.name for f in dataclasses.fields(TrainSettings)} - {f.name for f in cli_fields} == {
+        "mechanism_options", "members"}
+    command_flags = {"help", "out", "resume", "checkpoint_every", "log_every", "device", "threads", "no_verify",
+                     "progress"}
+    assert set(actions) == {f.name for f in cli_fields} | set(_mechanism_flags()) | command_flags
+    for f in cli_fields:
+        action = actions[f.name]
+        assert action.option_strings == ["--" + f.name.replace("_", "-")]
+        assert action.default is None  # unset flags leave the dataclass default
+        text = f.metadata["help"].replace("{mechanisms}", ", ".join(MECHANISMS))
+        assert text and action.help.startswith(text), (f.name, action.help)
+        defaulted = f.default is not None and f.default is not dataclasses.MISSING or f.default_factory is not \
+            dataclasses.MISSING
+        assert ("(default:" in action.help) == (defaulted or "(default:" in text), (f.name, action.help)
+    assert actions["arch"].help == f"architectures: {', '.join(MECHANISMS)}, itda (default: topk)"
+    assert actions["batch_size"].help == "global batch size in tokens (default: 4096)"
+    assert actions["expansion"].help.endswith("(default: 4)") and actions["auxk"].help.endswith("(default: on)")
+    assert actions["lr"].help.count("(default:") == 1 and actions["bf16"].help.endswith("(default: auto)")
+
+    args = parser.parse_args(["--acts", "a.npy", "--out", str(tmp_path / "run"), "--k", "3,5", "--expansion", "2", "--auxk", "on,off",
+                              "--bf16", "auto", "--batch-size", "8", "--auxk-coef", "0.5", "--learn-theta", "off"])
+    assert (args.k, args.expansion, args.auxk, args.bf16, args.batch_size, args.auxk_coef, args.learn_theta) == (
+        [3, 5], [2.0], [True, False], None, 8, 0.5, [False])
+
+
+def test_a_new_settings_field_gets_its_flag_with_no_edit_to_the_command(monkeypatch, tmp_path):
+    from diffdict.commands import train as train_command
+    from diffdict.train import settings as settings_module
+    from diffdict.train.settings import option
+
+    @dataclasses.dataclass
+    class Settings(TrainSettings):
+        grad_clip: float | None = option(None, "clip gradients to this norm (default: none)")
+        warmup_tokens: int = option(0, "tokens of warmup")
+        schedules: list[str] = option(["cosine", "linear"], "learning-rate schedules")
+        ema: bool | None = option(None, "an EMA of the weights: on, off or auto")
+        scratch: dict = option({}, cli=False)
+
+    monkeypatch.setattr(settings_module, "TrainSettings", Settings)
+    actions = {a.dest: a for a in _train_parser()._actions}
+    assert "scratch" not in actions
+    assert actions["grad_clip"].help == "clip gradients to this norm (default: none)"
+    assert actions["warmup_tokens"].help == "tokens of warmup (default: 0)"
+    assert actions["schedules"].help == "learning-rate schedules (default: cosine,linear)"
+    assert actions["ema"].help == "an EMA of the weights: on, off or auto"
+    args = _train_parser().parse_args(["--acts", "a.npy", "--out", str(tmp_path / "run"), "--warmup-tokens", "64",
+                                       "--schedules", "cosine", "--ema", "off", "--grad-clip", "1.5", "--k", "4"])
+    settings = train_command.settings_from_args(args)
+    assert isinstance(settings, Settings)
+    assert (settings.warmup_tokens, settings.schedules, settings.ema, settings.grad_clip, settings.k) == (
+        64, ["cosine"], False, 1.5, [4])
+    with pytest.raises(TypeError, match="declare it with cli=False"):
+        train_command.settings_options(dataclasses.make_dataclass(
+            "Odd", [("shape", tuple[int, int], option((1, 2), "a shape"))], bases=(Settings,)))
+
+
+def test_a_bad_flag_value_is_one_line(capsys, tmp_path):
+    for argv, expected in ((["--k", "three"], "argument --k: expected comma-separated int values, got 'three'"),
+                           (["--auxk", "maybe"], "argument --auxk: expected comma-separated on/off values"),
+                           (["--bf16", "maybe"], "argument --bf16: invalid on/off/auto value: 'maybe'"),
+                           (["--batch-size", "x"], "argument --batch-size: invalid int value: 'x'")):
+        with pytest.raises(SystemExit) as exit_code:
+            cli_main(["train", "--acts", "a.npy", *argv, "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        assert exit_code.value.code == 2 and err.count("\n") == 1 and expected in err, err

@@ -12,7 +12,10 @@ checkpoint; other settings on an existing RUN are refused.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import types
+import typing
 from pathlib import Path
 
 from diffdict.commands import validate
@@ -46,50 +49,60 @@ def _switch_or_auto(text: str) -> bool | None:
 
 _switch_or_auto.__name__ = "on/off/auto"
 
-# CLI option -> (type, help); names match TrainSettings fields.
-OPTIONS = {
-    "acts": (str, "activations: a store folder, or an (N, d) .npy / .safetensors file"),
-    "site": (str, "the store site (required when the store has several), or the tensor of a safetensors file"),
-    "arch": (_list_of(str), "architectures: {mechanisms}, itda (default: topk)"),
-    "k": (_list_of(int), "codes per token for topk / batchtopk / matryoshka-batchtopk (default: 32)"),
-    "expansion": (_list_of(float), "width as a multiple of d (default: 4)"),
-    "width": (_list_of(int), "width in features (replaces --expansion)"),
-    "lr": (_list_of(float), "Adam learning rate (default: 2e-4 / sqrt(width / 16384), sparsify's width-scaled "
-                            "rule: 1.1e-3 at 512 features, 3.6e-4 at 5120)"),
-    "normalization": (_list_of(str), "input normalisation: none, standardise (per dimension), scalar (default: none)"),
-    "auxk": (_list_of(_switch), "AuxK loss on dead features: on, off or on,off (default: on)"),
-    "l1": (_list_of(float), "relu-l1 / soft-threshold: L1 coefficient (default: 1e-3 / 0)"),
-    "l0_coef": (_list_of(float), "jumprelu: L0 coefficient (default: 1e-3)"),
-    "theta": (_list_of(float), "soft-threshold / jumprelu: (initial) threshold (default: 0.1 / 1e-3)"),
-    "learn_theta": (_list_of(_switch), "soft-threshold: learn θ per feature: on/off (default: off)"),
-    "bandwidth": (float, "jumprelu: pseudo-derivative bandwidth ε (default: 1e-3)"),
-    "threshold_decay": (float, "batchtopk: EMA decay of the inference threshold (default: 0.99)"),
-    "auxk_coef": (float, "AuxK coefficient α (default: 1/32)"),
-    "k_aux": (int, "AuxK codes per token (default: d/2)"),
-    "dead_window": (int, "tokens without firing after which a feature is dead (default: 10M)"),
-    "b_dec_init": (str, "b_dec initialisation: geometric-median, mean, zeros (default: geometric-median)"),
-    "init_tokens": (int, "tokens sampled for the normalisation and b_dec initialisation (default: 16384)"),
-    "bf16": (_switch_or_auto, "TopK encoder matmul in bfloat16: on, off, or auto: on where the device computes "
-                              "bf16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX) (default: auto)"),
-    "tau": (_list_of(float), "itda: normalised error above which an activation becomes an atom (default: 0.3)"),
-    "l0": (_list_of(int), "itda: pursuit steps per token (default: 10)"),
-    "pursuit": (str, "itda encoding: mp (signed matching pursuit) or gp (non-negative gradient pursuit)"),
-    "itda_tokens": (int, "itda: build from the first this many tokens only (default: all)"),
-    "itda_chunk": (int, "itda: tokens encoded before adding atoms (default: 256)"),
-    "max_atoms": (int, "itda: stop adding atoms at this many"),
-    "batch_size": (int, "global batch size in tokens (default: 4096)"),
-    "tokens": (int, "tokens to train on (default: 2000000)"),
-    "seed": (int, "seed of the initialisation and the data order (default: 0)"),
-    "warmup_steps": (int, "linear learning-rate warmup steps (default: 0)"),
-    "decay_fraction": (float, "linear learning-rate decay to 0 over this last fraction of steps (default: 0)"),
-}
+
+def _parser(name: str, annotation):
+    """How a flag reads a field of this type: int, float, str; ``bool | None`` as
+    on/off/auto; ``list[X]`` as comma-separated values."""
+    members = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in members:
+        if set(members) == {bool, type(None)}:
+            return _switch_or_auto
+        rest = [a for a in members if a is not type(None)]
+        annotation = rest[0] if len(rest) == 1 else annotation
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        if item in (int, float, str, bool):
+            return _list_of(_switch if item is bool else item)
+    elif annotation in (int, float, str, bool):
+        return _switch if annotation is bool else annotation
+    raise TypeError(f"TrainSettings.{name}: no flag reads {annotation}; declare it with cli=False")
+
+
+def _shown(value) -> str:
+    if isinstance(value, list):
+        return ",".join(_shown(v) for v in value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def settings_options(settings: type | None = None) -> dict[str, tuple]:
+    """CLI option -> (parser, help) for every field of ``settings`` (TrainSettings) not
+    declared ``cli=False``: the parser from the field's annotation, the help from its
+    metadata, with "(default: …)" from its default unless the help says one."""
+    from diffdict.dictionaries.sparsity import MECHANISMS
+    from diffdict.train.settings import TrainSettings
+
+    settings = settings or TrainSettings
+    hints = typing.get_type_hints(settings)
+    options = {}
+    for f in dataclasses.fields(settings):
+        if not f.metadata.get("cli", True):
+            continue
+        text = f.metadata.get("help", "").replace("{mechanisms}", ", ".join(MECHANISMS))
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if default is not None and default is not dataclasses.MISSING and "(default:" not in text:
+            text = f"{text} (default: {_shown(default)})".strip()
+        options[f.name] = (_parser(f.name, hints[f.name]), text)
+    return options
 
 
 def _mechanism_flags() -> dict:
-    """Flags the sparsity mechanisms declare themselves (``Mechanism.flags``), beyond the table."""
+    """Flags the sparsity mechanisms declare themselves (``Mechanism.flags``), beyond the settings' own."""
     from diffdict.train import mechanism_flags
 
-    return {name: flag for name, flag in mechanism_flags().items() if name not in OPTIONS}
+    options = settings_options()
+    return {name: flag for name, flag in mechanism_flags().items() if name not in options}
 
 
 def _flag_parser(flag):
@@ -108,11 +121,9 @@ def register(subparsers) -> None:
         description="Train every combination of the comma-separated options in one pass over the activations; "
                     "each dictionary goes to RUN/<member>/. Rerun the same command to resume.",
     )
-    from diffdict.dictionaries.sparsity import MECHANISMS
-
-    for name, (kind, text) in OPTIONS.items():
-        text = text.format(mechanisms=", ".join(MECHANISMS)) if name == "arch" else text
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
+    for name, (kind, text) in settings_options().items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                            help=text.replace("%", "%%"))
     for name, flag in _mechanism_flags().items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_flag_parser(flag), default=None,
                             help=flag.help)
@@ -133,9 +144,10 @@ def register(subparsers) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from diffdict.train import TrainSettings, load_run_settings
+    from diffdict.train import load_run_settings
+    from diffdict.train.settings import TrainSettings
 
-    given = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in settings_options() if getattr(args, name) is not None}
     mechanism_options = {name: getattr(args, name) for name in _mechanism_flags() if getattr(args, name) is not None}
     if "acts" in given:
         given["acts"] = str(Path(given["acts"]).resolve())

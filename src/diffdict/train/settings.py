@@ -4,10 +4,11 @@ architecture uses), with each member's learning rate schedule."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 import itertools
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from diffdict.dictionaries.itda import PURSUITS
@@ -27,53 +28,71 @@ NAME_FORMATS = {
 }
 
 
+def option(default: Any = MISSING, help: str = "", *, cli: bool = True) -> Any:
+    """A TrainSettings field and its ``diffdict train`` flag (``--batch-size`` for
+    ``batch_size``; ``cli=False``: none). The flag's parser comes from the annotation,
+    its help from ``help`` plus "(default: …)" from ``default``, unless ``help`` already
+    says the default (as it must where None means a computed value)."""
+    metadata = {"help": help, "cli": cli}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.copy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainSettings:
-    """What determines the trained weights; list-valued fields form the grid."""
+    """What determines the trained weights; list-valued fields form the grid. Each field
+    declared with :func:`option` is a ``diffdict train`` flag."""
 
-    acts: str
-    site: str | None = None
-    arch: list[str] = field(default_factory=lambda: ["topk"])
-    expansion: list[float] = field(default_factory=lambda: [4.0])
-    width: list[int] | None = None  # replaces expansion when given
-    lr: list[float] | None = None  # None: default_lr(width) for each member
-    normalization: list[str] = field(default_factory=lambda: ["none"])
+    acts: str = option(help="activations: a store folder, or an (N, d) .npy / .safetensors file")
+    site: str | None = option(None, "the store site (required when the store has several), or the tensor of a "
+                                    "safetensors file")
+    arch: list[str] = option(["topk"], "architectures: {mechanisms}, itda")
+    expansion: list[float] = option([4.0], "width as a multiple of d")
+    width: list[int] | None = option(None, "width in features (replaces --expansion)")
+    lr: list[float] | None = option(None, "Adam learning rate (default: 2e-4 / sqrt(width / 16384), sparsify's "
+                                          "width-scaled rule: 1.1e-3 at 512 features, 3.6e-4 at 5120)")
+    normalization: list[str] = option(["none"], "input normalisation: none, standardise (per dimension), scalar")
     # sparsity options (None: the mechanism's default)
-    k: list[int] = field(default_factory=lambda: [32])
-    auxk: list[bool] = field(default_factory=lambda: [True])
-    l1: list[float] | None = None
-    l0_coef: list[float] | None = None
-    theta: list[float] | None = None
-    learn_theta: list[bool] | None = None
-    bandwidth: float | None = None
-    threshold_decay: float | None = None
+    k: list[int] = option([32], "codes per token for topk / batchtopk / matryoshka-batchtopk")
+    auxk: list[bool] = option([True], "AuxK loss on dead features: on, off or on,off")
+    l1: list[float] | None = option(None, "relu-l1 / soft-threshold: L1 coefficient (default: 1e-3 / 0)")
+    l0_coef: list[float] | None = option(None, "jumprelu: L0 coefficient (default: 1e-3)")
+    theta: list[float] | None = option(None, "soft-threshold / jumprelu: (initial) threshold (default: 0.1 / 1e-3)")
+    learn_theta: list[bool] | None = option(None, "soft-threshold: learn θ per feature: on/off (default: off)")
+    bandwidth: float | None = option(None, "jumprelu: pseudo-derivative bandwidth ε (default: 1e-3)")
+    threshold_decay: float | None = option(None, "batchtopk: EMA decay of the inference threshold (default: 0.99)")
     # options a mechanism declares in its ``flags`` (grid options as lists), e.g.
-    # {"prefix_fractions": [0.1, 0.3]}; missing: the mechanism's default
-    mechanism_options: dict[str, Any] = field(default_factory=dict)
+    # {"prefix_fractions": [0.1, 0.3]}; missing: the mechanism's default. Their flags
+    # come from the mechanisms.
+    mechanism_options: dict[str, Any] = option({}, cli=False)
     # AuxK and dead features
-    auxk_coef: float = 1 / 32
-    k_aux: int | None = None  # default d_in // 2
-    dead_window: int = 10_000_000
+    auxk_coef: float = option(1 / 32, "AuxK coefficient α")
+    k_aux: int | None = option(None, "AuxK codes per token (default: d/2)")
+    dead_window: int = option(10_000_000, "tokens without firing after which a feature is dead")
     # initialisation and speed
-    b_dec_init: str = "geometric-median"
-    init_tokens: int = 16384
-    bf16: bool | None = None  # None: where the device computes bf16 natively (resolved by train)
+    b_dec_init: str = option("geometric-median", "b_dec initialisation: geometric-median, mean, zeros")
+    init_tokens: int = option(16384, "tokens sampled for the normalisation and b_dec initialisation")
+    # None: where the device computes bf16 natively (resolved by train)
+    bf16: bool | None = option(None, "TopK encoder matmul in bfloat16: on, off, or auto: on where the device "
+                                     "computes bf16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX) "
+                                     "(default: auto)")
     # ITDA
-    tau: list[float] = field(default_factory=lambda: [0.3])
-    l0: list[int] = field(default_factory=lambda: [10])
-    pursuit: str = "mp"
-    itda_tokens: int | None = None
-    itda_chunk: int = 256
-    max_atoms: int | None = None
+    tau: list[float] = option([0.3], "itda: normalised error above which an activation becomes an atom")
+    l0: list[int] = option([10], "itda: pursuit steps per token")
+    pursuit: str = option("mp", "itda encoding: mp (signed matching pursuit) or gp (non-negative gradient pursuit)")
+    itda_tokens: int | None = option(None, "itda: build from the first this many tokens only (default: all)")
+    itda_chunk: int = option(256, "itda: tokens encoded before adding atoms")
+    max_atoms: int | None = option(None, "itda: stop adding atoms at this many")
     # the pass
-    batch_size: int = 4096
-    tokens: int = 2_000_000
-    seed: int = 0
-    warmup_steps: int = 0
-    decay_fraction: float = 0.0  # linear decay to 0 over this last fraction of steps
+    batch_size: int = option(4096, "global batch size in tokens")
+    tokens: int = option(2_000_000, "tokens to train on")
+    seed: int = option(0, "seed of the initialisation and the data order")
+    warmup_steps: int = option(0, "linear learning-rate warmup steps")
+    decay_fraction: float = option(0.0, "linear learning-rate decay to 0 over this last fraction of steps")
     # an explicit list of members ({"name", "arch", "options"}, as MemberSpec); None: the
-    # grid of the list-valued options above
-    members: list[dict[str, Any]] | None = None
+    # grid of the list-valued options above (``train(..., members=...)``, not a flag)
+    members: list[dict[str, Any]] | None = option(None, cli=False)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
