@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--sites", default="mid.0,up.0.0")
-    parser.add_argument("--what", default="update")
+    parser.add_argument("--capture", "--what", dest="capture", default="update", help="capture mode (--what: former name)")
     parser.add_argument("--steps", default="all", help="captured steps")
     parser.add_argument("--denoise-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
@@ -69,13 +69,13 @@ def main() -> None:
         for batch in batches:
             host.generate([prompts[i] for i in batch], seeds=[args.seed + i for i in batch], steps=args.denoise_steps)
 
-    recorder = Recorder(host, sites, args.what, steps)
+    recorder = Recorder(host, sites, args.capture, steps)
     tokens = {"n": 0}
 
     def collected() -> None:
         folder = Path(tempfile.mkdtemp(prefix="diffdict-bench-"))
         try:
-            collect(host, prompts, sites, folder / "store", what=args.what, steps=steps, seed=args.seed,
+            collect(host, prompts, sites, folder / "store", capture=args.capture, steps=steps, seed=args.seed,
                     num_steps=args.denoise_steps, batch_size=args.batch_size, chunk_size=args.batch_size * 4,
                     progress=False)
         finally:
@@ -159,7 +159,7 @@ def main() -> None:
         "tokens_per_s_collect": tokens_per_run / median["collect"],
     }
     print(f"toy model ({weights}), {args.prompts} prompts x {args.denoise_steps} steps, batch {args.batch_size}, "
-          f"sites {args.sites}, capture {args.what} at {len(steps)} step(s), {torch.get_num_threads()} thread(s), "
+          f"sites {args.sites}, capture {args.capture} at {len(steps)} step(s), {torch.get_num_threads()} thread(s), "
           f"{args.repeats} repeats")
     print(f"  batches: plain {sum(pair_plain):.2f} s, capture {sum(pair_capture):.2f} s -> capture overhead "
           f"{100 * result['capture_overhead_sum']:+.1f}% (median per-batch {100 * result['capture_overhead_median_ratio']:+.1f}%, "

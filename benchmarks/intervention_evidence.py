@@ -185,7 +185,7 @@ def main(argv=None) -> int:
         save_feature_stats(folder, stats)
     host = load_host("toy", path=args.model_path)
     backbone = load_backbone("shapes-clip")
-    what = stats.what
+    capture = stats.capture
 
     started = time.time()
     maxima = prompt_max_activations(dictionary, store, site, max_prompts=args.select_prompts)
@@ -200,12 +200,12 @@ def main(argv=None) -> int:
         target_index = FAMILIES[family].index(value.replace("_", " "))
         cases = test_prompts(concept, args.prompts, args.seed)
         modes = {
-            "add": lambda p, m: Add(site, dictionary, feature, args.strength, mask=m, steps=args.steps, what=what,
+            "add": lambda p, m: Add(site, dictionary, feature, args.strength, mask=m, steps=args.steps, capture=capture,
                                     stats=stats),
             "latent (error kept)": lambda p, m: LatentEdit(site, dictionary, feature, args.strength, "set", mask=m,
-                                                           steps=args.steps, what=what, stats=stats),
+                                                           steps=args.steps, capture=capture, stats=stats),
             "latent (error dropped)": lambda p, m: LatentEdit(site, dictionary, feature, args.strength, "set", mask=m,
-                                                              steps=args.steps, what=what, stats=stats,
+                                                              steps=args.steps, capture=capture, stats=stats,
                                                               keep_error=False),
         }
         for mode, make in modes.items():

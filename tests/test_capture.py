@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffdict.capture import EditHook, ReadHook, Recorder, capture
+from diffdict.capture import CAPTURE_MODES, WHATS, EditHook, ReadHook, Recorder, capture, capture_mode_of
 from diffdict.errors import DiffdictError
 from diffdict.hosts import HOSTS, load_host
 from diffdict.models.text_encoder import TextEncoderConfig
@@ -84,7 +84,7 @@ def test_update_is_output_minus_input_on_the_conditional_half(host, prompts):
     plain, by_hand = record_by_hand(host, "mid.0", prompts)
     assert [step for step, _, _ in by_hand] == list(range(STEPS))
     n = len(prompts)
-    images, acts, meta = capture(host, prompts, ["mid.0", "up.1.0"], what="update", steps=[0, 2], seed=5,
+    images, acts, meta = capture(host, prompts, ["mid.0", "up.1.0"], capture="update", steps=[0, 2], seed=5,
                                  num_steps=STEPS, guidance=GUIDANCE)
     assert np.array_equal(images, plain)  # reading changes nothing
     x = acts["mid.0"].view(n, 2, 16, 32)  # prompt, step, token, d
@@ -110,9 +110,9 @@ def test_output_and_mlp_and_halves(host, prompts):
     def keep(name):
         return lambda x, step: seen.setdefault((name, step), x.clone())
 
-    hooks = [ReadHook("up.0.0", keep("cond"), what="output", steps=[1]),
-             ReadHook("up.0.0", keep("uncond"), what="output", steps=[1], half="uncond"),
-             ReadHook("up.0.0", keep("both"), what="output", steps=[1], half="both"),
+    hooks = [ReadHook("up.0.0", keep("cond"), capture="output", steps=[1]),
+             ReadHook("up.0.0", keep("uncond"), capture="output", steps=[1], half="uncond"),
+             ReadHook("up.0.0", keep("both"), capture="output", steps=[1], half="both"),
              ReadHook("up.0.0.mlp", keep("mlp"), steps=[1])]
     with host.hooks(hooks):
         generate(host, prompts)
@@ -122,8 +122,8 @@ def test_output_and_mlp_and_halves(host, prompts):
     torch.testing.assert_close(seen[("both", 1)], out, rtol=0, atol=0)
     assert seen[("mlp", 1)].shape == (n, 16, 4 * 32)
     assert set(seen) == {("cond", 1), ("uncond", 1), ("both", 1), ("mlp", 1)}  # gated to step 1
-    # what='mlp' on a block site reads its MLP
-    _, acts, _ = capture(host, prompts[:1], ["up.0.0"], what="mlp", steps=[1], num_steps=STEPS)
+    # capture='mlp' on a block site reads its MLP
+    _, acts, _ = capture(host, prompts[:1], ["up.0.0"], capture="mlp", steps=[1], num_steps=STEPS)
     assert list(acts) == ["up.0.0.mlp"] and acts["up.0.0.mlp"].shape == (16, 4 * 32)
 
 
@@ -136,8 +136,8 @@ def test_without_guidance_hooks_see_the_whole_batch(host, prompts):
 
 def test_identity_edit_changes_nothing_and_a_real_edit_changes_the_image(host, prompts):
     plain = generate(host, prompts)
-    for what in ("update", "output"):
-        with host.hooks([EditHook("mid.0", lambda x, s: x, what=what)]):
+    for mode in ("update", "output"):
+        with host.hooks([EditHook("mid.0", lambda x, s: x, capture=mode)]):
             assert np.array_equal(generate(host, prompts), plain)
     with host.hooks([EditHook("up.1.0.mlp", lambda x, s: x.clone())]):
         assert np.array_equal(generate(host, prompts), plain)
@@ -159,8 +159,8 @@ def test_edit_sees_conditional_half_and_reads_after_it_see_the_edit(host, prompt
     n = len(prompts)
     shift = torch.randn(32, generator=torch.Generator().manual_seed(1))
     seen = []
-    hooks = [EditHook("mid.0", lambda x, s: x + shift, what="output", steps=[0]),
-             ReadHook("mid.0", lambda x, s: seen.append(x.clone()), what="output", steps=[0], half="both")]
+    hooks = [EditHook("mid.0", lambda x, s: x + shift, capture="output", steps=[0]),
+             ReadHook("mid.0", lambda x, s: seen.append(x.clone()), capture="output", steps=[0], half="both")]
     _, by_hand = record_by_hand(host, "mid.0", prompts)
     with host.hooks(hooks):
         generate(host, prompts)
@@ -195,7 +195,7 @@ def test_bad_input(host, prompts):
     with pytest.raises(DiffdictError, match="no update"):
         Recorder(host, ["mid.0.mlp"], "update")
     with pytest.raises(DiffdictError, match="unknown capture 'residual'"):
-        ReadHook("mid.0", lambda x, s: None, what="residual")
+        ReadHook("mid.0", lambda x, s: None, capture="residual")
     with pytest.raises(DiffdictError, match="unknown batch half"):
         EditHook("mid.0", lambda x, s: x, half="top")
     with pytest.raises(DiffdictError, match=r"edit hook at site mid\.0 returned \(3, 4\)"):
@@ -208,6 +208,21 @@ def test_bad_input(host, prompts):
     with pytest.raises(DiffdictError, match="toy model weights not found"):
         load_host("toy", model="/nonexistent/toy")  # every host takes its weights folder as model=
     assert load_host("toy", only_taken=True, model=host.model, quantize="nf4").model is host.model
+
+
+def test_capture_modes_and_their_former_names():
+    import diffdict.hosts
+
+    assert CAPTURE_MODES == ("update", "output", "mlp")
+    assert WHATS is CAPTURE_MODES and diffdict.hosts.WHATS is CAPTURE_MODES  # the former name still imports
+    assert diffdict.hosts.CAPTURE_MODES is CAPTURE_MODES
+    assert ReadHook("mid.0", lambda x, s: None, capture="output").capture == "output"
+    # records on disk name the mode "what"; "capture" (a mode name) is read too
+    assert capture_mode_of({"what": "output", "steps": [0]}) == "output"
+    assert capture_mode_of({"capture": "mlp"}) == "mlp"
+    assert capture_mode_of({"what": "update", "capture": "output"}) == "update"
+    assert capture_mode_of({"capture": {"what": "update"}}) is None  # a store's settings: read settings["capture"]
+    assert capture_mode_of(None) is None and capture_mode_of({}) is None
 
 
 def test_hosts_say_what_they_draw_without_callers_naming_them():

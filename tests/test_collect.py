@@ -26,7 +26,7 @@ from diffdict.store import StoreWriter, open_store, store_info, verify_store
 from diffdict.world import sample_prompts
 
 N_PROMPTS = 6
-COMMON = ["--sites", "mid.0,up.1.0", "--prompts", str(N_PROMPTS), "--what", "update", "--steps", "0,1",
+COMMON = ["--sites", "mid.0,up.1.0", "--prompts", str(N_PROMPTS), "--capture", "update", "--steps", "0,1",
           "--denoise-steps", "2", "--seed", "7", "--chunk-size", "2", "--batch-size", "2", "--no-progress"]
 
 
@@ -114,7 +114,9 @@ def test_resume_after_interruption_gives_the_same_store(reference, model_dir, tm
 
 def test_refuses_to_mix(reference, model_dir, capsys):
     before = store_info(reference)["digest"]
-    for change in (["--what", "output"], ["--sites", "mid.0"], ["--steps", "1"], ["--dtype", "float32"]):
+    # --what, the former name of --capture, still works (given after --capture, it wins)
+    for change in (["--capture", "output"], ["--what", "output"], ["--sites", "mid.0"], ["--steps", "1"],
+                   ["--dtype", "float32"]):
         args = list(COMMON)
         if change[0] in args:
             args[args.index(change[0]) + 1] = change[1]
@@ -125,6 +127,20 @@ def test_refuses_to_mix(reference, model_dir, capsys):
         assert "refuses to mix" in captured.err and captured.err.count("\n") == 1
     assert store_info(reference)["digest"] == before
     verify_store(reference)
+
+
+def test_capture_option_and_its_former_name(capsys):
+    from diffdict.cli import build_parser
+
+    parser = build_parser()
+    for flag in ("--capture", "--what"):
+        args = parser.parse_args(["collect", "--sites", "mid.0", "--prompts", "2", "--out", "x", flag, "output"])
+        assert args.capture == "output"
+    assert parser.parse_args(["collect", "--sites", "mid.0", "--prompts", "2", "--out", "x"]).capture == "update"
+    with pytest.raises(SystemExit):
+        cli_main(["collect", "--help"])
+    text = capsys.readouterr().out
+    assert "--capture" in text and "--what" not in text  # the former name works, unlisted
 
 
 def test_torchrun_two_processes_equal_one(reference, model_dir, tmp_path):
@@ -168,7 +184,7 @@ def test_bad_input(model_dir, tmp_path, capsys):
     fails(base + ["--sites", "mid.0", "--prompts", "4", "--steps", "0-2", "--denoise-steps", "2"],
           r"step 2 out of range: the run has 2 denoising step")  # ranges, as for intervene
     fails(base + ["--sites", "mid.0", "--prompts", "4", "--steps", "0-x"], r"bad steps '0-x'")
-    fails(base + ["--sites", "mid.0.mlp", "--prompts", "4"], r"holds MLP neurons.*--what mlp")
+    fails(base + ["--sites", "mid.0.mlp", "--prompts", "4"], r"holds MLP neurons.*--capture mlp")
     fails(base + ["--sites", "mid.0", "--prompts", "4", "--quantize", "nf4"], r"model toy takes no option 'quantize'")
     assert not out.exists()  # every check ran before anything was written
 

@@ -93,15 +93,15 @@ def test_sdxl_cfg_reads_the_conditional_half(sdxl_pipe):
 def test_sdxl_turbo_no_cfg_and_edits(sdxl_pipe):
     host = load_host("sdxl-turbo", pipeline=sdxl_pipe, image_size=SIZE, device="cpu")
     rows = []
-    with host.hooks([ReadHook("up.0.0", lambda x, s: rows.append((x.shape, s)), what="output")]):
+    with host.hooks([ReadHook("up.0.0", lambda x, s: rows.append((x.shape, s)), capture="output")]):
         plain = host.generate(PROMPTS)
     assert rows == [(torch.Size([len(PROMPTS), 16, 16]), 0)]  # one step, the whole batch
-    _, acts, _ = capture(host, PROMPTS, ["up.0.1"], what="mlp")
+    _, acts, _ = capture(host, PROMPTS, ["up.0.1"], capture="mlp")
     assert acts["up.0.1.mlp"].shape == (len(PROMPTS) * 16, 64)
-    with host.hooks([EditHook("up.0.1", lambda x, s: x, what="output")]):
+    with host.hooks([EditHook("up.0.1", lambda x, s: x, capture="output")]):
         assert np.array_equal(host.generate(PROMPTS), plain)
     direction = torch.randn(16, generator=torch.Generator().manual_seed(0))
-    with host.hooks([EditHook("up.0.1", lambda x, s: x + 30 * direction, what="output")]):
+    with host.hooks([EditHook("up.0.1", lambda x, s: x + 30 * direction, capture="output")]):
         assert (host.generate(PROMPTS) != plain).mean() > 0.05
 
 
@@ -177,11 +177,11 @@ def test_flux_captures_image_tokens(flux):
 
 def test_flux_edits(flux):
     plain = flux.generate(PROMPTS, seed=2, steps=1)
-    for site, what in (("double.0", "output"), ("single.1", "update"), ("single.0.mlp", None)):
-        with flux.hooks([EditHook(site, lambda x, s: x, what=what)]):
+    for site, mode in (("double.0", "output"), ("single.1", "update"), ("single.0.mlp", None)):
+        with flux.hooks([EditHook(site, lambda x, s: x, capture=mode)]):
             assert np.array_equal(flux.generate(PROMPTS, seed=2, steps=1), plain), site
     direction = torch.randn(16, generator=torch.Generator().manual_seed(0))
-    with flux.hooks([EditHook("double.0", lambda x, s: x + 10 * direction, what="output")]):
+    with flux.hooks([EditHook("double.0", lambda x, s: x + 10 * direction, capture="output")]):
         assert (flux.generate(PROMPTS, seed=2, steps=1) != plain).mean() > 0.05
     with flux.hooks([EditHook("single.0.mlp", lambda x, s: torch.zeros_like(x))]):
         assert (flux.generate(PROMPTS, seed=2, steps=1) != plain).mean() > 0.05
@@ -193,7 +193,7 @@ def test_flux_collect_into_a_store(flux, tmp_path):
     from diffdict.collect import collect
     from diffdict.store import open_store
 
-    info = collect(flux, PROMPTS, ["double.1", "single.1.mlp"], tmp_path / "store", what="mlp",
+    info = collect(flux, PROMPTS, ["double.1", "single.1.mlp"], tmp_path / "store", capture="mlp",
                    chunk_size=2, batch_size=2, dtype="float32")
     assert info["tokens"] == {"double.1.mlp": 3 * 64, "single.1.mlp": 3 * 64}
     assert info["settings"]["model"] == "flux-schnell" and info["images"] == {"height": SIZE, "width": SIZE}

@@ -354,3 +354,9 @@ def test_folders_without_provenance_use_the_one_fallback(store, tmp_path):
     bare = tmp_path / "bare"
     make_sae(bare, site=None)
     assert read_provenance(bare) == {} and dictionary_site(bare) is None
+    # a config naming the capture mode "capture" rather than "what" is read the same
+    named = tmp_path / "named"
+    make_sae(named, site=None)
+    config = json.loads((named / "config.json").read_text())
+    (named / "config.json").write_text(json.dumps({**config, "site": SITE, "capture": "output"}))
+    assert read_provenance(named) == {"site": SITE, "what": "output"}

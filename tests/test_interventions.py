@@ -296,6 +296,23 @@ def test_dictionary_from_another_site_is_refused(host):
             pass
 
 
+def test_dictionary_trained_in_another_capture_mode_is_refused(host):
+    model = sae()
+    acc = FeatureStatsAccumulator(model.n_features)
+    acc.update(model.encode_sparse(torch.randn(16, 128)))
+    stats = acc.result(site="mid.0", what="output", model="toy")  # the key every store and stats file records
+    assert stats.capture == "output" and stats.what == "output"
+    with pytest.raises(DiffdictError, match="trained on the site's output, but the edit is of its update; "
+                                            "pass capture='output'"):
+        with intervene(host, [Add("mid.0", model, 1, 1.0, stats=stats, capture="update")], num_steps=STEPS):
+            pass
+    renamed = acc.result(site="mid.0", capture="output", model="toy")  # a record naming the mode "capture"
+    assert renamed.capture == "output"
+    with pytest.raises(DiffdictError, match="trained on the site's output"):
+        with intervene(host, [Add("mid.0", model, 1, 1.0, stats=renamed)], num_steps=STEPS):
+            pass
+
+
 def test_parse_steps_and_masks():
     assert parse_steps("0-3") == frozenset({0, 1, 2, 3})
     assert parse_steps("0,2") == frozenset({0, 2}) and parse_steps("all") is None and parse_steps(1) == frozenset({1})
@@ -372,11 +389,23 @@ def test_cli_feature_stats_and_intervene(cli_setup, capsys):
     capsys.readouterr()
 
 
+def test_cli_capture_option_is_checked_before_anything_runs(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["intervene", "--run", "x", "--capture", "residual", "--out", "y"])
+    assert exit_.value.code == 2 and "argument --capture: invalid choice: 'residual'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["intervene", "--help"])
+    text = capsys.readouterr().out
+    assert "--capture" in text and "--what" not in text
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--feature", "40"], "feature 40 is out of range"),
     (["--feature", "1", "--mask", "0,0,64,64"], "outside the 32x32 image"),
     (["--feature", "1", "--steps", "0-5"], "outside the schedule"),
     (["--feature", "1", "--site", "up.1.0"], "d=64"),
+    (["--feature", "40", "--capture", "update"], "feature 40 is out of range"),
+    (["--feature", "40", "--what", "update"], "feature 40 is out of range"),  # --capture's former name
 ])
 def test_cli_bad_input(cli_setup, capsys, extra, message):
     root = cli_setup

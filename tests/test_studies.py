@@ -256,6 +256,26 @@ def test_python_api_validates_list_members():
     assert config.mechanisms == ("topk", "relu") and config.quick and config.seeds == 2
 
 
+def test_capture_option_and_its_former_name(capsys):
+    from diffdict.commands.study import study_parser
+
+    study = get_study("sparsity-level")
+    assert resolve_config(study.Config, {"capture": "output"}).capture == "output"
+    assert resolve_config(study.Config, {"what": "output"}).capture == "output"  # the former name, from Python
+    assert resolve_config(study.Config, {"what": "output", "capture": "output"}).capture == "output"
+    assert resolve_config(study.Config, {}).capture is None
+    with pytest.raises(DiffdictError, match="--what is the former name of --capture"):
+        resolve_config(study.Config, {"what": "output", "capture": "update"})
+    with pytest.raises(DiffdictError, match="--capture: 'mlp' is not one of"):
+        resolve_config(study.Config, {"what": "mlp"})
+    for name in ("sparsity-level", "all"):
+        parser = study_parser(name)
+        for flag in ("--capture", "--what"):
+            assert vars(parser.parse_args(["--out", "x", flag, "output"]))["capture"] == "output"
+        text = parser.format_help()
+        assert "--capture" in text and "--what" not in text  # the former name works, unlisted
+
+
 # -- real-model adapters, offline: shapes and files --------------------------------------------
 @pytest.mark.parametrize("model, site", [("sdxl-turbo", "down.1.0"), ("flux-schnell", "double.0")])
 def test_real_model_adapters_produce_the_same_table(tmp_path, model, site):

@@ -3,7 +3,7 @@
 A site's tensors are given to hooks as (B, T, d) tokens, T = rows * cols of the site's
 image grid in row-major order, whatever the model's native layout (UNet blocks are NCHW,
 FLUX blocks are token sequences, a FLUX single block's sequence starts with the text
-tokens, which are dropped). What a hook sees (``what``):
+tokens, which are dropped). What a hook sees (its capture mode, ``capture``):
 
 - ``update``: the block's output minus its input (the SDXL Turbo paper);
 - ``output``: the block's output, i.e. the residual stream after it (the Flux paper);
@@ -38,8 +38,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 HALVES = ("cond", "uncond", "both")
 
-#: what a hook can read or edit at a site
-WHATS = ("update", "output", "mlp")
+#: the capture modes: what a hook can read or edit at a site
+CAPTURE_MODES = ("update", "output", "mlp")
+#: the former name of :data:`CAPTURE_MODES` (kept for existing code)
+WHATS = CAPTURE_MODES
 
 #: kinds of site, i.e. how the module's native tensors map to the (B, T, d) token layout
 SITE_KINDS = ("unet-block", "dit-block", "mlp")
@@ -71,9 +73,26 @@ class SiteInfo:
         return {"d": self.d, "grid": list(self.grid), "module": self.module, "kind": self.kind}
 
 
-def _check_common(site: str, what: str | None, steps, half: str) -> frozenset[int] | None:
-    if what is not None and what not in WHATS:
-        raise DiffdictError(f"unknown capture {what!r} for site {site!r}; expected one of {', '.join(WHATS)}")
+def capture_mode_of(record: Any) -> str | None:
+    """The capture mode a record read from disk names, or None.
+
+    Stores' settings (``settings["capture"]``), dictionaries' provenance, feature
+    statistics and study caches record the mode under the key ``"what"`` (the name
+    diffdict has always written, and still writes so that older versions read new
+    files); ``"capture"`` is accepted too when it holds a mode name."""
+    if not isinstance(record, dict):
+        return None
+    value = record.get("what")
+    if value is None and isinstance(record.get("capture"), str):
+        value = record["capture"]
+    return value
+
+
+def _check_common(site: str, capture: str | None, steps, half: str) -> frozenset[int] | None:
+    if capture is not None and capture not in CAPTURE_MODES:
+        raise DiffdictError(
+            f"unknown capture {capture!r} for site {site!r}; expected one of {', '.join(CAPTURE_MODES)}"
+        )
     if half not in HALVES:
         raise DiffdictError(f"unknown batch half {half!r}; expected one of {', '.join(HALVES)}")
     if steps is None:
@@ -123,34 +142,34 @@ def parse_steps(spec: Any) -> frozenset[int] | None:
 @dataclass
 class ReadHook:
     """Call ``fn(x, step)`` with the site's value x (B, T, d) float32 at each active step.
-    ``what`` None: ``update`` for a block site, ``mlp`` for an MLP site. ``x`` may share
+    ``capture`` None: ``update`` for a block site, ``mlp`` for an MLP site. ``x`` may share
     memory with the model's tensors: copy what you keep."""
 
     site: str
     fn: Callable[[torch.Tensor, int | None], None]
-    what: str | None = None
+    capture: str | None = None
     steps: Collection[int] | None = None
     half: str = "cond"
 
     def __post_init__(self):
-        self.steps = _check_common(self.site, self.what, self.steps, self.half)
+        self.steps = _check_common(self.site, self.capture, self.steps, self.half)
 
 
 @dataclass
 class EditHook:
     """Replace the site's value x (B, T, d) float32 by ``fn(x, step)`` (same shape) at
-    each active step, on the chosen half of a CFG batch. ``what='update'`` edits the
+    each active step, on the chosen half of a CFG batch. ``capture='update'`` edits the
     block's update (output = input + f(update)); ``'output'`` the block's output;
-    ``'mlp'`` the MLP's hidden units. ``what`` None: ``update`` / ``mlp`` by site kind."""
+    ``'mlp'`` the MLP's hidden units. ``capture`` None: ``update`` / ``mlp`` by site kind."""
 
     site: str
     fn: Callable[[torch.Tensor, int | None], torch.Tensor]
-    what: str | None = None
+    capture: str | None = None
     steps: Collection[int] | None = None
     half: str = "cond"
 
     def __post_init__(self):
-        self.steps = _check_common(self.site, self.what, self.steps, self.half)
+        self.steps = _check_common(self.site, self.capture, self.steps, self.half)
 
 
 # -- native layout <-> tokens ----------------------------------------------------------
@@ -261,11 +280,11 @@ class _Entry:
 
 
 def resolve(host: "HostModel", hook: ReadHook | EditHook) -> _Entry:
-    """The site a hook acts on and its mode (``what`` None picks by site kind)."""
+    """The site a hook acts on and its mode (``capture`` None picks by site kind)."""
     info = host.site(hook.site)
-    what = hook.what or ("mlp" if info.kind == "mlp" else "update")
-    info = host.resolve_site(hook.site, what)
-    mode = "mlp" if info.kind == "mlp" else what
+    capture = hook.capture or ("mlp" if info.kind == "mlp" else "update")
+    info = host.resolve_site(hook.site, capture)
+    mode = "mlp" if info.kind == "mlp" else capture
     return _Entry(hook, info, mode)
 
 
@@ -341,29 +360,29 @@ def install_hooks(host: "HostModel", hooks: Sequence[ReadHook | EditHook]) -> It
 # -- recording for collection ----------------------------------------------------------
 @dataclass
 class Recorder:
-    """Records what ``what`` gives at ``sites`` during ``generate`` calls, and hands it
-    back per token with its prompt id, step, row and column.
+    """Records what capture mode ``capture`` gives at ``sites`` during ``generate`` calls,
+    and hands it back per token with its prompt id, step, row and column.
 
     Token order within a batch: prompt (as given), then step, then row-major position.
-    Site names in the result are the resolved ones (``mid.0`` with ``what='mlp'`` is
+    Site names in the result are the resolved ones (``mid.0`` with ``capture='mlp'`` is
     ``mid.0.mlp``). Values are kept on the model's device as float32 until ``take``.
     """
 
     host: "HostModel"
     sites: Sequence[str]
-    what: str = "update"
+    capture: str = "update"
     steps: Collection[int] | None = None
     half: str = "cond"
     infos: dict[str, SiteInfo] = field(init=False)
 
     def __post_init__(self):
-        if self.what not in WHATS:
-            raise DiffdictError(f"unknown capture {self.what!r}; expected one of {', '.join(WHATS)}")
+        if self.capture not in CAPTURE_MODES:
+            raise DiffdictError(f"unknown capture {self.capture!r}; expected one of {', '.join(CAPTURE_MODES)}")
         if not self.sites:
             raise DiffdictError("no sites to capture")
         self.infos = {}
         for name in self.sites:
-            info = self.host.resolve_site(name, self.what)
+            info = self.host.resolve_site(name, self.capture)
             if info.name in self.infos:
                 raise DiffdictError(f"site {name!r} given twice")
             self.infos[info.name] = info
@@ -371,13 +390,13 @@ class Recorder:
         self._records: dict[str, list[tuple[int, torch.Tensor]]] = {name: [] for name in self.infos}
 
     def hooks(self) -> list[ReadHook]:
-        mode = self.what
+        mode = self.capture
         out = []
         for name, info in self.infos.items():
             def record(x, step, _name=name):
                 self._records[_name].append((-1 if step is None else int(step), x.detach().clone()))
 
-            out.append(ReadHook(name, record, what="mlp" if info.kind == "mlp" else mode,
+            out.append(ReadHook(name, record, capture="mlp" if info.kind == "mlp" else mode,
                                 steps=self.steps, half=self.half))
         return out
 
@@ -422,7 +441,7 @@ def capture(
     host: "HostModel",
     prompts: Sequence[str],
     sites: Sequence[str],
-    what: str = "update",
+    capture: str = "update",
     steps: Collection[int] | None = None,
     seed: int = 0,
     seeds: Sequence[int] | None = None,
@@ -430,8 +449,8 @@ def capture(
     num_steps: int | None = None,
     guidance: float | None = None,
 ) -> tuple[np.ndarray, dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
-    """Generate ``prompts`` and capture ``what`` at ``sites``: (images, acts, meta)."""
-    recorder = Recorder(host, sites, what, steps)
+    """Generate ``prompts`` and record capture mode ``capture`` at ``sites``: (images, acts, meta)."""
+    recorder = Recorder(host, sites, capture, steps)
     ids = list(prompt_ids) if prompt_ids is not None else list(range(len(prompts)))
     with host.hooks(recorder.hooks()):
         images = host.generate(prompts, seed=seed, seeds=seeds, steps=num_steps, guidance=guidance)

@@ -77,13 +77,15 @@ def steps_to_capture(spec: str | Collection[int] | None, num_steps: int) -> list
     return sorted(set(steps))
 
 
-def collect_settings(host: HostModel, what: str, steps: list[int], num_steps: int, guidance: float,
+def collect_settings(host: HostModel, capture: str, steps: list[int], num_steps: int, guidance: float,
                      seed: int, images: bool) -> dict:
-    """What a store records about how it was made; reopening with other settings is refused."""
+    """What a store records about how it was made; reopening with other settings is refused.
+    The capture mode is recorded under the key ``"what"`` (its name in every store already
+    written, so stores keep comparing equal and older versions read new ones)."""
     return {
         "model": host.name,
         "host": host.describe(),
-        "capture": {"what": what, "steps": steps, "half": "cond"},
+        "capture": {"what": capture, "steps": steps, "half": "cond"},
         "generation": {"num_steps": num_steps, "guidance": guidance, "seed": seed, "noise_seed": "seed + prompt_id"},
         "images": bool(images),
     }
@@ -94,7 +96,7 @@ def collect(
     prompts: Sequence[str],
     sites: Sequence[str],
     out: str | Path,
-    what: str = "update",
+    capture: str = "update",
     steps: str | Collection[int] | None = None,
     seed: int = 0,
     num_steps: int | None = None,
@@ -107,7 +109,7 @@ def collect(
     dist: DistContext | None = None,
     on_chunk: Callable[[int], None] | None = None,
 ) -> dict | None:
-    """Capture ``what`` at ``sites`` for every prompt into the store ``out`` (resumable).
+    """Record capture mode ``capture`` at ``sites`` for every prompt into the store ``out`` (resumable).
 
     Returns ``store_info(out)`` on rank 0 (None on other ranks). Everything is checked
     (sites, prompts, steps, store settings) before anything is written.
@@ -125,10 +127,10 @@ def collect(
         raise DiffdictError(f"number of denoising steps {num_steps} must be at least 1")
     guidance = host.default_guidance if guidance is None else float(guidance)
     step_list = steps_to_capture(steps, num_steps)
-    recorder = Recorder(host, list(sites), what, step_list)
+    recorder = Recorder(host, list(sites), capture, step_list)
     host.check_prompts(prompts)
 
-    settings = collect_settings(host, what, step_list, num_steps, guidance, seed, images)
+    settings = collect_settings(host, capture, step_list, num_steps, guidance, seed, images)
     site_d = {name: info.d for name, info in recorder.infos.items()}
     site_grid = {name: info.grid for name, info in recorder.infos.items()}
 

@@ -6,7 +6,7 @@ what the ``add`` intervention scales the decoder direction by), ``max_activation
 ``min_activation``, ``mean_abs_activation`` and the raw ``count`` of firing tokens.
 
 The statistics are saved with the dictionary, as ``feature_stats.safetensors`` in its
-folder (tensors plus a JSON header: site, what was captured, model, store digest, token
+folder (tensors plus a JSON header: site, capture mode (key ``what``), model, store digest, token
 count, and a fingerprint of the dictionary's weights so that stale statistics are
 refused). :func:`load_feature_stats` reads them back.
 
@@ -31,6 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from diffdict.capture import capture_mode_of
 from diffdict.dictionaries.base import CONFIG_FILE, WEIGHTS_FILE, Dictionary, SparseCodes
 from diffdict.dictionaries.provenance import read_provenance
 from diffdict.errors import DiffdictError
@@ -145,7 +146,7 @@ class FeatureStatsAccumulator:
 @dataclass
 class FeatureStats:
     """Per-feature statistics (tensors of shape (n_features,)) and where they came from
-    (``meta``: tokens, n_features, site, what, model, store, store_digest, space,
+    (``meta``: tokens, n_features, site, what (the capture mode), model, store, store_digest, space,
     dictionary fingerprint)."""
 
     count: Tensor
@@ -169,8 +170,14 @@ class FeatureStats:
         return self.meta.get("site")
 
     @property
+    def capture(self) -> str | None:
+        """The capture mode the statistics were read in (update, output, mlp), if recorded."""
+        return capture_mode_of(self.meta)
+
+    @property
     def what(self) -> str | None:
-        return self.meta.get("what")
+        """The former name of :attr:`capture`."""
+        return self.capture
 
     @property
     def dead(self) -> Tensor:
@@ -241,9 +248,9 @@ def compute_feature_stats_many(
         d = store.d(site)
         spaces = [site_space(dic, d, f"site {site!r} of store {store.path}") for dic in dictionaries]
         settings = store.settings or {}
-        capture = settings.get("capture") or {}
-        meta.update(site=site, what=capture.get("what"), model=settings.get("model"), host=settings.get("host"),
-                    store=str(store.path),
+        # the capture mode is written under "what", the key every earlier version wrote
+        meta.update(site=site, what=capture_mode_of(settings.get("capture")), model=settings.get("model"),
+                    host=settings.get("host"), store=str(store.path),
                     store_digest=store.digest, grid=list(store.grid(site)))
         total = store.num_tokens(site)
         batches: Iterable[Tensor] = store.iter_batches(site, batch_size, shuffle=False)
@@ -373,8 +380,8 @@ def single_dictionary_folder(path: str | Path) -> Path:
 
 
 def dictionary_metadata(folder: str | Path) -> dict[str, Any]:
-    """What is known about where a saved dictionary was trained: ``site``, ``what``,
-    ``model``, from its provenance (:func:`diffdict.dictionaries.read_provenance`: the
+    """What is known about where a saved dictionary was trained: ``site``, ``what`` (the
+    capture mode; the key provenance records), ``model``, from its provenance (:func:`diffdict.dictionaries.read_provenance`: the
     record ``diffdict train`` writes, else the one fallback for older and foreign folders)."""
     known = read_provenance(folder)
     return {key: known[key] for key in ("site", "what", "model") if known.get(key) is not None}

@@ -165,7 +165,7 @@ def fidelity(shared: Shared, dictionary, prompts: int, seed: int) -> dict[str, f
     texts = [caption(s) for s in scenes]
     seeds = [seed + 70_000 + i for i in range(prompts)]
     original = shared.generator(texts, seeds)
-    spliced = shared.generator(texts, seeds, Splice(shared.site, dictionary, what=shared.generator.what))
+    spliced = shared.generator(texts, seeds, Splice(shared.site, dictionary, capture=shared.generator.capture))
     readings = {"original": JudgeReadings.of(shared.judge, original), "spliced": JudgeReadings.of(shared.judge, spliced)}
     accuracy = {}
     for name, reading in readings.items():
@@ -310,12 +310,13 @@ def run_bench(dictionary, store, site: str, config: BenchConfig | None = None, h
     shared = Shared(store, site, truth, site_sample(store, site, seed=config.seed))
     if config.causal:
         from diffdict.bench.steering import Generator
+        from diffdict.capture import capture_mode_of
 
         if host is None or judge is None:
             raise DiffdictError("the causal scores need the host model and the judge")
         settings = store.settings
         generation = settings.get("generation", {})
-        shared.generator = Generator(host, site, store.d(site), settings.get("capture", {}).get("what", "update"),
+        shared.generator = Generator(host, site, store.d(site), capture_mode_of(settings.get("capture")) or "update",
                                      config.num_steps or generation.get("num_steps"),
                                      config.guidance if config.guidance is not None else generation.get("guidance"),
                                      config.batch_size)

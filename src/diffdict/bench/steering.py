@@ -65,7 +65,7 @@ class RowwiseErase(Intervention):
     def name(self) -> str:
         return "rowwise-erase"
 
-    def prepare(self, host, info, what) -> None:
+    def prepare(self, host, info, capture) -> None:
         from diffdict.feature_stats import site_space
 
         self.space = site_space(self.dictionary, info.d, f"site {info.name}")
@@ -136,7 +136,7 @@ class Generator:
     host: Any
     site: str
     width: int  # the site's d
-    what: str
+    capture: str  # the capture mode edited (update, output, mlp)
     num_steps: int | None
     guidance: float | None
     batch_size: int
@@ -230,7 +230,7 @@ def steering_scores(generator: Generator, judge, dictionary, pool: SteeringPool,
             by_method = {}
             for method in methods:
                 deltas = random_units[rows] * scale if method == "random" else unit[method].expand(len(rows), width) * scale
-                edit = RowwiseAdd(generator.site, what=generator.what, deltas=deltas, row_weights=row_weights)
+                edit = RowwiseAdd(generator.site, capture=generator.capture, deltas=deltas, row_weights=row_weights)
                 images = generator([pool.prompts[i] for i in rows], [pool.seeds[i] for i in rows], edit)
                 after = JudgeReadings.of(judge, images)
                 by_method[method] = {"success": (after.values[family] == target).astype(float).tolist(),
@@ -308,7 +308,7 @@ def erasure_scores(generator: Generator, judge, dictionary, concepts: Sequence[s
                 else:
                     pick = live_ids[torch.randperm(live_ids.numel(), generator=generator_random)[: len(chosen)]]
                     mask[i, pick] = True
-            edit = RowwiseErase(generator.site, what=generator.what, dictionary=dictionary, erased=mask)
+            edit = RowwiseErase(generator.site, capture=generator.capture, dictionary=dictionary, erased=mask)
             images = generator(texts, seeds, edit)
             after = JudgeReadings.of(judge, images)
             erased_now = (after.values[family] != target)[keep].astype(float)

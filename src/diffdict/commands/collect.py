@@ -1,11 +1,12 @@
 """``diffdict collect``: capture site activations of a host model into an activation store.
 
-    diffdict collect --model toy --sites mid.0,up.0.0 --prompts 20000 --what update \\
+    diffdict collect --model toy --sites mid.0,up.0.0 --prompts 20000 --capture update \\
         --steps 0 --seed 0 --out STORE
     torchrun --nproc_per_node=N -m diffdict collect ...   # chunks split by rank
 
 Rerunning the same command resumes (complete chunks are skipped); a different model,
-site set or capture setting on the same STORE is refused.
+site set or capture setting on the same STORE is refused. ``--what`` is the former
+name of ``--capture`` and still works.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from diffdict.errors import DiffdictError
 
 
 def register(subparsers) -> None:
-    from diffdict.hosts import DEFAULT_HOST, HOSTS, WHATS
+    from diffdict.hosts import DEFAULT_HOST, HOSTS
     from diffdict.store import DTYPES
 
     parser = subparsers.add_parser(
@@ -32,8 +33,8 @@ def register(subparsers) -> None:
     parser.add_argument("--prompts", required=True,
                         help="a count (sampled from the shapes world) or a text file with one prompt a line")
     parser.add_argument("--split", default="train", help="world split when --prompts is a count (default: train)")
-    parser.add_argument("--what", default="update", choices=list(WHATS),
-                        help="update (block output - input), output (residual stream) or mlp (neurons)")
+    validate.add_capture_option(parser, "update", "capture mode: update (block output - input), output "
+                                                  "(residual stream) or mlp (neurons) (default: update)")
     parser.add_argument("--steps", default="all", help="denoising steps to capture: all, 0-3, or 0,2 (default: all)")
     validate.add_denoise_steps(parser)
     parser.add_argument("--guidance", type=validate.finite_float(low=0), default=None, help="guidance scale (default: the model's)")
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         host = load_host(args.model, **host_options(args, dist.local_rank))
         info = collect(
-            host, prompts, sites, args.out, what=args.what, steps=args.steps, seed=args.seed,
+            host, prompts, sites, args.out, capture=args.capture, steps=args.steps, seed=args.seed,
             num_steps=args.denoise_steps, guidance=args.guidance, dtype=args.dtype, chunk_size=args.chunk_size,
             batch_size=args.batch_size, images=not args.no_images, progress=args.progress, dist=dist,
         )

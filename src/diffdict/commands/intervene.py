@@ -83,7 +83,7 @@ def check_positive(name: str, value: int | None) -> None:
         raise DiffdictError(f"{name} must be at least 1, got {value}")
 
 
-#: the options each mode reads (beyond site, mask, steps and what); the rest are refused
+#: the options each mode reads (beyond site, mask, steps and capture); the rest are refused
 MODE_OPTIONS = {
     "add": ("feature", "strength", "activation"),
     "latent": ("feature", "strength", "activation", "op", "drop_error"),
@@ -126,8 +126,8 @@ def register(subparsers) -> None:
     parser.add_argument("--mask", default=None, help="pixel box x0,y0,x1,y1 (end exclusive; default: the whole image)")
     parser.add_argument("--steps", default="all", help="denoising steps to edit: all, 0-3, or 0,2 (default: all)")
     parser.add_argument("--site", default=None, help="site to edit (default: the one the dictionary was trained on)")
-    parser.add_argument("--what", default=None, choices=["update", "output", "mlp"],
-                        help="what to edit at the site (default: what the dictionary was trained on, else update)")
+    validate.add_capture_option(parser, None, "capture mode to edit at the site: update, output or mlp (default: "
+                                              "the one the dictionary was trained on, else update)")
     parser.add_argument("--target", default=None,
                         help="what the edit should bring about: a shapes-world concept (color:red) or free text "
                              "('a photo of a dog', read by the CLIP backbone on real models): its probability, "
@@ -173,6 +173,7 @@ def check_mode_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from diffdict.capture import capture_mode_of
     from diffdict.dictionaries import load_dictionary
     from diffdict.feature_stats import (
         dictionary_metadata,
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         require_recorded_store(folder)  # the site is unknown because the store moved: say that
     if site is None:
         raise DiffdictError(f"{folder or '--mode ablate'} records no site to edit; pass --site")
-    what = args.what or meta.get("what")
+    capture = args.capture or capture_mode_of(meta)
     host_name = args.model or recorded.get("model") or meta.get("model") or DEFAULT_HOST
     backbone = resolve_backbone(args.backbone, host_name, needed=args.target is not None)
     if args.backbone_path is not None:
@@ -231,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         args.guidance = args.guidance if args.guidance is not None else generation.get("guidance")
     if not host.shapes_world and args.prompts and not args.prompt and str(args.prompts).strip().isdigit():
         print(f"note: --prompts {args.prompts} samples shapes-world captions; give real prompts with --prompt or a file")
-    common = dict(mask=args.mask, steps=args.steps, what=what)
+    common = dict(mask=args.mask, steps=args.steps, capture=capture)
     feature = dict(activation=args.activation, stats=stats)
     if args.mode == "add":
         intervention = Add(site, dictionary, args.feature, args.strength, **feature, **common)

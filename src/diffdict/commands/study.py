@@ -68,6 +68,11 @@ def _add_config(parser: argparse.ArgumentParser, config_classes) -> None:
             metavar = "A,B,..." if kind.is_list else kind.base.__name__.upper()
             parser.add_argument(flag(f.name), dest=f.name, metavar=metavar, default=None,
                                 help=help_text.replace("%", "%%"))
+            for alias in f.metadata.get("aliases", ()):  # a former name: still works, unlisted
+                if alias not in seen:
+                    seen.add(alias)
+                    parser.add_argument(flag(alias), dest=f.name, metavar=metavar, default=None,
+                                        help=argparse.SUPPRESS)
 
 
 def study_parser(name: str) -> _OneLineParser:

@@ -144,6 +144,16 @@ def add_denoise_steps(parser: argparse.ArgumentParser, old_name: str | None = No
         parser.add_argument(old_name, dest="denoise_steps", type=positive_int, default=default, help=argparse.SUPPRESS)
 
 
+def add_capture_option(parser: argparse.ArgumentParser, default: str | None, help: str) -> None:
+    """``--capture MODE``: the capture mode read or edited at a site (update, output, mlp),
+    into ``args.capture``; ``--what``, its earlier name, still works, unlisted."""
+    from diffdict.capture import CAPTURE_MODES
+
+    parser.add_argument("--capture", dest="capture", default=default, choices=list(CAPTURE_MODES), help=help)
+    parser.add_argument("--what", dest="capture", default=argparse.SUPPRESS, choices=list(CAPTURE_MODES),
+                        help=argparse.SUPPRESS)
+
+
 def add_verify_option(parser: argparse.ArgumentParser) -> None:
     """``--no-verify``: read stores without checking each file's sha256 (see :func:`verifying`)."""
     parser.add_argument("--no-verify", action="store_true",
@@ -216,5 +226,5 @@ def resource_error(error: BaseException, command: str) -> str | None:
 
 __all__ = [
     "add_verify_option", "verifying", "available_memory", "device", "finite_float", "int_at_least", "nonnegative_int", "out_file", "out_folder",
-    "positive_int", "require_memory", "add_denoise_steps", "resource_error", "text_file",
+    "positive_int", "require_memory", "add_capture_option", "add_denoise_steps", "resource_error", "text_file",
 ]

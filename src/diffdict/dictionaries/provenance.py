@@ -4,7 +4,9 @@
 :func:`training_provenance`); :class:`~diffdict.dictionaries.Dictionary` carries it as
 ``dictionary.provenance`` (``save`` writes it, ``load_dictionary`` reads it back)::
 
-    site, what            the site trained on and what was captured there (update, output, mlp)
+    site, what            the site trained on and its capture mode (update, output, mlp);
+                          the key is ``what``, as every version wrote it (a record naming
+                          the mode ``capture`` instead is read the same)
     model, model_weights  the host model's name and the fingerprint of its weights, as the
                           store recorded them (toy: ``diffdict.io.weights_fingerprint``;
                           None for a model the store names by folder or hub id only)
@@ -26,6 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from diffdict.capture import capture_mode_of
 from diffdict.dictionaries.base import CONFIG_FILE, PROVENANCE_FIELD, check_config_checksum
 from diffdict.errors import DiffdictError
 from diffdict.io import read_json
@@ -47,7 +50,7 @@ def training_provenance(source: "ActivationSource", acts: str, seed: int) -> dic
                 "acts": str(Path(acts).resolve()), "seed": seed}
     settings = store.settings or {}
     host = settings.get("host") or {}
-    return {"version": PROVENANCE_VERSION, "site": source.site, "what": (settings.get("capture") or {}).get("what"),
+    return {"version": PROVENANCE_VERSION, "site": source.site, "what": capture_mode_of(settings.get("capture")),
             "model": settings.get("model"), "model_weights": host.get("weights"), "host": host or None,
             "generation": settings.get("generation"), "store": str(Path(store.path).resolve()),
             "store_digest": store.digest, "acts": None, "seed": seed}
@@ -59,7 +62,15 @@ def read_provenance(folder: str | Path) -> dict[str, Any]:
     nothing records are absent or None."""
     folder = Path(folder)
     recorded = recorded_provenance(folder)
-    return dict(recorded) if recorded is not None else legacy_provenance(folder)
+    return _with_capture(dict(recorded) if recorded is not None else legacy_provenance(folder))
+
+
+def _with_capture(known: dict[str, Any]) -> dict[str, Any]:
+    """``known`` with its capture mode under ``what`` (the key diffdict reads and writes)
+    when the record named it ``capture`` instead."""
+    if known.get("what") is None and capture_mode_of(known) is not None:
+        known["what"] = capture_mode_of(known)
+    return known
 
 
 def recorded_provenance(folder: Path) -> dict[str, Any] | None:
@@ -81,9 +92,10 @@ def legacy_provenance(folder: str | Path) -> dict[str, Any]:
 
     1. the training run's ``settings.json`` in the parent folder: its ``site``, and the
        store its ``acts`` names (absolute, or relative to the run's parent): the store's
-       only site, its model, capture ``what``, host and generation;
-    2. the feature statistics saved in the folder (site, what, model, store, host);
-    3. the folder's own config.json fields ``site``, ``what``, ``model`` (or under ``source``);
+       only site, its model, capture mode, host and generation;
+    2. the feature statistics saved in the folder (site, capture mode, model, store, host);
+    3. the folder's own config.json fields ``site``, ``what`` (or ``capture``), ``model``
+       (or under ``source``);
     4. an SAE Lens ``cfg.json``: ``hook_name`` and ``model_name`` (top level, or under
        ``metadata`` as SAE Lens 6 and ``diffdict export`` write them).
 
@@ -106,12 +118,18 @@ def legacy_provenance(folder: str | Path) -> dict[str, Any]:
     if run_settings.get("site") is not None:
         known["site"] = run_settings["site"]
     known.update(_store_record(store, single_site="site" not in known))
-    known.update({k: meta[k] for k in ("site", "what", "model", "host") if meta.get(k) is not None})
+    known.update({k: meta[k] for k in ("site", "model", "host") if meta.get(k) is not None})
+    if capture_mode_of(meta) is not None:
+        known["what"] = capture_mode_of(meta)
     config = _json_object(folder / CONFIG_FILE)
+    source = config.get("source") if isinstance(config.get("source"), dict) else {}
     for key in ("site", "what", "model"):
-        value = config.get(key)
-        if value is None and isinstance(config.get("source"), dict):
-            value = config["source"].get(key)
+        if key == "what":
+            value = capture_mode_of(config)
+            value = value if value is not None else capture_mode_of(source)
+        else:
+            value = config.get(key)
+            value = value if value is not None else source.get(key)
         if value is not None:
             known[key] = value
     foreign = _json_object(folder / "cfg.json")
@@ -154,8 +172,7 @@ def _store_record(store: Path | None, single_site: bool) -> dict[str, Any]:
     except DiffdictError:
         return {}
     settings = opened.settings if isinstance(opened.settings, dict) else {}
-    capture = settings.get("capture") if isinstance(settings.get("capture"), dict) else {}
-    found = {"model": settings.get("model"), "what": capture.get("what"), "host": settings.get("host") or {},
+    found = {"model": settings.get("model"), "what": capture_mode_of(settings.get("capture")), "host": settings.get("host") or {},
              "generation": settings.get("generation") or {}}
     if single_site and len(opened.sites) == 1:
         found["site"] = opened.sites[0]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffdict.capture import WHATS, EditHook, ReadHook, SiteInfo, install_hooks
+from diffdict.capture import CAPTURE_MODES, EditHook, ReadHook, SiteInfo, install_hooks
 from diffdict.errors import DiffdictError
 
 def parse_dtype(name: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
@@ -128,20 +128,20 @@ class HostModel:
             raise DiffdictError(f"unknown site {name!r} for model {self.name}; valid sites: {', '.join(sites)}")
         return sites[name]
 
-    def resolve_site(self, name: str, what: str) -> SiteInfo:
-        """The site that capturing ``what`` at ``name`` reads: ``what='mlp'`` on a block
-        site reads that block's MLP neurons (site ``NAME.mlp``)."""
-        if what not in WHATS:
-            raise DiffdictError(f"unknown capture {what!r}; expected one of {', '.join(WHATS)}")
+    def resolve_site(self, name: str, capture: str) -> SiteInfo:
+        """The site that capture mode ``capture`` at ``name`` reads: ``capture='mlp'`` on a
+        block site reads that block's MLP neurons (site ``NAME.mlp``)."""
+        if capture not in CAPTURE_MODES:
+            raise DiffdictError(f"unknown capture {capture!r}; expected one of {', '.join(CAPTURE_MODES)}")
         info = self.site(name)
-        if what == "mlp" and info.kind != "mlp":
+        if capture == "mlp" and info.kind != "mlp":
             mlp_name = f"{name}.mlp"
             if mlp_name not in self.sites():
                 raise DiffdictError(f"site {name!r} of model {self.name} has no MLP neurons to capture")
             return self.sites()[mlp_name]
-        if what == "update" and info.kind == "mlp":
+        if capture == "update" and info.kind == "mlp":
             raise DiffdictError(
-                f"site {name!r} holds MLP neurons, which have no update (output - input); use --what mlp"
+                f"site {name!r} holds MLP neurons, which have no update (output - input); use --capture mlp"
             )
         return info
 

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffdict.capture import capture_mode_of
 from diffdict.errors import DiffdictError
 from diffdict.feature_stats import FeatureStats as BaseStats
 from diffdict.feature_stats import FeatureStatsAccumulator, encode_codes, site_space
@@ -394,7 +395,7 @@ def compute_activation_stats(
     offsets[-1] = total
     settings = store.settings or {}
     base = acc.result(dictionary_kind=dictionary.kind, dictionary=weights_fingerprint(dictionary.state_tensors()), site=site,
-                      what=(settings.get("capture") or {}).get("what"), model=settings.get("model"),
+                      what=capture_mode_of(settings.get("capture")), model=settings.get("model"),
                       store=str(store.path), store_digest=store.digest, grid=[rows, cols], space=space)
     return ActivationStats(
         site=site, grid=(rows, cols), n_features=n, num_tokens=total, num_images=images, rank_by=rank_by,

@@ -111,8 +111,11 @@ def _generation(store_settings: dict | None) -> dict:
     return {"num_steps": gen.get("num_steps"), "guidance": gen.get("guidance")}
 
 
-def _what(store_settings: dict | None) -> str | None:
-    return ((store_settings or {}).get("capture") or {}).get("what")
+def _capture(store_settings: dict | None) -> str | None:
+    """The capture mode the store was collected in (None when it does not say)."""
+    from diffdict.capture import capture_mode_of
+
+    return capture_mode_of((store_settings or {}).get("capture"))
 
 
 def add_images(host, dictionary, site: str, feature: int, prompts: list[str], strength: float, typical: float,
@@ -123,7 +126,7 @@ def add_images(host, dictionary, site: str, feature: int, prompts: list[str], st
     from diffdict.interventions import Add, generate
 
     edit = Add(site, dictionary, int(feature), float(strength), activation=float(typical), mask=mask, steps=steps,
-               what=_what(store_settings))
+               capture=_capture(store_settings))
     return generate(host, prompts, [edit], seed=seed, **_generation(store_settings))
 
 
@@ -134,7 +137,7 @@ def icon_image(host, dictionary, site: str, feature: int, typical: float, seed: 
     from diffdict.interventions import feature_icon
 
     return feature_icon(host, site, dictionary, int(feature), activation=float(typical), seed=seed,
-                        what=_what(store_settings), **_generation(store_settings))[0]
+                        capture=_capture(store_settings), **_generation(store_settings))[0]
 
 
 def gallery(host, dictionary, site: str, feature: int, typical: float, prompts: list[str],

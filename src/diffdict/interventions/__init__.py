@@ -1,7 +1,7 @@
 """Interventions: composable edits of a host model's site, as hook factories.
 
 Each intervention edits one site's value (the block's *update* for a block site by
-default, ``what='output'`` for a residual stream, the neuron activations for an MLP
+default, ``capture='output'`` for a residual stream, the neuron activations for an MLP
 site) at chosen denoising steps, optionally only inside a spatial mask:
 
 - :class:`Add` — add ``s · a_i · d_i`` to the dense value (d_i the decoder direction of

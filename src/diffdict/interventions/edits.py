@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffdict.capture import HALVES, EditHook, parse_steps
+from diffdict.capture import HALVES, EditHook, capture_mode_of, parse_steps
 from diffdict.errors import DiffdictError
 from diffdict.feature_stats import FeatureStats, encode_codes, site_space
 from diffdict.interventions.masks import PixelBox, check_steps, resolve_mask
@@ -32,39 +32,39 @@ class Intervention:
     site: str
     mask: Any = field(default=None, kw_only=True)
     steps: Any = field(default=None, kw_only=True)
-    what: str | None = field(default=None, kw_only=True)
+    capture: str | None = field(default=None, kw_only=True)
     half: str = field(default="cond", kw_only=True)
 
     # set by bind()
     info: "SiteInfo | None" = field(default=None, init=False, repr=False, compare=False)
     weights: Tensor | None = field(default=None, init=False, repr=False, compare=False)
-    bound_what: str | None = field(default=None, init=False, repr=False, compare=False)
+    bound_capture: str | None = field(default=None, init=False, repr=False, compare=False)
     _batch_rows: list[int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
         return type(self).__name__.lower()
 
-    def default_what(self, info: "SiteInfo") -> str:
+    def default_capture(self, info: "SiteInfo") -> str:
         return "mlp" if info.kind == "mlp" else "update"
 
     def bind(self, host: "HostModel", num_steps: int | None = None) -> list[EditHook]:
         if self.half not in HALVES:
             raise DiffdictError(f"unknown batch half {self.half!r}; expected one of {', '.join(HALVES)}")
         base = host.site(self.site)
-        what = self.what or self.default_what(base)
-        info = host.resolve_site(self.site, what)
+        capture = self.capture or self.default_capture(base)
+        info = host.resolve_site(self.site, capture)
         if info.kind == "mlp":
-            what = "mlp"
+            capture = "mlp"
         steps = parse_steps(self.steps)
         check_steps(steps, num_steps if num_steps is not None else getattr(host, "default_steps", None))
         self.info = info
-        self.bound_what = what
+        self.bound_capture = capture
         self.weights = resolve_mask(self.mask, info.grid, host.image_size)
-        self.prepare(host, info, what)
-        return [EditHook(info.name, self._hook_fn, what=what, steps=steps, half=self.half)]
+        self.prepare(host, info, capture)
+        return [EditHook(info.name, self._hook_fn, capture=capture, steps=steps, half=self.half)]
 
-    def prepare(self, host: "HostModel", info: "SiteInfo", what: str) -> None:
+    def prepare(self, host: "HostModel", info: "SiteInfo", capture: str) -> None:
         """Check what the intervention needs against the bound site (subclasses)."""
 
     def set_batch(self, rows: Sequence[int] | None) -> None:
@@ -96,7 +96,7 @@ class Intervention:
         if mask is not None:
             mask = "array" if hasattr(mask, "shape") else str(mask) if isinstance(mask, (str, PixelBox)) else repr(mask)
         return {"mode": self.name, "site": self.info.name if self.info is not None else self.site,
-                "what": self.bound_what or self.what, "mask": mask,
+                "what": self.bound_capture or self.capture, "mask": mask,
                 "steps": "all" if steps is None else sorted(steps), "half": self.half}
 
 
@@ -116,8 +116,8 @@ class _FeatureIntervention(Intervention):
 
     needs_activation = True
 
-    def prepare(self, host, info, what) -> None:
-        prepare_dictionary(self, host, info, what)
+    def prepare(self, host, info, capture) -> None:
+        prepare_dictionary(self, host, info, capture)
         n = self.dictionary.n_features
         if isinstance(self.feature, bool) or not isinstance(self.feature, (int, np.integer)) or not 0 <= self.feature < n:
             raise DiffdictError(f"feature {self.feature} is out of range: the dictionary has {n} features (0..{n - 1})")
@@ -131,13 +131,13 @@ class _FeatureIntervention(Intervention):
                 "activation": self.typical if self.typical is not None else self.activation}
 
 
-def prepare_dictionary(intervention: Any, host: "HostModel", info: "SiteInfo", what: str) -> None:
+def prepare_dictionary(intervention: Any, host: "HostModel", info: "SiteInfo", capture: str) -> None:
     """Check a dictionary against the bound site (width, and the site and capture it was
     trained on when its statistics say) and set ``intervention.space``."""
     dictionary = intervention.dictionary
     if dictionary is None:
         raise DiffdictError(f"{intervention.name} needs a dictionary")
-    intervention.space = site_space(dictionary, info.d, f"site {info.name} ({what}) of model {host.name}")
+    intervention.space = site_space(dictionary, info.d, f"site {info.name} ({capture}) of model {host.name}")
     stats = getattr(intervention, "stats", None)
     meta = stats.meta if stats is not None else {}
     if meta.get("model") is not None and meta.get("site") is not None:
@@ -145,9 +145,11 @@ def prepare_dictionary(intervention: Any, host: "HostModel", info: "SiteInfo", w
             raise DiffdictError(f"the dictionary was trained on model {meta['model']}, not {host.name}")
         if meta["site"] != info.name:
             raise DiffdictError(f"the dictionary was trained on site {meta['site']}, but the edit is at site {info.name}")
-        if meta.get("what") is not None and meta["what"] != what and info.kind != "mlp":
+        trained = capture_mode_of(meta)
+        if trained is not None and trained != capture and info.kind != "mlp":
             raise DiffdictError(
-                f"the dictionary was trained on the site's {meta['what']}, but the edit is of its {what}; pass what={meta['what']!r}"
+                f"the dictionary was trained on the site's {trained}, but the edit is of its {capture}; "
+                f"pass capture={trained!r}"
             )
     if stats is not None and stats.n_features != dictionary.n_features:
         raise DiffdictError(
@@ -218,11 +220,11 @@ class LatentEdit(_FeatureIntervention):
     def name(self) -> str:
         return "latent"
 
-    def prepare(self, host, info, what) -> None:
+    def prepare(self, host, info, capture) -> None:
         if self.op not in LATENT_OPS:
             raise DiffdictError(f"unknown latent edit {self.op!r}; expected one of {', '.join(LATENT_OPS)}")
         self.needs_activation = self.op != "scale"
-        super().prepare(host, info, what)
+        super().prepare(host, info, capture)
 
     def _target(self, current: Tensor) -> Tensor:
         s = float(self.strength)
@@ -267,8 +269,8 @@ class Splice(Intervention):
     def name(self) -> str:
         return "splice"
 
-    def prepare(self, host, info, what) -> None:
-        prepare_dictionary(self, host, info, what)
+    def prepare(self, host, info, capture) -> None:
+        prepare_dictionary(self, host, info, capture)
 
     @torch.no_grad()
     def edit(self, x: Tensor, step: int | None) -> Tensor:
@@ -292,9 +294,9 @@ class Ablate(Intervention):
     def name(self) -> str:
         return "ablate"
 
-    def prepare(self, host, info, what) -> None:
-        if what == "output":
-            raise DiffdictError("ablate removes a block's update; use what='update' (not 'output')")
+    def prepare(self, host, info, capture) -> None:
+        if capture == "output":
+            raise DiffdictError("ablate removes a block's update; use capture='update' (not 'output')")
         if not np.isfinite(float(self.scale)):
             raise DiffdictError(f"ablation scale must be finite, got {self.scale}")
 
@@ -323,7 +325,7 @@ class RandomDirection(Intervention):
     """The control for ``inner``: at every token where ``inner`` changes the value by a
     vector of norm r, change it by r along a random unit direction instead. The direction
     is drawn per prompt from (seed, prompt index): the same seed gives the same numbers.
-    Site, mask, steps, what and half are the inner intervention's."""
+    Site, mask, steps, capture and half are the inner intervention's."""
 
     inner: Intervention | None = None
     seed: int = 0
@@ -331,7 +333,7 @@ class RandomDirection(Intervention):
     def __init__(self, inner: Intervention, seed: int = 0):
         if not isinstance(inner, Intervention):
             raise DiffdictError(f"a random-direction control wraps an intervention, got {type(inner).__name__}")
-        super().__init__(inner.site, mask=inner.mask, steps=inner.steps, what=inner.what, half=inner.half)
+        super().__init__(inner.site, mask=inner.mask, steps=inner.steps, capture=inner.capture, half=inner.half)
         self.inner = inner
         self.seed = int(seed)
 
@@ -344,7 +346,7 @@ class RandomDirection(Intervention):
         hooks = super().bind(host, num_steps)
         return hooks
 
-    def prepare(self, host, info, what) -> None:
+    def prepare(self, host, info, capture) -> None:
         self.d = info.d
 
     def directions(self, rows: Sequence[int]) -> Tensor:

@@ -82,9 +82,9 @@ def feature_icon(
     num_steps: int | None = None,
     guidance: float | None = None,
     steps: Any = None,
-    what: str | None = None,
+    capture: str | None = None,
 ) -> np.ndarray:
     """The feature's visualisation: ``count`` images of the empty prompt with the site's
     value replaced by the feature direction at its typical magnitude."""
-    icon = Icon(site, dictionary, feature, strength, activation=activation, stats=stats, steps=steps, what=what)
+    icon = Icon(site, dictionary, feature, strength, activation=activation, stats=stats, steps=steps, capture=capture)
     return generate(host, [""] * count, [icon], seed=seed, num_steps=num_steps, guidance=guidance)

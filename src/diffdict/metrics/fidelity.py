@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from diffdict.capture import capture_mode_of
 from diffdict.errors import DiffdictError
 from diffdict.hosts import host_for_store, is_real_host
 from diffdict.metrics.backbones import Backbone, load_backbone, resolve_backbone
@@ -35,7 +36,7 @@ def spliced_fidelity(
     site: str,
     prompts: Sequence[str],
     seed: int = 0,
-    what: str | None = None,
+    capture: str | None = None,
     steps: Any = None,
     num_steps: int | None = None,
     guidance: float | None = None,
@@ -57,7 +58,7 @@ def spliced_fidelity(
     prompts = list(prompts)
     if not prompts:
         raise DiffdictError("spliced fidelity needs at least one prompt")
-    splice = Splice(site, dictionary, what=what, steps=steps)
+    splice = Splice(site, dictionary, capture=capture, steps=steps)
     splice.bind(host, num_steps if num_steps is not None else host.default_steps)  # fail before generating
     kwargs = dict(seed=seed, num_steps=num_steps, guidance=guidance, batch_size=batch_size)
     original = generate(host, prompts, [], **kwargs)
@@ -100,7 +101,7 @@ def store_fidelity(
 ) -> Callable[["Dictionary"], dict[str, Any]]:
     """A ``dictionary -> metrics`` function (``diffdict.evaluate``'s ``fidelity``) for
     dictionaries trained on ``site`` of ``store``: generates as the store was made (model,
-    denoising steps, guidance, captured ``what``), splicing at the captured steps, on
+    denoising steps, guidance, capture mode), splicing at the captured steps, on
     ``prompts`` (a count: test-split prompts of the shapes world for the toy model, a
     seeded sample of the store's own prompts for a real one). ``backbone`` ``auto``:
     shapes-clip on the toy model, the CLIP backbone on real ones when installed (else
@@ -112,7 +113,7 @@ def store_fidelity(
         store = open_store(store)
     settings = store.settings or {}
     generation = settings.get("generation") or {}
-    capture = settings.get("capture") or {}
+    capture_settings = settings.get("capture") or {}
     host = host if host is not None else host_for_store(store, model_path)
     backbone = resolve_backbone(backbone, host.name, what="spliced fidelity's CLIP score")
     if isinstance(prompts, int):
@@ -127,14 +128,14 @@ def store_fidelity(
 
             prompts = sample_prompts(prompts, seed=seed, split="test")
     prompts = list(prompts)
-    what = capture.get("what")
-    steps = capture.get("steps")
+    capture = capture_mode_of(capture_settings)
+    steps = capture_settings.get("steps")
     num_steps, guidance = generation.get("num_steps"), generation.get("guidance")
     kwargs = dict(seed=seed, num_steps=num_steps, guidance=guidance, batch_size=batch_size)
     cache: dict[str, np.ndarray] = {}
 
     def fidelity(dictionary: "Dictionary") -> dict[str, Any]:
-        splice = Splice(site, dictionary, what=what if what != "mlp" else None, steps=steps)
+        splice = Splice(site, dictionary, capture=capture if capture != "mlp" else None, steps=steps)
         splice.bind(host, num_steps if num_steps is not None else host.default_steps)
         if "original" not in cache:
             cache["original"] = generate(host, prompts, [], **kwargs)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffdict.capture import CAPTURE_MODES, capture_mode_of
 from diffdict.errors import DiffdictError
 
 DISPLAY = 256  # pixels: images are shown upscaled to about this size
@@ -59,10 +60,10 @@ class AppBackend:
         self.grid = info.grid
         self.space = site_space(dictionary, info.d, f"site {site!r} of model {host.name}")
         settings = (store.settings if store is not None else None) or {}
-        capture = settings.get("capture") or {}
+        capture_settings = settings.get("capture") or {}
         generation = settings.get("generation") or {}
-        self.what = capture.get("what")
-        self.read_steps = capture.get("steps")
+        self.capture = capture_mode_of(capture_settings)
+        self.read_steps = capture_settings.get("steps")
         self.num_steps = num_steps if num_steps is not None else generation.get("num_steps")
         self.guidance = guidance if guidance is not None else generation.get("guidance")
         self.typical = typical
@@ -87,7 +88,7 @@ class AppBackend:
         def read(x, step):
             seen.append(x[0].detach().float().cpu().clone())
 
-        hook = ReadHook(self.site, read, what=self.what if self.what in ("update", "output", "mlp") else None,
+        hook = ReadHook(self.site, read, capture=self.capture if self.capture in CAPTURE_MODES else None,
                         steps=self.read_steps)
         with self.host.hooks([hook]):
             image = self.host.generate([prompt], seed=seed, steps=self.num_steps, guidance=self.guidance)[0]
@@ -142,7 +143,7 @@ class AppBackend:
             self._originals = {key: generate(self.host, [prompt], [], **kwargs)[0]}  # keep the last one
         original = self._originals[key]
         add = Add(self.site, self.dictionary, feature, float(strength), activation=self.typical_activation(feature),
-                  mask=mask, what=self.what if self.what in ("update", "output", "mlp") else None)
+                  mask=mask, capture=self.capture if self.capture in CAPTURE_MODES else None)
         edited = generate(self.host, [prompt], [add], **kwargs)[0]
         return original, edited
 

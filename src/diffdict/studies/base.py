@@ -32,11 +32,14 @@ MISSING = dataclasses.MISSING
 
 # -- options ------------------------------------------------------------------------------
 def option(default: Any, help: str, *, quick: Any = MISSING, choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
-           minimum: float | None = None, maximum: float | None = None, cli: bool = True) -> Any:
+           minimum: float | None = None, maximum: float | None = None, cli: bool = True,
+           aliases: Sequence[str] = ()) -> Any:
     """A config field: ``quick`` is its value under ``--quick``; ``choices`` (or a function
     returning them), ``minimum`` and ``maximum`` are checked for the value, or for every
-    member of a list-valued option."""
-    metadata = {"help": help, "quick": quick, "choices": choices, "minimum": minimum, "maximum": maximum, "cli": cli}
+    member of a list-valued option. ``aliases``: former names of the option, still
+    accepted (unlisted on the command line)."""
+    metadata = {"help": help, "quick": quick, "choices": choices, "minimum": minimum, "maximum": maximum, "cli": cli,
+                "aliases": tuple(aliases)}
     if isinstance(default, (list, tuple)):
         value = tuple(default)
         return field(default_factory=lambda: value, metadata=metadata)
@@ -154,10 +157,28 @@ def config_fields(config_class: type) -> list[tuple[dataclasses.Field, FieldType
     return [(f, FieldType.of(hints[f.name])) for f in dataclasses.fields(config_class)]
 
 
+def canonical_options(config_classes: Iterable[type], options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with each former name of an option (its ``aliases``, e.g. ``what`` for
+    ``capture``) replaced by the option's name; both names with different values are refused."""
+    renamed = dict(options)
+    for config_class in config_classes:
+        for f in dataclasses.fields(config_class):
+            for alias in f.metadata.get("aliases", ()):
+                if alias not in renamed:
+                    continue
+                value = renamed.pop(alias)
+                if renamed.get(f.name) is None:
+                    renamed[f.name] = value
+                elif value is not None and value != renamed[f.name]:
+                    raise DiffdictError(f"{flag(alias)} is the former name of {flag(f.name)}; give one of them")
+    return renamed
+
+
 def resolve_config(config_class: type, overrides: dict[str, Any] | None = None, quick: bool = False):
     """The typed config: defaults, then the ``--quick`` values, then ``overrides`` (CLI
-    strings or Python values; None leaves the default), each validated."""
-    overrides = dict(overrides or {})
+    strings or Python values; None leaves the default; an option's former name works too),
+    each validated."""
+    overrides = canonical_options([config_class], overrides or {})
     known = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(overrides) - known)
     if unknown:
@@ -198,8 +219,9 @@ class StudyConfig:
                                             "(default: shapes-world captions)")
     seeds: int = option(3, "number of seeds (mean, std and 95%% interval over them)", quick=2, minimum=1)
     seed: int = option(0, "first seed; seed i is SEED + i", minimum=0)
-    what: str | None = option(None, "what is read and edited at a block site (default: update; output for FLUX)",
-                              choices=("update", "output"))
+    capture: str | None = option(None, "capture mode read and edited at a block site: update or output "
+                                       "(default: update; output for FLUX)",
+                                 choices=("update", "output"), aliases=("what",))
     judge: str = option("auto", "image-text backbone for the image metrics: auto = shapes-clip on the toy model, "
                         "open-clip on real models", choices=JUDGES)
     judge_path: str | None = option(None, "shapes-clip: a weights folder (default: the shipped weights)")
@@ -357,5 +379,5 @@ class StudyContext:
             self.notes.append(text)
 
 
-__all__ = ["FieldType", "JUDGES", "Metric", "Record", "Study", "StudyConfig", "StudyContext", "config_fields",
+__all__ = ["FieldType", "JUDGES", "Metric", "Record", "Study", "StudyConfig", "StudyContext", "canonical_options", "config_fields",
            "flag", "option", "parse_value", "resolve_config"]

@@ -54,7 +54,7 @@ class Dictionaries(DictionaryStudy):
         trained = super().build(ctx, site, seed, train_store, eval_store)
         if "neurons" in ctx.config.kinds:
             k = ctx.config.k
-            mlp_store = activation_store(ctx, "eval", ctx.config.eval_prompts, [site], what="mlp")
+            mlp_store = activation_store(ctx, "eval", ctx.config.eval_prompts, [site], capture="mlp")
             mlp_site = f"{site}.mlp"
             key = {"neurons": mlp_site, "host": ctx.host.describe(), "k": k}
             trained.append(Trained(

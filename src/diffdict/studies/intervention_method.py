@@ -32,7 +32,7 @@ from diffdict.studies.stages import (
     generation_settings,
     judge_fingerprint,
     original_images,
-    site_what,
+    site_capture,
     study_prompts,
     train_members,
 )
@@ -56,10 +56,11 @@ class InterventionMethodConfig(DictionaryStudyConfig):
                                 f"{','.join(map(str, self.mask))}")
 
 
-def make_edit(method: str, site: str, dictionary, feature: dict, strength: float, mask, what: str | None):
+def make_edit(method: str, site: str, dictionary, feature: dict, strength: float, mask, capture: str | None):
     from diffdict.interventions import Add, LatentEdit
 
-    common = dict(feature=feature["feature"], strength=strength, activation=feature["activation"], mask=mask, what=what)
+    common = dict(feature=feature["feature"], strength=strength, activation=feature["activation"], mask=mask,
+                  capture=capture)
     if method == "add":
         return Add(site, dictionary, **common)
     return LatentEdit(site, dictionary, op="set", keep_error=method == "latent-keep", **common)
@@ -129,11 +130,11 @@ class InterventionMethod(Study):
         token_mask = resolve_mask(mask, grid, ctx.host.image_size).numpy().reshape(grid)
         edited_sets, lpips, distance, inside, similarity, strength = [], [], [], [], [], []
         for feature in features:
-            what = site_what(ctx, site)
+            capture = site_capture(ctx, site)
             edited = generate_images(ctx, prompts, [make_edit(method, site, dictionary, feature, ctx.config.strength,
-                                                              mask, what)])
+                                                              mask, capture)])
             control = generate_images(ctx, prompts, [RandomDirection(make_edit(
-                method, site, dictionary, feature, ctx.config.strength, mask, what), seed)])
+                method, site, dictionary, feature, ctx.config.strength, mask, capture), seed)])
             edited_sets.append(edited)
             lpips.append(perceptual_distance(original, edited, ctx.judge).mean())
             locality = manhattan_locality(original, edited, token_mask)

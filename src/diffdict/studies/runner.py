@@ -27,7 +27,7 @@ import torch
 
 from diffdict.errors import DiffdictError
 from diffdict.io import write_json
-from diffdict.studies.base import Study, StudyConfig, StudyContext, resolve_config
+from diffdict.studies.base import Study, StudyConfig, StudyContext, canonical_options, resolve_config
 from diffdict.studies.cache import Cache
 from diffdict.studies.table import Table
 
@@ -127,7 +127,8 @@ def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool 
     report ``out/index.html`` with a feature browser of ``browser_features`` features
     (default 32, 8 with ``quick``) per dictionary."""
     out = Path(out)
-    options = {k: v for k, v in (options or {}).items() if v is not None}
+    options = canonical_options([get_study(n).Config for n in STUDIES], options or {})
+    options = {k: v for k, v in options.items() if v is not None}
     names = list(studies) if studies else list(STUDIES)
     for name in names:
         get_study(name)

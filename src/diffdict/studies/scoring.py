@@ -20,7 +20,7 @@ from diffdict.studies.stages import (
     judge_fingerprint,
     original_images,
     reconstruction_metrics,
-    site_what,
+    site_capture,
     study_prompts,
 )
 
@@ -184,7 +184,7 @@ def study_generator(ctx: "StudyContext", site: str):
     from diffdict.bench.steering import Generator
 
     gen = generation_settings(ctx)
-    return Generator(ctx.host, site, ctx.host.site(site).d, site_what(ctx, site), gen["num_steps"], gen["guidance"],
+    return Generator(ctx.host, site, ctx.host.site(site).d, site_capture(ctx, site), gen["num_steps"], gen["guidance"],
                      ctx.config.batch_size)
 
 
@@ -255,7 +255,7 @@ def spliced_fidelity(ctx: "StudyContext", dictionary_key: dict, load, edit_site:
 
     def compute() -> dict:
         original = original_images(ctx, prompts)
-        spliced = generate_images(ctx, prompts, [Splice(edit_site, load(), what=site_what(ctx, edit_site))])
+        spliced = generate_images(ctx, prompts, [Splice(edit_site, load(), capture=site_capture(ctx, edit_site))])
         drop = clip_scores(ctx.judge, original, prompts) - clip_scores(ctx.judge, spliced, prompts)
         return {"fidelity_lpips": float(perceptual_distance(original, spliced, ctx.judge).mean()),
                 "fidelity_clip_drop": float(np.nanmean(drop)) if np.isfinite(drop).any() else math.nan}

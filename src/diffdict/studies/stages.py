@@ -41,8 +41,9 @@ DEFAULT_SITES: dict[str, tuple[str, ...]] = {
     "sdxl": ("down.2.1", "up.0.1"),
     "flux-schnell": ("double.18",),
 }
-#: what a study reads at a block site: the update (SDXL Turbo paper) or the residual stream after the block (Flux paper)
-DEFAULT_WHAT: dict[str, str] = {"flux-schnell": "output"}
+#: the capture mode a study reads at a block site: the update (SDXL Turbo paper) or the residual stream after the
+#: block (Flux paper)
+DEFAULT_CAPTURE: dict[str, str] = {"flux-schnell": "output"}
 CONCEPT_FAMILIES_WITH_HEADS = ("shape", "color", "size", "region", "bg_color", "texture")
 
 
@@ -109,15 +110,16 @@ def block_sites(host) -> list[str]:
     return [name for name, info in host.sites().items() if info.kind != "mlp"]
 
 
-def capture_what(ctx: "StudyContext") -> str:
-    """What the study reads and edits at block sites (``--what``, else the host's default)."""
-    return ctx.config.what or DEFAULT_WHAT.get(ctx.host.name, "update")
+def study_capture(ctx: "StudyContext") -> str:
+    """The capture mode the study reads and edits at block sites (``--capture``, else the
+    host's default)."""
+    return ctx.config.capture or DEFAULT_CAPTURE.get(ctx.host.name, "update")
 
 
-def site_what(ctx: "StudyContext", site: str) -> str | None:
-    """The ``what`` of an edit at ``site``: None at an MLP site (its neurons), else
-    :func:`capture_what`."""
-    return None if ctx.host.site(site).kind == "mlp" else capture_what(ctx)
+def site_capture(ctx: "StudyContext", site: str) -> str | None:
+    """The capture mode of an edit at ``site``: None at an MLP site (its neurons), else
+    :func:`study_capture`."""
+    return None if ctx.host.site(site).kind == "mlp" else study_capture(ctx)
 
 
 def has_ground_truth(host) -> bool:
@@ -153,21 +155,23 @@ def generation_settings(ctx: "StudyContext") -> dict:
             "guidance": host.default_guidance if config.guidance is None else config.guidance}
 
 
-def activation_store(ctx: "StudyContext", purpose: str, count: int, sites: Sequence[str], what: str | None = None):
-    """A store of ``what`` (default :func:`capture_what`) at ``sites`` over ``count``
-    prompts (cached), opened."""
+def activation_store(ctx: "StudyContext", purpose: str, count: int, sites: Sequence[str],
+                     capture: str | None = None):
+    """A store of capture mode ``capture`` (default :func:`study_capture`) at ``sites``
+    over ``count`` prompts (cached), opened. The cache settings name the mode ``"what"``,
+    as they always have, so that existing cache entries stay valid."""
     from diffdict.collect import collect
     from diffdict.store import open_store
 
-    what = what or capture_what(ctx)
+    capture = capture or study_capture(ctx)
     prompts = study_prompts(ctx.config, purpose, count)
     gen = generation_settings(ctx)
     settings = {"host": ctx.host.describe(), "prompts": text_digest(prompts), "n": len(prompts), "sites": sorted(sites),
-                "what": what, "steps": ctx.config.capture_steps, "seed": ctx.config.seed, **gen}
+                "what": capture, "steps": ctx.config.capture_steps, "seed": ctx.config.seed, **gen}
 
     def build(folder: Path) -> None:
-        ctx.log(f"collecting {len(prompts)} prompts at {', '.join(sites)} ({what})")
-        collect(ctx.host, prompts, list(sites), folder / "store", what=what, steps=ctx.config.capture_steps,
+        ctx.log(f"collecting {len(prompts)} prompts at {', '.join(sites)} ({capture})")
+        collect(ctx.host, prompts, list(sites), folder / "store", capture=capture, steps=ctx.config.capture_steps,
                 seed=ctx.config.seed, num_steps=gen["num_steps"], guidance=gen["guidance"], dtype="float32",
                 chunk_size=64, batch_size=ctx.config.batch_size, images=True, progress=False)
 
@@ -344,8 +348,8 @@ def reconstruction_metrics(dictionary, store, site: str) -> dict[str, float]:
 
 
 __all__ = [
-    "DEFAULT_SITES", "DEFAULT_WHAT", "Member", "activation_store", "block_sites", "build_seconds", "capture_what",
+    "DEFAULT_CAPTURE", "DEFAULT_SITES", "Member", "activation_store", "block_sites", "build_seconds",
     "generate_images", "generation_settings", "has_ground_truth", "judge_fingerprint", "load_judge", "load_study_host",
-    "neuron_dictionary", "original_images", "read_training_log", "reconstruction_metrics", "site_what",
-    "study_prompts", "study_sites", "train_members", "training_settings",
+    "neuron_dictionary", "original_images", "read_training_log", "reconstruction_metrics", "site_capture",
+    "study_capture", "study_prompts", "study_sites", "train_members", "training_settings",
 ]
