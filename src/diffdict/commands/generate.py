@@ -60,8 +60,6 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from diffdict.commands.intervene import check_positive, load_host_from_args
     from diffdict.hosts import DEFAULT_HOST, is_real_host
     from diffdict.interventions import generate

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import errno
 import math
-import os
 import re
 import shutil
 from pathlib import Path

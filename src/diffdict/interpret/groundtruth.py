@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from diffdict.errors import DiffdictError
-from diffdict.world import BACKGROUNDS, COLORS, REGIONS, TEXTURES, concept_names, parse_caption
+from diffdict.world import BACKGROUNDS, COLORS, REGIONS, concept_names, parse_caption
 from diffdict.world.phrases import concept_text
 from diffdict.world.render import TEXTURE_CONTRAST
 
