@@ -62,15 +62,7 @@ def read_provenance(folder: str | Path) -> dict[str, Any]:
     nothing records are absent or None."""
     folder = Path(folder)
     recorded = recorded_provenance(folder)
-    return _with_capture(dict(recorded) if recorded is not None else legacy_provenance(folder))
-
-
-def _with_capture(known: dict[str, Any]) -> dict[str, Any]:
-    """``known`` with its capture mode under ``what`` (the key diffdict reads and writes)
-    when the record named it ``capture`` instead."""
-    if known.get("what") is None and capture_mode_of(known) is not None:
-        known["what"] = capture_mode_of(known)
-    return known
+    return dict(recorded) if recorded is not None else legacy_provenance(folder)
 
 
 def recorded_provenance(folder: Path) -> dict[str, Any] | None:
