@@ -16,7 +16,8 @@ import torch
 
 from diffdict.cli import main
 from diffdict.errors import DiffdictError
-from diffdict.studies import STUDIES, get_study, resolve_config, run_study
+from diffdict.options import load_config_file, resolve
+from diffdict.studies import STUDIES, get_study, run_study
 from diffdict.studies.base import StudyContext
 from diffdict.studies.cache import Cache
 
@@ -249,10 +250,10 @@ def test_bad_options_are_one_clear_line(capsys, tmp_path, argv, expected):
 def test_python_api_validates_list_members():
     study = get_study("sparsity-mechanism")
     with pytest.raises(DiffdictError, match="--mechanisms: 'nope' is not one of"):
-        resolve_config(study.Config, {"mechanisms": ["topk", "nope"]})
+        resolve(study.Config, {"mechanisms": ["topk", "nope"]})
     with pytest.raises(DiffdictError, match="--l1-grid member 2"):
-        resolve_config(study.Config, {"l1_grid": [0.1, "x"]})
-    config = resolve_config(study.Config, {"mechanisms": ("topk", "relu")}, quick=True)
+        resolve(study.Config, {"l1_grid": [0.1, "x"]})
+    config = resolve(study.Config, {"mechanisms": ("topk", "relu")}, quick=True)
     assert config.mechanisms == ("topk", "relu") and config.quick and config.seeds == 2
 
 
@@ -260,20 +261,63 @@ def test_capture_option_and_its_former_name(capsys):
     from diffdict.commands.study import study_parser
 
     study = get_study("sparsity-level")
-    assert resolve_config(study.Config, {"capture": "output"}).capture == "output"
-    assert resolve_config(study.Config, {"what": "output"}).capture == "output"  # the former name, from Python
-    assert resolve_config(study.Config, {"what": "output", "capture": "output"}).capture == "output"
-    assert resolve_config(study.Config, {}).capture is None
+    assert resolve(study.Config, {"capture": "output"}).capture == "output"
+    assert resolve(study.Config, {"what": "output"}).capture == "output"  # the former name, from Python
+    assert resolve(study.Config, {"what": "output", "capture": "output"}).capture == "output"
+    assert resolve(study.Config, {}).capture is None
     with pytest.raises(DiffdictError, match="--what is the former name of --capture"):
-        resolve_config(study.Config, {"what": "output", "capture": "update"})
+        resolve(study.Config, {"what": "output", "capture": "update"})
     with pytest.raises(DiffdictError, match="--capture: 'mlp' is not one of"):
-        resolve_config(study.Config, {"what": "mlp"})
+        resolve(study.Config, {"what": "mlp"})
     for name in ("sparsity-level", "all"):
         parser = study_parser(name)
         for flag in ("--capture", "--what"):
             assert vars(parser.parse_args(["--out", "x", flag, "output"]))["capture"] == "output"
         text = parser.format_help()
         assert "--capture" in text and "--what" not in text  # the former name works, unlisted
+
+
+def test_a_config_file_sets_study_options_and_flags_override_it(tmp_path, monkeypatch):
+    import diffdict.studies
+
+    study = get_study("sparsity-level")
+    path = tmp_path / "study.toml"
+    path.write_text('seeds = 2\nsites = "up.1.1"\nks = [5, 10]\nwhat = "output"\ndenoise-steps = 4\n')
+    config = resolve(study.Config, load_config_file(path, study.Config))
+    assert (config.seeds, config.sites, config.ks, config.capture, config.denoise_steps) == (
+        2, ("up.1.1",), (5, 10), "output", 4)
+    path.write_text('seeds = 2\nsites = ["up.1.1", "up.0.1"]\n')
+    given = {}
+    monkeypatch.setattr(diffdict.studies, "run_study", lambda name, out, options, **kwargs: given.update(
+        options) or {"rows": [], "seconds": 0, "trained": 0})
+    assert main(["study", "sparsity-level", "--config", str(path), "--seeds", "3", "--out", str(tmp_path / "out")]) == 0
+    config = resolve(study.Config, given)
+    assert (config.seeds, config.sites) == (3, ("up.1.1", "up.0.1"))
+
+
+@pytest.mark.parametrize("study, line, argv", [
+    ("sparsity-level", "seeds = 0", ["--seeds", "0"]),
+    ("all", "seeds = 0", ["--seeds", "0"]),
+    ("sparsity-level", 'ks = [5, "ten"]', ["--ks", "5,ten"]),
+    ("dictionaries", 'kinds = "sae,pca"', ["--kinds", "sae,pca"]),
+    ("sparsity-level", 'capture = "mlp"', ["--capture", "mlp"]),
+])
+def test_a_bad_value_in_a_config_file_reads_as_the_same_bad_flag(capsys, tmp_path, study, line, argv):
+    path = tmp_path / "study.toml"
+    path.write_text(line + "\n")
+    base = ["study", study, "--out", str(tmp_path / "out")]
+    assert one_line_error(capsys, [*base, "--config", str(path)]) == one_line_error(capsys, [*base, *argv])
+
+
+def test_config_file_errors_are_one_line_naming_the_file(capsys, tmp_path):
+    path = tmp_path / "study.toml"
+    base = ["study", "sparsity-level", "--out", str(tmp_path / "out"), "--config", str(path)]
+    assert "study.toml: no such file" in one_line_error(capsys, base)
+    path.write_text("seed = 1\nnseeds = 2\n")
+    err = one_line_error(capsys, base)
+    assert f"--config {path}: unknown option 'nseeds'; did you mean seeds?" in err
+    path.write_text("ks = [5, 10\n")
+    assert f"--config {path}: not valid TOML" in one_line_error(capsys, base)
 
 
 # -- real-model adapters, offline: shapes and files --------------------------------------------
@@ -316,7 +360,7 @@ def test_real_model_adapters_produce_the_same_table(tmp_path, model, site):
 
 def test_context_sites_default_per_host(model_folders, tmp_path):
     study = get_study("sparsity-level")
-    config = resolve_config(study.Config, {"model_path": model_folders["model_path"]}, quick=True)
+    config = resolve(study.Config, {"model_path": model_folders["model_path"]}, quick=True)
     ctx = StudyContext(study, config, tmp_path, Cache(tmp_path / "cache"), log=lambda message: None)
     assert ctx.sites == ["up.1.1"]
 
@@ -326,7 +370,7 @@ def test_generation_defaults_to_the_hosts_study_steps(model_folders, tmp_path):
 
     study = get_study("sparsity-level")
     for options, steps in (({}, 6), ({"denoise_steps": 10}, 10)):
-        config = resolve_config(study.Config, {"model_path": model_folders["model_path"], **options})
+        config = resolve(study.Config, {"model_path": model_folders["model_path"], **options})
         ctx = StudyContext(study, config, tmp_path, Cache(tmp_path / "cache"), log=lambda message: None)
         assert generation_settings(ctx) == {"num_steps": steps, "guidance": 3.0}
     assert ctx.host.default_steps == 10  # other commands keep the model's default

@@ -373,10 +373,8 @@ def test_a_mechanism_declares_its_own_flags(planted, tmp_path, capsys, monkeypat
     assert load_dictionary(folder).mechanism.widths == (round(0.25 * 2 * D), round(0.5 * 2 * D))
     one_line_error(capsys, [*common, "--arch", "matryoshka-batchtopk", "--prefix-fractions", "0.5,0.25",
                             "--out", str(tmp_path / "bad")], "prefix_fractions [0.5, 0.25] give the prefix widths")
-    with pytest.raises(SystemExit) as exit_code:
-        cli_main([*common, "--prefix-fractions", "half", "--out", str(tmp_path / "bad")])
-    err = capsys.readouterr().err
-    assert exit_code.value.code == 2 and err.count("\n") == 1 and "argument --prefix-fractions: cannot read 'half'" in err
+    one_line_error(capsys, [*common, "--prefix-fractions", "half", "--out", str(tmp_path / "bad")],
+                   "--prefix-fractions: cannot read 'half'")
 
 
 def test_an_explicit_member_list_trains_what_the_grid_would(planted, tmp_path):
@@ -419,7 +417,7 @@ def test_every_settings_field_is_a_train_flag_with_its_help(tmp_path):
     """``TrainSettings`` is the one place a training option is declared: each field not
     marked ``cli=False`` is a flag named after it, with the help from its metadata and the
     default from the dataclass."""
-    from diffdict.commands.train import _mechanism_flags
+    from diffdict.commands.train import _mechanism_flags, settings_from_args
     from diffdict.dictionaries.sparsity import MECHANISMS
 
     parser = _train_parser()
@@ -427,8 +425,8 @@ def test_every_settings_field_is_a_train_flag_with_its_help(tmp_path):
     cli_fields = [f for f in dataclasses.fields(TrainSettings) if f.metadata.get("cli", True)]
     assert {f.name for f in dataclasses.fields(TrainSettings)} - {f.name for f in cli_fields} == {
         "mechanism_options", "members"}
-    command_flags = {"help", "out", "resume", "checkpoint_every", "log_every", "device", "threads", "no_verify",
-                     "progress"}
+    command_flags = {"help", "config", "out", "resume", "checkpoint_every", "log_every", "device", "threads",
+                     "no_verify", "progress"}
     assert set(actions) == {f.name for f in cli_fields} | set(_mechanism_flags()) | command_flags
     for f in cli_fields:
         action = actions[f.name]
@@ -446,14 +444,15 @@ def test_every_settings_field_is_a_train_flag_with_its_help(tmp_path):
 
     args = parser.parse_args(["--acts", "a.npy", "--out", str(tmp_path / "run"), "--k", "3,5", "--expansion", "2", "--auxk", "on,off",
                               "--bf16", "auto", "--batch-size", "8", "--auxk-coef", "0.5", "--learn-theta", "off"])
-    assert (args.k, args.expansion, args.auxk, args.bf16, args.batch_size, args.auxk_coef, args.learn_theta) == (
-        [3, 5], [2.0], [True, False], None, 8, 0.5, [False])
+    settings = settings_from_args(args)
+    assert (settings.k, settings.expansion, settings.auxk, settings.bf16, settings.batch_size, settings.auxk_coef,
+            settings.learn_theta) == ([3, 5], [2.0], [True, False], None, 8, 0.5, [False])
 
 
 def test_a_new_settings_field_gets_its_flag_with_no_edit_to_the_command(monkeypatch, tmp_path):
     from diffdict.commands import train as train_command
+    from diffdict.options import option, options_of
     from diffdict.train import settings as settings_module
-    from diffdict.train.settings import option
 
     @dataclasses.dataclass
     class Settings(TrainSettings):
@@ -477,16 +476,62 @@ def test_a_new_settings_field_gets_its_flag_with_no_edit_to_the_command(monkeypa
     assert (settings.warmup_tokens, settings.schedules, settings.ema, settings.grad_clip, settings.k) == (
         64, ["cosine"], False, 1.5, [4])
     with pytest.raises(TypeError, match="declare it with cli=False"):
-        train_command.settings_options(dataclasses.make_dataclass(
+        options_of(dataclasses.make_dataclass(
             "Odd", [("shape", tuple[int, int], option((1, 2), "a shape"))], bases=(Settings,)))
 
 
 def test_a_bad_flag_value_is_one_line(capsys, tmp_path):
-    for argv, expected in ((["--k", "three"], "argument --k: expected comma-separated int values, got 'three'"),
-                           (["--auxk", "maybe"], "argument --auxk: expected comma-separated on/off values"),
-                           (["--bf16", "maybe"], "argument --bf16: invalid on/off/auto value: 'maybe'"),
-                           (["--batch-size", "x"], "argument --batch-size: invalid int value: 'x'")):
-        with pytest.raises(SystemExit) as exit_code:
-            cli_main(["train", "--acts", "a.npy", *argv, "--out", str(tmp_path / "run")])
-        err = capsys.readouterr().err
-        assert exit_code.value.code == 2 and err.count("\n") == 1 and expected in err, err
+    for argv, expected in ((["--k", "three"], "--k member 1 ('three'): expected an integer"),
+                           (["--k", "3,0"], "--k: 0 must be at least 1"),
+                           (["--auxk", "maybe"], "--auxk member 1 ('maybe'): expected on or off"),
+                           (["--bf16", "maybe"], "--bf16: expected on, off or auto, got 'maybe'"),
+                           (["--batch-size", "x"], "--batch-size: expected an integer, got 'x'"),
+                           (["--pursuit", "omp"], "--pursuit: 'omp' is not one of mp, gp")):
+        one_line_error(capsys, ["train", "--acts", "a.npy", *argv, "--out", str(tmp_path / "run")], expected)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_sets_train_options_and_flags_override_it(tmp_path):
+    from diffdict.commands.train import settings_from_args
+
+    config = tmp_path / "run.toml"
+    config.write_text('acts = "a.npy"\nk = [8, 16]\nbatch-size = 256\nauxk = "on,off"\nbf16 = "auto"\n'
+                      'arch = "matryoshka-batchtopk"\nprefix_fractions = [0.25, 0.5]\n')
+    out = ["--out", str(tmp_path / "run")]
+    settings = settings_from_args(_train_parser().parse_args(["--config", str(config), *out]))
+    assert (settings.acts, settings.k, settings.batch_size, settings.auxk, settings.bf16, settings.arch) == (
+        str(Path("a.npy").resolve()), [8, 16], 256, [True, False], None, ["matryoshka-batchtopk"])
+    assert settings.mechanism_options == {"prefix_fractions": [0.25, 0.5]}
+    settings = settings_from_args(_train_parser().parse_args(["--config", str(config), "--k", "4", "--bf16", "on",
+                                                              *out]))
+    assert (settings.k, settings.bf16, settings.batch_size) == ([4], True, 256)
+
+
+@pytest.mark.parametrize("line, argv", [
+    ("batch_size = 0", ["--batch-size", "0"]),
+    ('k = [3, "three"]', ["--k", "3,three"]),
+    ("k = [3, 3]", ["--k", "3,3"]),
+    ('bf16 = "maybe"', ["--bf16", "maybe"]),
+    ('b-dec-init = "median"', ["--b-dec-init", "median"]),
+    ('prefix_fractions = "half"', ["--prefix-fractions", "half"]),
+])
+def test_a_bad_value_in_a_config_file_reads_as_the_same_bad_flag(capsys, tmp_path, line, argv):
+    config = tmp_path / "run.toml"
+    config.write_text(line + "\n")
+    base = ["train", "--acts", "a.npy", "--out", str(tmp_path / "run")]
+    assert one_line_error(capsys, [*base, "--config", str(config)]) == one_line_error(capsys, [*base, *argv])
+
+
+def test_config_file_errors_are_one_line_naming_the_file(capsys, tmp_path):
+    config = tmp_path / "run.toml"
+    base = ["train", "--acts", "a.npy", "--out", str(tmp_path / "run"), "--config", str(config)]
+    one_line_error(capsys, base, f"--config {config}: no such file")
+    config.write_text("k = 3\nbatchsize = 256\n")
+    one_line_error(capsys, base, f"--config {config}: unknown option 'batchsize'; did you mean batch_size?")
+    config.write_text("members = []\n")  # a setting that is no flag is no key either
+    one_line_error(capsys, base, f"--config {config}: unknown option 'members'")
+    config.write_text("k = 3\nk = 4\n")
+    one_line_error(capsys, base, f"--config {config}: not valid TOML")
+    config.write_text("batch_size = 256\nbatch-size = 512\n")
+    one_line_error(capsys, base, f"--config {config}: 'batch-size' sets batch_size a second time")
+    assert not (tmp_path / "run").exists()

@@ -5,19 +5,20 @@
     diffdict study all --out DIR [--quick]
     diffdict study NAME --help          # the study's own options
 
-Every option of a study's config is a flag (list-valued ones comma-separated); ``--quick``
-is a much smaller smoke version. Results: DIR/table.md, table.csv, results.json,
-config.json and plots; ``all`` writes DIR/<study>/ for each and DIR/index.html.
+Every option of a study's config is a flag (list-valued ones comma-separated) and a key
+of the TOML file ``--config FILE`` reads (flags override it); ``--quick`` is a much
+smaller smoke version. Results: DIR/table.md, table.csv, results.json, config.json and
+plots; ``all`` writes DIR/<study>/ for each and DIR/index.html.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from diffdict.commands import validate
 from diffdict.errors import DiffdictError
+from diffdict.options import add_arguments, load_config_file
 
 
 #: files a study run writes into DIR: a folder holding one is an earlier run's, reused
@@ -48,31 +49,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a much smaller smoke version")
     parser.add_argument("--cache", metavar="DIR", type=validate.out_folder,
                         help="cache folder (default: DIR/cache); share it between runs")
+    parser.add_argument("--config", metavar="FILE",
+                        help='a TOML file of the options below (seeds = 2, sites = ["up.1.1"]); flags override it')
     validate.add_verify_option(parser)
 
 
-def _add_config(parser: argparse.ArgumentParser, config_classes) -> None:
-    from diffdict.studies.base import config_fields, flag
+def _configs(name: str) -> list[type]:
+    """The config classes of study ``name`` (every study's for ``all``)."""
+    from diffdict.studies import STUDIES, get_study
 
-    seen = {"out", "quick", "cache", "no_verify"}
-    for config_class in config_classes:
-        for f, kind in config_fields(config_class):
-            if f.name in seen or not f.metadata.get("cli", True):
-                continue
-            seen.add(f.name)
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-            help_text = f.metadata.get("help", "")
-            if shown not in (None, "", ()):
-                help_text += f" (default: {shown})"
-            metavar = "A,B,..." if kind.is_list else kind.base.__name__.upper()
-            parser.add_argument(flag(f.name), dest=f.name, metavar=metavar, default=None,
-                                help=help_text.replace("%", "%%"))
-            for alias in f.metadata.get("aliases", ()):  # a former name: still works, unlisted
-                if alias not in seen:
-                    seen.add(alias)
-                    parser.add_argument(flag(alias), dest=f.name, metavar=metavar, default=None,
-                                        help=argparse.SUPPRESS)
+    return [get_study(n).Config for n in (STUDIES if name == "all" else [name])]
 
 
 def study_parser(name: str) -> _OneLineParser:
@@ -85,13 +71,11 @@ def study_parser(name: str) -> _OneLineParser:
         parser.add_argument("--no-browsers", action="store_true", help="skip the feature browsers")
         parser.add_argument("--browser-features", metavar="N", type=int,
                             help="features per feature browser (default: 32, 8 with --quick)")
-        _add_common(parser)
-        _add_config(parser, [get_study(n).Config for n in STUDIES])
-        return parser
-    study = get_study(name)
-    parser = _OneLineParser(prog=f"diffdict study {name}", description=f"{study.title}: {study.question}")
+    else:
+        study = get_study(name)
+        parser = _OneLineParser(prog=f"diffdict study {name}", description=f"{study.title}: {study.question}")
     _add_common(parser)
-    _add_config(parser, [study.Config])
+    add_arguments(parser, *_configs(name))
     return parser
 
 
@@ -109,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     ns = vars(parser.parse_args(args.options))
     out, quick, cache, no_verify = ns.pop("out"), ns.pop("quick"), ns.pop("cache"), ns.pop("no_verify")
-    options = {k: v for k, v in ns.items() if v is not None}
+    config = ns.pop("config")
+    options = load_config_file(config, *_configs(args.name)) if config else {}
+    options.update({k: v for k, v in ns.items() if v is not None})
     if args.name == "all":
         only, browsers = options.pop("only", None), not options.pop("no_browsers", False)
         browser_features = options.pop("browser_features", None)

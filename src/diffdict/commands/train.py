@@ -5,8 +5,9 @@
     torchrun --nproc_per_node=N -m diffdict train ...      # data parallel
     diffdict train --out RUN --resume                        # continue RUN as it was started
 
-Comma-separated values make a grid. Rerunning the same command resumes from the last
-checkpoint; other settings on an existing RUN are refused.
+Comma-separated values make a grid. ``--config run.toml`` reads options from a TOML file
+(``k = [5, 10]``, ``batch_size = 4096``); flags given as well override it. Rerunning the
+same command resumes from the last checkpoint; other settings on an existing RUN are refused.
 """
 
 from __future__ import annotations
@@ -14,119 +15,45 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import types
-import typing
 from pathlib import Path
 
 from diffdict.commands import validate
 from diffdict.errors import DiffdictError
-
-
-def _list_of(kind):
-    def parse(text: str) -> list:
-        try:
-            return [kind(part.strip()) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
-    return parse
-
-
-def _switch(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("on", "true", "yes", "1"):
-        return True
-    if lowered in ("off", "false", "no", "0"):
-        return False
-    raise ValueError(text)
-
-
-_switch.__name__ = "on/off"
-
-
-def _switch_or_auto(text: str) -> bool | None:
-    return None if text.strip().lower() == "auto" else _switch(text)
-
-
-_switch_or_auto.__name__ = "on/off/auto"
-
-
-def _parser(name: str, annotation):
-    """How a flag reads a field of this type: int, float, str; ``bool | None`` as
-    on/off/auto; ``list[X]`` as comma-separated values."""
-    members = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in members:
-        if set(members) == {bool, type(None)}:
-            return _switch_or_auto
-        rest = [a for a in members if a is not type(None)]
-        annotation = rest[0] if len(rest) == 1 else annotation
-    if typing.get_origin(annotation) is list:
-        (item,) = typing.get_args(annotation)
-        if item in (int, float, str, bool):
-            return _list_of(_switch if item is bool else item)
-    elif annotation in (int, float, str, bool):
-        return _switch if annotation is bool else annotation
-    raise TypeError(f"TrainSettings.{name}: no flag reads {annotation}; declare it with cli=False")
-
-
-def _shown(value) -> str:
-    if isinstance(value, list):
-        return ",".join(_shown(v) for v in value)
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return format(value, "g") if isinstance(value, float) else str(value)
-
-
-def settings_options(settings: type | None = None) -> dict[str, tuple]:
-    """CLI option -> (parser, help) for every field of ``settings`` (TrainSettings) not
-    declared ``cli=False``: the parser from the field's annotation, the help from its
-    metadata, with "(default: …)" from its default unless the help says one."""
-    from diffdict.dictionaries.sparsity import MECHANISMS
-    from diffdict.train.settings import TrainSettings
-
-    settings = settings or TrainSettings
-    hints = typing.get_type_hints(settings)
-    options = {}
-    for f in dataclasses.fields(settings):
-        if not f.metadata.get("cli", True):
-            continue
-        text = f.metadata.get("help", "").replace("{mechanisms}", ", ".join(MECHANISMS))
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if default is not None and default is not dataclasses.MISSING and "(default:" not in text:
-            text = f"{text} (default: {_shown(default)})".strip()
-        options[f.name] = (_parser(f.name, hints[f.name]), text)
-    return options
+from diffdict.options import add_arguments, convert, load_config_file, options_of
 
 
 def _mechanism_flags() -> dict:
     """Flags the sparsity mechanisms declare themselves (``Mechanism.flags``), beyond the settings' own."""
     from diffdict.train import mechanism_flags
+    from diffdict.train.settings import TrainSettings
 
-    options = settings_options()
-    return {name: flag for name, flag in mechanism_flags().items() if name not in options}
+    own = {f.name for f in dataclasses.fields(TrainSettings)}
+    return {name: flag for name, flag in mechanism_flags().items() if name not in own}
 
 
-def _flag_parser(flag):
-    def parse(text: str):
-        try:
-            return [flag.parse(part.strip()) for part in text.split(",") if part.strip()] if flag.grid else flag.parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"cannot read {text!r}") from None
-    parse.__name__ = "value"
-    return parse
+def _mechanism_option(name: str, flag, value):
+    """A mechanism flag's value from its text (a file's value is read as the same text)."""
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    try:
+        return [flag.parse(part.strip()) for part in text.split(",") if part.strip()] if flag.grid else flag.parse(text)
+    except ValueError:
+        raise DiffdictError(f"--{name.replace('_', '-')}: cannot read {text!r}") from None
 
 
 def register(subparsers) -> None:
+    from diffdict.dictionaries.sparsity import MECHANISMS
+    from diffdict.train.settings import TrainSettings
+
     parser = subparsers.add_parser(
         "train", help="train a grid of dictionaries (SAEs, ITDA) in one pass (resumable, torchrun-ready)",
         description="Train every combination of the comma-separated options in one pass over the activations; "
                     "each dictionary goes to RUN/<member>/. Rerun the same command to resume.",
     )
-    for name, (kind, text) in settings_options().items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                            help=text.replace("%", "%%"))
+    add_arguments(parser, TrainSettings, placeholders={"mechanisms": ", ".join(MECHANISMS)}, metavars=False)
     for name, flag in _mechanism_flags().items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_flag_parser(flag), default=None,
-                            help=flag.help)
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=flag.help)
+    parser.add_argument("--config", metavar="FILE",
+                        help="a TOML file of the options above (batch_size = 4096, k = [16, 32]); flags override it")
     parser.add_argument("--out", required=True, type=validate.out_folder, help="run folder (created, or resumed)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out with its own settings")
     parser.add_argument("--checkpoint-every", type=validate.positive_int, default=500,
@@ -147,8 +74,13 @@ def settings_from_args(args: argparse.Namespace):
     from diffdict.train import load_run_settings
     from diffdict.train.settings import TrainSettings
 
-    given = {name: getattr(args, name) for name in settings_options() if getattr(args, name) is not None}
-    mechanism_options = {name: getattr(args, name) for name in _mechanism_flags() if getattr(args, name) is not None}
+    mechanisms = _mechanism_flags()
+    given = load_config_file(args.config, TrainSettings, extra=mechanisms) if args.config else {}
+    given.update({name: getattr(args, name) for name in [*options_of(TrainSettings), *mechanisms]
+                  if getattr(args, name) is not None})
+    mechanism_options = {name: _mechanism_option(name, flag, given.pop(name))
+                         for name, flag in mechanisms.items() if name in given}
+    given = convert(TrainSettings, given)
     if "acts" in given:
         given["acts"] = str(Path(given["acts"]).resolve())
     if args.resume:

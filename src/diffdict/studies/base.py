@@ -1,16 +1,16 @@
 """What a study is: a typed config, a runner that records per-seed results, and a table.
 
 A study is a subclass of :class:`Study` with a ``Config`` dataclass (fields declared with
-:func:`option`: default, help, ``--quick`` value, and the checks each value must pass),
-the ``metrics`` its table reports and ``rows(config)``, the variants it compares. Its
-``run(ctx)`` calls ``ctx.record(row, seed, metric=value, ...)``; everything else
-(resolving and validating the config, the cache, the table with error bars, plots,
+:func:`diffdict.options.option`: default, help, ``--quick`` value, and the checks each
+value must pass), the ``metrics`` its table reports and ``rows(config)``, the variants it
+compares. Its ``run(ctx)`` calls ``ctx.record(row, seed, metric=value, ...)``; everything
+else (resolving and validating the config, the cache, the table with error bars, plots,
 ``config.json``) is shared. Adding a study is one module plus one line in
 ``diffdict.studies.STUDIES``.
 
-Config values are validated at the edge, once: :func:`resolve_config` turns CLI strings
-or Python values into the typed dataclass and checks list-valued options member by
-member, so a study's runner can trust its config.
+Config values are validated at the edge, once: :func:`diffdict.options.resolve` turns
+flag texts, config-file values or Python values into the typed dataclass and checks
+list-valued options member by member, so a study's runner can trust its config.
 """
 
 from __future__ import annotations
@@ -19,183 +19,11 @@ import dataclasses
 import math
 import sys
 import time
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable
 
-from diffdict.errors import DiffdictError
-
-MISSING = dataclasses.MISSING
-
-
-# -- options ------------------------------------------------------------------------------
-def option(default: Any, help: str, *, quick: Any = MISSING, choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
-           minimum: float | None = None, maximum: float | None = None, cli: bool = True,
-           aliases: Sequence[str] = ()) -> Any:
-    """A config field: ``quick`` is its value under ``--quick``; ``choices`` (or a function
-    returning them), ``minimum`` and ``maximum`` are checked for the value, or for every
-    member of a list-valued option. ``aliases``: former names of the option, still
-    accepted (unlisted on the command line)."""
-    metadata = {"help": help, "quick": quick, "choices": choices, "minimum": minimum, "maximum": maximum, "cli": cli,
-                "aliases": tuple(aliases)}
-    if isinstance(default, (list, tuple)):
-        value = tuple(default)
-        return field(default_factory=lambda: value, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-@dataclass(frozen=True)
-class FieldType:
-    """What a config field holds: ``base`` (int, float, str, bool), a list of them, optional."""
-
-    base: type
-    is_list: bool
-    optional: bool
-
-    @classmethod
-    def of(cls, annotation: Any) -> "FieldType":
-        optional = False
-        args = typing.get_args(annotation)
-        origin = typing.get_origin(annotation)
-        if origin in (typing.Union, types.UnionType) and type(None) in args:
-            optional = True
-            (annotation,) = [a for a in args if a is not type(None)]
-            origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-        if origin in (tuple, list):
-            return cls(args[0], True, optional)
-        return cls(annotation, False, optional)
-
-
-def _convert(value: Any, base: type, where: str) -> Any:
-    """One scalar from a CLI string or a Python value, or a DiffdictError naming ``where``."""
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return value.lower() in ("1", "true", "yes", "on")
-        raise DiffdictError(f"{where}: expected true or false, got {value!r}")
-    if base is int:
-        if isinstance(value, bool):
-            raise DiffdictError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value).strip())
-        except ValueError:
-            raise DiffdictError(f"{where}: expected an integer, got {value!r}") from None
-    if base is float:
-        if isinstance(value, bool):
-            raise DiffdictError(f"{where}: expected a number, got {value!r}")
-        try:
-            number = float(str(value).strip()) if isinstance(value, str) else float(value)
-        except (TypeError, ValueError):
-            raise DiffdictError(f"{where}: expected a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise DiffdictError(f"{where}: expected a finite number, got {value!r}")
-        return number
-    if base is str:
-        if not isinstance(value, str) or not value.strip():
-            raise DiffdictError(f"{where}: expected a non-empty string, got {value!r}")
-        return value.strip()
-    raise TypeError(f"unsupported option type {base}")  # pragma: no cover - a study's declaration bug
-
-
-def _check_member(value: Any, meta: dict, where: str) -> None:
-    choices = meta.get("choices")
-    if callable(choices):
-        choices = choices()
-    if choices is not None and value not in choices:
-        raise DiffdictError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
-    if meta.get("minimum") is not None and value < meta["minimum"]:
-        raise DiffdictError(f"{where}: {value!r} must be at least {meta['minimum']}")
-    if meta.get("maximum") is not None and value > meta["maximum"]:
-        raise DiffdictError(f"{where}: {value!r} must be at most {meta['maximum']}")
-
-
-def parse_value(f: dataclasses.Field, kind: FieldType, value: Any) -> Any:
-    """Convert and check the value of one field (a CLI string or a Python value)."""
-    name = flag(f.name)
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none") and kind.optional):
-        if kind.optional:
-            return None
-        raise DiffdictError(f"{name}: a value is required")
-    if kind.is_list:
-        members = [m for m in value.split(",")] if isinstance(value, str) else value
-        if isinstance(members, (str, bytes)) or not isinstance(members, Iterable):
-            raise DiffdictError(f"{name}: expected a list, got {value!r}")
-        members = list(members)
-        if isinstance(value, str):
-            members = [m.strip() for m in members if m.strip()]
-        if not members:
-            if f.default_factory is not MISSING and f.default_factory() == ():  # e.g. --sites: empty = default
-                return ()
-            raise DiffdictError(f"{name}: give at least one value")
-        out = []
-        for i, member in enumerate(members):
-            where = f"{name} member {i + 1} ({member!r})"
-            converted = _convert(member, kind.base, where)
-            _check_member(converted, f.metadata, f"{name}")
-            out.append(converted)
-        if len(set(out)) != len(out):
-            raise DiffdictError(f"{name}: a value is given twice in {', '.join(map(str, out))}")
-        return tuple(out)
-    converted = _convert(value, kind.base, name)
-    _check_member(converted, f.metadata, name)
-    return converted
-
-
-def config_fields(config_class: type) -> list[tuple[dataclasses.Field, FieldType]]:
-    hints = typing.get_type_hints(config_class)
-    return [(f, FieldType.of(hints[f.name])) for f in dataclasses.fields(config_class)]
-
-
-def canonical_options(config_classes: Iterable[type], options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with each former name of an option (its ``aliases``, e.g. ``what`` for
-    ``capture``) replaced by the option's name; both names with different values are refused."""
-    renamed = dict(options)
-    for config_class in config_classes:
-        for f in dataclasses.fields(config_class):
-            for alias in f.metadata.get("aliases", ()):
-                if alias not in renamed:
-                    continue
-                value = renamed.pop(alias)
-                if renamed.get(f.name) is None:
-                    renamed[f.name] = value
-                elif value is not None and value != renamed[f.name]:
-                    raise DiffdictError(f"{flag(alias)} is the former name of {flag(f.name)}; give one of them")
-    return renamed
-
-
-def resolve_config(config_class: type, overrides: dict[str, Any] | None = None, quick: bool = False):
-    """The typed config: defaults, then the ``--quick`` values, then ``overrides`` (CLI
-    strings or Python values; None leaves the default; an option's former name works too),
-    each validated."""
-    overrides = canonical_options([config_class], overrides or {})
-    known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise DiffdictError(f"unknown option {flag(unknown[0])}; options: {', '.join(flag(n) for n in sorted(known))}")
-    values: dict[str, Any] = {}
-    for f, kind in config_fields(config_class):
-        if f.name == "quick":
-            values[f.name] = bool(quick)
-            continue
-        if overrides.get(f.name) is not None:
-            values[f.name] = parse_value(f, kind, overrides[f.name])
-        elif quick and f.metadata.get("quick", MISSING) is not MISSING:
-            values[f.name] = parse_value(f, kind, f.metadata["quick"])
-        # defaults are trusted (declared by the study)
-    config = config_class(**values)
-    config.check()
-    return config
+from diffdict.options import option
 
 
 # -- config -------------------------------------------------------------------------------
@@ -217,7 +45,7 @@ class StudyConfig:
     sites: tuple[str, ...] = option((), "sites to study, comma-separated (default: the model's study sites)")
     prompts_file: str | None = option(None, "a text file, one prompt a line, to draw every prompt set from "
                                             "(default: shapes-world captions)")
-    seeds: int = option(3, "number of seeds (mean, std and 95%% interval over them)", quick=2, minimum=1)
+    seeds: int = option(3, "number of seeds (mean, std and 95% interval over them)", quick=2, minimum=1)
     seed: int = option(0, "first seed; seed i is SEED + i", minimum=0)
     capture: str | None = option(None, "capture mode read and edited at a block site: update or output "
                                        "(default: update; output for FLUX)",
@@ -379,5 +207,4 @@ class StudyContext:
             self.notes.append(text)
 
 
-__all__ = ["FieldType", "JUDGES", "Metric", "Record", "Study", "StudyConfig", "StudyContext", "canonical_options", "config_fields",
-           "flag", "option", "parse_value", "resolve_config"]
+__all__ = ["JUDGES", "Metric", "Record", "Study", "StudyConfig", "StudyContext"]

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffdict.studies.base import Metric, Study, StudyConfig, StudyContext, option
+from diffdict.options import option
+from diffdict.studies.base import Metric, Study, StudyConfig, StudyContext
 from diffdict.studies.cache import text_digest
 from diffdict.studies.stages import (
     block_sites,

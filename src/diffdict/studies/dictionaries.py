@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffdict.studies.base import Metric, StudyContext, option
+from diffdict.options import option
+from diffdict.studies.base import Metric, StudyContext
 from diffdict.studies.dictionary_study import DictionaryStudy, DictionaryStudyConfig, Trained
 from diffdict.studies.stages import Member, activation_store, build_seconds, neuron_dictionary
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from diffdict.studies.base import Metric, Study, StudyConfig, StudyContext, option
+from diffdict.options import option
+from diffdict.studies.base import Metric, Study, StudyConfig, StudyContext
 from diffdict.studies.stages import Member, activation_store, train_members
 from diffdict.studies.scoring import evaluation, reconstruction, spliced_fidelity, steering
 

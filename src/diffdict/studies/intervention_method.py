@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffdict.errors import DiffdictError
-from diffdict.studies.base import Metric, Study, StudyContext, option
+from diffdict.options import option
+from diffdict.studies.base import Metric, Study, StudyContext
 from diffdict.studies.dictionary_study import DictionaryStudyConfig, trained_folder
 from diffdict.studies.stages import (
     Member,
@@ -46,7 +47,7 @@ METHODS = ("add", "latent-keep", "latent-drop")
 class InterventionMethodConfig(DictionaryStudyConfig):
     methods: tuple[str, ...] = option(METHODS, "intervention methods (comma-separated)", choices=METHODS)
     mask: tuple[float, ...] = option((0.25, 0.25, 0.75, 0.75), "edit box x0,y0,x1,y1 as fractions of the image",
-                                     minimum=0.0, maximum=1.0)
+                                     minimum=0.0, maximum=1.0, distinct=False)
     edit_features: int = option(3, "features edited", quick=1, minimum=1)
     edit_prompts: int = option(5, "prompts per feature", quick=3, minimum=2)
 

@@ -27,7 +27,8 @@ import torch
 
 from diffdict.errors import DiffdictError
 from diffdict.io import write_json
-from diffdict.studies.base import Study, StudyConfig, StudyContext, canonical_options, resolve_config
+from diffdict.options import canonical_options, resolve
+from diffdict.studies.base import Study, StudyConfig, StudyContext
 from diffdict.studies.cache import Cache
 from diffdict.studies.table import Table
 
@@ -109,7 +110,7 @@ def run_study(name: str, out: str | Path, options: dict[str, Any] | None = None,
     """Resolve the config of study ``name`` (``options``: CLI strings or Python values)
     and run it into ``out``; the cache defaults to ``out/cache``."""
     study = get_study(name)
-    config = resolve_config(study.Config, options, quick)
+    config = resolve(study.Config, options, quick)
     cache = Cache(cache_dir if cache_dir is not None else Path(out) / "cache")
     return execute(study, config, out, cache, host=host, judge=judge, log=log)
 
@@ -140,7 +141,7 @@ def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool 
     for name in names:
         study = get_study(name)
         known = {f.name for f in dataclasses.fields(study.Config)}
-        configs[name] = (study, resolve_config(study.Config, {k: v for k, v in options.items() if k in known}, quick))
+        configs[name] = (study, resolve(study.Config, {k: v for k, v in options.items() if k in known}, quick))
     cache = Cache(cache_dir if cache_dir is not None else out / "cache")
     began = time.monotonic()
     first = next(iter(configs.values()))[1]

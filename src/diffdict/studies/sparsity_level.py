@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffdict.studies.base import option
+from diffdict.options import option
 from diffdict.studies.dictionary_study import DictionaryStudy, DictionaryStudyConfig
 from diffdict.studies.stages import Member
 

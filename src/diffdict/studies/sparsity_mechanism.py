@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from diffdict.studies.base import StudyContext, option
+from diffdict.options import option
+from diffdict.studies.base import StudyContext
 from diffdict.studies.dictionary_study import DictionaryStudy, DictionaryStudyConfig, Trained
 from diffdict.studies.stages import Member
 

@@ -4,17 +4,17 @@ architecture uses), with each member's learning rate schedule."""
 
 from __future__ import annotations
 
-import copy
 import inspect
 import itertools
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from diffdict.dictionaries.itda import PURSUITS
 from diffdict.dictionaries.sae import B_DEC_INITS, normalization_name
 from diffdict.dictionaries.sparsity import MECHANISMS, MechanismFlag
 from diffdict.errors import DiffdictError
+from diffdict.options import check, option
 
 # Settings that may take several values; their product (restricted to the options each
 # architecture uses) is the grid.
@@ -28,21 +28,11 @@ NAME_FORMATS = {
 }
 
 
-def option(default: Any = MISSING, help: str = "", *, cli: bool = True) -> Any:
-    """A TrainSettings field and its ``diffdict train`` flag (``--batch-size`` for
-    ``batch_size``; ``cli=False``: none). The flag's parser comes from the annotation,
-    its help from ``help`` plus "(default: …)" from ``default``, unless ``help`` already
-    says the default (as it must where None means a computed value)."""
-    metadata = {"help": help, "cli": cli}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.copy(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
 @dataclass
 class TrainSettings:
     """What determines the trained weights; list-valued fields form the grid. Each field
-    declared with :func:`option` is a ``diffdict train`` flag."""
+    declared with :func:`diffdict.options.option` is a ``diffdict train`` flag, its type
+    and declared bounds checked by :meth:`validate`."""
 
     acts: str = option(help="activations: a store folder, or an (N, d) .npy / .safetensors file")
     site: str | None = option(None, "the store site (required when the store has several), or the tensor of a "
@@ -54,7 +44,7 @@ class TrainSettings:
                                           "width-scaled rule: 1.1e-3 at 512 features, 3.6e-4 at 5120)")
     normalization: list[str] = option(["none"], "input normalisation: none, standardise (per dimension), scalar")
     # sparsity options (None: the mechanism's default)
-    k: list[int] = option([32], "codes per token for topk / batchtopk / matryoshka-batchtopk")
+    k: list[int] = option([32], "codes per token for topk / batchtopk / matryoshka-batchtopk", minimum=1)
     auxk: list[bool] = option([True], "AuxK loss on dead features: on, off or on,off")
     l1: list[float] | None = option(None, "relu-l1 / soft-threshold: L1 coefficient (default: 1e-3 / 0)")
     l0_coef: list[float] | None = option(None, "jumprelu: L0 coefficient (default: 1e-3)")
@@ -69,10 +59,11 @@ class TrainSettings:
     # AuxK and dead features
     auxk_coef: float = option(1 / 32, "AuxK coefficient α")
     k_aux: int | None = option(None, "AuxK codes per token (default: d/2)")
-    dead_window: int = option(10_000_000, "tokens without firing after which a feature is dead")
+    dead_window: int = option(10_000_000, "tokens without firing after which a feature is dead", minimum=1)
     # initialisation and speed
-    b_dec_init: str = option("geometric-median", "b_dec initialisation: geometric-median, mean, zeros")
-    init_tokens: int = option(16384, "tokens sampled for the normalisation and b_dec initialisation")
+    b_dec_init: str = option("geometric-median", "b_dec initialisation: geometric-median, mean, zeros",
+                             choices=B_DEC_INITS)
+    init_tokens: int = option(16384, "tokens sampled for the normalisation and b_dec initialisation", minimum=1)
     # None: where the device computes bf16 natively (resolved by train)
     bf16: bool | None = option(None, "TopK encoder matmul in bfloat16: on, off, or auto: on where the device "
                                      "computes bf16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX) "
@@ -80,15 +71,16 @@ class TrainSettings:
     # ITDA
     tau: list[float] = option([0.3], "itda: normalised error above which an activation becomes an atom")
     l0: list[int] = option([10], "itda: pursuit steps per token")
-    pursuit: str = option("mp", "itda encoding: mp (signed matching pursuit) or gp (non-negative gradient pursuit)")
+    pursuit: str = option("mp", "itda encoding: mp (signed matching pursuit) or gp (non-negative gradient pursuit)",
+                          choices=PURSUITS)
     itda_tokens: int | None = option(None, "itda: build from the first this many tokens only (default: all)")
-    itda_chunk: int = option(256, "itda: tokens encoded before adding atoms")
+    itda_chunk: int = option(256, "itda: tokens encoded before adding atoms", minimum=1)
     max_atoms: int | None = option(None, "itda: stop adding atoms at this many")
     # the pass
-    batch_size: int = option(4096, "global batch size in tokens")
-    tokens: int = option(2_000_000, "tokens to train on")
+    batch_size: int = option(4096, "global batch size in tokens", minimum=1)
+    tokens: int = option(2_000_000, "tokens to train on", minimum=1)
     seed: int = option(0, "seed of the initialisation and the data order")
-    warmup_steps: int = option(0, "linear learning-rate warmup steps")
+    warmup_steps: int = option(0, "linear learning-rate warmup steps", minimum=0)
     decay_fraction: float = option(0.0, "linear learning-rate decay to 0 over this last fraction of steps")
     # an explicit list of members ({"name", "arch", "options"}, as MemberSpec); None: the
     # grid of the list-valued options above (``train(..., members=...)``, not a flag)
@@ -107,14 +99,9 @@ class TrainSettings:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def validate(self) -> None:
-        for name in ("batch_size", "tokens", "init_tokens", "dead_window", "itda_chunk"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DiffdictError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        for name in GRID_OPTIONS:
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, list) or not value):
-                raise DiffdictError(f"--{name.replace('_', '-')} needs at least one value")
+        if self.bf16 not in (None, True, False):  # before check(), which reads "yes" as on
+            raise DiffdictError(f"--bf16 must be on, off or auto, got {self.bf16!r}")
+        check(self)  # each flag's type, bounds and choices, as for the flag's text
         flags = mechanism_flags()
         for name, value in self.mechanism_options.items():
             if name not in flags:
@@ -127,26 +114,13 @@ class TrainSettings:
                 raise DiffdictError(
                     f"unknown --arch {arch!r}; expected one of {', '.join(sorted(MECHANISMS))}, itda"
                 )
-        for value in self.k:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DiffdictError(f"--k must be positive integers, got {value!r}")
-        for value in self.lr or []:
-            if not value > 0:
-                raise DiffdictError(f"--lr must be positive, got {value}")
-        for value in self.expansion:
-            if not value > 0:
-                raise DiffdictError(f"--expansion must be positive, got {value}")
+        for name in ("lr", "expansion"):
+            for value in getattr(self, name) or []:
+                if not value > 0:
+                    raise DiffdictError(f"--{name} must be positive, got {value}")
         self.normalization = [normalization_name(n) for n in self.normalization]
-        if self.b_dec_init not in B_DEC_INITS:
-            raise DiffdictError(f"unknown --b-dec-init {self.b_dec_init!r}; expected one of {', '.join(B_DEC_INITS)}")
-        if self.pursuit not in PURSUITS:
-            raise DiffdictError(f"unknown --pursuit {self.pursuit!r}; expected one of {', '.join(PURSUITS)}")
-        if self.bf16 not in (None, True, False):
-            raise DiffdictError(f"--bf16 must be on, off or auto, got {self.bf16!r}")
         if not 0 <= self.decay_fraction <= 1:
             raise DiffdictError(f"--decay-fraction must lie in [0, 1], got {self.decay_fraction}")
-        if self.warmup_steps < 0:
-            raise DiffdictError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
 
     @property
     def total_steps(self) -> int:
