@@ -145,6 +145,28 @@ def test_best_strength_is_chosen_on_the_other_half_of_the_prompts():
     assert cross_fitted(single) == ("6.0", [1.0, 0.0], [1.0, 1.0])
 
 
+def test_the_feature_that_both_reads_and_writes_a_concept():
+    """Feature 0 points along the concept's direction but detects nothing; feature 1 is
+    half aligned and detects it well; feature 2 detects it perfectly but is orthogonal.
+    The writer is 0, the reader 2, the feature that does both 1 (cosine x F1)."""
+    from diffdict.bench.data import BENCH_CONCEPTS
+    from diffdict.bench.runner import concept_writers
+
+    class Directions:
+        d_in, n_features = 2, 3
+        decoder_directions = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+
+    concept = BENCH_CONCEPTS[0]
+    supervised = {concept: torch.tensor([2.0, 0.0])}
+    live = torch.ones(3, dtype=torch.bool)
+    f1 = torch.zeros(3, len(BENCH_CONCEPTS))
+    f1[:, 0] = torch.tensor([0.1, 0.9, 1.0])
+    assert concept_writers(Directions(), supervised, live, 2) == {concept: 0}
+    assert concept_writers(Directions(), supervised, live, 2, f1) == {concept: 1}
+    live[1] = False  # a dead feature is never chosen
+    assert concept_writers(Directions(), supervised, live, 2, f1) == {concept: 0}
+
+
 def test_absorption_counts_tokens_a_specific_feature_takes_over():
     from diffdict.bench.absorption import absorption
     from diffdict.bench.detection import rank_entries

@@ -123,19 +123,21 @@ class Detection:
 
 
 def detect(item: Tensor, feature: Tensor, value: Tensor, labels: Tensor, in_selection: Tensor,
-           n_features: int, extra: dict[int, int] | None = None, ranked: Ranked | None = None) -> Detection:
+           n_features: int, extra: dict[int, int] | None = None, ranked: Ranked | None = None,
+           best: tuple[Tensor, Tensor] | None = None) -> Detection:
     """k = 1 probing over items (tokens or images): ``item``/``feature``/``value`` the
     non-zero codes, ``labels`` (N, C) bool, ``in_selection`` (N,) bool. ``extra``
     {concept index: feature} also scores that feature for the concept (its threshold
     chosen on the selection half, its F1 on the test half). ``ranked``: the selection
-    half's entries already ranked (``rank_entries``), when the caller has them."""
+    half's entries already ranked (``rank_entries``), and ``best`` their
+    ``best_threshold_f1``, when the caller has them."""
     n_items, C = labels.shape
     index_sel = torch.cumsum(in_selection.long(), 0) - 1
     index_test = torch.cumsum((~in_selection).long(), 0) - 1
     sel = in_selection[item]
     if ranked is None:
         ranked = rank_entries(index_sel[item[sel]], feature[sel], value[sel], n_features)
-    best, threshold = best_threshold_f1(ranked, labels[in_selection], n_features)
+    best, threshold = best if best is not None else best_threshold_f1(ranked, labels[in_selection], n_features)
     chosen = best.argmax(0)  # (C,)
     test_labels = labels[~in_selection]
     test = ~sel

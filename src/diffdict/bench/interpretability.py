@@ -4,15 +4,16 @@ purity, splitting and absorption, per concept and summarised with 95% intervals.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from diffdict.bench.absorption import DETECTOR_F1, absorption, splitting
 from diffdict.bench.data import BENCH_CONCEPTS, Codes, GroundTruth, token_labels
-from diffdict.bench.detection import detect, rank_entries
+from diffdict.bench.detection import best_threshold_f1, detect, rank_entries
 from diffdict.bench.purity import concept_purity, precisions, purity
+from diffdict.bench.steering import MAX_ERASED
 from diffdict.interpret.groundtruth import CONCEPTS
 
 COVERAGE_F1 = 0.8
@@ -37,18 +38,19 @@ def _concept_columns(labels: torch.Tensor) -> torch.Tensor:
 
 
 def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
-                            writers: dict[str, int] | None = None) -> dict[str, Any]:
+                            writers: dict[str, int] | Callable[[torch.Tensor], dict[str, int]] | None = None
+                            ) -> dict[str, Any]:
     """Every score of the module docstring for one dictionary's codes; with ``writers``
     ({concept: feature}, see ``runner.concept_writers``) also those features' detection
-    F1 for their concept (threshold from the selection half, F1 on the test half)."""
+    F1 for their concept (threshold from the selection half, F1 on the test half).
+    ``writers`` may be a function of the selection half's F1 (n_features, concepts; the
+    better of token and image level) that returns them."""
     n = codes.n_features
     tok_labels = _concept_columns(token_labels(truth, codes))
     tok_selection = truth.selection[codes.prompt]
     image_labels = _concept_columns(truth.image)
     image_entries = codes.image_max.nonzero(as_tuple=True)
     image_values = codes.image_max[image_entries]
-
-    forced = {BENCH_CONCEPTS.index(c): f for c, f in (writers or {}).items()}
 
     def halves(item, feature, value, in_selection):
         index_sel = torch.cumsum(in_selection.long(), 0) - 1
@@ -60,9 +62,15 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
 
     tok_sel, tok_test, tok_test_entries = halves(codes.token, codes.feature, codes.value, tok_selection)
     img_sel, img_test, _ = halves(image_entries[0], image_entries[1], image_values, truth.selection)
-    token = detect(codes.token, codes.feature, codes.value, tok_labels, tok_selection, n, forced, ranked=tok_sel)
+    tok_best = best_threshold_f1(tok_sel, tok_labels[tok_selection], n)
+    img_best = best_threshold_f1(img_sel, image_labels[truth.selection], n)
+    if callable(writers):
+        writers = writers(torch.maximum(tok_best[0], img_best[0]))
+    forced = {BENCH_CONCEPTS.index(c): f for c, f in (writers or {}).items()}
+    token = detect(codes.token, codes.feature, codes.value, tok_labels, tok_selection, n, forced, ranked=tok_sel,
+                   best=tok_best)
     image = detect(image_entries[0], image_entries[1], image_values, image_labels, truth.selection, n, forced,
-                   ranked=img_sel)
+                   ranked=img_sel, best=img_best)
     token_precisions = precisions(tok_sel, tok_test, tok_labels[tok_selection], tok_labels[~tok_selection], n,
                                   TOP_TOKENS, TOP_TOKENS // 4)
     image_precisions = precisions(img_sel, img_test, image_labels[truth.selection], image_labels[~truth.selection], n,
@@ -108,7 +116,7 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
     return {"summary": summary, "concepts": per_concept, "features": features, "tokens": codes.num_tokens}
 
 
-def _detectors(f1: torch.Tensor, main: int, most: int = 8) -> list[int]:
+def _detectors(f1: torch.Tensor, main: int, most: int = MAX_ERASED) -> list[int]:
     """The main feature, then the other features that detect the concept, best first."""
     order = [int(f) for f in torch.argsort(f1, descending=True, stable=True) if f1[f] >= DETECTOR_F1 and int(f) != main]
     return [main] + order[: most - 1]

@@ -26,7 +26,7 @@ from diffdict.world.concepts import OBJECT_FAMILIES
 #: concepts steered and erased by default: every colour, shape, background colour and texture
 STEER_FAMILIES = ("color", "shape", "bg_color", "texture")
 BASELINES = ("random-init", "raw-basis")
-STEER_FEATURES = ("writer", "reader")
+STEER_FEATURES = ("writer", "reader", "both")
 
 
 @dataclass
@@ -41,7 +41,9 @@ class BenchConfig:
     erase_prompts: int = 16
     fidelity_prompts: int = 16
     baselines: Sequence[str] = BASELINES
-    steer_feature: str = "writer"  # which feature of a concept is steered: its writer, or detection's reader
+    # which feature of a concept is steered: its writer, detection's reader, or the one
+    # that does both best (``concept_writers`` with the selection half's F1)
+    steer_feature: str = "writer"
     batch_size: int = 64
     num_steps: int | None = None
     guidance: float | None = None
@@ -112,18 +114,23 @@ def concept_directions(store, site: str, truth: GroundTruth, concepts: Sequence[
     return out
 
 
-def concept_writers(dictionary, supervised: dict[str, torch.Tensor], live: torch.Tensor, width: int) -> dict[str, int]:
+def concept_writers(dictionary, supervised: dict[str, torch.Tensor], live: torch.Tensor, width: int,
+                    selection_f1: torch.Tensor | None = None) -> dict[str, int]:
     """Per concept, the live feature whose direction is closest (cosine) to the concept's
     supervised direction: the feature that *writes* the concept. Detection's choice, the
-    feature that *reads* it best, often only reports it (docs/bench.md)."""
+    feature that *reads* it best, often only reports it (docs/bench.md). With
+    ``selection_f1`` (n_features, len(BENCH_CONCEPTS), the selection half's detection
+    F1), the feature that does both: the largest max(cosine, 0) × F1."""
     from diffdict.bench.steering import site_directions
 
     directions = torch.nn.functional.normalize(site_directions(dictionary, width), dim=1)
     out = {}
     for concept, direction in supervised.items():
-        cosine = directions @ torch.nn.functional.normalize(direction.float(), dim=0)
-        cosine[~live] = -2.0
-        out[concept] = int(cosine.argmax())
+        score = directions @ torch.nn.functional.normalize(direction.float(), dim=0)
+        if selection_f1 is not None:
+            score = score.clamp_min(0.0) * selection_f1[:, BENCH_CONCEPTS.index(concept)].float()
+        score[~live] = -2.0
+        out[concept] = int(score.argmax())
     return out
 
 
@@ -182,16 +189,19 @@ def score_dictionary(shared: Shared, dictionary, config: BenchConfig, others: Se
     and random-feature controls (a baseline needs only its own edits)."""
     codes = dictionary_codes(dictionary, shared.store, shared.site, seed=config.seed)
     live = torch.bincount(codes.feature, minlength=codes.n_features) > 0
-    writers = concept_writers(dictionary, shared.supervised, live, shared.store.d(shared.site)) if config.causal else None
-    result = interpretability_scores(codes, shared.truth, config.seed, writers)
+    def writers(selection_f1):
+        return concept_writers(dictionary, shared.supervised, live, shared.store.d(shared.site),
+                               selection_f1 if config.steer_feature == "both" else None)
+
+    result = interpretability_scores(codes, shared.truth, config.seed, writers if config.causal else None)
     result["l0"] = codes.value.numel() / max(codes.num_tokens, 1)
     result["stability"] = stability(dictionary, others)
     if not config.causal:
         return result
     typical = typical_activations(codes)
     concepts = list(config.concepts)
-    features = dict(writers) if config.steer_feature == "writer" else \
-        {c: result["concepts"][c]["token_feature"] for c in concepts}
+    features = {c: result["concepts"][c]["token_feature" if config.steer_feature == "reader" else "writer_feature"]
+                for c in concepts}
     result["steering"] = steering = _steering(shared, dictionary, config, concepts, features, typical, log, controls)
     erased = {c: result["concepts"][c]["detector_features"] for c in concepts}
     from diffdict.bench.steering import erasure_scores

@@ -35,9 +35,10 @@ def register(subparsers) -> None:
     parser.add_argument("--steer-prompts", type=int, default=32, help="prompts per steered concept (default: 32)")
     parser.add_argument("--strengths", default="6", help="steering strengths s, comma-separated (adds s * a * d; "
                         "default: 6; each method is reported at its best strength)")
-    parser.add_argument("--steer-feature", choices=("writer", "reader"), default="writer",
+    parser.add_argument("--steer-feature", choices=("writer", "reader", "both"), default="writer",
                         help="the feature steered per concept: the one closest to the concept's direction (writer, "
-                             "default) or the one detection chose (reader)")
+                             "default), the one detection chose (reader), or the one that does both best: the "
+                             "largest cosine x selection-half F1 (both)")
     parser.add_argument("--erase-prompts", type=int, default=16, help="prompts per erased concept (default: 16)")
     parser.add_argument("--fidelity-prompts", type=int, default=16, help="prompts for spliced fidelity (default: 16)")
     parser.add_argument("--baselines", default="random-init,raw-basis", help="baselines (default: random-init,raw-basis)")

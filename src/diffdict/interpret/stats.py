@@ -31,7 +31,6 @@ codes are read as it reads them (:func:`~diffdict.feature_stats.site_space`,
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -434,6 +433,3 @@ def activation_maps(store, dictionary, site: str, prompt_ids: list[int], stats: 
         out[i].index_put_((f, cell), v / steps, accumulate=True)
     return out.view(len(prompt_ids), dictionary.n_features, rows, cols)
 
-
-def stats_json(stats: ActivationStats) -> str:
-    return json.dumps(stats.settings(), sort_keys=True)

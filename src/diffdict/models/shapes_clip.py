@@ -27,7 +27,7 @@ from diffdict.errors import DiffdictError
 from diffdict.io import load_tensors, read_json, save_tensors, write_json
 from diffdict.models.text_encoder import TextEncoder, TextEncoderConfig
 from diffdict.world import DEFAULT_SIZE, FAMILIES, encode_prompts
-from diffdict.world.concepts import OBJECT_FAMILIES, SCENE_FAMILIES
+from diffdict.world.concepts import OBJECT_FAMILIES
 
 # object families are multi-label (two objects may differ); scene families single-label
 HEADS: dict[str, int] = {**{f: len(v) for f, v in FAMILIES.items()}, "n_objects": 2}
@@ -194,5 +194,3 @@ class ShapesClip(nn.Module):
             raise DiffdictError(f"unknown concept {concept!r}; expected family:value with family in {', '.join(FAMILIES)}")
         return self.read_concepts(images)[family][:, FAMILIES[family].index(value)]
 
-
-SCENE_HEADS = tuple(SCENE_FAMILIES)

@@ -13,7 +13,6 @@ d=128), ``up.1.0..2`` (16x16, d=64).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -202,12 +201,3 @@ class ToyDiffusion(nn.Module):
         prediction = self.unet(noisy, timesteps, encoder_hidden_states=context).sample
         return torch.nn.functional.mse_loss(prediction.float(), target.float())
 
-
-@contextmanager
-def eval_mode(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)

@@ -44,7 +44,6 @@ DEFAULT_SITES: dict[str, tuple[str, ...]] = {
 #: the capture mode a study reads at a block site: the update (SDXL Turbo paper) or the residual stream after the
 #: block (Flux paper)
 DEFAULT_CAPTURE: dict[str, str] = {"flux-schnell": "output"}
-CONCEPT_FAMILIES_WITH_HEADS = ("shape", "color", "size", "region", "bg_color", "texture")
 
 
 # -- host, judge, sites ------------------------------------------------------------------------
