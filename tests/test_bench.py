@@ -308,8 +308,13 @@ def test_bench_command_end_to_end(toy_bench_data, tmp_path, capsys):
     detection = ("token_feature", "token_f1", "token_auroc", "image_feature", "image_f1", "absorption")
     for concept, entry in again["dictionary"]["concepts"].items():
         assert {k: entry[k] for k in detection} == {k: result["dictionary"]["concepts"][concept][k] for k in detection}
-    # the writer steered is the live feature closest to the concept's direction
+    # the writer steered is the live feature closest to the concept's direction; without
+    # generation the writer, its F1 and its cosine are still reported, the same
     assert result["dictionary"]["concepts"]["color:red"]["writer_feature"] == steer["feature"]
+    red, red_again = result["dictionary"]["concepts"]["color:red"], again["dictionary"]["concepts"]["color:red"]
+    assert -1 <= red["writer_cosine"] <= 1 and red_again["writer_cosine"] == red["writer_cosine"]
+    assert red_again["writer_feature"] == red["writer_feature"] and "shape:circle" not in [
+        c for c, e in again["dictionary"]["concepts"].items() if "writer_cosine" in e]
 
 
 @pytest.mark.parametrize("extra, message", [

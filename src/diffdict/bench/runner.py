@@ -114,6 +114,15 @@ def concept_directions(store, site: str, truth: GroundTruth, concepts: Sequence[
     return out
 
 
+def direction_cosines(dictionary, supervised: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+    """Per concept, the cosine of every feature's direction with the concept's supervised direction."""
+    from diffdict.bench.steering import site_directions
+
+    directions = torch.nn.functional.normalize(site_directions(dictionary, width), dim=1)
+    return {concept: directions @ torch.nn.functional.normalize(direction.float(), dim=0)
+            for concept, direction in supervised.items()}
+
+
 def concept_writers(dictionary, supervised: dict[str, torch.Tensor], live: torch.Tensor, width: int,
                     selection_f1: torch.Tensor | None = None) -> dict[str, int]:
     """Per concept, the live feature whose direction is closest (cosine) to the concept's
@@ -121,12 +130,8 @@ def concept_writers(dictionary, supervised: dict[str, torch.Tensor], live: torch
     feature that *reads* it best, often only reports it (docs/bench.md). With
     ``selection_f1`` (n_features, len(BENCH_CONCEPTS), the selection half's detection
     F1), the feature that does both: the largest max(cosine, 0) × F1."""
-    from diffdict.bench.steering import site_directions
-
-    directions = torch.nn.functional.normalize(site_directions(dictionary, width), dim=1)
     out = {}
-    for concept, direction in supervised.items():
-        score = directions @ torch.nn.functional.normalize(direction.float(), dim=0)
+    for concept, score in direction_cosines(dictionary, supervised, width).items():
         if selection_f1 is not None:
             score = score.clamp_min(0.0) * selection_f1[:, BENCH_CONCEPTS.index(concept)].float()
         score[~live] = -2.0
@@ -193,7 +198,10 @@ def score_dictionary(shared: Shared, dictionary, config: BenchConfig, others: Se
         return concept_writers(dictionary, shared.supervised, live, shared.store.d(shared.site),
                                selection_f1 if config.steer_feature == "both" else None)
 
-    result = interpretability_scores(codes, shared.truth, config.seed, writers if config.causal else None)
+    result = interpretability_scores(codes, shared.truth, config.seed, writers)
+    for concept, cosine in direction_cosines(dictionary, shared.supervised, shared.store.d(shared.site)).items():
+        entry = result["concepts"][concept]
+        entry["writer_cosine"] = float(cosine[entry["writer_feature"]])
     result["l0"] = codes.value.numel() / max(codes.num_tokens, 1)
     result["stability"] = stability(dictionary, others)
     if not config.causal:
@@ -225,6 +233,12 @@ def _steering(shared, dictionary, config, concepts, features, typical, log, cont
                            shared.supervised, config.strengths, config.steer_prompts, config.seed, log, controls)
 
 
+def writer_f1(concept: dict[str, Any]) -> float | None:
+    """The writer's test-half F1, the better of token and image level (None: no writer)."""
+    values = [concept[k] for k in ("writer_token_f1", "writer_image_f1") if concept.get(k) is not None]
+    return max(values) if values else None
+
+
 def proportion_interval(successes: Sequence[float]) -> dict[str, float]:
     """Share of successes with its 95% Wilson interval."""
     x = np.asarray(successes, dtype=np.float64)
@@ -253,7 +267,7 @@ def _causal_summary(steering: dict, erasure: dict, concepts: dict, seed: int) ->
         entry["success"] = mine = proportion_interval(entry["feature_success"])
         if "random_success" in entry:
             entry["random"] = rand = proportion_interval(entry["random_success"])
-            f1 = max(concepts[concept].get("writer_token_f1") or 0.0, concepts[concept].get("writer_image_f1") or 0.0)
+            f1 = writer_f1(concepts[concept]) or 0.0
             entry["writer_f1"] = f1
             entry["steers"] = bool(f1 >= 0.8 and mine["mean"] >= 0.8 and mine["low"] > rand["high"])
     if "random" in pooled:
@@ -331,7 +345,7 @@ def run_bench(dictionary, store, site: str, config: BenchConfig | None = None, h
                                      config.guidance if config.guidance is not None else generation.get("guidance"),
                                      config.batch_size)
         shared.judge = judge
-        shared.supervised = concept_directions(store, site, truth, list(config.concepts))
+    shared.supervised = concept_directions(store, site, truth, list(config.concepts))
     results: dict[str, Any] = {"site": site, "store": str(store.path), "prompts": store.num_prompts,
                                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()}}
     log("scoring the dictionary")
