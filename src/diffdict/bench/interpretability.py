@@ -13,7 +13,6 @@ from diffdict.bench.absorption import DETECTOR_F1, absorption, splitting
 from diffdict.bench.data import BENCH_CONCEPTS, Codes, GroundTruth, token_labels
 from diffdict.bench.detection import best_threshold_f1, detect, rank_entries
 from diffdict.bench.purity import concept_purity, precisions, purity
-from diffdict.bench.steering import MAX_ERASED
 from diffdict.interpret.groundtruth import CONCEPTS
 
 COVERAGE_F1 = 0.8
@@ -21,6 +20,7 @@ COVERAGE_AUROC = 0.9
 PURE_PRECISION = 0.9
 TOP_TOKENS = 64
 TOP_IMAGES = 8
+MAX_ERASED = 8  # detectors listed per concept: the features erasure removes
 
 
 def interval(values: Any, seed: int = 0) -> dict[str, float]:

@@ -12,7 +12,7 @@ for scene attributes, on the selection half), the reference a dictionary is meas
 against. Retain accuracy: the share of the other families the judge reads as before.
 
 Erasure (SAeUron, UnlearnCanvas): on prompts that name the concept, every feature that
-detects it (selection F1 >= 0.5, at most ``MAX_ERASED``; at least the chosen one) is
+detects it (selection F1 >= 0.5, at most ``interpretability.MAX_ERASED``; at least the chosen one) is
 removed from the site (x − Σ z_i d_i); erasure rate = the judge no longer reads the
 concept; the control removes as many random live features.
 """
@@ -29,7 +29,6 @@ from torch import Tensor
 from diffdict.interventions import Intervention, PixelBox, resolve_mask
 from diffdict.world.concepts import FAMILIES, OBJECT_FAMILIES
 
-MAX_ERASED = 8
 MASK_MARGIN = 2  # pixels around the object's box
 
 
