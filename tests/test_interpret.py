@@ -129,6 +129,27 @@ def test_segmentation_matches_the_renderer():
             assert iou > (0.75 if name.startswith("shape:") else 0.85), (name, iou)
 
 
+def test_anti_aliased_edges_keep_their_objects_colour():
+    # known answer: every colour on every background and texture, at both sizes; read as
+    # the nearest palette colour, the edge of a yellow or cyan object on black is green
+    # and that of a blue or red one on white purple or yellow
+    from diffdict.interpret.groundtruth import CONCEPT_INDEX, pixel_concepts
+    from diffdict.world import BACKGROUNDS, COLORS, TEXTURES, caption, render
+    from diffdict.world.scene import Scene, SceneObject
+
+    wrong = []
+    for background in BACKGROUNDS:
+        for texture in TEXTURES:
+            for colour in COLORS:
+                for size in ("small", "large"):
+                    scene = Scene((SceneObject("circle", colour, size, (0.45, 0.55)),), background, texture)
+                    masks = pixel_concepts(render(scene).image, caption(scene))
+                    shown = [c for c in COLORS if masks[CONCEPT_INDEX[f"color:{c}"]].sum() > 0]
+                    if shown != [colour]:
+                        wrong.append((background, texture, colour, size, shown))
+    assert not wrong, wrong
+
+
 # ------------------------------------------------------------------------------ the VLM client
 
 

@@ -10,12 +10,14 @@ labels its pixels with the prompt's words:
    the world's object colours have chroma >= 140, its backgrounds 0, textures included),
    else *background*.
 2. Assign each object pixel to one of the prompt's objects: those whose prompted colour
-   is the pixel's nearest palette colour (or that name no colour), and among them the
+   is the colour the pixel shows (step 3) (or that name no colour), and among them the
    nearest, starting from the prompted 3x3 regions' centres and moving each object's
    centre to its pixels' mean (a few k-means steps). Two touching objects of one colour
    may still trade a few edge pixels.
-3. Label: ``object``; ``color:`` the nearest palette colour the pixel shows (what the
-   image shows, even when the model drew another colour than asked); ``shape:`` and
+3. Label: ``object``; ``color:`` the palette colour the pixel shows (what the image
+   shows, even when the model drew another colour than asked), read as a blend with the
+   nearest background pixel so that anti-aliased edges keep their object's colour
+   (``palette_colours``); ``shape:`` and
    ``size:`` of the assigned object as the prompt names them (unlabelled when it does not);
    ``region:`` the prompted region, else the region of the object's pixels' centroid.
    Background pixels: ``background``, ``bg_color:`` as prompted (else the nearest plain
@@ -62,6 +64,23 @@ def _bg_palette() -> tuple[np.ndarray, list[str]]:
 _BG_PALETTE, _BG_NAMES = _bg_palette()
 
 
+def palette_colours(px: np.ndarray, obj: np.ndarray) -> np.ndarray:
+    """(H, W) index into the palette of the colour each pixel shows, modelling the pixel as
+    a blend a*C + (1 - a)*B (0 <= a <= 1) of a palette colour C with B, the colour of the
+    nearest background pixel. An anti-aliased edge is such a blend: read as the nearest
+    palette colour, the dark edge of a yellow or cyan object on black is green and the
+    light edge of a blue object on white is purple."""
+    if obj.all():
+        return ((px[..., None, :] - _PALETTE) ** 2).sum(-1).argmin(-1)
+    from scipy.ndimage import distance_transform_edt
+
+    iy, ix = distance_transform_edt(obj, return_distances=False, return_indices=True)
+    offset = (px - px[iy, ix])[..., None, :]  # (H, W, 1, 3): pixel minus its background
+    span = _PALETTE - px[iy, ix][..., None, :]  # (H, W, colours, 3): palette colour minus it
+    share = ((offset * span).sum(-1) / np.maximum((span * span).sum(-1), 1e-6)).clip(0.0, 1.0)
+    return ((offset - share[..., None] * span) ** 2).sum(-1).argmin(-1)
+
+
 def concept_phrase(concept: str) -> str:
     """A short text for a concept, in the shapes world's words; usable as an explanation
     and by shapes-clip (see :func:`diffdict.world.phrases.concept_text`)."""
@@ -85,9 +104,8 @@ def pixel_concepts(image: np.ndarray, prompt: str) -> np.ndarray:
     bg = ~obj
     masks[CONCEPT_INDEX["object"]] = obj
     masks[CONCEPT_INDEX["background"]] = bg
-    # colours of object pixels: nearest palette colour
-    d2 = ((px[..., None, :] - _PALETTE) ** 2).sum(-1)
-    colour = d2.argmin(-1)
+    # colours of object pixels, anti-aliased edges included
+    colour = palette_colours(px, obj)
     for ci, name in enumerate(_COLOR_NAMES):
         masks[CONCEPT_INDEX[f"color:{name}"]] = obj & (colour == ci)
     # background colour and texture
