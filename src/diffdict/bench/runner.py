@@ -37,7 +37,8 @@ class BenchConfig:
     causal: bool = True
     concepts: Sequence[str] = tuple(c for c in BENCH_CONCEPTS if c.split(":")[0] in STEER_FAMILIES)
     steer_prompts: int = 32
-    strengths: Sequence[float] = (6.0,)
+    # in units of the concept's supervised shift: 1 = its norm (see bench.steering)
+    strengths: Sequence[float] = (1.5,)
     erase_prompts: int = 16
     fidelity_prompts: int = 16
     baselines: Sequence[str] = BASELINES
@@ -206,11 +207,10 @@ def score_dictionary(shared: Shared, dictionary, config: BenchConfig, others: Se
     result["stability"] = stability(dictionary, others)
     if not config.causal:
         return result
-    typical = typical_activations(codes)
     concepts = list(config.concepts)
     features = {c: result["concepts"][c]["token_feature" if config.steer_feature == "reader" else "writer_feature"]
                 for c in concepts}
-    result["steering"] = steering = _steering(shared, dictionary, config, concepts, features, typical, log, controls)
+    result["steering"] = steering = _steering(shared, dictionary, config, concepts, features, log, controls)
     erased = {c: result["concepts"][c]["detector_features"] for c in concepts}
     from diffdict.bench.steering import erasure_scores
 
@@ -223,14 +223,22 @@ def score_dictionary(shared: Shared, dictionary, config: BenchConfig, others: Se
     return result
 
 
-def _steering(shared, dictionary, config, concepts, features, typical, log, controls):
-    from diffdict.bench.steering import pool_size, steering_pool, steering_scores
+def _steering(shared, dictionary, config, concepts, features, log, controls):
+    from diffdict.bench.steering import pool_size, site_directions, steering_pool, steering_scores
 
     if shared.pool is None:
         shared.pool = steering_pool(shared.generator, shared.judge, pool_size(config.steer_prompts), config.seed,
                                     (shared.truth.rows, shared.truth.cols))
-    return steering_scores(shared.generator, shared.judge, dictionary, shared.pool, concepts, features, typical,
-                           shared.supervised, config.strengths, config.steer_prompts, config.seed, log, controls)
+    rows = site_directions(dictionary, shared.generator.width)
+    directions = {"feature": {c: rows[features[c]] for c in concepts}}
+    if controls:
+        directions["supervised"] = shared.supervised
+    steering = steering_scores(shared.generator, shared.judge, shared.pool, concepts, directions,
+                               {c: float(shared.supervised[c].norm()) for c in concepts}, config.strengths,
+                               config.steer_prompts, config.seed, log, random=controls)
+    for concept in concepts:
+        steering[concept]["feature"] = features[concept]
+    return steering
 
 
 def writer_f1(concept: dict[str, Any]) -> float | None:

@@ -1,8 +1,8 @@
 """The causal scores: steering success and erasure, read by the judge (shapes-clip).
 
 Steering: for each concept, its *writer* (the live feature whose direction is closest to
-the concept's supervised direction, ``runner.concept_writers``) is added (s · a · d, a
-its typical activation) on one-object test prompts whose image lacks the concept, over the
+the concept's supervised direction, ``runner.concept_writers``) is added (s · n · d/|d|,
+n the norm of the concept's supervised direction) on one-object test prompts whose image lacks the concept, over the
 object's extent for an object attribute and everywhere for a scene attribute, at every
 denoising step. Success = the judge's most likely value of the family is the target.
 Two references at the same norm and mask: a random unit direction per prompt (seeded),
@@ -199,36 +199,36 @@ def site_directions(dictionary, d: int) -> Tensor:
     return dictionary.decoder_directions.detach().float().cpu()
 
 
-def steering_scores(generator: Generator, judge, dictionary, pool: SteeringPool, concepts: Sequence[str],
-                    features: dict[str, int], typical: Tensor, supervised: dict[str, Tensor] | None,
-                    strengths: Sequence[float], prompts: int, seed: int, log=print,
-                    controls: bool = True) -> dict[str, Any]:
-    """Per concept and strength: success of the feature edit, and (with ``controls``) of
-    the random direction and (with ``supervised``) the supervised direction, and retain
-    accuracy; per concept each method's best strength and its successes."""
-    directions = site_directions(dictionary, generator.width)
-    methods = ("feature",) + ((("random",) + (("supervised",) if supervised is not None else ())) if controls else ())
+def steering_scores(generator: Generator, judge, pool: SteeringPool, concepts: Sequence[str],
+                    directions: dict[str, dict[str, Tensor]], norms: dict[str, float], strengths: Sequence[float],
+                    prompts: int, seed: int, log=print, random: bool = True) -> dict[str, Any]:
+    """Per concept and strength s: success and retain accuracy of adding s · n_c · u to the
+    prompts lacking the concept, for each method's unit direction u (``directions``:
+    method → concept → direction) and, with ``random``, a seeded random unit direction per
+    prompt; n_c = ``norms[concept]``, the norm of the concept's supervised direction, so an
+    edit's size depends on the concept, never on the dictionary, and the random control is
+    the same for every dictionary steered on the pool. Per concept and method: the best
+    strength and the cross-fitted successes."""
+    methods = list(directions) + (["random"] if random else [])
     out: dict[str, Any] = {}
     for ci, concept in enumerate(concepts):
         family, _, value = concept.partition(":")
         target = FAMILIES[family].index(value.replace("_", " "))
         rows = [i for i, s in enumerate(pool.scenes) if scene_value(s, family) != value.replace("_", " ")
                 and pool.readings.values[family][i] != target][:prompts]
-        f = features[concept]
-        norm = float(typical[f])
-        width = directions.shape[1]
-        unit = {"feature": directions[f] / directions[f].norm().clamp_min(1e-12)}
-        if supervised is not None:
-            unit["supervised"] = supervised[concept] / supervised[concept].norm().clamp_min(1e-12)
+        norm = float(norms[concept])
+        width = generator.width
+        units = {m: directions[m][concept].float() / directions[m][concept].float().norm().clamp_min(1e-12)
+                 for m in directions}
         random_units = unit_rows(len(pool.prompts), width, seed * 1_000_003 + 7919 * (ci + 1))
         row_weights = pool.weights[rows] if family in OBJECT_FAMILIES else None
         before = JudgeReadings({k: v[rows] for k, v in pool.readings.values.items()})
-        entry: dict[str, Any] = {"feature": f, "typical_activation": norm, "prompts": len(rows), "strengths": {}}
+        entry: dict[str, Any] = {"edit_norm": norm, "prompts": len(rows), "strengths": {}}
         for strength in strengths:
             scale = float(strength) * norm
             by_method = {}
             for method in methods:
-                deltas = random_units[rows] * scale if method == "random" else unit[method].expand(len(rows), width) * scale
+                deltas = random_units[rows] * scale if method == "random" else units[method].expand(len(rows), width) * scale
                 edit = RowwiseAdd(generator.site, capture=generator.capture, deltas=deltas, row_weights=row_weights)
                 images = generator([pool.prompts[i] for i in rows], [pool.seeds[i] for i in rows], edit)
                 after = JudgeReadings.of(judge, images)

@@ -33,8 +33,9 @@ def register(subparsers) -> None:
     parser.add_argument("--concepts", default=None,
                         help="concepts steered and erased (default: every colour, shape, background colour, texture)")
     parser.add_argument("--steer-prompts", type=int, default=32, help="prompts per steered concept (default: 32)")
-    parser.add_argument("--strengths", default="6", help="steering strengths s, comma-separated (adds s * a * d; "
-                        "default: 6; each method is reported at its best strength)")
+    parser.add_argument("--strengths", default="1.5", help="steering strengths s, comma-separated (adds s * n * d, "
+                        "n the norm of the concept's supervised direction, d a unit direction; default: 1.5; "
+                        "with several, each prompt is scored at the strength chosen on the other half)")
     parser.add_argument("--steer-feature", choices=("writer", "reader", "both"), default="writer",
                         help="the feature steered per concept: the one closest to the concept's direction (writer, "
                              "default), the one detection chose (reader), or the one that does both best: the "

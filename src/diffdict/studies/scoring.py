@@ -53,7 +53,8 @@ def interpretability(ctx: "StudyContext", dictionary, store, site: str, seed: in
     truth = study_ground_truth(ctx, store, site)
     live = torch.bincount(codes.feature, minlength=codes.n_features) > 0
     steered = list(ctx.config.steer_concepts)
-    writers = concept_writers(dictionary, concept_directions(store, site, truth, steered), live, store.d(site))
+    supervised = concept_directions(store, site, truth, steered)
+    writers = concept_writers(dictionary, supervised, live, store.d(site))
     scores = interpretability_scores(codes, truth, seed, writers)
     typical = typical_activations(codes)
     summary = scores["summary"]
@@ -69,7 +70,8 @@ def interpretability(ctx: "StudyContext", dictionary, store, site: str, seed: in
                           for c in BENCH_CONCEPTS}
     for c, f in writers.items():  # the feature steered: the one closest to the concept's direction
         result["concepts"][c].update(writer=f, writer_activation=float(typical[f]),
-                                     writer_f1=_nan(concepts[c]["writer_token_f1"]))
+                                     writer_f1=_nan(concepts[c]["writer_token_f1"]),
+                                     edit_norm=float(supervised[c].norm()))
     result["clip_score"] = clip_interpretability(ctx, dictionary, store, site, seed, result["concepts"])
     return result
 
@@ -146,7 +148,7 @@ def evaluation(ctx: "StudyContext", dictionary_key: dict, load, eval_store, site
 
 
 #: bumped when the benchmark's scores change meaning (it keys the cached evaluations)
-BENCH_VERSION = 3
+BENCH_VERSION = 4
 
 
 def steering_features(evaluation_result: dict, concepts: Sequence[str]) -> list[dict[str, Any]]:
@@ -157,7 +159,8 @@ def steering_features(evaluation_result: dict, concepts: Sequence[str]) -> list[
         entry = evaluation_result["concepts"].get(c)
         if entry is not None and "writer" in entry:
             chosen.append({"concept": c, "phrase": entry["phrase"], "feature": entry["writer"],
-                           "activation": entry["writer_activation"], "token_f1": entry["writer_f1"]})
+                           "activation": entry["writer_activation"], "token_f1": entry["writer_f1"],
+                           "edit_norm": entry["edit_norm"]})
     return sorted(chosen, key=lambda f: (-(f["token_f1"] if not math.isnan(f["token_f1"]) else -1.0), f["concept"]))
 
 
@@ -191,39 +194,60 @@ def study_generator(ctx: "StudyContext", site: str):
 def steering(ctx: "StudyContext", dictionary_key: dict, load, edit_site: str, evaluation_result: dict,
              seed: int) -> dict[str, Any]:
     """Steering success of each concept's chosen feature (``add`` over the object, or the
-    whole image for a scene attribute) and causal strength = success minus the success of
-    a random direction of equal norm, per trial (cached). The prompts, their noise and the
-    random directions are the study's (``--seed``), the same for every variant, so trials
-    pair up across variants."""
+    whole image for a scene attribute, s times the norm of the concept's supervised
+    direction) and causal strength = success minus the success of a random direction of
+    the same norm, per trial (cached). The prompts, their noise and the random directions
+    are the study's (``--seed``), the same for every variant, so trials pair up across
+    variants and the random control is generated once (``steering_controls``)."""
     if not has_ground_truth(ctx.host) or not evaluation_result.get("concepts"):
         return {"steer_success": math.nan, "causal_strength": math.nan, "items": {}}
     features = steering_features(evaluation_result, ctx.config.steer_concepts)
-    settings = {"dictionary": dictionary_key, "site": edit_site, "features": features, "seed": ctx.config.seed,
-                "prompts": ctx.config.steer_prompts, "strength": ctx.config.strength, "bench": BENCH_VERSION,
-                "judge": judge_fingerprint(ctx.judge), "host": ctx.host.describe(), **generation_settings(ctx)}
+    concepts = [f["concept"] for f in features]
+    norms = {f["concept"]: f["edit_norm"] for f in features}
+    settings = {"dictionary": dictionary_key, "site": edit_site, "features": features, **_steering_settings(ctx)}
 
     def compute() -> dict:
-        from diffdict.bench.steering import steering_scores
+        from diffdict.bench.steering import site_directions, steering_scores
 
-        dictionary = load()
-        typical = torch.zeros(dictionary.n_features)
-        for f in features:
-            typical[f["feature"]] = f["activation"]
-        scores = steering_scores(study_generator(ctx, edit_site), ctx.judge, dictionary, steering_pool(ctx, edit_site),
-                                 [f["concept"] for f in features], {f["concept"]: f["feature"] for f in features},
-                                 typical, None, [ctx.config.strength], ctx.config.steer_prompts, ctx.config.seed,
+        rows = site_directions(load(), ctx.host.site(edit_site).d)
+        scores = steering_scores(study_generator(ctx, edit_site), ctx.judge, steering_pool(ctx, edit_site), concepts,
+                                 {"feature": {f["concept"]: rows[f["feature"]] for f in features}}, norms,
+                                 [ctx.config.strength], ctx.config.steer_prompts, ctx.config.seed,
+                                 log=lambda line: None, random=False)
+        return {c: scores[c]["feature_success"] for c in concepts}
+
+    per_concept = ctx.cache.json("steering", settings, compute)
+    controls = steering_controls(ctx, edit_site, norms)
+    success = sum((per_concept[c] for c in concepts), [])
+    random = sum((controls[c] for c in concepts), [])
+    causal = [a - b for a, b in zip(success, random)]
+    return {"steer_success": float(np.mean(success)) if success else math.nan,
+            "causal_strength": float(np.mean(causal)) if causal else math.nan,
+            "items": {"steer_success": success, "causal_strength": causal},
+            "per_concept": {c: {"success": float(np.mean(per_concept[c])) if per_concept[c] else None,
+                                "random": float(np.mean(controls[c])) if controls[c] else None} for c in concepts}}
+
+
+def _steering_settings(ctx: "StudyContext") -> dict[str, Any]:
+    return {"seed": ctx.config.seed, "prompts": ctx.config.steer_prompts, "strength": ctx.config.strength,
+            "bench": BENCH_VERSION, "judge": judge_fingerprint(ctx.judge), "host": ctx.host.describe(),
+            **generation_settings(ctx)}
+
+
+def steering_controls(ctx: "StudyContext", edit_site: str, norms: dict[str, float]) -> dict[str, list[float]]:
+    """Per concept, the per-prompt success of the random direction (cached): it depends on
+    the pool, the concept's edit norm and the seed, not on the dictionary."""
+    from diffdict.bench.steering import steering_scores
+
+    settings = {"site": edit_site, "norms": norms, **_steering_settings(ctx)}
+
+    def compute() -> dict:
+        scores = steering_scores(study_generator(ctx, edit_site), ctx.judge, steering_pool(ctx, edit_site), list(norms),
+                                 {}, norms, [ctx.config.strength], ctx.config.steer_prompts, ctx.config.seed,
                                  log=lambda line: None)
-        success = sum((scores[f["concept"]]["feature_success"] for f in features), [])
-        random = sum((scores[f["concept"]]["random_success"] for f in features), [])
-        causal = [a - b for a, b in zip(success, random)]
-        return {"steer_success": float(np.mean(success)) if success else math.nan,
-                "causal_strength": float(np.mean(causal)) if causal else math.nan,
-                "items": {"steer_success": success, "causal_strength": causal},
-                "per_concept": {c: {"success": float(np.mean(v["feature_success"])) if v["feature_success"] else None,
-                                    "random": float(np.mean(v["random_success"])) if v["random_success"] else None}
-                                for c, v in scores.items()}}
+        return {c: scores[c]["random_success"] for c in norms}
 
-    return ctx.cache.json("steering", settings, compute)
+    return ctx.cache.json("steer-controls", settings, compute)
 
 
 def clip_scores(judge, images, texts: Sequence[str] | str) -> np.ndarray:
@@ -265,4 +289,4 @@ def spliced_fidelity(ctx: "StudyContext", dictionary_key: dict, load, edit_site:
 
 __all__ = ["clip_interpretability", "clip_scores", "evaluation", "interpretability", "reconstruction",
            "spliced_fidelity", "steering",
-           "steering_features", "steering_pool", "study_generator", "study_ground_truth"]
+           "steering_controls", "steering_features", "steering_pool", "study_generator", "study_ground_truth"]
