@@ -38,7 +38,7 @@ class BenchConfig:
     concepts: Sequence[str] = tuple(c for c in BENCH_CONCEPTS if c.split(":")[0] in STEER_FAMILIES)
     steer_prompts: int = 32
     # in units of the concept's supervised shift: 1 = its norm (see bench.steering)
-    strengths: Sequence[float] = (1.5,)
+    strengths: Sequence[float] = (1.0, 2.0, 4.0)
     erase_prompts: int = 16
     fidelity_prompts: int = 16
     baselines: Sequence[str] = BASELINES

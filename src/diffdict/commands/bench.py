@@ -33,8 +33,8 @@ def register(subparsers) -> None:
     parser.add_argument("--concepts", default=None,
                         help="concepts steered and erased (default: every colour, shape, background colour, texture)")
     parser.add_argument("--steer-prompts", type=int, default=32, help="prompts per steered concept (default: 32)")
-    parser.add_argument("--strengths", default="1.5", help="steering strengths s, comma-separated (adds s * n * d, "
-                        "n the norm of the concept's supervised direction, d a unit direction; default: 1.5; "
+    parser.add_argument("--strengths", default="1,2,4", help="steering strengths s, comma-separated (adds s * n * d, "
+                        "n the norm of the concept's supervised direction, d a unit direction; default: 1,2,4; "
                         "with several, each prompt is scored at the strength chosen on the other half)")
     parser.add_argument("--steer-feature", choices=("writer", "reader", "both"), default="writer",
                         help="the feature steered per concept: the one closest to the concept's direction (writer, "

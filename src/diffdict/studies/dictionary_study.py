@@ -51,7 +51,8 @@ class DictionaryStudyConfig(StudyConfig):
                                              quick=("color:red", "color:blue"), choices=_bench_concepts)
     steer_prompts: int = option(6, "one-object prompts per steered concept (lacking it)", quick=2, minimum=2)
     fidelity_prompts: int = option(8, "prompts for spliced fidelity", quick=3, minimum=2)
-    strength: float = option(6.0, "steering strength s (adds s * a_i * d_i)")
+    strength: float = option(2.0, "steering strength s: adds s times the norm of the colour's supervised direction "
+                                  "along the feature's unit direction")
 
 
 RECONSTRUCTION = (
