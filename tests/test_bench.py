@@ -167,6 +167,19 @@ def test_the_feature_that_both_reads_and_writes_a_concept():
     assert concept_writers(Directions(), supervised, live, 2, f1) == {concept: 0}
 
 
+def test_a_concept_steers_only_when_the_steered_feature_also_detects_it():
+    from diffdict.bench.runner import _causal_summary
+
+    steering = {"color:red": {"feature_success": [1.0] * 20, "random_success": [0.0] * 20, "feature_retain": [1.0] * 20}}
+    erasure = {"color:red": {"feature": {"erased": [1.0], "retain": [1.0]}}}
+    concepts = {"color:red": {"token_f1": 0.9, "writer_token_f1": 0.5, "writer_image_f1": 0.6}}
+    # the reader detects red at 0.9, the writer at 0.6: whether red steers depends on which was steered
+    assert _causal_summary(steering, erasure, concepts, 0, "reader")["steered_concepts"] == ["color:red"]
+    for feature in ("writer", "both"):
+        assert _causal_summary(steering, erasure, concepts, 0, feature)["steered_concepts"] == []
+    assert steering["color:red"]["writer_f1"] == 0.6
+
+
 def test_absorption_counts_tokens_a_specific_feature_takes_over():
     from diffdict.bench.absorption import absorption
     from diffdict.bench.detection import rank_entries
@@ -299,6 +312,10 @@ def test_bench_command_end_to_end(toy_bench_data, tmp_path, capsys):
     assert 0 <= summary["token_f1"]["mean"] <= 1 and summary["steer_feature"]["n"] == 2
     steer = result["dictionary"]["steering"]["color:red"]
     assert len(steer["feature_success"]) == 2 and set(steer["feature_success"]) <= {0.0, 1.0}
+    # an edit's size is the strength times the norm of the concept's supervised direction,
+    # whatever the dictionary: the random-init twin is edited at the same norm
+    twin_steer = result["baselines"]["random-init"]["steering"]["color:red"]
+    assert steer["edit_norm"] > 0 and twin_steer["edit_norm"] == steer["edit_norm"]
     assert 0 <= result["dictionary"]["fidelity"]["lpips"] and "token_f1" in result["differences"]["random-init"]
     assert (tmp_path / "a" / "table.md").read_text().count("| color:red |") == 1
     assert (tmp_path / "a" / "detection.png").stat().st_size > 0 and (tmp_path / "a" / "steering.png").exists()

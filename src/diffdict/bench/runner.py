@@ -217,7 +217,7 @@ def score_dictionary(shared: Shared, dictionary, config: BenchConfig, others: Se
     result["erasure"] = erasure = erasure_scores(shared.generator, shared.judge, dictionary, concepts, erased, live,
                                                  config.erase_prompts, config.seed, log, controls)
     result["fidelity"] = fidelity(shared, dictionary, config.fidelity_prompts, config.seed)
-    result["summary"].update(_causal_summary(steering, erasure, result["concepts"], config.seed))
+    result["summary"].update(_causal_summary(steering, erasure, result["concepts"], config.seed, config.steer_feature))
     result["summary"]["fidelity_lpips"] = result["fidelity"]["lpips"]
     result["summary"]["fidelity_judge_accuracy"] = result["fidelity"]["judge_accuracy"]
     return result
@@ -241,9 +241,12 @@ def _steering(shared, dictionary, config, concepts, features, log, controls):
     return steering
 
 
-def writer_f1(concept: dict[str, Any]) -> float | None:
-    """The writer's test-half F1, the better of token and image level (None: no writer)."""
-    values = [concept[k] for k in ("writer_token_f1", "writer_image_f1") if concept.get(k) is not None]
+def writer_f1(concept: dict[str, Any], steer_feature: str = "writer") -> float | None:
+    """The steered feature's test-half F1: the writer's (also the feature chosen by
+    ``both``), the better of token and image level; detection's reader's at token level,
+    the level it was chosen at. None: no such feature."""
+    keys = ("token_f1",) if steer_feature == "reader" else ("writer_token_f1", "writer_image_f1")
+    values = [concept[k] for k in keys if concept.get(k) is not None]
     return max(values) if values else None
 
 
@@ -259,8 +262,9 @@ def proportion_interval(successes: Sequence[float]) -> dict[str, float]:
     return {"mean": p, "low": centre - half, "high": centre + half, "n": n}
 
 
-def _causal_summary(steering: dict, erasure: dict, concepts: dict, seed: int) -> dict[str, Any]:
-    """Pooled steering and erasure rates; a concept *steers* when its writer feature also
+def _causal_summary(steering: dict, erasure: dict, concepts: dict, seed: int,
+                    steer_feature: str = "writer") -> dict[str, Any]:
+    """Pooled steering and erasure rates; a concept *steers* when the steered feature also
     detects it (test-half F1 >= 0.8, token or image level) and steers it on >= 80% of the
     prompts with an interval above the random direction's."""
     out: dict[str, Any] = {}
@@ -275,7 +279,7 @@ def _causal_summary(steering: dict, erasure: dict, concepts: dict, seed: int) ->
         entry["success"] = mine = proportion_interval(entry["feature_success"])
         if "random_success" in entry:
             entry["random"] = rand = proportion_interval(entry["random_success"])
-            f1 = writer_f1(concepts[concept]) or 0.0
+            f1 = writer_f1(concepts[concept], steer_feature) or 0.0
             entry["writer_f1"] = f1
             entry["steers"] = bool(f1 >= 0.8 and mine["mean"] >= 0.8 and mine["low"] > rand["high"])
     if "random" in pooled:
