@@ -374,3 +374,35 @@ def test_generation_defaults_to_the_hosts_study_steps(model_folders, tmp_path):
         ctx = StudyContext(study, config, tmp_path, Cache(tmp_path / "cache"), log=lambda message: None)
         assert generation_settings(ctx) == {"num_steps": steps, "guidance": 3.0}
     assert ctx.host.default_steps == 10  # other commands keep the model's default
+
+
+def test_the_random_steering_control_does_not_depend_on_the_order_of_concepts(tmp_path, monkeypatch):
+    # the control is cached once per site and shared by every dictionary; whichever
+    # dictionary computes it first (its concepts sorted by its own F1), the same concept
+    # must get the same random directions
+    from types import SimpleNamespace
+
+    import diffdict.bench.steering as steering
+    from diffdict.studies import scoring
+    from diffdict.studies.cache import Cache
+
+    calls = []
+
+    def fake_scores(generator, judge, pool, concepts, directions, norms, strengths, prompts, seed, log, random=True):
+        calls.append(list(concepts))
+        return {c: {"random_success": [float(i), float(seed)]} for i, c in enumerate(concepts)}
+
+    monkeypatch.setattr(steering, "steering_scores", fake_scores)
+    monkeypatch.setattr(scoring, "study_generator", lambda ctx, site: None)
+    monkeypatch.setattr(scoring, "steering_pool", lambda ctx, site: None)
+    host = SimpleNamespace(describe=lambda: {"host": "fake"}, study_steps=6, default_steps=10, default_guidance=3.0)
+    config = SimpleNamespace(seed=5, steer_prompts=2, strength=2.0, denoise_steps=None, guidance=None)
+    judge = SimpleNamespace(name="fake-judge")
+    norms = {"color:blue": 2.0, "color:red": 1.0}
+    first = scoring.steering_controls(SimpleNamespace(cache=Cache(tmp_path / "a"), config=config, host=host,
+                                                      judge=judge), "up.1.1", norms)
+    reordered = dict(reversed(list(norms.items())))
+    second = scoring.steering_controls(SimpleNamespace(cache=Cache(tmp_path / "b"), config=config, host=host,
+                                                       judge=judge), "up.1.1", reordered)
+    assert calls == [["color:red", "color:blue"], ["color:red", "color:blue"]]
+    assert first == second == {"color:red": [0.0, 5.0], "color:blue": [1.0, 5.0]}

@@ -236,16 +236,20 @@ def _steering_settings(ctx: "StudyContext") -> dict[str, Any]:
 
 def steering_controls(ctx: "StudyContext", edit_site: str, norms: dict[str, float]) -> dict[str, list[float]]:
     """Per concept, the per-prompt success of the random direction (cached): it depends on
-    the pool, the concept's edit norm and the seed, not on the dictionary."""
+    the pool, the concept's edit norm and the seed, not on the dictionary. The concepts go
+    in the benchmark's order, which seeds each one's random directions, so a study run on
+    its own draws the same ones as inside ``study all``."""
+    from diffdict.bench.data import BENCH_CONCEPTS
     from diffdict.bench.steering import steering_scores
 
     settings = {"site": edit_site, "norms": norms, **_steering_settings(ctx)}
+    concepts = sorted(norms, key=BENCH_CONCEPTS.index)
 
     def compute() -> dict:
-        scores = steering_scores(study_generator(ctx, edit_site), ctx.judge, steering_pool(ctx, edit_site), list(norms),
+        scores = steering_scores(study_generator(ctx, edit_site), ctx.judge, steering_pool(ctx, edit_site), concepts,
                                  {}, norms, [ctx.config.strength], ctx.config.steer_prompts, ctx.config.seed,
                                  log=lambda line: None)
-        return {c: scores[c]["random_success"] for c in norms}
+        return {c: scores[c]["random_success"] for c in concepts}
 
     return ctx.cache.json("steer-controls", settings, compute)
 
