@@ -317,7 +317,12 @@ def test_bench_command_end_to_end(toy_bench_data, tmp_path, capsys):
     twin_steer = result["baselines"]["random-init"]["steering"]["color:red"]
     assert steer["edit_norm"] > 0 and twin_steer["edit_norm"] == steer["edit_norm"]
     assert 0 <= result["dictionary"]["fidelity"]["lpips"] and "token_f1" in result["differences"]["random-init"]
-    assert (tmp_path / "a" / "table.md").read_text().count("| color:red |") == 1
+    table = (tmp_path / "a" / "table.md").read_text()
+    assert table.count("| color:red |") == 1
+    header = next(line for line in table.splitlines() if line.startswith("| concept |"))
+    red = next(line for line in table.splitlines() if line.startswith("| color:red |"))
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in red.split("|")]))
+    assert cells["steered"] == str(steer["feature"]) and cells["steered F1"] != "—"
     assert (tmp_path / "a" / "detection.png").stat().st_size > 0 and (tmp_path / "a" / "steering.png").exists()
     # the same seed gives the same numbers
     assert main([*args, "--no-causal", "--out", str(tmp_path / "b")]) == 0

@@ -66,16 +66,18 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", "Per concept (dictionary): the feature detection chose (the reader) and its test-half F1 / AUROC; "
                   "the feature steered (the writer: closest to the concept's direction, or with --steer-feature both "
                   "the largest cosine x F1), the cosine of its direction with the concept's, its F1 (token or image, "
-                  "the better) and steering success [random direction]:", "",
+                  "the better); the feature steered (the writer, or the reader with --steer-feature reader), "
+                  "its F1 and steering success [random direction]:", "",
               "| concept | reader | F1 token | AUROC token | F1 image | detectors | absorption | writer | writer cos. | "
-              "writer F1 | steering | random | steers |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "writer F1 | steered | steered F1 | steering | random | steers |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for concept in BENCH_CONCEPTS:
         c = concepts[concept]
         s = steering.get(concept)
         lines.append(f"| {concept} | {c['token_feature']} | {cell(c['token_f1'])} | {cell(c['token_auroc'])} | "
                      f"{cell(c['image_f1'])} | {c['detectors']} | {cell(c['absorption'])} | "
                      f"{c.get('writer_feature', '—')} | {cell(c.get('writer_cosine'))} | {cell(writer_f1(c))} | "
+                     f"{s['feature'] if s else '—'} | {cell(s.get('writer_f1')) if s else '—'} | "
                      f"{cell(s['success']) if s else '—'} | {cell(s.get('random')) if s else '—'} | "
                      f"{('yes' if s.get('steers') else 'no') if s else '—'} |")
     return "\n".join(lines) + "\n"
