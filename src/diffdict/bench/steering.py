@@ -218,8 +218,7 @@ def steering_scores(generator: Generator, judge, pool: SteeringPool, concepts: S
                 and pool.readings.values[family][i] != target][:prompts]
         norm = float(norms[concept])
         width = generator.width
-        units = {m: directions[m][concept].float() / directions[m][concept].float().norm().clamp_min(1e-12)
-                 for m in directions}
+        units = {m: torch.nn.functional.normalize(directions[m][concept].float(), dim=0) for m in directions}
         random_units = unit_rows(len(pool.prompts), width, seed * 1_000_003 + 7919 * (ci + 1))
         row_weights = pool.weights[rows] if family in OBJECT_FAMILIES else None
         before = JudgeReadings({k: v[rows] for k, v in pool.readings.values.items()})

@@ -75,8 +75,9 @@ def palette_colours(px: np.ndarray, obj: np.ndarray) -> np.ndarray:
     from scipy.ndimage import distance_transform_edt
 
     iy, ix = distance_transform_edt(obj, return_distances=False, return_indices=True)
-    offset = (px - px[iy, ix])[..., None, :]  # (H, W, 1, 3): pixel minus its background
-    span = _PALETTE - px[iy, ix][..., None, :]  # (H, W, colours, 3): palette colour minus it
+    background = px[iy, ix][..., None, :]  # (H, W, 1, 3): the nearest background pixel's colour
+    offset = px[..., None, :] - background  # (H, W, 1, 3)
+    span = _PALETTE - background  # (H, W, colours, 3)
     share = ((offset * span).sum(-1) / np.maximum((span * span).sum(-1), 1e-6)).clip(0.0, 1.0)
     return ((offset - share[..., None] * span) ** 2).sum(-1).argmin(-1)
 
