@@ -77,20 +77,40 @@ def test_purity_rewards_a_planted_feature_not_a_dense_one():
         item, feature = v.nonzero(as_tuple=True)
         return rank_entries(item, feature, v[item, feature], 3)
 
-    precision, concept, live = purity(precisions(ranked(selection), ranked(~selection), labels[selection],
-                                                 labels[~selection], 3, top=50, min_count=10))
+    precision, top, concept, live = purity(precisions(ranked(selection), ranked(~selection), labels[selection],
+                                                      labels[~selection], 3, top=50, min_count=10))
     assert bool(live.all())
-    assert precision[0].item() == pytest.approx(1.0) and concept[0].item() == 0
-    # the constant feature's top-50 are ties across all items: its precision is the base rate
-    assert precision[1].item() == pytest.approx(labels[~selection][:, concept[1]].double().mean().item(), abs=1e-9)
+    assert precision[0].item() == pytest.approx(1.0) and top[0].item() == pytest.approx(1.0) and concept[0].item() == 0
+    # the constant feature's bins and top-50 are ties across all items: both are the base rate
+    base = labels[~selection][:, concept[1]].double().mean().item()
+    assert precision[1].item() == pytest.approx(base, abs=1e-9) and top[1].item() == pytest.approx(base, abs=1e-9)
     assert precision[1].item() < 0.6 and precision[2].item() < 0.7
 
 
-def test_concept_purity_separates_learnt_features_from_random_directions_in_clustered_data():
+def test_purity_bins_weigh_each_activation_decile_equally():
+    """20 firing items, concept on the strongest 10 only: with 10 bins of 2, purity is the
+    mean of five bins at 1 and five at 0; the top-4 precision is 1."""
+    from diffdict.bench.detection import rank_entries
+    from diffdict.bench.purity import concept_precision, rank_weights
+
+    value = torch.arange(20, 0, -1).float()
+    labels = (torch.arange(20) < 10).unsqueeze(1)
+    ranked = rank_entries(torch.arange(20), torch.zeros(20, dtype=torch.long), value, 1)
+    assert torch.allclose(rank_weights(ranked, bins=10), torch.full((20,), 0.5, dtype=torch.float64))
+    assert concept_precision(ranked, labels, 1, bins=10)[0].item() == pytest.approx(0.5)
+    assert concept_precision(ranked, labels, 1, top=4)[0].item() == pytest.approx(1.0)
+    # three items tied at the top-2 cut-off share its one remaining place: 1/3 each
+    tied = rank_entries(torch.arange(4), torch.zeros(4, dtype=torch.long), torch.tensor([3.0, 2.0, 2.0, 2.0]), 1)
+    assert torch.allclose(rank_weights(tied, top=2), torch.tensor([1.0, 1 / 3, 1 / 3, 1 / 3], dtype=torch.float64))
+
+
+def test_purity_separates_learnt_features_from_random_directions_in_clustered_data():
     """Tokens in three background clusters (one common concept each) with a rare object
-    concept that shifts them slightly along one axis: every random direction's top
-    activations lie in one cluster, so feature purity cannot separate random directions
-    from a dictionary that also has a feature for the rare concept; concept purity can."""
+    concept that shifts them slightly along one axis. Every random direction's top
+    activations lie in the cluster at its extreme, so top precision cannot tell random
+    directions from learnt cluster and concept features; purity over the activation range
+    can (a random direction fires on the next cluster further down), and so can concept
+    purity on the rare concept, which no random direction reaches."""
     from diffdict.bench.detection import rank_entries
     from diffdict.bench.purity import concept_purity, precisions, purity
 
@@ -110,19 +130,26 @@ def test_concept_purity_separates_learnt_features_from_random_directions_in_clus
             return rank_entries(item, feature, v[item, feature], values.shape[1])
         p = precisions(ranked(selection), ranked(~selection), labels[selection], labels[~selection],
                        values.shape[1], top=50, min_count=10)
-        return purity(p)[0], concept_purity(p)[0]
+        feature_purity, top_precision, _, _ = purity(p)
+        return feature_purity, top_precision, concept_purity(p)[0]
 
     random_codes = torch.relu(x @ torch.randn(d, 16, generator=g))
-    learnt_codes = torch.cat([random_codes, (rare.float() * (1 + torch.rand(n, generator=g))).unsqueeze(1)], 1)
-    random_feature_purity, random_concept_purity = scores(random_codes)
-    learnt_feature_purity, learnt_concept_purity = scores(learnt_codes)
-    # feature purity: random directions are pure about a cluster, as pure as the dictionary
-    assert torch.nanmean(random_feature_purity).item() > 0.9
-    assert abs(torch.nanmean(learnt_feature_purity).item() - torch.nanmean(random_feature_purity).item()) < 0.05
-    # concept purity: both are pure on the common concepts; only the dictionary on the rare one
-    assert random_concept_purity[:3].min().item() > 0.9 and learnt_concept_purity[:3].min().item() > 0.9
-    assert random_concept_purity[3].item() < 0.2  # about the base rate, 0.05
-    assert learnt_concept_purity[3].item() == pytest.approx(1.0)
+    noise = 1 + torch.rand(n, 4, generator=g)
+    learnt_codes = labels.float() * noise  # one feature per concept
+    random_purity, random_top, random_concept = scores(random_codes)
+    learnt_purity, learnt_top, learnt_concept = scores(learnt_codes)
+    # top precision: random directions are pure about a cluster, as pure as learnt features
+    assert torch.nanmean(random_top).item() > 0.9 and torch.nanmean(learnt_top).item() > 0.9
+    # over the activation range a learnt feature stays pure; random directions that reach
+    # two clusters are not
+    assert learnt_purity.min().item() == pytest.approx(1.0)
+    assert torch.nanmean(learnt_purity).item() - torch.nanmean(random_purity).item() > 0.1
+    pure_at_top_only = (random_top > 0.9) & (random_purity < 0.7)  # two clusters: the extreme one, then the next
+    assert int(pure_at_top_only.sum()) >= 3
+    # concept purity: both reach the common concepts; only the dictionary the rare one
+    assert random_concept[:3].min().item() > 0.9 and learnt_concept[:3].min().item() > 0.9
+    assert random_concept[3].item() < 0.2  # about the base rate, 0.05
+    assert learnt_concept[3].item() == pytest.approx(1.0)
 
 
 def test_best_strength_is_chosen_on_the_other_half_of_the_prompts():

@@ -1,5 +1,5 @@
 """The ground-truth scores that need no generation: detection (token and image level),
-purity, splitting and absorption, per concept and summarised with 95% intervals."""
+purity (over the activation range, and of the top activations), splitting and absorption, per concept and summarised with 95% intervals."""
 
 from __future__ import annotations
 
@@ -75,8 +75,8 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
                                   TOP_TOKENS, TOP_TOKENS // 4)
     image_precisions = precisions(img_sel, img_test, image_labels[truth.selection], image_labels[~truth.selection], n,
                                   TOP_IMAGES, TOP_IMAGES // 2)
-    token_purity, token_concept, token_live = purity(token_precisions)
-    image_purity, image_concept, image_live = purity(image_precisions)
+    token_purity, token_top, token_concept, token_live = purity(token_precisions)
+    image_purity, image_top, image_concept, image_live = purity(image_precisions)
     purest, purest_feature = concept_purity(token_precisions)
     absorbed = absorption(tok_sel, tok_labels[tok_selection], *tok_test_entries, tok_labels[~tok_selection],
                           token.feature, token.threshold, n)
@@ -107,12 +107,15 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
         "coverage": float(np.mean(detected)), "covered": [c for c, d in zip(BENCH_CONCEPTS, detected) if d],
         "token_purity": interval(token_purity.numpy(), seed), "image_purity": interval(image_purity.numpy(), seed),
         "token_pure_share": _share(token_purity, PURE_PRECISION), "image_pure_share": _share(image_purity, PURE_PRECISION),
+        "token_top_precision": interval(token_top.numpy(), seed), "image_top_precision": interval(image_top.numpy(), seed),
         "concept_purity": interval(purest.numpy(), seed), "pure_coverage": _share(purest, PURE_PRECISION),
         "live_features": int(token_live.sum()),
         "detectors_per_concept": interval(split.astype(float), seed), "absorption": interval(absorbed, seed),
     }
-    features = {"token_purity": token_purity.tolist(), "token_concept": [BENCH_CONCEPTS[i] for i in token_concept],
-                "image_purity": image_purity.tolist(), "image_concept": [BENCH_CONCEPTS[i] for i in image_concept]}
+    features = {"token_purity": token_purity.tolist(), "token_top_precision": token_top.tolist(),
+                "token_concept": [BENCH_CONCEPTS[i] for i in token_concept],
+                "image_purity": image_purity.tolist(), "image_top_precision": image_top.tolist(),
+                "image_concept": [BENCH_CONCEPTS[i] for i in image_concept]}
     return {"summary": summary, "concepts": per_concept, "features": features, "tokens": codes.num_tokens}
 
 

@@ -1,20 +1,27 @@
-"""Purity: how precisely a feature's strongest activations pick out one concept.
+"""Purity: how precisely a feature's activations pick out one concept.
 
-For each live feature, the concept is chosen on the selection half (the concept most
-of its top activations have) and the precision of its top activations for that concept
-is measured on the test half. Ties at the cut-off count fractionally (the expected
-precision under a random tie break), so a constant feature scores the base rate of the
-commonest concept, not the luck of item order: density is not rewarded.
+For each live feature, its concept (the explanation) is the one most of its ``top``
+strongest activations have on the selection half (what an explainer is shown), and its
+purity is the precision of its activations for
+that concept on the test half, **over its whole activation range**: the feature's
+firing items are cut into ``bins`` equal-count bins by activation and purity is the
+mean of the bins' precisions, so a feature is pure only when its weak activations are
+about its concept as well as its strongest (the quantile sampling of SAEBench's and
+Bills et al.'s automated interpretability, with the ground truth as the judge).
 
-Feature purity cannot tell a trained dictionary from random directions when the data
-are clustered: the top activations of *any* direction lie in the cluster at its
-extreme (on the shapes world, one background colour), so random directions are pure
-about the few commonest concepts. **Concept purity** asks the question the other way
-round: for each concept, the purest feature for it (chosen on the selection half) and
-its precision on the test half. It separates a learnt feature from random directions
-for a concept that is a small shift random directions do not reach (tests); when every
-concept is a strong cluster, as the colours are at the toy model's ``up.1.1``, random
-directions reach them too and neither purity separates trained from random weights.
+The **top precision** (the share of its ``top`` strongest activations with the concept)
+is reported beside it, and it is not a measure of what training bought: when the data
+are clustered the top activations of *any* direction lie in the cluster at its extreme,
+so random directions are as precise there as learnt features (on the shapes world's
+``up.1.1``, a random-init TopK twin scores as high as the trained SAE). What a random
+direction does not have is a concept below its extreme: further down its range it fires
+on the next cluster, and its purity falls (tests).
+
+Ties count fractionally everywhere (the expected precision under a random tie break), so
+a constant feature scores the base rate of its concept: density is not rewarded.
+
+**Concept purity** asks the question the other way round: for each concept, the purest
+feature for it (chosen on the selection half) and its purity on the test half.
 """
 
 from __future__ import annotations
@@ -26,30 +33,38 @@ from torch import Tensor
 
 from diffdict.bench.detection import Ranked
 
-
-def top_weights(ranked: Ranked, top: int | None) -> Tensor:
-    """Weight of each entry in its feature's top ``top`` (None: every firing entry), ties
-    at the cut-off shared: (E,) float64, summing to min(count, top) per feature."""
-    if top is None:
-        return torch.ones(ranked.value.numel(), dtype=torch.float64)
-    n = ranked.count.clamp(max=top)
-    alive = n > 0
-    nth = torch.zeros(ranked.count.numel(), dtype=ranked.value.dtype)
-    nth[alive] = ranked.value[ranked.start[alive] + n[alive] - 1]
-    cutoff = nth[ranked.feature]
-    greater = torch.zeros(ranked.count.numel(), dtype=torch.float64).index_add_(
-        0, ranked.feature, (ranked.value > cutoff).double())
-    equal = torch.zeros(ranked.count.numel(), dtype=torch.float64).index_add_(
-        0, ranked.feature, (ranked.value == cutoff).double())
-    share = ((n.double() - greater) / equal.clamp_min(1.0))[ranked.feature]
-    return torch.where(ranked.value > cutoff, torch.ones_like(share),
-                       torch.where(ranked.value == cutoff, share, torch.zeros_like(share)))
+PURITY_BINS = 10
 
 
-def concept_precision(ranked: Ranked, labels: Tensor, n_features: int, top: int | None) -> tuple[Tensor, Tensor]:
-    """(precision (n_features, C), weight (n_features,)): the share of each feature's top
-    activations that have each concept, and how many activations that share is over."""
-    weights = top_weights(ranked, top)
+def rank_weights(ranked: Ranked, top: int | None = None, bins: int | None = None) -> Tensor:
+    """Weight of each entry (E,) float64 by its rank within its feature: with ``top``, 1 in
+    the feature's ``top`` strongest; with ``bins``, 1 / the size of its activation bin (the
+    feature's entries cut into ``bins`` equal-count bins, so each bin weighs the same);
+    with neither, 1. Entries tied in value share the mean weight of the ranks they hold."""
+    rank = ranked.rank
+    if top is not None:
+        weight = (rank <= top).double()
+    elif bins is not None:
+        count = ranked.count[ranked.feature]
+        cell = ranked.feature * bins + (rank - 1) * bins // count.clamp_min(1)
+        size = torch.bincount(cell, minlength=ranked.count.numel() * bins).double()
+        weight = 1.0 / size[cell]
+    else:
+        return torch.ones(rank.numel(), dtype=torch.float64)
+    if weight.numel() == 0:
+        return weight
+    cut = ranked.cut.long()
+    run = torch.cumsum(cut, 0) - cut  # runs of equal values within a feature
+    runs = int(run[-1]) + 1
+    mean = torch.zeros(runs, dtype=torch.float64).index_add_(0, run, weight) / torch.bincount(run, minlength=runs)
+    return mean[run]
+
+
+def concept_precision(ranked: Ranked, labels: Tensor, n_features: int, top: int | None = None,
+                      bins: int | None = None) -> tuple[Tensor, Tensor]:
+    """(precision (n_features, C), weight (n_features,)): the weighted share of each
+    feature's activations (``rank_weights``) that have each concept, and the total weight."""
+    weights = rank_weights(ranked, top, bins)
     keep = weights > 0
     feature, item, weights = ranked.feature[keep], ranked.item[keep], weights[keep]
     sums = torch.zeros(n_features, labels.shape[1], dtype=torch.float64)
@@ -61,30 +76,38 @@ def concept_precision(ranked: Ranked, labels: Tensor, n_features: int, top: int 
 
 @dataclass
 class Purity:
-    """Top-activation precision of every feature for every concept, on both halves."""
+    """Every feature's precision for every concept: over its activation range on both
+    halves, and of its top activations on the test half."""
 
-    selection: Tensor  # (n_features, C) precision on the selection half
-    test: Tensor  # (n_features, C) precision on the test half
+    selection: Tensor  # (n_features, C) purity on the selection half
+    selection_top: Tensor  # (n_features, C) top precision on the selection half
+    test: Tensor  # (n_features, C) purity on the test half
+    test_top: Tensor  # (n_features, C) top precision on the test half
     live: Tensor  # (n_features,) fires on at least ``min_count`` items of each half
 
 
 def precisions(selection: Ranked, test: Ranked, selection_labels: Tensor, test_labels: Tensor, n_features: int,
-               top: int, min_count: int) -> Purity:
-    return Purity(concept_precision(selection, selection_labels, n_features, top)[0],
-                  concept_precision(test, test_labels, n_features, top)[0],
+               top: int, min_count: int, bins: int = PURITY_BINS) -> Purity:
+    return Purity(concept_precision(selection, selection_labels, n_features, bins=bins)[0],
+                  concept_precision(selection, selection_labels, n_features, top=top)[0],
+                  concept_precision(test, test_labels, n_features, bins=bins)[0],
+                  concept_precision(test, test_labels, n_features, top=top)[0],
                   (selection.count >= min_count) & (test.count >= min_count))
 
 
-def purity(p: Purity) -> tuple[Tensor, Tensor, Tensor]:
-    """Per feature: (precision on the test half for the concept chosen on the selection
-    half, that concept's index, live mask); NaN for features that are not live."""
-    concept = p.selection.argmax(1)
-    value = p.test[torch.arange(p.test.shape[0]), concept]
-    return torch.where(p.live, value, torch.full_like(value, float("nan"))), concept, p.live
+def purity(p: Purity) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per feature: (purity on the test half for its concept, the concept most of its top
+    activations have on the selection half; the top precision for that concept on the test
+    half; the concept's index; the live mask); NaN for features that are not live."""
+    concept = p.selection_top.argmax(1)
+    rows = torch.arange(p.test.shape[0])
+    nan = torch.full((rows.numel(),), float("nan"), dtype=p.test.dtype)
+    return (torch.where(p.live, p.test[rows, concept], nan), torch.where(p.live, p.test_top[rows, concept], nan),
+            concept, p.live)
 
 
 def concept_purity(p: Purity) -> tuple[Tensor, Tensor]:
-    """Per concept: (test-half precision of the live feature purest for it on the selection
+    """Per concept: (test-half purity of the live feature purest for it on the selection
     half, that feature; NaN and -1 when no feature is live). Ties on the selection half go
     to the lowest index."""
     if not bool(p.live.any()):
@@ -95,4 +118,4 @@ def concept_purity(p: Purity) -> tuple[Tensor, Tensor]:
     return p.test[feature, torch.arange(p.test.shape[1])], feature
 
 
-__all__ = ["Purity", "concept_precision", "concept_purity", "precisions", "purity", "top_weights"]
+__all__ = ["PURITY_BINS", "Purity", "concept_precision", "concept_purity", "precisions", "purity", "rank_weights"]

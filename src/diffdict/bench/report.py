@@ -15,6 +15,7 @@ from diffdict.bench.runner import writer_f1
 COLUMNS = (
     ("token_f1", "detection F1 (token)"), ("image_f1", "detection F1 (image)"), ("coverage", "coverage"),
     ("token_purity", "purity (token)"), ("image_purity", "purity (image)"), ("token_pure_share", "pure ≥ 0.9"),
+    ("token_top_precision", "top precision (token)"),
     ("concept_purity", "concept purity"), ("pure_coverage", "pure coverage"),
     ("detectors_per_concept", "detectors / concept"), ("absorption", "absorption"),
     ("steer_feature", "steering success"), ("steer_random", "random dir."), ("steer_supervised", "supervised dir."),
@@ -102,6 +103,19 @@ def plots(results: dict[str, Any], folder: Path) -> list[Path]:
     ax.axhline(0.8, color="gray", lw=0.5, ls="--")
     ax.legend(fontsize=8)
     made.append(_save(fig, folder / "detection.png"))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+    edges = np.linspace(0, 1, 21)
+    for ax, key, title in ((axes[0], "token_purity", "purity over the activation range (token)"),
+                           (axes[1], "token_top_precision", "top precision (token)")):
+        for name, result in rows.items():
+            values = np.array(result["features"].get(key, []), dtype=float)
+            values = values[np.isfinite(values)]
+            if values.size:
+                ax.hist(values, edges, histtype="step", density=True, label=name)
+        ax.set_xlabel(title)
+    axes[0].set_ylabel("live features (density)")
+    axes[0].legend(fontsize=7)
+    made.append(_save(fig, folder / "purity.png"))
     steering = results["dictionary"].get("steering")
     if steering:
         concepts = list(steering)

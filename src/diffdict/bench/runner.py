@@ -292,7 +292,8 @@ def _causal_summary(steering: dict, erasure: dict, concepts: dict, seed: int,
 
 
 #: headline scores compared with the baselines: (key in summary, how the pairs are formed)
-HEADLINE = ("token_f1", "image_f1", "token_purity", "image_purity", "concept_purity", "steer_feature", "erase_feature")
+HEADLINE = ("token_f1", "image_f1", "token_purity", "image_purity", "token_top_precision", "concept_purity",
+            "steer_feature", "erase_feature")
 
 
 def per_concept(result: dict, key: str) -> np.ndarray:
@@ -309,16 +310,15 @@ def differences(mine: dict, other: dict, seed: int) -> dict[str, dict[str, float
     for kind in ("token", "image"):
         a, b = (per_concept(r, f"{kind}_f1") for r in (mine, other))
         out[f"{kind}_f1"] = interval(a - b, seed)
-        pa = np.array(mine["features"][f"{kind}_purity"], dtype=float)
-        pb = np.array(other["features"][f"{kind}_purity"], dtype=float)
+    for key in ("token_purity", "image_purity", "token_top_precision"):
+        pa, pb = (np.array(r["features"].get(key, []), dtype=float) for r in (mine, other))
         pa, pb = pa[np.isfinite(pa)], pb[np.isfinite(pb)]
         if pa.size > 1 and pb.size > 1:
             rng = np.random.default_rng(seed)
             boots = [pa[rng.integers(0, pa.size, pa.size)].mean() - pb[rng.integers(0, pb.size, pb.size)].mean()
                      for _ in range(2000)]
             low, high = np.quantile(boots, [0.025, 0.975])
-            out[f"{kind}_purity"] = {"mean": float(pa.mean() - pb.mean()), "low": float(low), "high": float(high),
-                                     "n": int(pa.size)}
+            out[key] = {"mean": float(pa.mean() - pb.mean()), "low": float(low), "high": float(high), "n": int(pa.size)}
     out["concept_purity"] = interval(per_concept(mine, "concept_purity") - per_concept(other, "concept_purity"), seed)
     if "steering" in mine and "steering" in other:
         a = sum((mine["steering"][c]["feature_success"] for c in mine["steering"]), [])
