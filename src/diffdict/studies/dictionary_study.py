@@ -67,9 +67,11 @@ INTERPRETABILITY = (
            "token-level F1 of each concept's best feature (chosen on one half of the prompts, scored on the other), "
            "mean over the 27 concepts"),
     Metric("detect_f1_image", "detection F1 (image)", 0, 1, "higher", "the same at image level (per-image maximum)"),
-    Metric("purity", "purity", 0, 1, "higher", "precision of a live feature's top 64 token activations for its concept"),
+    Metric("purity", "purity", 0, 1, "higher",
+           "precision of a live feature's token activations for its concept (the one its top 64 have), over its "
+           "whole activation range: mean over 10 equal-count activation bins"),
     Metric("concept_purity", "concept purity", 0, 1, "higher",
-           "per concept, the top-64 precision of its purest feature (chosen on one half, scored on the other), "
+           "per concept, the purity of its purest feature (chosen on one half, scored on the other), "
            "mean over the 27 concepts"),
     Metric("coverage", "coverage", 0, 1, "higher", "share of concepts with a feature at F1 >= 0.8 and AUROC >= 0.9"),
     Metric("clip_score", "CLIP score", -1, 1, "higher", "CLIP similarity of a chosen feature's top images and its concept"),

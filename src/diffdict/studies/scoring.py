@@ -148,7 +148,7 @@ def evaluation(ctx: "StudyContext", dictionary_key: dict, load, eval_store, site
 
 
 #: bumped when the benchmark's scores change meaning (it keys the cached evaluations)
-BENCH_VERSION = 4
+BENCH_VERSION = 5
 
 
 def steering_features(evaluation_result: dict, concepts: Sequence[str]) -> list[dict[str, Any]]:
