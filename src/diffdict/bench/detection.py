@@ -57,26 +57,27 @@ def best_threshold_f1(ranked: Ranked, labels: Tensor, n_features: int) -> tuple[
     if present.size == 0:
         return torch.from_numpy(best), torch.from_numpy(threshold)
     starts, counts = ranked.start.numpy()[present], count[present]
-    rank = ranked.rank.numpy().astype(np.float64)[:, None]
+    # float32 and int32 halve the memory traffic (an F1 off by 1e-7 at most, past 2^24 ranks)
+    rank = ranked.rank.numpy().astype(np.float32)[:, None]
     not_cut = ~ranked.cut.numpy()
-    value = ranked.value.numpy().astype(np.float64)[:, None]
-    positives = labels.sum(0).numpy().astype(np.float64)
+    value = ranked.value.numpy().astype(np.float32)[:, None]
+    positives = labels.sum(0).numpy().astype(np.float32)
     entry_labels = labels.numpy()[ranked.item.numpy()]  # (E, C)
     # Column blocks of 8 concepts: numpy's segment reductions (reduceat) over the sorted
     # entries, 2.5-3x faster than scattering into (feature, concept) cells.
     for c0 in range(0, C, 8):
         cols = slice(c0, min(C, c0 + 8))
-        tp = np.cumsum(entry_labels[:, cols], axis=0, dtype=np.int64)  # true positives at each cut
-        before = np.zeros((present.size, tp.shape[1]), dtype=np.int64)
+        tp = np.cumsum(entry_labels[:, cols], axis=0, dtype=np.int32)  # true positives at each cut
+        before = np.zeros((present.size, tp.shape[1]), dtype=np.int32)
         before[1:] = tp[starts[1:] - 1]
         tp -= np.repeat(before, counts, axis=0)
-        f1 = 2 * tp / (rank + positives[cols])
+        f1 = (2 * tp).astype(np.float32) / (rank + positives[cols])
         f1[not_cut] = -1.0
         segment_best = np.maximum.reduceat(f1, starts, axis=0)
         at_best = f1 == np.repeat(segment_best, counts, axis=0)
         at_best[not_cut] = False
         # values fall within a feature: the largest value at the best F1 is the first
-        at_value = np.maximum.reduceat(np.where(at_best, value, -1.0), starts, axis=0)
+        at_value = np.maximum.reduceat(np.where(at_best, value, np.float32(-1.0)), starts, axis=0)
         best[present, cols] = np.maximum(segment_best, 0.0)
         threshold[present, cols] = np.where(at_value > 0, at_value, np.inf)
     return torch.from_numpy(best), torch.from_numpy(threshold)

@@ -26,6 +26,7 @@ feature for it (chosen on the selection half) and its purity on the test half.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -64,14 +65,26 @@ def concept_precision(ranked: Ranked, labels: Tensor, n_features: int, top: int 
                       bins: int | None = None) -> tuple[Tensor, Tensor]:
     """(precision (n_features, C), weight (n_features,)): the weighted share of each
     feature's activations (``rank_weights``) that have each concept, and the total weight."""
-    weights = rank_weights(ranked, top, bins)
-    keep = weights > 0
-    feature, item, weights = ranked.feature[keep], ranked.item[keep], weights[keep]
-    sums = torch.zeros(n_features, labels.shape[1], dtype=torch.float64)
-    for c in range(labels.shape[1]):  # one concept at a time: entries x concepts can be gigabytes
-        sums[:, c] = torch.bincount(feature, weights=labels[item, c].double() * weights, minlength=n_features)
-    total = torch.bincount(feature, weights=weights, minlength=n_features)
-    return sums / total.clamp_min(1e-12).unsqueeze(1), total
+    return weighted_shares(ranked, labels, n_features, [rank_weights(ranked, top, bins)])[0]
+
+
+def weighted_shares(ranked: Ranked, labels: Tensor, n_features: int,
+                    weightings: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """``concept_precision`` for several weightings of the same entries, as one sparse
+    product each: W (n_features x items, an entry's weight at its feature and item; the
+    entries are sorted by feature, so they are W's CSR rows) times the labels (items x C)."""
+    rows = torch.zeros(n_features + 1, dtype=torch.long)
+    rows[1:] = torch.cumsum(ranked.count, 0)
+    dense_labels = labels.double()
+    out = []
+    for weights in weightings:
+        with warnings.catch_warnings():  # torch calls its sparse CSR support beta
+            warnings.simplefilter("ignore", UserWarning)
+            matrix = torch.sparse_csr_tensor(rows, ranked.item, weights.double(), size=(n_features, labels.shape[0]))
+            sums = matrix @ dense_labels
+        total = torch.zeros(n_features, dtype=torch.float64).index_add_(0, ranked.feature, weights.double())
+        out.append((sums / total.clamp_min(1e-12).unsqueeze(1), total))
+    return out
 
 
 @dataclass
@@ -88,11 +101,11 @@ class Purity:
 
 def precisions(selection: Ranked, test: Ranked, selection_labels: Tensor, test_labels: Tensor, n_features: int,
                top: int, min_count: int, bins: int = PURITY_BINS) -> Purity:
-    return Purity(concept_precision(selection, selection_labels, n_features, bins=bins)[0],
-                  concept_precision(selection, selection_labels, n_features, top=top)[0],
-                  concept_precision(test, test_labels, n_features, bins=bins)[0],
-                  concept_precision(test, test_labels, n_features, top=top)[0],
-                  (selection.count >= min_count) & (test.count >= min_count))
+    (sel_range, _), (sel_top, _) = weighted_shares(selection, selection_labels, n_features,
+                                                   [rank_weights(selection, bins=bins), rank_weights(selection, top)])
+    (test_range, _), (test_top, _) = weighted_shares(test, test_labels, n_features,
+                                                     [rank_weights(test, bins=bins), rank_weights(test, top)])
+    return Purity(sel_range, sel_top, test_range, test_top, (selection.count >= min_count) & (test.count >= min_count))
 
 
 def purity(p: Purity) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -118,4 +131,5 @@ def concept_purity(p: Purity) -> tuple[Tensor, Tensor]:
     return p.test[feature, torch.arange(p.test.shape[1])], feature
 
 
-__all__ = ["PURITY_BINS", "Purity", "concept_precision", "concept_purity", "precisions", "purity", "rank_weights"]
+__all__ = ["PURITY_BINS", "Purity", "concept_precision", "concept_purity", "precisions", "purity", "rank_weights",
+           "weighted_shares"]
