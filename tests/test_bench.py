@@ -194,6 +194,27 @@ def test_the_feature_that_both_reads_and_writes_a_concept():
     assert concept_writers(Directions(), supervised, live, 2, f1) == {concept: 0}
 
 
+def test_a_feature_writes_the_value_of_a_family_it_is_closest_to():
+    """Feature 0 is blue's (cosine 0.97 with blue, 0.65 with purple), feature 1 purple's
+    (0.89 with purple, 0 with blue): purple's writer is 1 although 0 detects purple
+    better and cosine x F1 would pick it. Alone, purple has no rival and takes 0."""
+    from diffdict.bench.data import BENCH_CONCEPTS
+    from diffdict.bench.runner import concept_writers
+
+    class Directions:
+        d_in, n_features = 2, 2
+        decoder_directions = torch.tensor([[1.0, 0.25], [0.0, 1.0]])
+
+    blue, purple = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 2.0])
+    live = torch.ones(2, dtype=torch.bool)
+    f1 = torch.zeros(2, len(BENCH_CONCEPTS))
+    f1[:, BENCH_CONCEPTS.index("color:purple")] = torch.tensor([0.9, 0.5])
+    f1[:, BENCH_CONCEPTS.index("color:blue")] = torch.tensor([0.9, 0.1])
+    both = {"color:blue": blue, "color:purple": purple}
+    assert concept_writers(Directions(), both, live, 2, f1) == {"color:blue": 0, "color:purple": 1}
+    assert concept_writers(Directions(), {"color:purple": purple}, live, 2, f1) == {"color:purple": 0}
+
+
 def test_a_concept_steers_only_when_the_steered_feature_also_detects_it():
     from diffdict.bench.runner import _causal_summary
 

@@ -130,12 +130,25 @@ def concept_writers(dictionary, supervised: dict[str, torch.Tensor], live: torch
     supervised direction: the feature that *writes* the concept. Detection's choice, the
     feature that *reads* it best, often only reports it (docs/bench.md). With
     ``selection_f1`` (n_features, len(BENCH_CONCEPTS), the selection half's detection
-    F1), the feature that does both: the largest max(cosine, 0) × F1."""
+    F1), the feature that does both: the largest max(cosine, 0) × F1.
+
+    A feature writes at most one value of a family: it is a candidate for the value of
+    ``supervised`` its direction is closest to (a blue feature at cosine 0.9 with blue and
+    0.7 with purple is blue's, not purple's), unless no live feature is closest to it."""
+    cosines = direction_cosines(dictionary, supervised, width)
+    families: dict[str, list[str]] = {}
+    for concept in cosines:
+        families.setdefault(concept.split(":")[0], []).append(concept)
     out = {}
-    for concept, score in direction_cosines(dictionary, supervised, width).items():
+    for concept, cosine in cosines.items():
+        own = live.clone()
+        for rival in families[concept.split(":")[0]]:
+            if rival != concept:
+                own &= cosine >= cosines[rival]
+        score = cosine.clone()
         if selection_f1 is not None:
             score = score.clamp_min(0.0) * selection_f1[:, BENCH_CONCEPTS.index(concept)].float()
-        score[~live] = -2.0
+        score[~(own if bool(own.any()) else live)] = -2.0
         out[concept] = int(score.argmax())
     return out
 
