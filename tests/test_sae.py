@@ -78,6 +78,17 @@ def test_grouped_topk_equals_torch_topk(dtype, width):
     assert (indices.sort(1).values.diff(dim=1) > 0).all()  # no column twice
 
 
+def test_topk_rows_tied_at_the_kth_value_keep_the_first_tied_columns():
+    """Ties at the k-th value (common in bf16) are resolved without a slower search: the
+    entries above it, then the tied ones in column order."""
+    pre = torch.tensor([[1.0, 5.0, 3.0, 3.0, 0.0, 3.0, 3.0],
+                        [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0],
+                        [9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0]]).bfloat16()
+    values, indices = topk_rows(pre, 3, groups=1)
+    assert indices.tolist() == [[1, 2, 3], [0, 1, 2], [0, 1, 2]]
+    assert torch.equal(values, pre.gather(1, indices))
+
+
 def test_bf16_encoder_stays_close():
     sae = make_sae()
     x = batch(n=64)
