@@ -1,5 +1,6 @@
 """The ground-truth scores that need no generation: detection (token and image level),
-purity (over the activation range, and of the top activations), splitting and absorption, per concept and summarised with 95% intervals."""
+purity (over the activation range, and of the top activations), splitting and
+absorption, per concept and summarised with 95% intervals."""
 
 from __future__ import annotations
 

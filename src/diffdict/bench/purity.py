@@ -2,12 +2,12 @@
 
 For each live feature, its concept (the explanation) is the one most of its ``top``
 strongest activations have on the selection half (what an explainer is shown), and its
-purity is the precision of its activations for
-that concept on the test half, **over its whole activation range**: the feature's
-firing items are cut into ``bins`` equal-count bins by activation and purity is the
-mean of the bins' precisions, so a feature is pure only when its weak activations are
-about its concept as well as its strongest (the quantile sampling of SAEBench's and
-Bills et al.'s automated interpretability, with the ground truth as the judge).
+purity is the precision of its activations for that concept on the test half, **over
+its whole activation range**: the feature's firing items are cut into ``bins``
+equal-count bins by activation and purity is the mean of the bins' precisions, so a
+feature is pure only when its weak activations are about its concept as well as its
+strongest (the quantile sampling of SAEBench's and Bills et al.'s automated
+interpretability, with the ground truth as the judge).
 
 The **top precision** (the share of its ``top`` strongest activations with the concept)
 is reported beside it, and it is not a measure of what training bought: when the data
