@@ -38,8 +38,10 @@ def model_folders(tmp_path_factory):
 
 
 def model_args(folders) -> list[str]:
-    # one thread: OpenMP threads thrash when the machine's cores are busy
-    return ["--model-path", folders["model_path"], "--judge-path", folders["judge_path"], "--threads", "1"]
+    # one thread: OpenMP threads thrash when the machine's cores are busy; one process: the
+    # tests count what the cache computed
+    return ["--model-path", folders["model_path"], "--judge-path", folders["judge_path"], "--threads", "1",
+            "--jobs", "1"]
 
 
 @pytest.fixture(scope="session")
@@ -159,7 +161,7 @@ def test_report_links_tables_plots_and_browsers(study_all):
 # -- caching ----------------------------------------------------------------------------------
 def test_second_run_trains_nothing(study_all, model_folders, tmp_path):
     """The same study on the same cache: nothing trained, nothing collected, same table."""
-    options = {"seeds": SEEDS, "threads": 1, **model_folders}
+    options = {"seeds": SEEDS, "threads": 1, "jobs": 1, **model_folders}
     results = run_study("sparsity-level", tmp_path / "again", options, quick=True, cache_dir=study_all / "cache",
                         log=lambda message: None)
     assert results["trained"] == 0
@@ -171,7 +173,7 @@ def test_second_run_trains_nothing(study_all, model_folders, tmp_path):
 
 def test_changing_a_setting_recomputes_only_what_depends_on_it(study_all, model_folders, tmp_path):
     """A new k trains one new member per seed; the stores and the other members are reused."""
-    options = {"seeds": SEEDS, "ks": "10,12", "threads": 1, **model_folders}
+    options = {"seeds": SEEDS, "ks": "10,12", "threads": 1, "jobs": 1, **model_folders}
     results = run_study("sparsity-level", tmp_path / "k12", options, quick=True, cache_dir=study_all / "cache",
                         log=lambda message: None)
     assert results["trained"] == SEEDS
@@ -210,6 +212,64 @@ def test_cache_time_is_counted_for_the_step_that_spent_it(tmp_path, monkeypatch)
     cache.json("outer", {}, outer)
     cache.json("outer", {}, outer)  # served: no time
     assert cache.stats()["seconds"] == {"outer": 3.0, "inner": 5.0}
+
+
+def _build_slowly(root: str, ready, log: str) -> None:
+    """Build the entry "slow" in a cache at ``root``, signalling ``ready`` once its lock is held."""
+    import time
+
+    def build(folder: Path) -> None:
+        ready.set()
+        time.sleep(1.0)
+        with open(log, "a") as handle:
+            handle.write("built\n")
+        (folder / "value.txt").write_text("1")
+
+    Cache(root).folder("slow", {"a": 1}, build)
+
+
+def test_two_processes_build_a_shared_entry_once(tmp_path):
+    """The second process waits for the first one's build and is served its entry."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    ready, log = context.Event(), tmp_path / "builds.txt"
+    first = context.Process(target=_build_slowly, args=(str(tmp_path / "cache"), ready, str(log)))
+    first.start()
+    assert ready.wait(60)
+    cache = Cache(tmp_path / "cache")
+    folder = cache.folder("slow", {"a": 1}, lambda f: _build_slowly_here(f, log))
+    first.join(60)
+    assert first.exitcode == 0
+    assert log.read_text() == "built\n" and (folder / "value.txt").read_text() == "1"
+    assert cache.stats()["hits"] == {"slow": 1} and cache.stats()["computed"] == {}
+
+
+def _build_slowly_here(folder: Path, log: Path) -> None:
+    with open(log, "a") as handle:
+        handle.write("built here\n")
+
+
+def test_a_helper_works_through_loops_backwards(model_folders, tmp_path):
+    study = get_study("sparsity-level")
+    config = resolve(study.Config, {"model_path": model_folders["model_path"]}, quick=True)
+    ctx = StudyContext(study, config, tmp_path, Cache(tmp_path / "cache"), log=lambda message: None)
+    assert ctx.order([0, 1, 2]) == [0, 1, 2]
+    ctx.helper = True
+    assert ctx.order([0, 1, 2]) == [2, 1, 0]
+
+
+def test_a_study_with_a_helper_process_writes_the_same_table(study_all, model_folders, tmp_path):
+    """--jobs 2 on a fresh cache: the helper shares the work, the table is the one of one process."""
+    options = {"seeds": SEEDS, "threads": 1, "jobs": 2, **model_folders}
+    results = run_study("sparsity-level", tmp_path / "parallel", options, quick=True, cache_dir=tmp_path / "cache",
+                        log=lambda message: None)
+    first = read_results(study_all / "sparsity-level")
+    assert json.dumps(results["summary"], sort_keys=True) == json.dumps(first["summary"], sort_keys=True)
+    assert not (tmp_path / "cache" / ".helpers").exists()
+    assert not [p for p in (tmp_path / "cache").rglob("*.tmp")]
+    built = len(list((tmp_path / "cache" / "dictionary").glob("*/entry.json")))
+    assert built == 3 * SEEDS  # every dictionary once, whichever process trained it
 
 
 # -- bad input ---------------------------------------------------------------------------------

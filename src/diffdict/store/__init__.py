@@ -46,7 +46,7 @@ from diffdict.store.format import (
     SHARDS_DIR,
 )
 from diffdict.store.importing import import_array
-from diffdict.store.loader import BatchIterator, _expected_hash, _hash_problem, verification
+from diffdict.store.loader import BatchIterator, _expected_hash, _hash_problem, reads_verified, verification
 from diffdict.store.reader import Store, open_store
 from diffdict.store.verify import store_info, verify_store
 from diffdict.store.writer import StoreWriter

@@ -49,6 +49,11 @@ def verification(enabled: bool):
         _verify_reads.reset(token)
 
 
+def reads_verified() -> bool:
+    """Whether :func:`open_store` checks file hashes here (see :func:`verification`)."""
+    return _verify_reads.get()
+
+
 class _FileHash:
     """The hash of one file, computed from its bytes in file order as a reader reads them.
 

@@ -64,6 +64,8 @@ class StudyConfig:
     threads: int | None = option(None, "CPU threads for torch (default: torch's, one per core; the command "
                                        "makes idle threads wait passively, so a busy machine costs no more "
                                        "than one thread would)", minimum=1)
+    jobs: int | None = option(None, "processes sharing the work through the cache (default: 2 on a CPU with two "
+                                    "cores or more, else 1); the tables do not depend on it", minimum=1)
     quick: bool = option(False, "a much smaller smoke version", cli=False)
 
     def check(self) -> None:
@@ -158,6 +160,7 @@ class StudyContext:
         self.notes: list[str] = []
         self.extras: dict[str, Any] = {}
         self.trained = 0  # dictionaries trained by this run (0 when everything came from the cache)
+        self.helper = False  # a helper process of ``--jobs``: it only fills the cache (see studies.parallel)
         self.started = time.monotonic()
         self._log = log if log is not None else (lambda message: print(message, file=sys.stderr, flush=True))
 
@@ -184,6 +187,12 @@ class StudyContext:
         from diffdict.studies.stages import study_sites
 
         return study_sites(self.host, self.config.sites)
+
+    def order(self, items: Iterable) -> list:
+        """``items`` in the order this process works through them: a helper process goes
+        backwards, so that it and the main process meet in the middle of a loop."""
+        items = list(items)
+        return items[::-1] if self.helper else items
 
     # -- recording --------------------------------------------------------------------------
     def log(self, message: str) -> None:

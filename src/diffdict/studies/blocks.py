@@ -94,9 +94,9 @@ class Blocks(Study):
     def run(self, ctx: StudyContext) -> None:
         config = ctx.config
         prompts = study_prompts(config, "edit", config.prompts)
-        for seed in config.seed_list():
+        for seed in ctx.order(config.seed_list()):
             offset = seed - config.seed  # a seed is a new draw of the noise for the same prompts
-            for site in self.sites(ctx):
+            for site in ctx.order(self.sites(ctx)):
                 settings = {"site": site, "scale": config.scale, "prompts": text_digest(prompts), "seed": seed,
                             "judge": judge_fingerprint(ctx.judge), "host": ctx.host.describe(), **generation_settings(ctx)}
                 values = ctx.cache.json("ablation", settings,

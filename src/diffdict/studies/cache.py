@@ -12,6 +12,11 @@ The cache counts what it served and what it computed per kind (``stats()``), whi
 how a study shows that a second run trained nothing, and the seconds spent computing each
 kind (a step's own time: a step built inside another counts for its own kind only), which
 is where a study's time goes.
+
+Several processes may share one cache (``study --jobs``): an entry is built under an
+exclusive lock on ``.<key>.lock`` beside it, so a second process wanting the same entry
+waits for it instead of building it again. A process that writes ``stats_file`` keeps its
+counts there after every entry it completes.
 """
 
 from __future__ import annotations
@@ -24,8 +29,14 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process locks, concurrent twins are still safe (see _commit)
+    fcntl = None
 
 from diffdict.errors import DiffdictError
 from diffdict.io import read_json, write_json
@@ -59,8 +70,9 @@ def text_digest(items: Any) -> str:
 
 
 class Cache:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, stats_file: str | Path | None = None):
         self.root = Path(root)
+        self.stats_file = Path(stats_file) if stats_file is not None else None
         self.hits: Counter[str] = Counter()
         self.computed: Counter[str] = Counter()
         self.seconds: Counter[str] = Counter()  # each kind's own compute time
@@ -82,6 +94,13 @@ class Cache:
         found = self.lookup(kind, settings)
         if found is not None:
             return found
+        with self.locked(kind, [settings]):
+            found = self.lookup(kind, settings)  # built by another process while this one waited
+            if found is not None:
+                return found
+            return self._build(kind, settings, build)
+
+    def _build(self, kind: str, settings: dict[str, Any], build: Callable[[Path], None]) -> Path:
         final = self.path(kind, settings)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
@@ -99,7 +118,20 @@ class Cache:
             self.seconds[kind] += spent - inner
             if self._nested:
                 self._nested[-1] += spent
+        self._save_stats()
         return final
+
+    @contextmanager
+    def locked(self, kind: str, settings_list: list[dict[str, Any]]) -> Iterator[None]:
+        """Hold the build locks of these entries (taken in one global order, so two
+        processes wanting overlapping sets cannot deadlock)."""
+        with ExitStack() as stack:
+            if fcntl is not None:
+                for final in sorted({self.path(kind, settings) for settings in settings_list}):
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    handle = stack.enter_context(open(final.parent / f".{final.name}.lock", "a"))
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
 
     def put(self, kind: str, settings: dict[str, Any], source: Path, seconds: float = 0.0) -> Path:
         """Move a finished folder (e.g. one member of a trained grid) into the cache;
@@ -111,7 +143,12 @@ class Cache:
         os.rmdir(tmp)
         shutil.move(str(source), str(tmp))
         self._commit(tmp, final, kind, settings)
+        self._save_stats()
         return final
+
+    def _save_stats(self) -> None:
+        if self.stats_file is not None:
+            write_json(self.stats_file, self.stats())
 
     def _commit(self, tmp: Path, final: Path, kind: str, settings: dict[str, Any]) -> None:
         write_json(tmp / ENTRY_FILE, {"kind": kind, "settings": _jsonable(settings)})

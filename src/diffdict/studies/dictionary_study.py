@@ -133,15 +133,16 @@ class DictionaryStudy(Study):
         for site in ctx.sites:
             train_store = activation_store(ctx, "train", config.train_prompts, [site])
             eval_store = activation_store(ctx, "eval", config.eval_prompts, [site])
-            for seed in config.seed_list():
+            seeds = config.seed_list()
+            for seed in seeds[:1] + ctx.order(seeds[1:]):  # the first seed first: a study may calibrate on it
                 trained = {t.member: t for t in self.build(ctx, site, seed, train_store, eval_store)}
                 recon = {m: reconstruction(ctx, t.key, t.load, t.eval_store, t.eval_site) for m, t in trained.items()}
                 chosen = self.select(ctx, site, seed, recon)
                 results = {}
-                for _, member in chosen:
+                for _, member in ctx.order(chosen):
                     t = trained[member]
                     results[member] = evaluation(ctx, t.key, t.load, t.eval_store, t.eval_site, seed)
-                for row, member in chosen:
+                for row, member in ctx.order(chosen):
                     t, result = trained[member], results[member]
                     values = {m.name: result[m.name] for m in RECONSTRUCTION + INTERPRETABILITY}
                     items = dict(result.get("items", {}))

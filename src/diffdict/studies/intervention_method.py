@@ -100,7 +100,7 @@ class InterventionMethod(Study):
         for site in ctx.sites:
             train_store = activation_store(ctx, "train", config.train_prompts, [site])
             eval_store = activation_store(ctx, "eval", config.eval_prompts, [site])
-            for seed in config.seed_list():
+            for seed in ctx.order(config.seed_list()):
                 (folder,) = train_members(ctx, train_store, site, [member], seed).values()
                 t = trained_folder(member, folder, eval_store, site)
                 result = evaluation(ctx, t.key, t.load, eval_store, site, seed)
@@ -109,7 +109,7 @@ class InterventionMethod(Study):
                 if not features:
                     ctx.note(f"seed {seed}: no feature fired on the evaluation prompts; nothing to edit")
                     continue
-                for method in config.methods:
+                for method in ctx.order(config.methods):
                     settings = {"dictionary": t.key, "site": site, "method": method, "features": features,
                                 "prompts": text_digest(prompts), "mask": list(config.mask), "seed": seed,
                                 "strength": config.strength, "judge": judge_fingerprint(ctx.judge),

@@ -20,6 +20,7 @@ import dataclasses
 import importlib
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +31,7 @@ from diffdict.io import write_json
 from diffdict.options import canonical_options, resolve
 from diffdict.studies.base import Study, StudyConfig, StudyContext
 from diffdict.studies.cache import Cache
+from diffdict.studies.parallel import Helpers, job_count, threads_per_job
 from diffdict.studies.table import Table
 
 #: name -> "module:Class"; adding a study is one module and one line here
@@ -56,13 +58,15 @@ def _metric_json(metric) -> dict:
 
 
 def execute(study: Study, config: StudyConfig, out: str | Path, cache: Cache, host=None, judge=None,
-            log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run ``study`` with a resolved ``config`` into ``out``; return what results.json holds."""
+            log: Callable[[str], None] | None = None, helper: bool = False) -> dict[str, Any]:
+    """Run ``study`` with a resolved ``config`` into ``out``; return what results.json holds.
+    ``helper``: work through the study backwards (see ``studies.parallel``)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DiffdictError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     ctx = StudyContext(study, config, out, cache, host=host, judge=judge, log=log)
+    ctx.helper = helper
     if judge is None:
         from diffdict.studies.stages import judge_name
 
@@ -108,11 +112,22 @@ def run_study(name: str, out: str | Path, options: dict[str, Any] | None = None,
               cache_dir: str | Path | None = None, host=None, judge=None,
               log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Resolve the config of study ``name`` (``options``: CLI strings or Python values)
-    and run it into ``out``; the cache defaults to ``out/cache``."""
+    and run it into ``out``; the cache defaults to ``out/cache``. With ``jobs`` > 1 helper
+    processes share the work (``studies.parallel``)."""
     study = get_study(name)
     config = resolve(study.Config, options, quick)
-    cache = Cache(cache_dir if cache_dir is not None else Path(out) / "cache")
-    return execute(study, config, out, cache, host=host, judge=judge, log=log)
+    cache_root = Path(cache_dir if cache_dir is not None else Path(out) / "cache")
+    threads = torch.get_num_threads()
+    with _helpers(config, {name: config}, options, quick, cache_root, browsers=False,
+                  injected=host is not None or judge is not None) as helpers:
+        if not config.threads and (per_job := threads_per_job(config, job_count(config))):
+            torch.set_num_threads(per_job)
+        try:
+            results = execute(study, config, out, Cache(cache_root), host=host, judge=judge, log=log)
+        finally:
+            torch.set_num_threads(threads)
+    _add_helper_seconds(results["cache"]["seconds"], helpers)
+    return results
 
 
 def all_options() -> set[str]:
@@ -120,14 +135,8 @@ def all_options() -> set[str]:
     return {f.name for name in STUDIES for f in dataclasses.fields(get_study(name).Config)}
 
 
-def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool = False,
-            studies: list[str] | None = None, cache_dir: str | Path | None = None, host=None, judge=None,
-            log: Callable[[str], None] | None = None, browsers: bool = True,
-            browser_features: int | None = None) -> dict[str, Any]:
-    """Every study (or ``studies``) into ``out/<study>/``, one shared cache, and the
-    report ``out/index.html`` with a feature browser of ``browser_features`` features
-    (default 32, 8 with ``quick``) per dictionary."""
-    out = Path(out)
+def _resolve_all(options: dict[str, Any] | None, quick: bool, studies: list[str] | None):
+    """Each study's resolved config (so every one is checked before anything runs)."""
     options = canonical_options([get_study(n).Config for n in STUDIES], options or {})
     options = {k: v for k, v in options.items() if v is not None}
     names = list(studies) if studies else list(STUDIES)
@@ -136,26 +145,63 @@ def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool 
     unknown = sorted(set(options) - all_options())
     if unknown:
         raise DiffdictError(f"no study takes the option --{unknown[0].replace('_', '-')}")
-    # every config is resolved (and so checked) before anything runs
     configs = {}
     for name in names:
         study = get_study(name)
         known = {f.name for f in dataclasses.fields(study.Config)}
-        configs[name] = (study, resolve(study.Config, {k: v for k, v in options.items() if k in known}, quick))
-    cache = Cache(cache_dir if cache_dir is not None else out / "cache")
+        configs[name] = resolve(study.Config, {k: v for k, v in options.items() if k in known}, quick)
+    return options, configs
+
+
+def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool = False,
+            studies: list[str] | None = None, cache_dir: str | Path | None = None, host=None, judge=None,
+            log: Callable[[str], None] | None = None, browsers: bool = True,
+            browser_features: int | None = None) -> dict[str, Any]:
+    """Every study (or ``studies``) into ``out/<study>/``, one shared cache, and the
+    report ``out/index.html`` with a feature browser of ``browser_features`` features
+    (default 32, 8 with ``quick``) per dictionary. With ``jobs`` > 1 (the default on a
+    CPU with two cores or more) helper processes share the work (``studies.parallel``)."""
+    out = Path(out)
+    options, configs = _resolve_all(options, quick, studies)
+    cache_root = Path(cache_dir if cache_dir is not None else out / "cache")
+    first = next(iter(configs.values()))
+    with _helpers(first, configs, options, quick, cache_root, browsers, browser_features,
+                  injected=host is not None or judge is not None) as helpers:
+        summary = run_studies(out, options, quick, list(configs), cache_root, host, judge, log, browsers,
+                              browser_features, configs=configs)
+    _add_helper_seconds(summary["seconds_by_step"], helpers)
+    summary["seconds_by_step"] = dict(sorted(summary["seconds_by_step"].items(), key=lambda item: -item[1]))
+    summary["jobs"] = 1 + (len(helpers.processes) if helpers else 0)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def run_studies(out: Path, options: dict[str, Any], quick: bool, names: list[str], cache_root: Path, host=None,
+                judge=None, log: Callable[[str], None] | None = None, browsers: bool = True,
+                browser_features: int | None = None, configs: dict | None = None, stats_file: Path | None = None,
+                helper: bool = False) -> dict[str, Any]:
+    """The studies ``names`` one after the other (a helper: in reverse), then the feature
+    browsers and the report; returns the summary."""
+    if configs is None:
+        options, configs = _resolve_all(options, quick, names)
+    order = list(configs)[::-1] if helper else list(configs)
+    cache = Cache(cache_root, stats_file=stats_file)
     began = time.monotonic()
-    first = next(iter(configs.values()))[1]
+    first = configs[order[0]]
     threads = torch.get_num_threads()
     if first.threads:
         torch.set_num_threads(first.threads)
+    elif not helper and (per_job := threads_per_job(first, job_count(first))):
+        torch.set_num_threads(per_job)
     try:
         # one host and one judge for every study (their model and judge options are shared)
         from diffdict.studies.stages import load_judge, load_study_host
 
         host = host if host is not None else load_study_host(first)
         judge = judge if judge is not None else load_judge(first)
-        results = {name: execute(study, config, out / name, cache, host=host, judge=judge, log=log)
-                   for name, (study, config) in configs.items()}
+        results = {name: execute(get_study(name), configs[name], out / name, cache, host=host, judge=judge, log=log,
+                                 helper=helper)
+                   for name in order}
         summary = {"studies": {name: {"seconds": r["seconds"], "trained": r["trained"], "cache": r["cache"]}
                                for name, r in results.items()},
                    "seconds": time.monotonic() - began, "quick": quick}
@@ -168,11 +214,40 @@ def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool 
         torch.set_num_threads(threads)
     from diffdict.studies.report import write_index
 
+    results = {name: results[name] for name in configs}
+    summary["studies"] = {name: summary["studies"][name] for name in configs}
     summary["seconds"] = time.monotonic() - began
-    summary["seconds_by_step"] = dict(sorted(cache.stats()["seconds"].items(), key=lambda item: -item[1]))
+    summary["seconds_by_step"] = cache.stats()["seconds"]
     write_index(out, results, summary)
     write_json(out / "summary.json", summary)
     return summary
 
 
-__all__ = ["STUDIES", "all_options", "execute", "get_study", "run_all", "run_study"]
+@contextmanager
+def _helpers(config: StudyConfig, configs: dict, options, quick: bool, cache_root: Path, browsers: bool,
+             browser_features: int | None = None, injected: bool = False):
+    """The helper processes of a run with ``config.jobs`` > 1 (None when there are none;
+    a host or judge given as an object cannot be rebuilt in a helper)."""
+    from diffdict.store import reads_verified
+
+    jobs = job_count(config)
+    if jobs < 2 or injected:
+        yield None
+        return
+    helpers = Helpers(jobs - 1, threads_per_job(config, jobs), options=options, quick=quick,
+                      names=list(configs), cache_root=cache_root, browsers=browsers,
+                      browser_features=browser_features, verify=reads_verified())
+    try:
+        yield helpers
+    finally:
+        helpers.stop()
+        helpers.remove()
+
+
+def _add_helper_seconds(seconds: dict[str, float], helpers) -> None:
+    if helpers is not None:
+        for kind, spent in helpers.seconds().items():
+            seconds[kind] = round(seconds.get(kind, 0.0) + spent, 1)
+
+
+__all__ = ["STUDIES", "all_options", "execute", "get_study", "run_all", "run_study", "run_studies"]

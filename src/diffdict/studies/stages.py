@@ -248,28 +248,43 @@ def train_members(ctx: "StudyContext", store, site: str, members: Sequence[Membe
     ``metrics.jsonl``): cached ones as they are, the rest trained together in one pass
     (the members of a study at one seed share the data, batches and schedule; each
     member's weights do not depend on what else is in the pass)."""
+    found: dict[Member, Path] = {}
+    keys = {}
+    for member in members:
+        settings = training_settings(ctx, store.path, site, member, seed)
+        keys[member] = ({"store": store.digest, "member": _member_key(settings)}, settings)
+        path = ctx.cache.lookup("dictionary", keys[member][0])
+        if path is not None:
+            found[member] = path
+    if len(found) < len(keys):
+        # another process sharing the cache may be training some of them: wait for it
+        with ctx.cache.locked("dictionary", [key for member, (key, _) in keys.items() if member not in found]):
+            _train_missing(ctx, store, site, seed, keys, found)
+    return {member: found[member] for member in members}
+
+
+def _train_missing(ctx: "StudyContext", store, site: str, seed: int, keys: dict, found: dict[Member, Path]) -> None:
     from diffdict.io import write_json
     from diffdict.train import grid_members, train
 
-    found: dict[Member, Path] = {}
-    missing: dict[str, tuple[Member, Any]] = {}  # by the member's cache key
-    for member in members:
-        settings = training_settings(ctx, store.path, site, member, seed)
-        key = {"store": store.digest, "member": _member_key(settings)}
+    missing: dict[str, tuple[Member, dict, Any]] = {}  # by the member's cache key
+    for member, (key, settings) in keys.items():
+        if member in found:
+            continue
         path = ctx.cache.lookup("dictionary", key)
         if path is not None:
             found[member] = path
         else:
-            missing.setdefault(text_digest(key), (member, settings))
+            missing.setdefault(text_digest(key), (member, key, settings))
     if missing:
         # each member as its own one-member grid describes it, under a distinct folder name
         specs = {}
-        for index, (digest, (member, settings)) in enumerate(missing.items()):
+        for index, (digest, (member, _, settings)) in enumerate(missing.items()):
             (spec,) = grid_members(settings)
             specs[digest] = dataclasses.replace(spec, name=f"{index:02d}-{spec.name}")
-        shared = next(iter(missing.values()))[1]
+        shared = next(iter(missing.values()))[2]
         ctx.log(f"training {len(missing)} dictionar{'y' if len(missing) == 1 else 'ies'} on {site}, seed {seed}: "
-                + ", ".join(member.label for member, _ in missing.values()))
+                + ", ".join(member.label for member, _, _ in missing.values()))
         log_every = max(1, shared.total_steps // 20)
         with tempfile.TemporaryDirectory(dir=ctx.cache.root) as tmp:
             began = time.perf_counter()
@@ -278,14 +293,15 @@ def train_members(ctx: "StudyContext", store, site: str, members: Sequence[Membe
                             device=str(ctx.host.device) if ctx.host.device.type == "cuda" else "cpu")
             seconds = time.perf_counter() - began
             ctx.trained += len(missing)
-            for digest, (member, settings) in missing.items():
+            for digest, (member, key, _) in missing.items():
                 folder = folders[specs[digest].name]
                 for checkpoint in folder.glob("checkpoint-*.safetensors"):
                     checkpoint.unlink()
                 write_json(folder / "pass.json", {"members": len(missing), "seconds": seconds})
-                key = {"store": store.digest, "member": _member_key(settings)}
                 found[member] = ctx.cache.put("dictionary", key, folder, seconds=seconds / len(missing))
-    return {member: found[member] for member in members}
+    for member in keys:  # a member listed twice is trained once
+        if member not in found:
+            found[member] = ctx.cache.path("dictionary", keys[member][0])
 
 
 def read_training_log(folder: Path) -> list[dict]:

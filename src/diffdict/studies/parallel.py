@@ -1,0 +1,131 @@
+"""Helper processes that share a study run's work through its cache (``--jobs``).
+
+The main process runs the studies exactly as alone and writes every output. Each helper
+runs the same studies in the opposite order (the studies, and within a study its seeds
+after the first and its dictionaries, see ``StudyContext.order``) into a scratch folder
+it never reports, so it builds the cache entries the main process will want last. The
+cache builds each entry once, under a lock (``Cache.locked``): whoever reaches an entry
+first builds it and the other waits for it, so the two meet in the middle. Every entry
+depends only on its settings, so the tables are the same for any number of jobs.
+
+When the main process is done it stops the helpers (an entry a helper was building is
+discarded, as after any interruption) and adds their compute time to ``seconds_by_step``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffdict.io import read_json
+
+#: a study run uses at most this many processes by default: the main one and a helper
+#: meet in the middle of each loop, a third would only wait for the other two
+MAX_DEFAULT_JOBS = 2
+HELPERS_FOLDER = ".helpers"
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def job_count(config) -> int:
+    """``config.jobs``, else 2 on a CPU run with at least two cores, else 1 (a GPU is
+    shared badly by two processes)."""
+    if config.jobs:
+        return config.jobs
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not device.startswith("cpu"):
+        return 1
+    return max(1, min(MAX_DEFAULT_JOBS, cpu_cores()))
+
+
+def threads_per_job(config, jobs: int) -> int | None:
+    """Torch threads of each process: ``config.threads``, else the cores shared out."""
+    if config.threads:
+        return config.threads
+    return max(1, cpu_cores() // jobs) if jobs > 1 else None
+
+
+class Helpers:
+    """``count`` helper processes of one study run (a context manager: leaving it stops
+    them); ``seconds()`` is their compute time by cache step."""
+
+    def __init__(self, count: int, threads: int | None, **run_args: Any):
+        """``run_args``: what ``runner.run_studies`` takes (``cache_root`` among them), and
+        ``verify``, whether stores are verified on read."""
+        self.folder = Path(run_args["cache_root"]) / HELPERS_FOLDER / str(os.getpid())
+        self.processes = []
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: torch's threads do not survive a fork
+        for index in range(count):
+            scratch = self.folder / str(index)
+            scratch.mkdir(parents=True, exist_ok=True)
+            process = context.Process(target=_helper_main, args=(scratch, threads, run_args), daemon=True,
+                                      name=f"diffdict-study-helper-{index}")
+            process.start()
+            self.processes.append((process, scratch))
+
+    def __enter__(self) -> "Helpers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for process, _ in self.processes:
+            if process.is_alive():
+                process.terminate()
+        for process, _ in self.processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+    def seconds(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for _, scratch in self.processes:
+            stats = scratch / "stats.json"
+            if stats.exists():
+                for kind, seconds in read_json(stats).get("seconds", {}).items():
+                    total[kind] = total.get(kind, 0.0) + seconds
+        return total
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.folder.parent.rmdir()
+        except OSError:  # another run's helpers are still there
+            pass
+
+
+def _helper_main(scratch: Path, threads: int | None, run_args: dict[str, Any]) -> None:
+    """A helper's life: the studies in reverse into ``scratch``; stopped by SIGTERM."""
+    from diffdict.store import verification
+    from diffdict.studies.runner import run_studies
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds, so a half-built entry is removed
+    if threads:
+        torch.set_num_threads(threads)
+    log_file = open(scratch / "helper.log", "a", buffering=1)
+    try:
+        with verification(run_args.pop("verify")):
+            run_studies(scratch / "out", **run_args, stats_file=scratch / "stats.json", helper=True,
+                        log=lambda message: print(message, file=log_file))
+    except Exception:  # the main process builds whatever a failed helper did not
+        traceback.print_exc(file=log_file)
+    finally:
+        log_file.close()
+
+
+__all__ = ["Helpers", "MAX_DEFAULT_JOBS", "cpu_cores", "job_count", "threads_per_job"]
