@@ -131,8 +131,9 @@ class DictionaryStudy(Study):
     def run(self, ctx: StudyContext) -> None:
         config = ctx.config
         for site in ctx.sites:
-            train_store = activation_store(ctx, "train", config.train_prompts, [site])
-            eval_store = activation_store(ctx, "eval", config.eval_prompts, [site])
+            stores = {purpose: activation_store(ctx, purpose, count, [site])
+                      for purpose, count in ctx.order([("train", config.train_prompts), ("eval", config.eval_prompts)])}
+            train_store, eval_store = stores["train"], stores["eval"]
             seeds = config.seed_list()
             for seed in seeds[:1] + ctx.order(seeds[1:]):  # the first seed first: a study may calibrate on it
                 trained = {t.member: t for t in self.build(ctx, site, seed, train_store, eval_store)}

@@ -67,6 +67,7 @@ class Helpers:
         ``verify``, whether stores are verified on read."""
         self.folder = Path(run_args["cache_root"]) / HELPERS_FOLDER / str(os.getpid())
         self.processes = []
+        self._seconds: dict[str, float] = {}
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: torch's threads do not survive a fork
         for index in range(count):
             scratch = self.folder / str(index)
@@ -83,6 +84,7 @@ class Helpers:
         self.stop()
 
     def stop(self) -> None:
+        """Stop the helpers and keep their compute time (``seconds()``)."""
         for process, _ in self.processes:
             if process.is_alive():
                 process.terminate()
@@ -91,15 +93,16 @@ class Helpers:
             if process.is_alive():
                 process.kill()
                 process.join()
-
-    def seconds(self) -> dict[str, float]:
-        total: dict[str, float] = {}
+        self._seconds = {}
         for _, scratch in self.processes:
             stats = scratch / "stats.json"
             if stats.exists():
                 for kind, seconds in read_json(stats).get("seconds", {}).items():
-                    total[kind] = total.get(kind, 0.0) + seconds
-        return total
+                    self._seconds[kind] = self._seconds.get(kind, 0.0) + seconds
+
+    def seconds(self) -> dict[str, float]:
+        """The helpers' compute time by cache step (entries they completed), once stopped."""
+        return dict(self._seconds)
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -126,7 +126,9 @@ def run_study(name: str, out: str | Path, options: dict[str, Any] | None = None,
             results = execute(study, config, out, Cache(cache_root), host=host, judge=judge, log=log)
         finally:
             torch.set_num_threads(threads)
-    _add_helper_seconds(results["cache"]["seconds"], helpers)
+    if helpers is not None:
+        _add_helper_seconds(results["cache"]["seconds"], helpers)
+        write_json(Path(out) / "results.json", results)
     return results
 
 
