@@ -272,6 +272,44 @@ def test_a_study_with_a_helper_process_writes_the_same_table(study_all, model_fo
     assert built == 3 * SEEDS  # every dictionary once, whichever process trained it
 
 
+def test_a_helper_whose_main_process_was_killed_stops(model_folders, tmp_path):
+    """The main process dies without stopping its helper (kill -9): the helper notices and
+    stops, leaving no half-built entry."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+import os, time
+from diffdict.studies.parallel import Helpers
+helpers = Helpers(1, 1, options={{"seeds": 1, "model_path": {model_folders['model_path']!r},
+                                  "judge_path": {model_folders['judge_path']!r}}},
+                  quick=True, names=["sparsity-mechanism"], cache_root={str(tmp_path / 'cache')!r}, browsers=False,
+                  browser_features=None, verify=True)
+print(helpers.processes[0][0].pid, flush=True)
+time.sleep(3)
+os._exit(0)
+"""
+    output = tmp_path / "main.txt"  # a file, not a pipe: the helper inherits it and keeps it open
+    with open(output, "w") as handle:
+        done = subprocess.run([sys.executable, "-c", script], stdout=handle, stderr=subprocess.STDOUT, timeout=120)
+    assert done.returncode == 0, output.read_text()
+    helper = int(output.read_text().split()[0])
+    deadline = time.monotonic() + 20  # its own work would take longer
+    while time.monotonic() < deadline:
+        try:
+            os.kill(helper, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(helper, 9)
+        raise AssertionError("the helper outlived its main process by 20 s")
+    assert not [p for p in (tmp_path / "cache").rglob("*.tmp")]
+    assert not (tmp_path / "cache" / ".helpers").exists()
+
+
 # -- bad input ---------------------------------------------------------------------------------
 def one_line_error(capsys, argv) -> str:
     assert main(argv) == 2

@@ -14,18 +14,21 @@ discarded, as after any interruption) and adds their compute time to ``seconds_b
 
 from __future__ import annotations
 
-import multiprocessing
+import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from diffdict.io import read_json
+from diffdict.io import read_json, write_json
 
 #: a study run uses at most this many processes by default: the main one and a helper
 #: meet in the middle of each loop, a third would only wait for the other two
@@ -60,21 +63,27 @@ def threads_per_job(config, jobs: int) -> int | None:
 
 class Helpers:
     """``count`` helper processes of one study run (a context manager: leaving it stops
-    them); ``seconds()`` is their compute time by cache step."""
+    them); ``seconds()`` is their compute time by cache step.
+
+    A helper is a fresh interpreter started with its settings in a JSON file (not
+    multiprocessing: that would import the caller's main script again, and torch's threads
+    do not survive a fork)."""
 
     def __init__(self, count: int, threads: int | None, **run_args: Any):
-        """``run_args``: what ``runner.run_studies`` takes (``cache_root`` among them), and
-        ``verify``, whether stores are verified on read."""
+        """``run_args``: what ``runner.run_studies`` takes (``cache_root`` among them, as
+        JSON values), and ``verify``, whether stores are verified on read."""
         self.folder = Path(run_args["cache_root"]) / HELPERS_FOLDER / str(os.getpid())
-        self.processes = []
+        self.processes: list[tuple[subprocess.Popen, Path]] = []
         self._seconds: dict[str, float] = {}
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: torch's threads do not survive a fork
+        run_args = json.loads(json.dumps(run_args, default=str))  # paths as text
         for index in range(count):
             scratch = self.folder / str(index)
             scratch.mkdir(parents=True, exist_ok=True)
-            process = context.Process(target=_helper_main, args=(scratch, threads, run_args), daemon=True,
-                                      name=f"diffdict-study-helper-{index}")
-            process.start()
+            write_json(scratch / "settings.json", {"threads": threads, "parent": os.getpid(), "run": run_args})
+            with open(scratch / "helper.log", "a") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-c", "from diffdict.studies.parallel import helper_main; helper_main()",
+                     str(scratch)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             self.processes.append((process, scratch))
 
     def __enter__(self) -> "Helpers":
@@ -86,13 +95,14 @@ class Helpers:
     def stop(self) -> None:
         """Stop the helpers and keep their compute time (``seconds()``)."""
         for process, _ in self.processes:
-            if process.is_alive():
+            if process.poll() is None:
                 process.terminate()
         for process, _ in self.processes:
-            process.join(timeout=60)
-            if process.is_alive():
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
                 process.kill()
-                process.join()
+                process.wait()
         self._seconds = {}
         for _, scratch in self.processes:
             stats = scratch / "stats.json"
@@ -106,29 +116,52 @@ class Helpers:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        _remove_empty(self.folder.parent)
+
+
+def _remove_empty(*folders: Path) -> None:
+    for folder in folders:
         try:
-            self.folder.parent.rmdir()
-        except OSError:  # another run's helpers are still there
-            pass
+            folder.rmdir()
+        except OSError:  # not empty: another run's helpers are still there
+            return
 
 
-def _helper_main(scratch: Path, threads: int | None, run_args: dict[str, Any]) -> None:
-    """A helper's life: the studies in reverse into ``scratch``; stopped by SIGTERM."""
+def _exit_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
+    """A helper whose main process ``parent`` died (killed, so it could not stop it) stops too."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="diffdict-helper-watch").start()
+
+
+def helper_main() -> None:
+    """A helper's life (``python -c ... SCRATCH``): the studies in reverse into
+    ``SCRATCH/out``; stopped by SIGTERM, or when its main process dies."""
     from diffdict.store import verification
     from diffdict.studies.runner import run_studies
 
+    scratch = Path(sys.argv[1])
+    settings = read_json(scratch / "settings.json")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds, so a half-built entry is removed
-    if threads:
-        torch.set_num_threads(threads)
-    log_file = open(scratch / "helper.log", "a", buffering=1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the main process, which stops the helper
+    _exit_with_parent(settings["parent"])
+    if settings["threads"]:
+        torch.set_num_threads(settings["threads"])
+    run = settings["run"]
     try:
-        with verification(run_args.pop("verify")):
-            run_studies(scratch / "out", **run_args, stats_file=scratch / "stats.json", helper=True,
-                        log=lambda message: print(message, file=log_file))
+        with verification(run.pop("verify")):
+            run_studies(scratch / "out", **run, stats_file=scratch / "stats.json", helper=True,
+                        log=lambda message: print(message, flush=True))
     except Exception:  # the main process builds whatever a failed helper did not
-        traceback.print_exc(file=log_file)
+        traceback.print_exc()
     finally:
-        log_file.close()
+        if os.getppid() != settings["parent"]:  # orphaned: nobody else will tidy up
+            shutil.rmtree(scratch, ignore_errors=True)
+            _remove_empty(scratch.parent, scratch.parent.parent)
 
 
-__all__ = ["Helpers", "MAX_DEFAULT_JOBS", "cpu_cores", "job_count", "threads_per_job"]
+__all__ = ["Helpers", "MAX_DEFAULT_JOBS", "cpu_cores", "helper_main", "job_count", "threads_per_job"]
