@@ -18,9 +18,9 @@ from diffdict.dictionaries.provenance import training_provenance
 from diffdict.errors import DiffdictError
 from diffdict.io import load_checkpoint, read_json, save_checkpoint, write_json
 from diffdict.train.distributed import _all_reduce_gradients, _Distributed
-from diffdict.train.members import ITDAMember, SAEMember, StepResult, _make_member
+from diffdict.train.members import StepResult, _make_member
 from diffdict.train.run import MEMBER_FILE, METRICS_FILE, SETTINGS_FILE, STATE_FILE, _read_run, _truncate_metrics
-from diffdict.train.settings import MemberSpec, TrainSettings, lr_at, members_of
+from diffdict.train.settings import MemberSpec, TrainSettings, members_of
 
 
 class _Metrics:
@@ -51,7 +51,7 @@ class _Metrics:
         rows = {}
         for member, member_sums, seconds in zip(self.members, all_sums, self.seconds):
             name = member.spec.name
-            if not any(member_sums) and isinstance(member, ITDAMember):
+            if not any(member_sums) and not member.logs_idle_intervals:
                 continue
             sq_error, aux, penalty, l0_tokens = member_sums
             fvu = sq_error / (self.tokens * self.data_variance) if self.data_variance > 0 else float("nan")
@@ -65,8 +65,7 @@ class _Metrics:
                 "elapsed_s": time.perf_counter() - self.started,
                 "cpu_s": time.process_time() - self.started_cpu,
             }
-            if isinstance(member, ITDAMember):
-                row["atoms"] = member.model.n_features
+            row.update(member.log_extras())
             rows[name] = row
         return rows
 
@@ -201,7 +200,7 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
 
     def log(step: int) -> None:
         if metrics.steps:
-            lrs = {m.spec.name: lr_at(step - 1, m.lr, settings) for m in members if isinstance(m, SAEMember)}
+            lrs = {m.spec.name: m.lr_at(step - 1) for m in members}
             rows = metrics.rows(step, d, lrs, comm)
             if writer:
                 for name, row in rows.items():
@@ -231,9 +230,8 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
             global_tokens = settings.batch_size
             for index, (member, result, member_fired) in enumerate(zip(members, results, fired)):
                 began = time.perf_counter()
-                lr = lr_at(step, member.lr, settings) if isinstance(member, SAEMember) else 0.0
-                member.step(lr, member_fired, global_tokens)
-                metrics.add(index, result.sums, result.seconds + time.perf_counter() - began)
+                member.step(step, member_fired, global_tokens)
+                metrics.add(index, result.sums(), result.seconds + time.perf_counter() - began)
             metrics.tokens += global_tokens
             metrics.tokens_total += global_tokens
             metrics.steps += 1

@@ -15,20 +15,34 @@ from diffdict.dictionaries.data import Batch
 from diffdict.dictionaries.itda import ITDA
 from diffdict.dictionaries.sae import SparseAutoencoder
 from diffdict.train.distributed import _Distributed
-from diffdict.train.settings import MemberSpec, TrainSettings, _mechanism_option_names, default_lr
+from diffdict.train.settings import MemberSpec, TrainSettings, _mechanism_option_names, default_lr, lr_at
 
 
 @dataclass
 class StepResult:
-    """What a member's forward and backward on one local batch hands to the loop."""
+    """What a member's forward and backward on one local batch hands to the loop: its
+    sums over the batch's tokens (0-d tensors, so that they add up over steps and ranks
+    without a host sync)."""
 
     finite: torch.Tensor  # () bool: the loss is finite
-    sums: torch.Tensor  # (4,) sq_error, aux_loss·tokens, penalty·tokens, l0·tokens (local)
     fired: torch.Tensor  # (n,) bool: features that coded some token (empty for ITDA)
+    sq_error: torch.Tensor  # Σ‖x − x̂‖² in input units
+    aux_loss: torch.Tensor | float = 0.0  # AuxK loss × tokens
+    penalty: torch.Tensor | float = 0.0  # sparsity penalty × tokens
+    l0: torch.Tensor | float = 0.0  # codes per token × tokens
     seconds: float = 0.0
+
+    #: the order of the sums in the loop's metrics table
+    SUMS = ("sq_error", "aux_loss", "penalty", "l0")
+
+    def sums(self) -> torch.Tensor:
+        device = self.finite.device
+        return torch.stack([torch.as_tensor(getattr(self, name), dtype=torch.float64, device=device)
+                            for name in self.SUMS])
 
 
 class SAEMember:
+    logs_idle_intervals = True
     def __init__(self, spec: MemberSpec, settings: TrainSettings, d: int, device: torch.device):
         self.spec, self.settings = spec, settings
         options = spec.options
@@ -66,9 +80,8 @@ class SAEMember:
         # before the optimiser runs. Checking first would cost a host sync per member.
         out.loss.backward()
         tokens = x_n.shape[0]
-        # token-weighted sums, so that they add up over ranks
-        sums = torch.stack([out.sq_error, out.aux_loss * tokens, out.penalty * tokens, out.l0 * tokens])
-        return StepResult(torch.isfinite(out.loss.detach()), sums, out.fired)
+        return StepResult(torch.isfinite(out.loss.detach()), out.fired, out.sq_error, aux_loss=out.aux_loss * tokens,
+                          penalty=out.penalty * tokens, l0=out.l0 * tokens)
 
     def gradients(self) -> list[torch.Tensor]:
         for p in self.model.parameters():
@@ -76,16 +89,22 @@ class SAEMember:
                 p.grad = torch.zeros_like(p)
         return [p.grad for p in self.model.parameters()]
 
-    def step(self, lr: float, fired: torch.Tensor, tokens: int) -> None:
+    def lr_at(self, step: int) -> float:
+        return lr_at(step, self.lr, self.settings)
+
+    def step(self, step: int, fired: torch.Tensor, tokens: int) -> None:
         model = self.model
         model.remove_parallel_decoder_grad()
-        self.optimizer.lr = lr
+        self.optimizer.lr = self.lr_at(step)
         self.optimizer.step()
         model.after_step()
         self.tokens_since_fired.add_(tokens).masked_fill_(fired, 0)
 
     def dead_fraction(self) -> float:
         return float((self.tokens_since_fired >= self.settings.dead_window).float().mean())
+
+    def log_extras(self) -> dict[str, Any]:
+        return {}
 
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -99,6 +118,7 @@ class SAEMember:
 
 
 class ITDAMember:
+    logs_idle_intervals = False  # its build ends before the run does: no rows after that
     def __init__(self, spec: MemberSpec, settings: TrainSettings, d: int, device: torch.device):
         self.spec, self.settings = spec, settings
         self.model = ITDA(d, l0=spec.options["l0"], tau=spec.options["tau"], pursuit=settings.pursuit,
@@ -119,25 +139,31 @@ class ITDAMember:
 
     def forward_backward(self, batch: Batch, comm: _Distributed, normalized: dict[str, torch.Tensor]) -> StepResult:
         n = batch.x.shape[0]
+        nothing_fired = torch.zeros(0, dtype=torch.bool)
         if not self.building:
-            return StepResult(torch.tensor(True), torch.zeros(4), torch.zeros(0, dtype=torch.bool))
+            return StepResult(torch.tensor(True), nothing_fired, torch.zeros(()))
         x = comm.gather(batch.x)
         labels = {name: comm.gather(value) for name, value in batch.labels.items()}
         recon = self.model.build_step(x, labels)
         local = slice(comm.rank * n, (comm.rank + 1) * n)
         sq_error = (recon[local] - batch.x).pow(2).sum()
-        sums = torch.stack([sq_error, torch.zeros(()), torch.zeros(()), torch.tensor(float(self.model.l0 * n))])
-        return StepResult(torch.isfinite(sq_error), sums, torch.zeros(0, dtype=torch.bool))
+        return StepResult(torch.isfinite(sq_error), nothing_fired, sq_error, l0=float(self.model.l0 * n))
 
     def gradients(self) -> list[torch.Tensor]:
         return []
 
-    def step(self, lr: float, fired: torch.Tensor, tokens: int) -> None:
+    def lr_at(self, step: int) -> None:
+        return None  # built, not trained by gradient
+
+    def step(self, step: int, fired: torch.Tensor, tokens: int) -> None:
         if self.building:
             self.tokens_built += tokens
 
     def dead_fraction(self) -> float | None:
         return None
+
+    def log_extras(self) -> dict[str, Any]:
+        return {"atoms": self.model.n_features}
 
     def state(self) -> dict[str, Any]:
         return {"atoms": self.model.atoms, "labels": dict(self.model.labels), "tokens_built": self.tokens_built}
