@@ -269,7 +269,7 @@ def test_evaluate_command_reports_spliced_fidelity(host, tmp_path, capsys):
 
 # -- bad input ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("make, message", [
-    (lambda: Add("mid.0", sae(), 32, 1.0, activation=1.0), "feature 32 is out of range"),
+    (lambda: Add("mid.0", sae(), 32, 1.0, activation=1.0), "bad feature 32: expected an integer in 0..31"),
     (lambda: Add("mid.0", sae(), 3, 1.0, activation=1.0, mask="0,0,33,8"), "outside the 32x32 image"),
     (lambda: Add("mid.0", sae(), 3, 1.0, activation=1.0, mask=TokenBox(0, 0, 9, 2)), "outside the site's 8x8 token grid"),
     (lambda: Add("mid.0", sae(), 3, 1.0, activation=1.0, mask=np.zeros((5, 5))), "matches neither"),
@@ -400,12 +400,12 @@ def test_cli_capture_option_is_checked_before_anything_runs(capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--feature", "40"], "feature 40 is out of range"),
+    (["--feature", "40"], "bad feature 40: expected an integer in 0.."),
     (["--feature", "1", "--mask", "0,0,64,64"], "outside the 32x32 image"),
     (["--feature", "1", "--steps", "0-5"], "outside the schedule"),
     (["--feature", "1", "--site", "up.1.0"], "d=64"),
-    (["--feature", "40", "--capture", "update"], "feature 40 is out of range"),
-    (["--feature", "40", "--what", "update"], "feature 40 is out of range"),  # --capture's former name
+    (["--feature", "40", "--capture", "update"], "bad feature 40: expected an integer in 0.."),
+    (["--feature", "40", "--what", "update"], "bad feature 40: expected an integer in 0.."),  # --capture's former name
 ])
 def test_cli_bad_input(cli_setup, capsys, extra, message):
     root = cli_setup

@@ -136,7 +136,7 @@ def test_mlp_neurons_as_a_dictionary(tmp_path):
     top.save(tmp_path / "neurons")
     loaded = load_dictionary(tmp_path / "neurons")
     assert isinstance(loaded, NeuronDictionary) and torch.allclose(loaded(h), expected, atol=1e-5)
-    with pytest.raises(DiffdictError, match="k must be an integer in 1..40"):
+    with pytest.raises(DiffdictError, match=r"bad k .*: expected an integer in 1\.\.40 \(the number of neurons\)"):
         NeuronDictionary(down.weight, k=41)
     captured_only = NeuronDictionary(down.weight, down.bias, k=5)
     with pytest.raises(DiffdictError, match="no input projection"):

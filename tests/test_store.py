@@ -443,7 +443,7 @@ BAD_WRITER_ARGS = [
     (dict(prompts="a red blob"), "prompts must be a list of strings"),
     (dict(sites={}), "at least one site"),
     (dict(sites={"../x": 8}, grid={"../x": (2, 2)}), "bad site name '../x'"),
-    (dict(sites={"mid.0": 0}, grid={"mid.0": (2, 2)}), "bad width d=0 for site 'mid.0'"),
+    (dict(sites={"mid.0": 0}, grid={"mid.0": (2, 2)}), "bad d 0: expected an integer >= 1 (the width of site 'mid.0')"),
     (dict(grid={"mid.0": (2, 2)}), "no token grid given for site 'up.0.0'"),
     (dict(dtype="int8"), "unknown store dtype 'int8'"),
     (dict(chunk_size=0), "bad chunk size 0"),
@@ -469,8 +469,8 @@ BAD_CHUNKS = [
     (_bad_chunk(lambda a, m: a.update({"mid.0": a["mid.0"].long()})), "must be floating point"),
     (lambda w: w.write_chunk(0, *synthetic_chunk(w, 0)[:2], np.zeros((3, 4, 4), np.uint8)), "expected (3, H, W, 3)"),
     (lambda w: w.write_chunk(0, *synthetic_chunk(w, 0)[:2], np.zeros((3, 4, 4, 3), np.float32)), "images must be uint8"),
-    (lambda w: w.write_chunk(7, *synthetic_chunk(w, 0)), "chunk index 7 out of range: the store has chunks 0..3"),
-    (lambda w: w.pending_chunks(rank=2, world_size=2), "bad rank 2: expected 0..1"),
+    (lambda w: w.write_chunk(7, *synthetic_chunk(w, 0)), "bad chunk index 7: expected an integer in 0..3 (the store has 4 chunks)"),
+    (lambda w: w.pending_chunks(rank=2, world_size=2), "bad rank 2: expected an integer in 0..1"),
     (lambda w: w.finalize(), "cannot be finalized: 4 of 4 chunks are missing (first: chunk 0)"),
 ]
 

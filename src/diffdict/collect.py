@@ -22,7 +22,7 @@ from typing import Callable, Collection, Sequence
 import torch
 
 from diffdict.capture import Recorder, parse_steps
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, require_int
 from diffdict.hosts import HostModel
 
 
@@ -120,8 +120,7 @@ def collect(
     prompts = list(prompts)
     if not prompts:
         raise DiffdictError("no prompts to collect")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DiffdictError(f"bad batch size {batch_size!r}: expected a positive integer")
+    require_int(batch_size, "batch size")
     num_steps = host.default_steps if num_steps is None else int(num_steps)
     if num_steps < 1:
         raise DiffdictError(f"number of denoising steps {num_steps} must be at least 1")

@@ -34,7 +34,7 @@ from torch import Tensor
 from diffdict.capture import capture_mode_of
 from diffdict.dictionaries.base import CONFIG_FILE, WEIGHTS_FILE, Dictionary, SparseCodes
 from diffdict.dictionaries.provenance import read_provenance
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, require_int
 from diffdict.io import save_tensors, weights_fingerprint
 
 STATS_FILE = "feature_stats.safetensors"
@@ -233,8 +233,7 @@ def compute_feature_stats_many(
 
     if not dictionaries:
         raise DiffdictError("no dictionaries to compute feature statistics for")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DiffdictError(f"batch size must be a positive integer, got {batch_size!r}")
+    require_int(batch_size, "batch size")
     if max_tokens is not None and max_tokens < 1:
         raise DiffdictError(f"max tokens must be positive, got {max_tokens}")
     meta: dict[str, Any] = {}

@@ -20,7 +20,7 @@ import torch
 from diffdict.bench.baselines import random_init_twin, raw_basis, site_sample
 from diffdict.bench.data import BACKGROUND_INDEX, BENCH_CONCEPTS, OBJECT_INDEX, GroundTruth, dictionary_codes, ground_truth
 from diffdict.bench.interpretability import interpretability_scores, interval
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, require_int
 from diffdict.world.concepts import OBJECT_FAMILIES
 
 #: concepts steered and erased by default: every colour, shape, background colour and texture
@@ -60,8 +60,7 @@ class BenchConfig:
             raise DiffdictError(f"unknown baseline {bad[0]!r}; expected {', '.join(BASELINES)}")
         for name in ("steer_prompts", "erase_prompts", "batch_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if "prompts" in name else 1):
-                raise DiffdictError(f"{name.replace('_', '-')} must be an integer >= {2 if 'prompts' in name else 1}, got {value!r}")
+            require_int(value, name.replace("_", "-"), 2 if "prompts" in name else 1)
         if not self.strengths or not all(math.isfinite(float(s)) and float(s) > 0 for s in self.strengths):
             raise DiffdictError(f"strengths must be positive numbers, got {list(self.strengths)}")
 

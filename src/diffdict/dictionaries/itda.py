@@ -25,7 +25,7 @@ from torch import Tensor
 
 from diffdict.dictionaries.base import Dictionary, SparseCodes, register_kind
 from diffdict.dictionaries.fused import sparse_decode
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, require_int
 
 PURSUITS = ("mp", "gp")
 # Above this many atoms matching pursuit recomputes correlations instead of keeping the
@@ -98,10 +98,8 @@ class ITDA(Dictionary):
         labels: dict[str, Tensor] | None = None,
     ):
         super().__init__()
-        if isinstance(d_in, bool) or not isinstance(d_in, int) or d_in < 1:
-            raise DiffdictError(f"d_in must be a positive integer, got {d_in!r}")
-        if isinstance(l0, bool) or not isinstance(l0, int) or l0 < 1:
-            raise DiffdictError(f"ITDA l0 must be a positive integer, got {l0!r}")
+        require_int(d_in, "d_in")
+        require_int(l0, "ITDA l0")
         if not 0 <= tau <= 1:
             raise DiffdictError(f"ITDA tau is a normalised error and must lie in [0, 1], got {tau}")
         if pursuit not in PURSUITS:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from diffdict.dictionaries.base import Dictionary, SparseCodes, register_kind
 from diffdict.dictionaries.fused import sparse_decode
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, require_int
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -50,8 +50,8 @@ class NeuronDictionary(Dictionary):
         if W_out.ndim != 2:
             raise DiffdictError(f"W_out must be (d, n_neurons), got shape {tuple(W_out.shape)}")
         d, n = W_out.shape
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n):
-            raise DiffdictError(f"k must be an integer in 1..{n} (the number of neurons), got {k!r}")
+        if k is not None:
+            require_int(k, "k", 1, n, " (the number of neurons)")
         if activation not in ACTIVATIONS:
             raise DiffdictError(f"unknown MLP activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
         if W_in is not None and W_in.shape[0] != n:

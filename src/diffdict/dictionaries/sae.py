@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from diffdict.dictionaries.base import Dictionary, SparseCodes, register_kind
 from diffdict.dictionaries.fused import sparse_decode, topk_encode
 from diffdict.dictionaries.sparsity import make_mechanism
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, require_int
 
 NORMALIZATIONS = ("none", "standardise", "scalar")
 B_DEC_INITS = ("geometric-median", "mean", "zeros")
@@ -89,14 +89,12 @@ class SparseAutoencoder(Dictionary):
         seed: int = 0,
     ):
         super().__init__()
-        if isinstance(d_in, bool) or not isinstance(d_in, int) or d_in < 1:
-            raise DiffdictError(f"d_in must be a positive integer, got {d_in!r}")
+        require_int(d_in, "d_in")
         if n_features is None:
             if expansion is None or not expansion > 0:
                 raise DiffdictError(f"give the width or a positive expansion factor, got expansion={expansion!r}")
             n_features = int(round(expansion * d_in))
-        if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
-            raise DiffdictError(f"the width must be a positive integer, got {n_features!r}")
+        require_int(n_features, "width")
         self._d_in, self._n_features = d_in, n_features
         self.mechanism = make_mechanism(mechanism, n_features, **(mechanism_options or {}))
         self.normalization = normalization_name(normalization)

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, require_int
 
 MECHANISMS: dict[str, type["Mechanism"]] = {}
 
@@ -49,9 +49,7 @@ def make_mechanism(name: str, n_features: int, **options: Any) -> "Mechanism":
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DiffdictError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return require_int(value, name)
 
 
 def _non_negative(name: str, value: Any) -> float:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, require_int
 from diffdict.hosts.recorded import host_for_store
 from diffdict.imaging import image_grid, save_png
 from diffdict.interpret.base import FeatureView, InterpretContext, feature_file, make_explainer, make_scorer
@@ -142,8 +142,7 @@ def parse_features(spec: str | Sequence[int] | None, n_features: int) -> list[in
     else:
         out = [int(f) for f in spec]
     for f in out:
-        if not 0 <= f < n_features:
-            raise DiffdictError(f"feature {f} out of range: the dictionary has features 0..{n_features - 1}")
+        require_int(f, "feature", 0, n_features - 1, f" (the dictionary has {n_features} features)")
     return sorted(set(out))
 
 

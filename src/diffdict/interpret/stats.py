@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from diffdict.capture import capture_mode_of
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, require_int
 from diffdict.feature_stats import FeatureStats as BaseStats
 from diffdict.feature_stats import FeatureStatsAccumulator, encode_codes, site_space
 from diffdict.io import load_tensors, read_json, save_tensors, weights_fingerprint, write_json
@@ -120,8 +120,7 @@ class ActivationStats:
         return out
 
     def check_feature(self, feature: int) -> None:
-        if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)) or not 0 <= feature < self.n_features:
-            raise DiffdictError(f"feature {feature!r} out of range: the dictionary has features 0..{self.n_features - 1}")
+        require_int(feature, "feature", 0, self.n_features - 1, f" (the dictionary has {self.n_features} features)")
 
     def feature_summary(self, feature: int) -> dict:
         return {
@@ -334,10 +333,8 @@ def compute_activation_stats(
     """One streaming pass over ``site`` of ``store``; see the module docstring."""
     if rank_by not in RANK_BY:
         raise DiffdictError(f"unknown ranking {rank_by!r}; expected one of {', '.join(RANK_BY)}")
-    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
-        raise DiffdictError(f"top-N must be a positive integer, got {top_n!r}")
-    if isinstance(min_active, bool) or not isinstance(min_active, int) or min_active < 1:
-        raise DiffdictError(f"min_active must be a positive integer, got {min_active!r}")
+    require_int(top_n, "top-N")
+    require_int(min_active, "min_active")
     space = site_space(dictionary, store.d(site), f"site {site!r} of store {store.path}")
     n = dictionary.n_features
     rows, cols = store.grid(site)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from diffdict.capture import HALVES, EditHook, capture_mode_of, parse_steps
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, require_int
 from diffdict.feature_stats import FeatureStats, encode_codes, site_space
 from diffdict.interventions.masks import PixelBox, check_steps, resolve_mask
 
@@ -119,9 +119,7 @@ class _FeatureIntervention(Intervention):
     def prepare(self, host, info, capture) -> None:
         prepare_dictionary(self, host, info, capture)
         n = self.dictionary.n_features
-        if isinstance(self.feature, bool) or not isinstance(self.feature, (int, np.integer)) or not 0 <= self.feature < n:
-            raise DiffdictError(f"feature {self.feature} is out of range: the dictionary has {n} features (0..{n - 1})")
-        self.feature = int(self.feature)
+        self.feature = require_int(self.feature, "feature", 0, n - 1, f" (the dictionary has {n} features)")
         self.direction = feature_direction(self.dictionary, self.feature, self.space)
         if self.needs_activation:
             self.typical = typical_activation(self.feature, self.activation, self.stats)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from diffdict.capture import EditHook
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, require_int
 from diffdict.feature_stats import FeatureStats
 from diffdict.interventions.edits import Icon, Intervention
 
@@ -48,8 +48,7 @@ def generate(
     prompts = list(prompts)
     if not prompts:
         raise DiffdictError("no prompts to generate")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DiffdictError(f"batch size must be a positive integer, got {batch_size!r}")
+    require_int(batch_size, "batch size")
     seeds = [int(s) for s in seeds] if seeds is not None else [seed + i for i in range(len(prompts))]
     if len(seeds) != len(prompts):
         raise DiffdictError(f"got {len(seeds)} seeds for {len(prompts)} prompts")

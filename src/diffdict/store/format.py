@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, require_int
 
 FORMAT = "diffdict-store"
 FORMAT_VERSION = 1
@@ -156,8 +156,7 @@ def _make_header(
     for site, d in sites.items():
         if not isinstance(site, str) or not _SITE_RE.match(site):
             raise DiffdictError(f"bad site name {site!r}: expected letters, digits, '.', '_' or '-'")
-        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
-            raise DiffdictError(f"bad width d={d!r} for site {site!r}: expected a positive integer")
+        require_int(d, "d", context=f" (the width of site {site!r})")
         if not isinstance(grid, dict) or site not in grid:
             raise DiffdictError(f"no token grid given for site {site!r}: expected grid[{site!r}] = (rows, cols)")
         g = grid[site]
@@ -183,8 +182,7 @@ def _make_header(
         num_prompts = len(prompts)
     elif num_prompts is None or num_prompts < 1:
         raise DiffdictError("a store needs at least one prompt (or imported row)")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise DiffdictError(f"bad chunk size {chunk_size!r}: expected a positive integer")
+    require_int(chunk_size, "chunk size")
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import xxhash
 
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, require_int
 from diffdict.store.format import DTYPES, META_FIELDS, _FAST_HASH, _describe_os_error, _meta_dict
 
 if TYPE_CHECKING:
@@ -363,10 +363,8 @@ class BatchIterator:
                  rank: int, world_size: int, dtype: torch.dtype):
         for name, value, low in (("batch size", batch_size, 1), ("buffer_tokens", buffer_tokens, 1),
                                  ("seed", seed, 0), ("epoch", epoch, 0), ("world size", world_size, 1)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise DiffdictError(f"bad {name} {value!r}: expected an integer >= {low}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise DiffdictError(f"bad rank {rank!r}: expected 0..{world_size - 1}")
+            require_int(value, name, low)
+        require_int(rank, "rank", 0, world_size - 1)
         if shuffle and buffer_tokens < batch_size:
             raise DiffdictError(f"buffer_tokens ({buffer_tokens}) must be at least the batch size ({batch_size})")
         if block_tokens is not None and (not isinstance(block_tokens, int) or block_tokens < 1):

@@ -17,7 +17,7 @@ import torch
 import xxhash
 from safetensors.torch import save as _st_save
 
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, require_int
 from diffdict.io import atomic_target
 from diffdict.store.format import (
     CHUNKS_DIR, DEFAULT_CHUNK_SIZE, DTYPES, FORMAT, HEADER_FILE, IMAGES_DIR, MANIFEST_FILE, META_FIELDS,
@@ -198,11 +198,8 @@ class StoreWriter(_Described):
     # -- chunks --------------------------------------------------------------------
 
     def _check_index(self, chunk_index: int) -> int:
-        if isinstance(chunk_index, bool) or not isinstance(chunk_index, (int, np.integer)):
-            raise DiffdictError(f"chunk index must be an integer, got {chunk_index!r}")
-        if not 0 <= chunk_index < self.num_chunks:
-            raise DiffdictError(f"chunk index {chunk_index} out of range: the store has chunks 0..{self.num_chunks - 1}")
-        return int(chunk_index)
+        return require_int(chunk_index, "chunk index", 0, self.num_chunks - 1,
+                           f" (the store has {self.num_chunks} chunks)")
 
     def chunk_prompt_ids(self, chunk_index: int) -> range:
         index = self._check_index(chunk_index)
@@ -251,10 +248,8 @@ class StoreWriter(_Described):
 
     def pending_chunks(self, rank: int = 0, world_size: int = 1) -> list[int]:
         """Chunk indices this rank still has to write (those with ``index % world_size == rank``)."""
-        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-            raise DiffdictError(f"bad world size {world_size!r}: expected a positive integer")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise DiffdictError(f"bad rank {rank!r}: expected 0..{world_size - 1}")
+        require_int(world_size, "world size")
+        require_int(rank, "rank", 0, world_size - 1)
         return [i for i in range(rank, self.num_chunks, world_size) if not self.is_complete(i)]
 
     def _item_label(self) -> str:
