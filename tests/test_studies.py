@@ -399,6 +399,7 @@ def test_a_config_file_sets_study_options_and_flags_override_it(tmp_path, monkey
     ("sparsity-level", 'ks = [5, "ten"]', ["--ks", "5,ten"]),
     ("dictionaries", 'kinds = "sae,pca"', ["--kinds", "sae,pca"]),
     ("sparsity-level", 'capture = "mlp"', ["--capture", "mlp"]),
+    ("all", "jobs = 0", ["--jobs", "0"]),
 ])
 def test_a_bad_value_in_a_config_file_reads_as_the_same_bad_flag(capsys, tmp_path, study, line, argv):
     path = tmp_path / "study.toml"

@@ -130,7 +130,10 @@ class Cache:
                 for final in sorted({self.path(kind, settings) for settings in settings_list}):
                     final.parent.mkdir(parents=True, exist_ok=True)
                     handle = stack.enter_context(open(final.parent / f".{final.name}.lock", "a"))
-                    fcntl.flock(handle, fcntl.LOCK_EX)
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX)
+                    except OSError:  # a file system without locks (some network mounts): twins are still safe
+                        pass
             yield
 
     def put(self, kind: str, settings: dict[str, Any], source: Path, seconds: float = 0.0) -> Path:
