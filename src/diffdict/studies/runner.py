@@ -120,7 +120,7 @@ def run_study(name: str, out: str | Path, options: dict[str, Any] | None = None,
     threads = torch.get_num_threads()
     with _helpers(config, {name: config}, options, quick, cache_root, browsers=False,
                   injected=host is not None or judge is not None) as helpers:
-        if not config.threads and (per_job := threads_per_job(config, job_count(config))):
+        if per_job := threads_per_job(config, _jobs(helpers)):
             torch.set_num_threads(per_job)
         try:
             results = execute(study, config, out, Cache(cache_root), host=host, judge=judge, log=log)
@@ -170,10 +170,10 @@ def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool 
     with _helpers(first, configs, options, quick, cache_root, browsers, browser_features,
                   injected=host is not None or judge is not None) as helpers:
         summary = run_studies(out, options, quick, list(configs), cache_root, host, judge, log, browsers,
-                              browser_features, configs=configs)
+                              browser_features, configs=configs, jobs=_jobs(helpers))
     _add_helper_seconds(summary["seconds_by_step"], helpers)
     summary["seconds_by_step"] = dict(sorted(summary["seconds_by_step"].items(), key=lambda item: -item[1]))
-    summary["jobs"] = 1 + (len(helpers.processes) if helpers else 0)
+    summary["jobs"] = _jobs(helpers)
     write_json(out / "summary.json", summary)
     return summary
 
@@ -181,9 +181,10 @@ def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool 
 def run_studies(out: Path, options: dict[str, Any], quick: bool, names: list[str], cache_root: Path, host=None,
                 judge=None, log: Callable[[str], None] | None = None, browsers: bool = True,
                 browser_features: int | None = None, configs: dict | None = None, stats_file: Path | None = None,
-                helper: bool = False) -> dict[str, Any]:
+                helper: bool = False, jobs: int = 1) -> dict[str, Any]:
     """The studies ``names`` one after the other (a helper: in reverse), then the feature
-    browsers and the report; returns the summary."""
+    browsers and the report; returns the summary. ``jobs``: the processes of the run (each
+    takes its share of the cores unless the config says ``threads``)."""
     if configs is None:
         options, configs = _resolve_all(options, quick, names)
     order = list(configs)[::-1] if helper else list(configs)
@@ -191,9 +192,7 @@ def run_studies(out: Path, options: dict[str, Any], quick: bool, names: list[str
     began = time.monotonic()
     first = configs[order[0]]
     threads = torch.get_num_threads()
-    if first.threads:
-        torch.set_num_threads(first.threads)
-    elif not helper and (per_job := threads_per_job(first, job_count(first))):
+    if per_job := threads_per_job(first, jobs):
         torch.set_num_threads(per_job)
     try:
         # one host and one judge for every study (their model and judge options are shared)
@@ -244,6 +243,10 @@ def _helpers(config: StudyConfig, configs: dict, options, quick: bool, cache_roo
     finally:
         helpers.stop()
         helpers.remove()
+
+
+def _jobs(helpers: Helpers | None) -> int:
+    return 1 + (len(helpers.processes) if helpers is not None else 0)
 
 
 def _add_helper_seconds(seconds: dict[str, float], helpers) -> None:
