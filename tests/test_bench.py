@@ -59,6 +59,22 @@ def test_detect_picks_the_planted_feature_and_random_ones_score_chance():
     assert result.test_f1[1] < 0.4
 
 
+@pytest.mark.parametrize("low", [0.0, 1e-3])
+def test_entry_order_is_by_feature_then_value_descending_keeping_ties_in_place(low):
+    """The one-key radix sort (values > 0) and the two stable sorts (low = 0 gives a zero
+    value, which takes the two-sort path) give the order of a reference sort."""
+    from diffdict.bench.detection import entry_order
+
+    g = torch.Generator().manual_seed(5)
+    n, features = 20_000, 37
+    feature = torch.randint(0, features, (n,), generator=g)
+    value = (torch.rand(n, generator=g) * 3).to(torch.bfloat16).float() + low  # many ties
+    value[:3] = torch.tensor([0.0, float("inf"), 1e-38]) + low
+    order = entry_order(feature, value, features).tolist()
+    expected = sorted(range(n), key=lambda i: (int(feature[i]), -float(value[i]), i))
+    assert order == expected
+
+
 def test_purity_rewards_a_planted_feature_not_a_dense_one():
     from diffdict.bench.detection import rank_entries
     from diffdict.bench.purity import precisions, purity
