@@ -81,13 +81,8 @@ def execute(study: Study, config: StudyConfig, out: str | Path, cache: Cache, ho
     hits_before, computed_before, seconds_before = Counter(cache.hits), Counter(cache.computed), Counter(cache.seconds)
     began = time.monotonic()
     ctx.log(f"start: {study.title}")
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
+    with _torch_threads(config.threads):
         study.run(ctx)
-    finally:
-        torch.set_num_threads(threads)
     table = Table.from_records(ctx.records, rows, study.metrics, lambda row: study.reference_row(ctx, row))
     table.write(out, study.title, ctx.notes)
     plots = [p.name for p in study.plot(ctx, table, out)]
@@ -117,15 +112,10 @@ def run_study(name: str, out: str | Path, options: dict[str, Any] | None = None,
     study = get_study(name)
     config = resolve(study.Config, options, quick)
     cache_root = Path(cache_dir if cache_dir is not None else Path(out) / "cache")
-    threads = torch.get_num_threads()
     with _helpers(config, {name: config}, options, quick, cache_root, browsers=False,
                   injected=host is not None or judge is not None) as helpers:
-        if per_job := threads_per_job(config, _jobs(helpers)):
-            torch.set_num_threads(per_job)
-        try:
+        with _torch_threads(threads_per_job(config, _jobs(helpers))):
             results = execute(study, config, out, Cache(cache_root), host=host, judge=judge, log=log)
-        finally:
-            torch.set_num_threads(threads)
     if helpers is not None:
         _add_helper_seconds(results["cache"]["seconds"], helpers)
         write_json(Path(out) / "results.json", results)
@@ -183,7 +173,7 @@ def run_studies(out: Path, options: dict[str, Any], quick: bool, names: list[str
                 browser_features: int | None = None, configs: dict | None = None, stats_file: Path | None = None,
                 helper: bool = False, jobs: int = 1) -> dict[str, Any]:
     """The studies ``names`` one after the other (a helper: in reverse), then the feature
-    browsers and the report; returns the summary. ``jobs``: the processes of the run (each
+    browsers and the report ``out/index.html``; returns the summary (``run_all`` writes it). ``jobs``: the processes of the run (each
     takes its share of the cores unless the config says ``threads``)."""
     if configs is None:
         options, configs = _resolve_all(options, quick, names)
@@ -191,10 +181,7 @@ def run_studies(out: Path, options: dict[str, Any], quick: bool, names: list[str
     cache = Cache(cache_root, stats_file=stats_file)
     began = time.monotonic()
     first = configs[order[0]]
-    threads = torch.get_num_threads()
-    if per_job := threads_per_job(first, jobs):
-        torch.set_num_threads(per_job)
-    try:
+    with _torch_threads(threads_per_job(first, jobs)):
         # one host and one judge for every study (their model and judge options are shared)
         from diffdict.studies.stages import load_judge, load_study_host
 
@@ -211,8 +198,6 @@ def run_studies(out: Path, options: dict[str, Any], quick: bool, names: list[str
 
             count = browser_features if browser_features is not None else (8 if quick else 32)
             summary["browsers"] = feature_browsers(out, results, cache, judge=judge, max_features=count, log=log)
-    finally:
-        torch.set_num_threads(threads)
     from diffdict.studies.report import write_index
 
     results = {name: results[name] for name in configs}
@@ -220,8 +205,19 @@ def run_studies(out: Path, options: dict[str, Any], quick: bool, names: list[str
     summary["seconds"] = time.monotonic() - began
     summary["seconds_by_step"] = cache.stats()["seconds"]
     write_index(out, results, summary)
-    write_json(out / "summary.json", summary)
     return summary
+
+
+@contextmanager
+def _torch_threads(count: int | None):
+    """torch's CPU threads set to ``count`` (None: left as they are) within the block."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager
