@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 
-from diffdict.commands import validate
+from diffdict.commands import common, validate
 from diffdict.errors import DiffdictError
 
 
 def register(subparsers) -> None:
-    from diffdict.commands.intervene import add_generation_arguments, add_host_arguments
-
     parser = subparsers.add_parser(
         "ablate-block", help="remove each site's update and report which concepts change",
         description="For each site, generate with the block's update removed (or scaled) and report per concept "
@@ -27,23 +25,20 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", default="all", help="denoising steps to ablate at: all, 0-3, or 0,2 (default: all)")
     parser.add_argument("--backbone", default="shapes-clip", help="concept reader (default: shapes-clip)")
     parser.add_argument("--top", type=validate.positive_int, default=5, help="concepts listed as rising / falling most per site")
-    add_generation_arguments(parser)
-    add_host_arguments(parser)
+    common.add_generation_arguments(parser)
+    common.add_host_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from diffdict.commands.intervene import check_positive, load_host_from_args, prompts_from_args
     from diffdict.io import claim_output_folder
     from diffdict.interventions.experiments import ablation_table, block_ablation, save_block_ablation
 
-    check_positive("--batch-size", args.batch_size)
-    check_positive("--scale", args.scale)
     claim_output_folder(args.out, "ablate-block", own_files=("metrics.json",))
-    prompts = prompts_from_args(args)
-    host = load_host_from_args(args)
+    prompts = common.prompts_from_args(args)
+    host = common.host_from_args(args)
     if args.sites is None:
         sites = [name for name, info in host.sites().items() if info.kind != "mlp"]
     else:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 
-from diffdict.commands import validate
+from diffdict.commands import common, validate
 from diffdict.errors import DiffdictError
 
 
 def register(subparsers) -> None:
-    from diffdict.hosts import DEFAULT_HOST, HOSTS
+    from diffdict.hosts import DEFAULT_HOST
     from diffdict.store import DTYPES
 
     parser = subparsers.add_parser(
@@ -26,17 +26,15 @@ def register(subparsers) -> None:
         description="Capture what chosen sites of a text-to-image model compute, over many prompts, into a "
                     "sharded, resumable activation store. Run under torchrun to split the work by rank.",
     )
-    parser.add_argument("--model", default=DEFAULT_HOST, help=f"host model: {', '.join(HOSTS)} (default: {DEFAULT_HOST})")
-    parser.add_argument("--model-path", help="toy: a saved model folder (default: shipped weights); "
-                                             "real models: a hub id or local folder (default: the official one)")
+    common.add_host_arguments(parser, DEFAULT_HOST)
     parser.add_argument("--sites", required=True, help="comma-separated sites, e.g. mid.0,up.0.0")
     parser.add_argument("--prompts", required=True,
                         help="a count (sampled from the shapes world) or a text file with one prompt a line")
     parser.add_argument("--split", default="train", help="world split when --prompts is a count (default: train)")
-    validate.add_capture_option(parser, "update", "capture mode: update (block output - input), output "
+    common.add_capture_option(parser, "update", "capture mode: update (block output - input), output "
                                                   "(residual stream) or mlp (neurons) (default: update)")
     parser.add_argument("--steps", default="all", help="denoising steps to capture: all, 0-3, or 0,2 (default: all)")
-    validate.add_denoise_steps(parser)
+    common.add_denoise_steps(parser)
     parser.add_argument("--guidance", type=validate.finite_float(low=0), default=None, help="guidance scale (default: the model's)")
     parser.add_argument("--seed", type=validate.nonnegative_int, default=0, help="prompt sampling seed; prompt i's noise seed is seed + i")
     parser.add_argument("--out", required=True, type=validate.out_folder, help="store folder (created, or resumed)")
@@ -44,14 +42,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=validate.positive_int, default=16, help="prompts per generation batch (default: 16)")
     parser.add_argument("--chunk-size", type=validate.positive_int, default=64, help="prompts per store chunk (default: 64)")
     parser.add_argument("--no-images", action="store_true", help="do not keep the generated images")
-    parser.add_argument("--device", default=None, type=validate.device, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--model-dtype", default=None, choices=["float16", "bfloat16", "float32"],
-                        help="compute dtype of a real model (default: float16 on CUDA, float32 on CPU)")
-    parser.add_argument("--quantize", default=None, choices=["nf4"], help="real models: load in 4-bit NF4 (bitsandbytes)")
-    parser.add_argument("--image-size", type=validate.positive_int, default=None, help="real models: image size (default: the model's)")
-    bar = parser.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show the progress bar")
-    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
+    common.add_progress_option(parser)
     parser.set_defaults(func=run)
 
 

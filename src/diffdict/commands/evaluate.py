@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffdict.commands import validate
+from diffdict.commands import common, validate
 
 
 def register(subparsers) -> None:
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--model-path", default=None, help="host model weights for spliced fidelity "
                         "(default: the ones the store records)")
     parser.add_argument("--seed", type=validate.nonnegative_int, default=0, help="seed of the fidelity prompts and noise")
-    validate.add_verify_option(parser)
+    common.add_verify_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from diffdict.evaluate import evaluate_run
     from diffdict.io import write_json
 
-    with validate.verifying(args.no_verify):
+    with common.verifying(args.no_verify):
         results = evaluate_run(args.run, args.acts, site=args.site, batch_size=args.batch_size,
                                max_tokens=args.max_tokens, fidelity_prompts=args.fidelity_prompts, seed=args.seed,
                                model_path=args.model_path)

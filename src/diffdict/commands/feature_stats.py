@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffdict.commands import validate
+from diffdict.commands import common, validate
 
 
 def register(subparsers) -> None:
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-tokens", type=validate.positive_int, default=None, help="stop after this many tokens (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="unused: the pass reads the store in order (kept for uniformity)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
-    validate.add_verify_option(parser)
+    common.add_verify_option(parser)
     parser.set_defaults(func=run)
 
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 
-from diffdict.commands import validate
+from diffdict.commands import common, validate
 from diffdict.errors import DiffdictError
 from diffdict.imaging import display_scale, image_grid, save_png
 
 
 def register(subparsers) -> None:
-    from diffdict.commands.intervene import add_host_arguments
-
     parser = subparsers.add_parser(
         "generate", help="generate images from prompts (toy, sd, sdxl-turbo, sdxl, flux-schnell)",
         description="Generate images with a host model: the shipped toy model (shapes-world captions), or a real "
@@ -29,14 +27,12 @@ def register(subparsers) -> None:
     source.add_argument("--sample", type=validate.positive_int, metavar="N", help="N prompts sampled from the shapes world")
     parser.add_argument("--split", default="test", help="world split for --sample (train, test, heldout, all)")
     parser.add_argument("--seed", type=int, default=0, help="image i starts from the noise of seed + i")
-    validate.add_denoise_steps(parser, "--steps", help="denoising steps (default: the model's; toy 10)")
+    common.add_denoise_steps(parser, "--steps", help="denoising steps (default: the model's; toy 10)")
     parser.add_argument("--guidance", type=validate.finite_float(low=0), default=None,
                         help="classifier-free guidance scale (default: the model's; toy 3)")
-    parser.add_argument("--batch-size", type=validate.positive_int, default=16, help="prompts per generation batch (default: 16)")
-    add_host_arguments(parser)
+    common.add_batch_and_scale(parser)
+    common.add_host_arguments(parser)
     parser.add_argument("--size", dest="image_size", type=validate.positive_int, default=None, help=argparse.SUPPRESS)  # older name
-    parser.add_argument("--scale", type=validate.positive_int, default=None,
-                        help="upscale factor of the written PNG (default: small images to about 128 px)")
     parser.add_argument("--out", type=validate.out_file, required=True, help="PNG file (one image, or a grid for several)")
     parser.add_argument("--out-dir", type=validate.out_folder, help="also write each image as its own PNG here")
     parser.set_defaults(func=run)
@@ -54,24 +50,19 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         if not prompts:
             raise DiffdictError(f"prompt file {args.prompts_file} has no prompts")
         return prompts
-    if args.sample < 1:
-        raise DiffdictError(f"--sample must be at least 1, got {args.sample}")
     return sample_prompts(args.sample, seed=args.seed, split=args.split)
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffdict.commands.intervene import check_positive, load_host_from_args
     from diffdict.hosts import DEFAULT_HOST, is_real_host
     from diffdict.interventions import generate
 
-    for name in ("batch_size", "scale", "denoise_steps"):
-        check_positive("--" + name.replace("_", "-"), getattr(args, name))
     prompts = read_prompts(args)
     if not is_real_host(args.model or DEFAULT_HOST):
         from diffdict.world import encode_prompts
 
         encode_prompts(prompts)  # the shapes world's vocabulary: fail before loading anything
-    host = load_host_from_args(args)
+    host = common.host_from_args(args)
     host.check_prompts(prompts)
     images = generate(host, prompts, [], seed=args.seed, num_steps=args.denoise_steps, guidance=args.guidance,
                       batch_size=args.batch_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from diffdict.commands import validate
+from diffdict.commands import common, validate
 
 
 def register(subparsers) -> None:
@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     parser.add_argument("--clip-path", help="shapes-clip folder for the clip scorer (default: the shipped weights)")
     parser.add_argument("--seed", type=validate.nonnegative_int, default=0,
                         help="seed of the feature sample and of the detection examples")
-    validate.add_verify_option(parser)
+    common.add_verify_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from diffdict.io import claim_output_folder
 
     claim_output_folder(args.out, "interpret", own_files=("interpret.json", "features", "stats"))
-    with validate.verifying(args.no_verify):
+    with common.verifying(args.no_verify):
         index = interpret(
             args.run, store, args.out, explainer=explainer, scorers=scorers, site=args.site, member=args.member,
             features=args.features, max_features=args.max_features, top_n=args.top_n, rank_by=args.rank_by,

@@ -19,68 +19,8 @@ from __future__ import annotations
 
 import argparse
 
-from diffdict.commands import validate
+from diffdict.commands import common, validate
 from diffdict.errors import DiffdictError
-
-
-def add_host_arguments(parser: argparse.ArgumentParser) -> None:
-    from diffdict.hosts import HOSTS
-
-    parser.add_argument("--model", default=None,
-                        help=f"host model: {', '.join(HOSTS)} (default: the one the dictionary was trained on, else toy)")
-    parser.add_argument("--model-path", default=None, help="toy: a saved model folder (default: shipped weights); "
-                                                           "real models: a hub id or local folder")
-    parser.add_argument("--device", default=None, type=validate.device, help="cpu, cuda, ... (default: cuda if available)")
-    parser.add_argument("--model-dtype", default=None, choices=["float16", "bfloat16", "float32"],
-                        help="compute dtype of a real model")
-    parser.add_argument("--quantize", default=None, choices=["nf4"], help="real models: load in 4-bit NF4")
-    parser.add_argument("--image-size", type=validate.positive_int, default=None, help="real models: image size")
-
-
-def add_generation_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    source = parser.add_mutually_exclusive_group(required=required)
-    source.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
-    source.add_argument("--prompts", help="a count (sampled from the shapes world) or a text file, one prompt a line")
-    parser.add_argument("--split", default="test", help="world split when --prompts is a count (default: test)")
-    parser.add_argument("--seed", type=int, default=0, help="prompt sampling seed; image i's noise seed is seed + i")
-    validate.add_denoise_steps(parser, "--num-steps", help="denoising steps per image (default: the model's)")
-    parser.add_argument("--guidance", type=validate.finite_float(low=0), default=None,
-                        help="guidance scale (default: the model's)")
-    parser.add_argument("--batch-size", type=validate.positive_int, default=16, help="prompts per generation batch (default: 16)")
-    parser.add_argument("--scale", type=validate.positive_int, default=None,
-                        help="upscale factor of the written PNGs (default: small images to about 128 px, large ones as they are)")
-    parser.add_argument("--out", required=True, type=validate.out_folder, help="output folder")
-
-
-def load_host_from_args(args: argparse.Namespace, default_model: str | None = None, recorded: dict | None = None):
-    """The host the options name; without ``--model`` (or with the recorded one), the host
-    ``recorded`` describes (a store's ``model`` and ``host``: model folder, image size,
-    dtype), with ``--model-path``, ``--device``, ``--model-dtype``, ``--image-size`` and
-    ``--quantize`` replacing what was recorded."""
-    from diffdict.hosts import DEFAULT_HOST, host_class, load_host, load_recorded_host
-
-    recorded = recorded or {}
-    name = args.model or recorded.get("model") or default_model or DEFAULT_HOST
-    host_class(name)
-    if recorded.get("model") == name:
-        return load_recorded_host(recorded, args.model_path, args.device, args.model_dtype, where="the dictionary's store",
-                                  image_size=args.image_size, quantize=args.quantize)
-    # --quantize applies to real models only: left out for a host that does not take it
-    return load_host(name, only_taken=True, model=args.model_path, device=args.device, dtype=args.model_dtype,
-                     quantize=args.quantize, image_size=args.image_size)
-
-
-def prompts_from_args(args: argparse.Namespace) -> list[str]:
-    from diffdict.collect import read_prompts
-
-    if args.prompt:
-        return list(args.prompt)
-    return read_prompts(args.prompts, seed=args.seed, split=args.split)
-
-
-def check_positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise DiffdictError(f"{name} must be at least 1, got {value}")
 
 
 #: the options each mode reads (beyond site, mask, steps and capture); the rest are refused
@@ -119,14 +59,14 @@ def register(subparsers) -> None:
                              "statistics, computed from the dictionary's store when missing)")
     parser.add_argument("--ablate-scale", type=float, default=None,
                         help="ablate: factor on the block's update (default: 0, removing it)")
-    parser.add_argument("--count", type=int, default=None,
+    parser.add_argument("--count", type=validate.positive_int, default=None,
                         help="icon without --prompt/--prompts: images of the empty prompt (default: 4)")
     parser.add_argument("--store", default=None,
                         help="store to compute feature statistics from (default: the one the dictionary was trained on)")
     parser.add_argument("--mask", default=None, help="pixel box x0,y0,x1,y1 (end exclusive; default: the whole image)")
     parser.add_argument("--steps", default="all", help="denoising steps to edit: all, 0-3, or 0,2 (default: all)")
     parser.add_argument("--site", default=None, help="site to edit (default: the one the dictionary was trained on)")
-    validate.add_capture_option(parser, None, "capture mode to edit at the site: update, output or mlp (default: "
+    common.add_capture_option(parser, None, "capture mode to edit at the site: update, output or mlp (default: "
                                               "the one the dictionary was trained on, else update)")
     parser.add_argument("--target", default=None,
                         help="what the edit should bring about: a shapes-world concept (color:red) or free text "
@@ -142,8 +82,8 @@ def register(subparsers) -> None:
     parser.add_argument("--control-seed", type=int, default=None, help="seed of the random directions (default: --seed)")
     parser.add_argument("--locality-threshold", type=float, default=0.0,
                         help="ignore pixel changes at or below this (0..1) in the locality metric")
-    add_generation_arguments(parser, required=False)
-    add_host_arguments(parser)
+    common.add_generation_arguments(parser, required=False)
+    common.add_host_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -167,7 +107,6 @@ def check_mode_options(args: argparse.Namespace) -> None:
         raise DiffdictError(f"--mode {args.mode} needs prompts: --prompt TEXT or --prompts N|FILE")
     if count_given and (args.prompt or args.prompts):
         raise DiffdictError("--count gives the number of empty-prompt icons; drop it with --prompt/--prompts")
-    check_positive("--count", args.count)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -189,8 +128,6 @@ def run(args: argparse.Namespace) -> int:
     from diffdict.metrics.backbones import resolve_backbone
     from diffdict.interventions.experiments import format_summary, run_intervention, save_intervention_report
 
-    check_positive("--batch-size", args.batch_size)
-    check_positive("--scale", args.scale)
     check_mode_options(args)
     claim_output_folder(args.out, "intervene", own_files=("metrics.json",))
     folder = dictionary = None
@@ -215,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         from diffdict.metrics.backbones import load_backbone
 
         backbone = load_backbone(backbone, path=args.backbone_path)
-    prompts = prompts_from_args(args) if (args.prompt or args.prompts) else [""] * args.count
+    prompts = common.prompts_from_args(args) if (args.prompt or args.prompts) else [""] * args.count
     stats = None
     if folder is not None:
         needs_activation = args.mode in ("add", "icon") or (args.mode == "latent" and args.op != "scale")
@@ -225,26 +162,26 @@ def run(args: argparse.Namespace) -> int:
             from diffdict.feature_stats import load_feature_stats
 
             stats = load_feature_stats(folder, dictionary, required=False)
-    host = load_host_from_args(args, meta.get("model"), recorded if host_name == recorded.get("model") else None)
+    host = common.host_from_args(args, meta.get("model"), recorded if host_name == recorded.get("model") else None)
     if host.name == recorded.get("model"):  # generate as the store did unless told otherwise
         generation = recorded.get("generation") or {}
         args.denoise_steps = args.denoise_steps if args.denoise_steps is not None else generation.get("num_steps")
         args.guidance = args.guidance if args.guidance is not None else generation.get("guidance")
     if not host.shapes_world and args.prompts and not args.prompt and str(args.prompts).strip().isdigit():
         print(f"note: --prompts {args.prompts} samples shapes-world captions; give real prompts with --prompt or a file")
-    common = dict(mask=args.mask, steps=args.steps, capture=capture)
+    placement = dict(mask=args.mask, steps=args.steps, capture=capture)
     feature = dict(activation=args.activation, stats=stats)
     if args.mode == "add":
-        intervention = Add(site, dictionary, args.feature, args.strength, **feature, **common)
+        intervention = Add(site, dictionary, args.feature, args.strength, **feature, **placement)
     elif args.mode == "latent":
         intervention = LatentEdit(site, dictionary, args.feature, args.strength, args.op,
-                                  keep_error=not args.drop_error, **feature, **common)
+                                  keep_error=not args.drop_error, **feature, **placement)
     elif args.mode == "icon":
-        intervention = Icon(site, dictionary, args.feature, args.strength, **feature, **common)
+        intervention = Icon(site, dictionary, args.feature, args.strength, **feature, **placement)
     elif args.mode == "splice":
-        intervention = Splice(site, dictionary, stats=stats, **common)
+        intervention = Splice(site, dictionary, stats=stats, **placement)
     else:
-        intervention = Ablate(site, args.ablate_scale, **common)
+        intervention = Ablate(site, args.ablate_scale, **placement)
     report = run_intervention(
         host, intervention, prompts, seed=args.seed, num_steps=args.denoise_steps, guidance=args.guidance,
         target=args.target, backbone=backbone, control=not args.no_control, control_seed=args.control_seed,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffdict.commands import validate
+from diffdict.commands import common, validate
 
 
 def register(subparsers) -> None:
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--top-n", type=validate.positive_int, default=16, help="top images per feature (with --store)")
     parser.add_argument("--seed", type=validate.nonnegative_int, default=0,
                         help="unused by the site itself (kept for uniformity)")
-    validate.add_verify_option(parser)
+    common.add_verify_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from diffdict.io import claim_output_folder
 
     claim_output_folder(args.out, "report", own_files=("index.html",))
-    with validate.verifying(args.no_verify):
+    with common.verifying(args.no_verify):
         index = build_report(args.run, args.out, interpret_dir=args.interpret, store=args.store, site=args.site,
                              member=args.member, seed=args.seed, top_n=args.top_n,
                              progress=(lambda message: print(message, file=sys.stderr)) if sys.stderr.isatty() else None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from diffdict.commands import validate
+from diffdict.commands import common, validate
 from diffdict.errors import DiffdictError
 from diffdict.options import add_arguments, load_config_file
 
@@ -51,7 +51,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="cache folder (default: DIR/cache); share it between runs")
     parser.add_argument("--config", metavar="FILE",
                         help='a TOML file of the options below (seeds = 2, sites = ["up.1.1"]); flags override it')
-    validate.add_verify_option(parser)
+    common.add_verify_option(parser)
 
 
 def _configs(name: str) -> list[type]:
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                 if n not in STUDIES:
                     raise DiffdictError(f"--only: unknown study {n!r}; available: {', '.join(STUDIES)}")
         claim_output_folder(out, "study", own_files=STUDY_OUTPUTS)
-        with validate.verifying(no_verify):
+        with common.verifying(no_verify):
             summary = run_all(out, options, quick=quick, studies=names, cache_dir=cache, browsers=browsers,
                               browser_features=browser_features)
         print(f"wrote {out}/index.html: {len(summary['studies'])} studies in {summary['seconds']:.0f} s")
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             print("time by step: " + ", ".join(steps))
         return 0
     claim_output_folder(out, "study", own_files=STUDY_OUTPUTS)
-    with validate.verifying(no_verify):
+    with common.verifying(no_verify):
         results = run_study(args.name, out, options, quick=quick, cache_dir=cache)
     print(f"wrote {out}/table.md ({len(results['rows'])} rows, {results['seconds']:.0f} s, "
           f"trained {results['trained']})", file=sys.stdout)

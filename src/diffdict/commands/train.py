@@ -17,7 +17,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from diffdict.commands import validate
+from diffdict.commands import common, validate
 from diffdict.errors import DiffdictError
 from diffdict.options import add_arguments, convert, load_config_file, options_of
 
@@ -63,10 +63,8 @@ def register(subparsers) -> None:
     parser.add_argument("--threads", type=validate.positive_int, default=None,
                         help="torch CPU threads (default: 1 when a step is small, as at the toy model's scale; "
                              "else torch's choice)")
-    validate.add_verify_option(parser)
-    bar = parser.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show the progress bar")
-    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
+    common.add_verify_option(parser)
+    common.add_progress_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -106,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = settings_from_args(args)
-    with validate.verifying(args.no_verify):
+    with common.verifying(args.no_verify):
         _check_memory(settings)
         folders = train(settings, args.out, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                         progress=args.progress, device=args.device, threads=args.threads)

@@ -133,40 +133,6 @@ def text_file(text: str) -> Path:
     return path
 
 
-def add_denoise_steps(parser: argparse.ArgumentParser, old_name: str | None = None, default: int | None = None,
-                      help: str = "number of denoising steps of each generation (default: the model's)") -> None:
-    """``--denoise-steps N``, the one name every command uses for how many denoising steps a
-    generation takes (``--steps`` selects steps in collect / intervene / ablate-block);
-    ``old_name``, the command's earlier name for it, still works, unlisted."""
-    parser.add_argument("--denoise-steps", dest="denoise_steps", type=positive_int, default=default, help=help)
-    if old_name:
-        parser.add_argument(old_name, dest="denoise_steps", type=positive_int, default=default, help=argparse.SUPPRESS)
-
-
-def add_capture_option(parser: argparse.ArgumentParser, default: str | None, help: str) -> None:
-    """``--capture MODE``: the capture mode read or edited at a site (update, output, mlp),
-    into ``args.capture``; ``--what``, its earlier name, still works, unlisted."""
-    from diffdict.capture import CAPTURE_MODES
-
-    parser.add_argument("--capture", dest="capture", default=default, choices=list(CAPTURE_MODES), help=help)
-    parser.add_argument("--what", dest="capture", default=argparse.SUPPRESS, choices=list(CAPTURE_MODES),
-                        help=argparse.SUPPRESS)
-
-
-def add_verify_option(parser: argparse.ArgumentParser) -> None:
-    """``--no-verify``: read stores without checking each file's sha256 (see :func:`verifying`)."""
-    parser.add_argument("--no-verify", action="store_true",
-                        help="skip checking the store's files against their recorded sha256 "
-                             "(for a store checked once with 'diffdict store verify')")
-
-
-def verifying(no_verify: bool):
-    """The context in which a command reads stores: verified unless ``--no-verify``."""
-    from diffdict.store import verification
-
-    return verification(not no_verify)
-
-
 # --------------------------------------------------------------------------- resources
 
 
@@ -223,7 +189,5 @@ def resource_error(error: BaseException, command: str) -> str | None:
     return f"{command} ran out of memory:{asked}{have}; use smaller sizes (batch, width, count)"
 
 
-__all__ = [
-    "add_verify_option", "verifying", "available_memory", "device", "finite_float", "int_at_least", "nonnegative_int", "out_file", "out_folder",
-    "positive_int", "require_memory", "add_capture_option", "add_denoise_steps", "resource_error", "text_file",
-]
+__all__ = ["available_memory", "device", "finite_float", "int_at_least", "nonnegative_int", "out_file", "out_folder",
+           "positive_int", "require_memory", "resource_error", "text_file"]

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from diffdict.commands import validate
+from diffdict.commands import common, validate
 
 
 def register(subparsers) -> None:
@@ -14,31 +14,15 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="world_command", metavar="WORLD_COMMAND")
     sub.required = True
 
-    p = sub.add_parser("train-model", help="train the toy text-to-image model (resumable)")
-    p.add_argument("--steps", type=validate.positive_int, default=3500)
-    p.add_argument("--batch-size", type=validate.positive_int, default=64)
-    p.add_argument("--lr", type=validate.finite_float(above=0), default=1e-3)
-    p.add_argument("--seed", type=validate.nonnegative_int, default=0)
-    p.add_argument("--threads", type=validate.positive_int, default=None)
-    p.add_argument("--out", type=validate.out_folder, required=True, help="run folder (checkpoint, log, exported model/)")
-    p.add_argument("--export", type=validate.out_folder, help="also export the EMA weights to this folder (e.g. the package's weights/toy)")
+    p = _training_parser(sub, "train-model", "train the toy text-to-image model (resumable)", 3500, 64, 1e-3)
     p.add_argument("--extend", action="store_true", help="continue a finished run in --out to a larger --steps")
     p.set_defaults(func=run_train_model)
-
-    p = sub.add_parser("train-clip", help="train shapes-clip (resumable)")
-    p.add_argument("--steps", type=validate.positive_int, default=1500)
-    p.add_argument("--batch-size", type=validate.positive_int, default=96)
-    p.add_argument("--lr", type=validate.finite_float(above=0), default=2e-3)
-    p.add_argument("--seed", type=validate.nonnegative_int, default=0)
-    p.add_argument("--threads", type=validate.positive_int, default=None)
-    p.add_argument("--out", type=validate.out_folder, required=True)
-    p.add_argument("--export", type=validate.out_folder)
-    p.set_defaults(func=run_train_clip)
+    _training_parser(sub, "train-clip", "train shapes-clip (resumable)", 1500, 96, 2e-3).set_defaults(func=run_train_clip)
 
     p = sub.add_parser("eval-model", help="accuracy of the toy model's generations, read by shapes-clip")
     p.add_argument("--prompts", type=validate.positive_int, default=500)
     p.add_argument("--seed", type=validate.nonnegative_int, default=0)
-    validate.add_denoise_steps(p, "--steps", default=10, help="denoising steps per image (default: 10)")
+    common.add_denoise_steps(p, "--steps", default=10, help="denoising steps per image (default: 10)")
     p.add_argument("--guidance", type=validate.finite_float(low=0), default=3.0)
     p.add_argument("--model-path", type=Path)
     p.add_argument("--clip-path", type=Path)
@@ -52,6 +36,19 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=validate.positive_int, default=32)
     p.add_argument("--out", type=validate.out_file, required=True)
     p.set_defaults(func=run_render)
+
+
+def _training_parser(sub, name: str, help: str, steps: int, batch_size: int, lr: float) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--steps", type=validate.positive_int, default=steps)
+    p.add_argument("--batch-size", type=validate.positive_int, default=batch_size)
+    p.add_argument("--lr", type=validate.finite_float(above=0), default=lr)
+    p.add_argument("--seed", type=validate.nonnegative_int, default=0)
+    p.add_argument("--threads", type=validate.positive_int, default=None)
+    p.add_argument("--out", type=validate.out_folder, required=True, help="run folder (checkpoint, log, exported model/)")
+    p.add_argument("--export", type=validate.out_folder,
+                   help="also export the EMA weights to this folder (e.g. the package's weights/toy)")
+    return p
 
 
 def run_train_model(args: argparse.Namespace) -> int:
