@@ -421,16 +421,21 @@ class BatchIterator:
             self._unconfirmed.clear()
         return batch
 
-    def _read(self, block, out=None, mout=None):
-        """Read a block in the store dtype, into ``out``/``mout`` when given."""
+    def _rows(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Room for ``n`` tokens in the store dtype, and for their metadata (with ``with_meta``)."""
+        x = torch.empty(n, self.d, dtype=DTYPES[self.store.dtype])
+        return x, torch.empty(n, len(META_FIELDS), dtype=torch.int32) if self.with_meta else None
+
+    def _read(self, block, out: torch.Tensor, mout: torch.Tensor | None, at: int = 0):
+        """Read a block in the store dtype into rows ``at:`` of ``out`` (and ``mout``)."""
         shard_index, a, b = block
         file = self.store.shards(self.site)[shard_index][0]
         self._unconfirmed.add(file)
         if self._started < len(self._file_order) and file == self._file_order[self._started]:
             self._started += 1  # the loader hashes this file as it reads it; the next few are
             self.store._hash_ahead(self._file_order[self._started:self._started + _FILES_AHEAD])  # hashed meanwhile
-        x = self.store._read_rows(file, "acts", a, b, out)
-        m = self.store._read_rows(file, "meta", a, b, mout) if self.with_meta else None
+        x = self.store._read_rows(file, "acts", a, b, out[at:at + b - a])
+        m = self.store._read_rows(file, "meta", a, b, mout[at:at + b - a]) if self.with_meta else None
         return x, m
 
     def _out(self, x: torch.Tensor, m: torch.Tensor | None, copy: bool = False):
@@ -442,13 +447,11 @@ class BatchIterator:
     def _sequential(self):
         """Canonical order; blocks are read into one reused staging tensor."""
         B = self.batch_size
-        store_dtype = DTYPES[self.store.dtype]
-        stage = torch.empty(self.block_tokens, self.d, dtype=store_dtype)
-        mstage = torch.empty(self.block_tokens, len(META_FIELDS), dtype=torch.int32) if self.with_meta else None
+        stage, mstage = self._rows(self.block_tokens)
         carry_x, carry_m = None, None  # fewer than B tokens left over from the previous block
         for block in self._blocks:
             s = block[2] - block[1]
-            x, m = self._read(block, stage[:s], mstage[:s] if mstage is not None else None)
+            x, m = self._read(block, stage, mstage)
             j = 0
             if carry_x is not None:
                 j = min(B - carry_x.shape[0], s)
@@ -481,10 +484,8 @@ class BatchIterator:
         if not blocks:
             return
         store_dtype = DTYPES[self.store.dtype]
-        buf = torch.empty(cap, self.d, dtype=store_dtype)
-        mbuf = torch.empty(cap, len(META_FIELDS), dtype=torch.int32) if self.with_meta else None
-        stage = torch.empty(self.block_tokens, self.d, dtype=store_dtype)
-        mstage = torch.empty(self.block_tokens, len(META_FIELDS), dtype=torch.int32) if self.with_meta else None
+        buf, mbuf = self._rows(cap)
+        stage, mstage = self._rows(self.block_tokens)
         # gathers and scatters move whole rows: do them on the widest integer view of a row
         row_bytes = self.d * store_dtype.itemsize
         raw = next(t for t in (torch.int64, torch.int32, torch.int16, torch.uint8) if row_bytes % t.itemsize == 0)
@@ -500,9 +501,8 @@ class BatchIterator:
         def append():
             nonlocal n, bi
             while bi < len(blocks) and n + size[bi] <= cap:
-                s = size[bi]
-                self._read(blocks[bi], buf[n:n + s], mbuf[n:n + s] if mbuf is not None else None)
-                n += s
+                self._read(blocks[bi], buf, mbuf, n)
+                n += size[bi]
                 bi += 1
             self.peak_buffered = max(self.peak_buffered, n)
 
@@ -519,7 +519,7 @@ class BatchIterator:
             h = 0
             while bi < len(blocks) and size[bi] <= k - h:
                 s = size[bi]
-                _, m = self._read(blocks[bi], stage[:s], mstage[:s] if mstage is not None else None)
+                _, m = self._read(blocks[bi], stage, mstage)
                 rbuf.index_copy_(0, out[h:h + s], rstage[:s])
                 if mbuf is not None:
                     mbuf.index_copy_(0, out[h:h + s], m)

@@ -14,12 +14,12 @@ import torch
 
 from diffdict.errors import DiffdictError
 from diffdict.store.format import (
-    CHUNKS_DIR, DEFAULT_BUFFER_TOKENS, DTYPES, FORMAT, HEADER_FILE, IMAGES_DIR, MANIFEST_FILE,
-    META_FIELDS, SHARDS_DIR, _FAST_HASH, _HEADER_FIELDS, _IMAGE_FIELDS, _MANIFEST_FIELDS, _RECORD_FIELDS,
-    _SHARD_FIELDS, _chunk_name, _compute_digest, _Described, _header_key, _meta_dict, _read_described,
-    _read_json_file,
+    CHUNKS_DIR, DEFAULT_BUFFER_TOKENS, DTYPES, FORMAT, HEADER_FILE, MANIFEST_FILE, META_FIELDS, _FAST_HASH,
+    _HEADER_FIELDS, _IMAGE_FIELDS, _MANIFEST_FIELDS, _RECORD_FIELDS, _SHARD_FIELDS, _compute_digest, _Described,
+    _header_key, _images_rel, _meta_dict, _read_described, _read_json_file, _record_rel, _shard_rel,
 )
 from diffdict.store.loader import BatchIterator, _expected_hash, _FileVerifier, _ShardFile, _verify_reads
+
 
 def _load_manifest(path: str | Path) -> tuple[Path, dict]:
     path = Path(path)
@@ -136,7 +136,7 @@ def _manifest_problems_unguarded(path: Path, manifest: dict, read_records: bool)
             if not isinstance(entry, dict) or set(entry) - {_FAST_HASH} != _SHARD_FIELDS:
                 problems.append(f"{where}: {label}.sites.{site} is not a shard entry")
                 continue
-            _entry_file(path, root, entry, f"{label}.sites.{site}.file", f"{SHARDS_DIR}/{site}/{_chunk_name(index)}.safetensors")
+            _entry_file(path, root, entry, f"{label}.sites.{site}.file", _shard_rel(site, index))
             if not (_is_count(entry["tokens"]) and _is_count(entry["bytes"], 1)):
                 problems.append(f"{where}: {label}.sites.{site} has bad token or byte counts")
         entry = record["images"]
@@ -146,12 +146,12 @@ def _manifest_problems_unguarded(path: Path, manifest: dict, read_records: bool)
             if not isinstance(entry, dict) or set(entry) - {_FAST_HASH} != _IMAGE_FIELDS:
                 problems.append(f"{where}: {label}.images is not an images entry")
                 continue
-            _entry_file(path, root, entry, f"{label}.images.file", f"{IMAGES_DIR}/{_chunk_name(index)}.safetensors")
+            _entry_file(path, root, entry, f"{label}.images.file", _images_rel(index))
             expected_shape = [record["prompt_ids"][1] - record["prompt_ids"][0], images["height"], images["width"], 3]
             if entry["shape"] != expected_shape or not _is_count(entry["bytes"], 1):
                 problems.append(f"{where}: {label}.images has shape {entry['shape']}, expected {expected_shape}")
         if read_records:
-            record_path = path / CHUNKS_DIR / f"{_chunk_name(index)}.json"
+            record_path = path / _record_rel(index)
             try:
                 on_disk = json.loads(record_path.read_text())
             except (OSError, ValueError):
@@ -277,12 +277,6 @@ class Store(_Described):
 
     # -- reading -------------------------------------------------------------------
 
-    def _shard_file(self, file: Path) -> "_ShardFile":
-        shard = self._files.get(file)
-        if shard is None:
-            shard = self._files[file] = _ShardFile(file, self._expect[file])
-        return shard
-
     def _read_rows(self, file: Path, name: str, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``start:stop`` of tensor ``name`` of a shard, read straight into ``out``.
 
@@ -291,7 +285,9 @@ class Store(_Described):
         the bytes read feed the file's hash (unless it is being hashed in the background),
         so that a file read in order is read once.
         """
-        shard = self._shard_file(file)
+        if file not in self._files:
+            self._files[file] = _ShardFile(file, self._expect[file])
+        shard = self._files[file]
         if self._verifier is None:
             return shard.read_rows(name, start, stop, out)
         with self._verifier.hashing(file) as file_hash:
@@ -307,11 +303,6 @@ class Store(_Described):
         if self._verifier is not None:
             self._verifier.confirm(files)
 
-    def _read_block(self, file: Path, start: int, stop: int, with_meta: bool, dtype: torch.dtype):
-        x = self._read_rows(file, "acts", start, stop)
-        m = self._read_rows(file, "meta", start, stop) if with_meta else None
-        return x.to(dtype), m
-
     def read(self, site: str, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.float32):
         """Tokens ``start:stop`` of ``site`` in canonical order: ``(acts (n, d), meta)``.
 
@@ -326,10 +317,9 @@ class Store(_Described):
             a, b = max(start, offset), min(stop, offset + count)
             if a >= b:
                 continue
-            x, m = self._read_block(file, a - offset, b - offset, True, dtype)
+            parts.append(self._read_rows(file, "acts", a - offset, b - offset).to(dtype))
+            metas.append(self._read_rows(file, "meta", a - offset, b - offset))
             self._confirm([file])  # before the rows leave the store
-            parts.append(x)
-            metas.append(m)
         d = self.d(site)
         acts = torch.cat(parts) if parts else torch.empty(0, d, dtype=dtype)
         meta = torch.cat(metas) if metas else torch.empty(0, len(META_FIELDS), dtype=torch.int32)
@@ -400,8 +390,9 @@ def open_store(path: str | Path, verify: bool | None = None) -> Store:
     Every manifest field is cross-checked with ``store.json``, the chunk records and the
     digest, and every file path must lie inside the store. With ``verify`` (default: on,
     or as set by :func:`verification`) each file is also checked against its recorded hash
-    (xxh3-128; sha256 for stores written before xxh3 was recorded) the first time it is read, so a damaged store stops the reader with one error naming the
-    file. ``verify=False`` skips the hashing (for a store verified once already).
+    (xxh3-128; sha256 for stores written before xxh3 was recorded) the first time it is read,
+    so a damaged store stops the reader with one error naming the file. ``verify=False``
+    skips the hashing (for a store verified once already).
     """
     verify = _verify_reads.get() if verify is None else bool(verify)
     path, manifest = _load_manifest(path)
