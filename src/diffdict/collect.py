@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection, Sequence
 
+import numpy as np
 import torch
 
-from diffdict.capture import Recorder, parse_steps
+from diffdict.capture import META_FIELDS, Recorder, parse_steps
 from diffdict.errors import DiffdictError, require_int
 from diffdict.hosts import HostModel
 
@@ -173,26 +174,16 @@ def collect(
 def collect_chunk(host: HostModel, recorder: Recorder, prompts: Sequence[str], ids: range, seed: int,
                   num_steps: int, guidance: float, batch_size: int):
     """(acts, meta, images) of one chunk; ``recorder``'s hooks must be installed."""
-    acts: dict[str, list[torch.Tensor]] = {name: [] for name in recorder.infos}
-    meta: dict[str, dict[str, list[torch.Tensor]]] = {
-        name: {k: [] for k in ("prompt_id", "step", "row", "col")} for name in recorder.infos
-    }
-    images = []
+    images, taken = [], []
     recorder.clear()
     for start in range(ids.start, ids.stop, batch_size):
         batch = list(range(start, min(start + batch_size, ids.stop)))
         images.append(host.generate([prompts[i] for i in batch], seeds=[seed + i for i in batch],
                                     steps=num_steps, guidance=guidance))
-        batch_acts, batch_meta = recorder.take(batch)
-        for name in recorder.infos:
-            acts[name].append(batch_acts[name])
-            for key, value in batch_meta[name].items():
-                meta[name][key].append(value)
-    import numpy as np
-
+        taken.append(recorder.take(batch))
     return (
-        {name: torch.cat(parts) for name, parts in acts.items()},
-        {name: {k: torch.cat(v) for k, v in fields.items()} for name, fields in meta.items()},
+        {name: torch.cat([acts[name] for acts, _ in taken]) for name in recorder.infos},
+        {name: {k: torch.cat([meta[name][k] for _, meta in taken]) for k in META_FIELDS} for name in recorder.infos},
         np.concatenate(images),
     )
 

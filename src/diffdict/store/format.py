@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from diffdict.capture import META_FIELDS
 from diffdict.errors import DiffdictError, require_int
 from diffdict.io import describe_os_error as _describe_os_error, read_json as _read_json_file
 
@@ -27,7 +28,6 @@ MANIFEST_FILE = "manifest.json"
 CHUNKS_DIR = "chunks"
 SHARDS_DIR = "shards"
 IMAGES_DIR = "images"
-META_FIELDS = ("prompt_id", "step", "row", "col")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 DEFAULT_CHUNK_SIZE = 64
 DEFAULT_BUFFER_TOKENS = 2**20
