@@ -17,6 +17,7 @@ import math
 import mmap
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -189,11 +190,8 @@ class _FileVerifier:
                 file_hash = self._hashes.get(file)
                 if file_hash is None:
                     file_hash = self._hashes[file] = _FileHash(file, self._expected[file])
-        if file_hash is None:
-            yield None
-        else:
-            with file_hash.lock:
-                yield file_hash
+        with file_hash.lock if file_hash is not None else contextlib.nullcontext():
+            yield file_hash
 
     def hash_ahead(self, files: Iterable[Path]) -> None:
         """Hash these files on the background thread, unless already read from or hashed."""
@@ -202,7 +200,7 @@ class _FileVerifier:
                 if file in self._results or file in self._ahead or file in self._hashes:
                     continue
                 done = self._ahead[file] = threading.Event()
-            _background().submit(self._hash_in_background, file, done)
+            _background.submit(self._hash_in_background, file, done)
 
     def _hash_in_background(self, file: Path, done: threading.Event) -> None:
         try:
@@ -233,28 +231,16 @@ class _FileVerifier:
                 raise DiffdictError(problem)
 
 
-_background_executor = None
-_background_lock = threading.Lock()
+def _new_background() -> None:
+    """The one thread that hashes files ahead of the loaders (started on first use; at exit,
+    Python lets it finish the few files it was handed, then joins it). A forked child gets
+    a new one: the parent's thread is not in the child."""
+    global _background
+    _background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffdict-verify")
 
 
-def _background():
-    """The one thread that hashes files ahead of the loaders (made on first use; at exit,
-    Python lets it finish the few files it was handed, then joins it)."""
-    global _background_executor
-    with _background_lock:
-        if _background_executor is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _background_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffdict-verify")
-        return _background_executor
-
-
-def _forget_background_after_fork() -> None:
-    global _background_executor, _background_lock
-    _background_executor, _background_lock = None, threading.Lock()  # the parent's thread is not in the child
-
-
-os.register_at_fork(after_in_child=_forget_background_after_fork)
+_new_background()
+os.register_at_fork(after_in_child=_new_background)
 
 
 def _wrap_read_error(file: Path, error: Exception) -> DiffdictError:

@@ -16,7 +16,7 @@ from diffdict.errors import DiffdictError
 from diffdict.store.format import (
     CHUNKS_DIR, DEFAULT_BUFFER_TOKENS, DTYPES, FORMAT, HEADER_FILE, MANIFEST_FILE, META_FIELDS, _FAST_HASH,
     _HEADER_FIELDS, _IMAGE_FIELDS, _MANIFEST_FIELDS, _RECORD_FIELDS, _SHARD_FIELDS, _compute_digest, _Described,
-    _header_key, _images_rel, _meta_dict, _read_described, _read_json_file, _record_rel, _shard_rel,
+    _described, _header_key, _images_rel, _meta_dict, _read_described, _read_json_file, _record_rel, _shard_rel,
 )
 from diffdict.store.loader import BatchIterator, _expected_hash, _FileVerifier, _ShardFile, _verify_reads
 
@@ -185,9 +185,12 @@ def _raise_first(problems: list[str]) -> None:
 class Store(_Described):
     """A finalized activation store, read-only. Obtain with :func:`open_store`."""
 
+    num_chunks: int = _described("num_chunks")
+    digest: str = _described("digest")
+
     def __init__(self, path: Path, manifest: dict, verify: bool = True):
         self.path = path
-        self.manifest = manifest
+        self.manifest = self._description = manifest
         self.verify = verify
         self._shards: dict[str, list[tuple[Path, int, int]]] = {}
         self._files: dict[Path, _ShardFile] = {}
@@ -206,10 +209,6 @@ class Store(_Described):
                 self._expect[file] = {"images": (torch.uint8, list(record["images"]["shape"]))}
                 expected[file] = _expected_hash(record["images"])
         self._verifier = _FileVerifier(expected) if verify else None
-
-    @property
-    def _description(self) -> dict:
-        return self.manifest
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, sites={self.sites}, dtype={self.dtype!r})"
@@ -234,14 +233,6 @@ class Store(_Described):
 
     def grid(self, site: str) -> tuple[int, int]:
         return tuple(self._site(site)["grid"])
-
-    @property
-    def num_chunks(self) -> int:
-        return self.manifest["num_chunks"]
-
-    @property
-    def digest(self) -> str:
-        return self.manifest["digest"]
 
     @property
     def has_images(self) -> bool:

@@ -96,12 +96,8 @@ class StoreWriter(_Described):
 
     def __init__(self, path: Path, header: dict):
         self.path = path
-        self._header = header
+        self._header = self._description = header
         self._key = _header_key(header)
-
-    @property
-    def _description(self) -> dict:
-        return self._header
 
     # -- opening -------------------------------------------------------------------
 
@@ -229,9 +225,6 @@ class StoreWriter(_Described):
     def is_complete(self, chunk_index: int) -> bool:
         """True iff the chunk's record exists, belongs to this store, and its files have the recorded sizes."""
         return self.read_record(chunk_index) is not None
-
-    def completed_chunks(self) -> list[int]:
-        return [i for i in range(self.num_chunks) if self.is_complete(i)]
 
     def pending_chunks(self, rank: int = 0, world_size: int = 1) -> list[int]:
         """Chunk indices this rank still has to write (those with ``index % world_size == rank``)."""
