@@ -36,31 +36,22 @@ class DistContext:
 
     def barrier(self) -> None:
         if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+            torch.distributed.barrier()
 
     def close(self) -> None:
         if self.initialized_here:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            torch.distributed.destroy_process_group()
 
 
 def distributed_from_env() -> DistContext:
     """The rank and world size set by ``torchrun`` (gloo process group, for barriers only)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistContext()
-    import torch.distributed as dist
-
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    initialized = False
-    if not dist.is_initialized():
-        # a rank may wait at the final barrier while others collect: allow long waits
+    dist = torch.distributed
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    initialized = not dist.is_initialized()
+    if initialized:  # a rank may wait at the final barrier while others collect: allow long waits
         dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
-        initialized = True
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, initialized)
 
 
@@ -131,18 +122,16 @@ def collect(
     host.check_prompts(prompts)
 
     settings = collect_settings(host, capture, step_list, num_steps, guidance, seed, images)
-    site_d = {name: info.d for name, info in recorder.infos.items()}
-    site_grid = {name: info.grid for name, info in recorder.infos.items()}
 
     def open_writer():
-        return StoreWriter.open(out, settings=settings, sites=site_d, grid=site_grid, prompts=prompts,
+        return StoreWriter.open(out, settings=settings, sites={name: info.d for name, info in recorder.infos.items()},
+                                grid={name: info.grid for name, info in recorder.infos.items()}, prompts=prompts,
                                 chunk_size=chunk_size, dtype=dtype)
 
     # rank 0 creates the store; the others reopen it (the writer refuses to mix either way)
     writer = open_writer() if dist.rank == 0 else None
     dist.barrier()
-    if writer is None:
-        writer = open_writer()
+    writer = writer or open_writer()
     pending = writer.pending_chunks(dist.rank, dist.world_size)
     tokens_per_prompt = sum(len(step_list) * info.tokens for info in recorder.infos.values())
     total = sum(len(writer.chunk_prompt_ids(i)) for i in pending) * tokens_per_prompt

@@ -2,8 +2,7 @@
 (``store.json``) and how a reopened store is compared with it, the manifest's schema,
 how it is built from the chunk records, and the digest.
 
-Also the small helpers every part of the store shares (canonical JSON, content hashes,
-one-line descriptions of OS errors).
+Also the small helpers every part of the store shares (canonical JSON, content hashes).
 """
 
 from __future__ import annotations
@@ -200,8 +199,8 @@ def _header_differences(old: dict, new: dict) -> list[str]:
         diffs.append(f"prompts differ ({old.get('num_prompts')} in store, {new['num_prompts']} requested)")
     elif old.get("prompts") != new["prompts"]:
         a, b = old.get("prompts") or [], new["prompts"] or []
-        first = next((i for i in range(max(len(a), len(b))) if i >= len(a) or i >= len(b) or a[i] != b[i]), None)
-        if first is None or first >= len(a) or first >= len(b):
+        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        if first is None:
             diffs.append("prompts differ (captured prompts vs an imported array)")
         else:
             diffs.append(f"prompts differ (prompt {first}: {_short(a[first])} in store, {_short(b[first])} requested)")
