@@ -213,8 +213,6 @@ class Store(_Described):
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, sites={self.sites}, dtype={self.dtype!r})"
 
-    # -- description ---------------------------------------------------------------
-
     @property
     def sites(self) -> list[str]:
         return sorted(self.manifest["sites"])
@@ -265,8 +263,6 @@ class Store(_Described):
                 offset += entry["tokens"]
             self._shards[site] = shards
         return self._shards[site]
-
-    # -- reading -------------------------------------------------------------------
 
     def _read_rows(self, file: Path, name: str, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``start:stop`` of tensor ``name`` of a shard, read straight into ``out``.

@@ -99,8 +99,6 @@ class StoreWriter(_Described):
         self._header = self._description = header
         self._key = _header_key(header)
 
-    # -- opening -------------------------------------------------------------------
-
     @classmethod
     def open(
         cls,
@@ -128,13 +126,11 @@ class StoreWriter(_Described):
             raise DiffdictError(f"store path {path} exists and is not a directory")
         header_path = path / HEADER_FILE
         if not header_path.exists():
-            if path.is_dir():
-                others = [p.name for p in path.iterdir() if not p.name.startswith(f".{HEADER_FILE}.")]
-                if others:
-                    raise DiffdictError(
-                        f"{path} exists, is not empty and is not a diffdict store (no {HEADER_FILE}); "
-                        "choose a new or empty folder"
-                    )
+            if path.is_dir() and any(not p.name.startswith(f".{HEADER_FILE}.") for p in path.iterdir()):
+                raise DiffdictError(
+                    f"{path} exists, is not empty and is not a diffdict store (no {HEADER_FILE}); "
+                    "choose a new or empty folder"
+                )
             try:
                 path.mkdir(parents=True, exist_ok=True)
                 cls._create_header(header_path, header)
@@ -144,9 +140,7 @@ class StoreWriter(_Described):
         diffs = _header_differences(existing, header)
         if diffs:
             more = f" (and {len(diffs) - 2} more differences)" if len(diffs) > 2 else ""
-            raise DiffdictError(
-                f"store {path} refuses to mix: {'; '.join(diffs[:2])}{more}; use a new output folder"
-            )
+            raise DiffdictError(f"store {path} refuses to mix: {'; '.join(diffs[:2])}{more}; use a new output folder")
         writer = cls(path, existing)
         try:
             for site in existing["sites"]:
@@ -173,8 +167,6 @@ class StoreWriter(_Described):
             _remove_quietly(tmp)
         _fsync_dir(header_path.parent)
 
-    # -- properties ----------------------------------------------------------------
-
     @property
     def sites(self) -> dict[str, int]:
         return {site: entry["d"] for site, entry in self._header["sites"].items()}
@@ -186,8 +178,6 @@ class StoreWriter(_Described):
     @property
     def num_chunks(self) -> int:
         return math.ceil(self.num_prompts / self.chunk_size)
-
-    # -- chunks --------------------------------------------------------------------
 
     def _check_index(self, chunk_index: int) -> int:
         return require_int(chunk_index, "chunk index", 0, self.num_chunks - 1,
@@ -392,8 +382,6 @@ class StoreWriter(_Described):
             "xxh3": xxhash.xxh3_128_hexdigest(data),
             "content_sha256": _content_sha256(list(tensors.values())),
         }
-
-    # -- finishing -----------------------------------------------------------------
 
     def finalize(self) -> None:
         """Write ``manifest.json`` from the chunk records once every chunk is complete (idempotent)."""
