@@ -133,11 +133,8 @@ def _make_header(
         if not isinstance(grid, dict) or site not in grid:
             raise DiffdictError(f"no token grid given for site {site!r}: expected grid[{site!r}] = (rows, cols)")
         g = grid[site]
-        if (
-            not isinstance(g, (tuple, list))
-            or len(g) != 2
-            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in g)
-        ):
+        if not isinstance(g, (tuple, list)) or len(g) != 2 or any(
+                isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in g):
             raise DiffdictError(f"bad token grid {g!r} for site {site!r}: expected (rows, cols), positive integers")
         site_entries[site] = {"d": int(d), "grid": [int(g[0]), int(g[1])]}
     extra = sorted(set(grid) - set(sites)) if isinstance(grid, dict) else []

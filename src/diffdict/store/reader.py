@@ -355,19 +355,14 @@ class Store(_Described):
         ids = [int(i) for i in np.asarray(list(prompt_ids)).reshape(-1)]
         height, width = self.image_size
         out = np.empty((len(ids), height, width, 3), dtype=np.uint8)
-        by_chunk: dict[int, list[int]] = {}
-        for position, pid in enumerate(ids):
+        for pid in ids:
             if not 0 <= pid < self.num_prompts:
                 raise DiffdictError(f"prompt id {pid} out of range: the store has prompts 0..{self.num_prompts - 1}")
-            by_chunk.setdefault(pid // self.chunk_size, []).append(position)
-        for chunk, positions in by_chunk.items():
-            entry = self.manifest["chunks"][chunk]["images"]
-            file = self.path / entry["file"]
-            self._confirm([file])
-            base = chunk * self.chunk_size
-            for position in positions:
-                row = ids[position] - base
-                self._read_rows(file, "images", row, row + 1, torch.from_numpy(out[position : position + 1]))
+        for position, pid in enumerate(ids):
+            chunk, row = divmod(pid, self.chunk_size)
+            file = self.path / self.manifest["chunks"][chunk]["images"]["file"]
+            self._confirm([file])  # before the image leaves the store
+            self._read_rows(file, "images", row, row + 1, torch.from_numpy(out[position : position + 1]))
         return out
 
 
