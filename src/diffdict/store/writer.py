@@ -195,22 +195,17 @@ class StoreWriter(_Described):
             record = json.loads((self.path / _record_rel(index)).read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(record, dict) or record.get("store_key") != self._key or record.get("chunk") != index:
-            return None
         ids = self.chunk_prompt_ids(index)
-        if record.get("prompt_ids") != [ids.start, ids.stop]:
+        if (not isinstance(record, dict) or record.get("store_key") != self._key or record.get("chunk") != index
+                or record.get("prompt_ids") != [ids.start, ids.stop] or not isinstance(record.get("sites"), dict)
+                or set(record["sites"]) != set(self._header["sites"])):
             return None
-        files = record.get("sites")
-        if not isinstance(files, dict) or set(files) != set(self._header["sites"]):
+        entries = list(record["sites"].values()) + ([record["images"]] if record.get("images") else [])
+        try:
+            sizes_match = all(os.stat(self.path / entry["file"]).st_size == entry["bytes"] for entry in entries)
+        except (OSError, KeyError, TypeError):
             return None
-        entries = list(files.values()) + ([record["images"]] if record.get("images") else [])
-        for entry in entries:
-            try:
-                if os.stat(self.path / entry["file"]).st_size != entry["bytes"]:
-                    return None
-            except (OSError, KeyError, TypeError):
-                return None
-        return record
+        return record if sizes_match else None
 
     def is_complete(self, chunk_index: int) -> bool:
         """True iff the chunk's record exists, belongs to this store, and its files have the recorded sizes."""
