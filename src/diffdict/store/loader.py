@@ -372,10 +372,8 @@ class BatchIterator:
         else:
             self.block_tokens = block_tokens or max(self.batch_size, min(int(buffer_tokens), 1 << 14))
             self.buffer_tokens = 0
-        blocks = []
-        for shard_index, (_, _, count) in enumerate(shards):
-            for a in range(0, count, self.block_tokens):
-                blocks.append((shard_index, a, min(a + self.block_tokens, count)))
+        blocks = [(index, a, min(a + self.block_tokens, count)) for index, (_, _, count) in enumerate(shards)
+                  for a in range(0, count, self.block_tokens)]
         if shuffle:
             order = np.random.default_rng([int(seed), int(epoch)]).permutation(len(blocks))
             blocks = [blocks[i] for i in order]
@@ -393,9 +391,7 @@ class BatchIterator:
         self._unconfirmed: set[Path] = set()
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_tokens // self.batch_size
-        return math.ceil(self.num_tokens / self.batch_size)
+        return self.num_tokens // self.batch_size if self.drop_last else math.ceil(self.num_tokens / self.batch_size)
 
     def __iter__(self) -> "BatchIterator":
         return self

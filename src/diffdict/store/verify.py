@@ -45,9 +45,7 @@ def store_info(path: str | Path) -> dict:
     return {
         **info,
         "sites": sites,
-        "tokens": {site: e["tokens"] for site, e in sites.items()},
-        "d": {site: e["d"] for site, e in sites.items()},
-        "grid": {site: e["grid"] for site, e in sites.items()},
+        **{field: {site: e[field] for site, e in sites.items()} for field in ("tokens", "d", "grid")},
         "num_chunks": described["num_chunks"],
         "chunk_size": described["chunk_size"],
         "images": described["images"],
