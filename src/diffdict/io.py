@@ -55,16 +55,13 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def sha256_file(path: str | Path, block: int = 8 << 20) -> str:
+def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
-            while chunk := handle.read(block):
-                digest.update(chunk)
+            return hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError as error:
         raise DiffdictError(f"cannot read {path}: {error.strerror or error}") from None
-    return digest.hexdigest()
 
 
 OUTPUT_MARKER = ".diffdict-output.json"
