@@ -43,6 +43,9 @@ CAPTURE_MODES = ("update", "output", "mlp")
 #: the former name of :data:`CAPTURE_MODES` (kept for existing code)
 WHATS = CAPTURE_MODES
 
+#: what a recorded token's metadata holds (a store's "meta" columns, in this order)
+META_FIELDS = ("prompt_id", "step", "row", "col")
+
 #: kinds of site, i.e. how the module's native tensors map to the (B, T, d) token layout
 SITE_KINDS = ("unet-block", "dit-block", "mlp")
 
@@ -69,9 +72,6 @@ class SiteInfo:
     def tokens(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    def to_dict(self) -> dict:
-        return {"d": self.d, "grid": list(self.grid), "module": self.module, "kind": self.kind}
-
 
 def capture_mode_of(record: Any) -> str | None:
     """The capture mode a record read from disk names, or None.
@@ -86,21 +86,6 @@ def capture_mode_of(record: Any) -> str | None:
     if value is None and isinstance(record.get("capture"), str):
         value = record["capture"]
     return value
-
-
-def _check_common(site: str, capture: str | None, steps, half: str) -> frozenset[int] | None:
-    if capture is not None and capture not in CAPTURE_MODES:
-        raise DiffdictError(
-            f"unknown capture {capture!r} for site {site!r}; expected one of {', '.join(CAPTURE_MODES)}"
-        )
-    if half not in HALVES:
-        raise DiffdictError(f"unknown batch half {half!r}; expected one of {', '.join(HALVES)}")
-    if steps is None:
-        return None
-    steps = frozenset(int(s) for s in steps)
-    if any(s < 0 for s in steps):
-        raise DiffdictError(f"denoising steps must be >= 0, got {sorted(steps)}")
-    return steps
 
 
 def parse_steps(spec: Any) -> frozenset[int] | None:
@@ -140,36 +125,39 @@ def parse_steps(spec: Any) -> frozenset[int] | None:
 
 
 @dataclass
-class ReadHook:
+class _Hook:
+    """The fields of a hook; ``steps`` is checked and kept as a frozenset (None: every step)."""
+
+    site: str
+    fn: Callable[[torch.Tensor, int | None], Any]
+    capture: str | None = None
+    steps: Collection[int] | None = None
+    half: str = "cond"
+
+    def __post_init__(self):
+        if self.capture is not None and self.capture not in CAPTURE_MODES:
+            raise DiffdictError(
+                f"unknown capture {self.capture!r} for site {self.site!r}; expected one of {', '.join(CAPTURE_MODES)}"
+            )
+        if self.half not in HALVES:
+            raise DiffdictError(f"unknown batch half {self.half!r}; expected one of {', '.join(HALVES)}")
+        if self.steps is not None:
+            self.steps = frozenset(int(s) for s in self.steps)
+            if any(s < 0 for s in self.steps):
+                raise DiffdictError(f"denoising steps must be >= 0, got {sorted(self.steps)}")
+
+
+class ReadHook(_Hook):
     """Call ``fn(x, step)`` with the site's value x (B, T, d) float32 at each active step.
     ``capture`` None: ``update`` for a block site, ``mlp`` for an MLP site. ``x`` may share
     memory with the model's tensors: copy what you keep."""
 
-    site: str
-    fn: Callable[[torch.Tensor, int | None], None]
-    capture: str | None = None
-    steps: Collection[int] | None = None
-    half: str = "cond"
 
-    def __post_init__(self):
-        self.steps = _check_common(self.site, self.capture, self.steps, self.half)
-
-
-@dataclass
-class EditHook:
+class EditHook(_Hook):
     """Replace the site's value x (B, T, d) float32 by ``fn(x, step)`` (same shape) at
     each active step, on the chosen half of a CFG batch. ``capture='update'`` edits the
     block's update (output = input + f(update)); ``'output'`` the block's output;
     ``'mlp'`` the MLP's hidden units. ``capture`` None: ``update`` / ``mlp`` by site kind."""
-
-    site: str
-    fn: Callable[[torch.Tensor, int | None], torch.Tensor]
-    capture: str | None = None
-    steps: Collection[int] | None = None
-    half: str = "cond"
-
-    def __post_init__(self):
-        self.steps = _check_common(self.site, self.capture, self.steps, self.half)
 
 
 # -- native layout <-> tokens ----------------------------------------------------------
@@ -417,7 +405,7 @@ class Recorder:
                 raise DiffdictError(f"site {name} ran more than once in a denoising step (steps seen: {steps})")
             if not records:
                 acts[name] = torch.zeros(0, info.d)
-                meta[name] = {k: torch.zeros(0, dtype=torch.int64) for k in ("prompt_id", "step", "row", "col")}
+                meta[name] = {k: torch.zeros(0, dtype=torch.int64) for k in META_FIELDS}
                 continue
             for _, x in records:
                 if x.shape[0] != len(ids):

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection, Sequence
 
+import numpy as np
 import torch
 
-from diffdict.capture import Recorder, parse_steps
+from diffdict.capture import META_FIELDS, Recorder, parse_steps
 from diffdict.errors import DiffdictError, require_int
 from diffdict.hosts import HostModel
 
@@ -35,31 +36,22 @@ class DistContext:
 
     def barrier(self) -> None:
         if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+            torch.distributed.barrier()
 
     def close(self) -> None:
         if self.initialized_here:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            torch.distributed.destroy_process_group()
 
 
 def distributed_from_env() -> DistContext:
     """The rank and world size set by ``torchrun`` (gloo process group, for barriers only)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistContext()
-    import torch.distributed as dist
-
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    initialized = False
-    if not dist.is_initialized():
-        # a rank may wait at the final barrier while others collect: allow long waits
+    dist = torch.distributed
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    initialized = not dist.is_initialized()
+    if initialized:  # a rank may wait at the final barrier while others collect: allow long waits
         dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
-        initialized = True
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, initialized)
 
 
@@ -130,18 +122,16 @@ def collect(
     host.check_prompts(prompts)
 
     settings = collect_settings(host, capture, step_list, num_steps, guidance, seed, images)
-    site_d = {name: info.d for name, info in recorder.infos.items()}
-    site_grid = {name: info.grid for name, info in recorder.infos.items()}
 
     def open_writer():
-        return StoreWriter.open(out, settings=settings, sites=site_d, grid=site_grid, prompts=prompts,
+        return StoreWriter.open(out, settings=settings, sites={name: info.d for name, info in recorder.infos.items()},
+                                grid={name: info.grid for name, info in recorder.infos.items()}, prompts=prompts,
                                 chunk_size=chunk_size, dtype=dtype)
 
     # rank 0 creates the store; the others reopen it (the writer refuses to mix either way)
     writer = open_writer() if dist.rank == 0 else None
     dist.barrier()
-    if writer is None:
-        writer = open_writer()
+    writer = writer or open_writer()
     pending = writer.pending_chunks(dist.rank, dist.world_size)
     tokens_per_prompt = sum(len(step_list) * info.tokens for info in recorder.infos.values())
     total = sum(len(writer.chunk_prompt_ids(i)) for i in pending) * tokens_per_prompt
@@ -173,26 +163,16 @@ def collect(
 def collect_chunk(host: HostModel, recorder: Recorder, prompts: Sequence[str], ids: range, seed: int,
                   num_steps: int, guidance: float, batch_size: int):
     """(acts, meta, images) of one chunk; ``recorder``'s hooks must be installed."""
-    acts: dict[str, list[torch.Tensor]] = {name: [] for name in recorder.infos}
-    meta: dict[str, dict[str, list[torch.Tensor]]] = {
-        name: {k: [] for k in ("prompt_id", "step", "row", "col")} for name in recorder.infos
-    }
-    images = []
+    images, taken = [], []
     recorder.clear()
     for start in range(ids.start, ids.stop, batch_size):
         batch = list(range(start, min(start + batch_size, ids.stop)))
         images.append(host.generate([prompts[i] for i in batch], seeds=[seed + i for i in batch],
                                     steps=num_steps, guidance=guidance))
-        batch_acts, batch_meta = recorder.take(batch)
-        for name in recorder.infos:
-            acts[name].append(batch_acts[name])
-            for key, value in batch_meta[name].items():
-                meta[name][key].append(value)
-    import numpy as np
-
+        taken.append(recorder.take(batch))
     return (
-        {name: torch.cat(parts) for name, parts in acts.items()},
-        {name: {k: torch.cat(v) for k, v in fields.items()} for name, fields in meta.items()},
+        {name: torch.cat([acts[name] for acts, _ in taken]) for name in recorder.infos},
+        {name: {k: torch.cat([meta[name][k] for _, meta in taken]) for k in META_FIELDS} for name in recorder.infos},
         np.concatenate(images),
     )
 

@@ -6,6 +6,7 @@ are flattened into one safetensors file (tensors) plus JSON metadata (everything
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from diffdict.errors import DiffdictError
@@ -42,7 +43,6 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     with atomic_target(path) as tmp:
         tmp.write_bytes(data)
 
@@ -55,16 +55,13 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def sha256_file(path: str | Path, block: int = 8 << 20) -> str:
+def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
-            while chunk := handle.read(block):
-                digest.update(chunk)
+            return hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError as error:
         raise DiffdictError(f"cannot read {path}: {error.strerror or error}") from None
-    return digest.hexdigest()
 
 
 OUTPUT_MARKER = ".diffdict-output.json"
@@ -94,12 +91,10 @@ def claim_output_folder(path: str | Path, command: str, own_files: tuple[str, ..
         raise DiffdictError(f"{path} is an existing file; {command} writes a folder there")
     marker = path / OUTPUT_MARKER
     if path.is_dir() and any(path.iterdir()):
-        mark = None
-        if marker.is_file():
-            try:
-                mark = json.loads(marker.read_text()).get("command")
-            except (OSError, ValueError, AttributeError):
-                mark = None
+        try:
+            mark = json.loads(marker.read_text()).get("command") if marker.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            mark = None
         if mark != command and not any((path / name).exists() for name in own_files):
             by = f" (written by {mark})" if mark else ""
             raise DiffdictError(f"{path} exists, is not empty and is not an output folder of {command}{by}; "
@@ -113,14 +108,30 @@ def claim_output_folder(path: str | Path, command: str, own_files: tuple[str, ..
     return path
 
 
+def describe_os_error(error: OSError) -> str:
+    """An OS error in a few words, with the file it names."""
+    if error.errno == errno.ENOSPC:
+        what = "disk full"
+    elif error.errno in (errno.EACCES, errno.EPERM):
+        what = "permission denied"
+    elif error.errno == errno.EROFS:
+        what = "read-only file system"
+    else:
+        what = error.strerror or str(error)
+    return what + (f" ({error.filename})" if getattr(error, "filename", None) else "")
+
+
 def read_json(path: str | Path) -> Any:
+    """A JSON file; every failure (missing, corrupt, a folder, no permission) one line."""
     path = Path(path)
-    if not path.exists():
-        raise DiffdictError(f"file not found: {path}")
     try:
         return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DiffdictError(f"file not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DiffdictError(f"corrupt JSON file {path}: {error}") from None
+    except OSError as error:
+        raise DiffdictError(f"cannot read {path}: {describe_os_error(error)}") from None
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -182,8 +193,6 @@ def save_checkpoint(path: str | Path, state: Any) -> None:
 def load_checkpoint(path: str | Path) -> Any:
     path = Path(path)
     tensors = load_tensors(path)
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     if "skeleton" not in metadata:

@@ -29,22 +29,11 @@ Readers trust nothing they have not checked: :func:`open_store` cross-checks eve
 manifest field with ``store.json``, the chunk records and the digest, and refuses any file
 path that leads outside the store; each file is hashed once per opened store (xxh3-128,
 from the bytes the loader reads, or just ahead of the loader on a background thread) and
-compared with its record before any batch holding its data is handed out. ``verify=False`` (the commands' ``--no-verify``) skips the hashing.
+compared with its record before any batch holding its data is handed out. ``verify=False``
+(the commands' ``--no-verify``) skips the hashing.
 """
 
-from diffdict.store.format import (
-    CHUNKS_DIR,
-    DEFAULT_BUFFER_TOKENS,
-    DEFAULT_CHUNK_SIZE,
-    DTYPES,
-    FORMAT,
-    FORMAT_VERSION,
-    HEADER_FILE,
-    IMAGES_DIR,
-    MANIFEST_FILE,
-    META_FIELDS,
-    SHARDS_DIR,
-)
+from diffdict.store.format import DTYPES
 from diffdict.store.importing import import_array
 from diffdict.store.loader import BatchIterator, _expected_hash, _hash_problem, reads_verified, verification
 from diffdict.store.reader import Store, open_store

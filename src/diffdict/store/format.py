@@ -2,13 +2,11 @@
 (``store.json``) and how a reopened store is compared with it, the manifest's schema,
 how it is built from the chunk records, and the digest.
 
-Also the small helpers every part of the store shares (canonical JSON, content hashes,
-one-line descriptions of OS errors).
+Also the small helpers every part of the store shares (canonical JSON, content hashes).
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import re
@@ -18,7 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from diffdict.capture import META_FIELDS
 from diffdict.errors import DiffdictError, require_int
+from diffdict.io import describe_os_error as _describe_os_error, read_json as _read_json_file
 
 FORMAT = "diffdict-store"
 FORMAT_VERSION = 1
@@ -27,7 +27,6 @@ MANIFEST_FILE = "manifest.json"
 CHUNKS_DIR = "chunks"
 SHARDS_DIR = "shards"
 IMAGES_DIR = "images"
-META_FIELDS = ("prompt_id", "step", "row", "col")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 DEFAULT_CHUNK_SIZE = 64
 DEFAULT_BUFFER_TOKENS = 2**20
@@ -46,19 +45,13 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    tensor = tensor.detach().contiguous().cpu()
-    if tensor.dtype == torch.bfloat16:
-        tensor = tensor.view(torch.int16)
-    return tensor.numpy().tobytes()
-
-
 def _content_sha256(tensors: Sequence[torch.Tensor]) -> str:
     """sha256 over dtypes, shapes and raw bytes: independent of the file format."""
     digest = hashlib.sha256()
     for tensor in tensors:
         digest.update(f"{str(tensor.dtype)}{tuple(tensor.shape)}".encode())
-        digest.update(_tensor_bytes(tensor))
+        tensor = tensor.detach().contiguous().cpu()
+        digest.update((tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -66,17 +59,6 @@ def _file_metadata(**fields: Any) -> dict[str, str]:
     # one key only: safetensors serialises its metadata map in no fixed order, and shard
     # files should be byte-identical however (and by how many processes) they were written
     return {FORMAT: _canonical_json({"version": FORMAT_VERSION, **fields})}
-
-
-def _describe_os_error(error: OSError) -> str:
-    if error.errno == errno.ENOSPC:
-        what = "disk full"
-    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        what = "permission denied" if error.errno != errno.EROFS else "read-only file system"
-    else:
-        what = error.strerror or str(error)
-    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
-    return f"{what}{where}"
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -99,30 +81,20 @@ def _chunk_name(index: int) -> str:
     return f"{index:06d}"
 
 
-def _dtype_name(dtype: str) -> str:
-    if dtype not in DTYPES:
-        raise DiffdictError(f"unknown store dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-    return dtype
+def _shard_rel(site: str, index: int) -> str:
+    return f"{SHARDS_DIR}/{site}/{_chunk_name(index)}.safetensors"
 
 
-def _read_json_file(path: Path) -> Any:
-    """A JSON file, every failure one line. Not :func:`diffdict.io.read_json`, which checks
-    ``exists()`` first (so a path under a file reads as "not found") and lets other OS
-    errors (a folder, no permission) escape as tracebacks."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DiffdictError(f"file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DiffdictError(f"corrupt JSON file {path}: {error}") from None
-    except OSError as error:
-        raise DiffdictError(f"cannot read {path}: {_describe_os_error(error)}") from None
+def _images_rel(index: int) -> str:
+    return f"{IMAGES_DIR}/{_chunk_name(index)}.safetensors"
 
+
+def _record_rel(index: int) -> str:
+    return f"{CHUNKS_DIR}/{_chunk_name(index)}.json"
 
 
 def _read_described(path: Path, file: Path, what: str) -> dict:
-    """The store's header or manifest (``what``) read from ``file``, refused unless it is one
-    of this format and version."""
+    """The store's header or manifest (``what``) from ``file``, refused unless of this format and version."""
     described = _read_json_file(file)
     if not isinstance(described, dict) or described.get("format") != FORMAT:
         raise DiffdictError(f"{file} is not a diffdict store {what}")
@@ -131,6 +103,7 @@ def _read_described(path: Path, file: Path, what: str) -> dict:
             f"store {path} has format version {described.get('version')}, this diffdict reads version {FORMAT_VERSION}"
         )
     return described
+
 
 # --------------------------------------------------------------------------- header
 
@@ -160,11 +133,8 @@ def _make_header(
         if not isinstance(grid, dict) or site not in grid:
             raise DiffdictError(f"no token grid given for site {site!r}: expected grid[{site!r}] = (rows, cols)")
         g = grid[site]
-        if (
-            not isinstance(g, (tuple, list))
-            or len(g) != 2
-            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in g)
-        ):
+        if not isinstance(g, (tuple, list)) or len(g) != 2 or any(
+                isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in g):
             raise DiffdictError(f"bad token grid {g!r} for site {site!r}: expected (rows, cols), positive integers")
         site_entries[site] = {"d": int(d), "grid": [int(g[0]), int(g[1])]}
     extra = sorted(set(grid) - set(sites)) if isinstance(grid, dict) else []
@@ -183,12 +153,14 @@ def _make_header(
     elif num_prompts is None or num_prompts < 1:
         raise DiffdictError("a store needs at least one prompt (or imported row)")
     require_int(chunk_size, "chunk size")
+    if dtype not in DTYPES:
+        raise DiffdictError(f"unknown store dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "settings": settings,
         "sites": site_entries,
-        "dtype": _dtype_name(dtype),
+        "dtype": dtype,
         "chunk_size": int(chunk_size),
         "num_prompts": int(num_prompts),
         "prompts": prompts,
@@ -217,47 +189,38 @@ def _header_differences(old: dict, new: dict) -> list[str]:
             if old_sites[site]["grid"] != new_sites[site]["grid"]:
                 og, ng = old_sites[site]["grid"], new_sites[site]["grid"]
                 diffs.append(f"grid of site {site} differs ({og[0]}x{og[1]} in store, {ng[0]}x{ng[1]} requested)")
-    if old.get("dtype") != new["dtype"]:
-        diffs.append(f"dtype differs ({old.get('dtype')} in store, {new['dtype']} requested)")
-    if old.get("chunk_size") != new["chunk_size"]:
-        diffs.append(f"chunk size differs ({old.get('chunk_size')} in store, {new['chunk_size']} requested)")
+    for field, name in (("dtype", "dtype"), ("chunk_size", "chunk size")):
+        if old.get(field) != new[field]:
+            diffs.append(f"{name} differs ({old.get(field)} in store, {new[field]} requested)")
     if old.get("num_prompts") != new["num_prompts"]:
         diffs.append(f"prompts differ ({old.get('num_prompts')} in store, {new['num_prompts']} requested)")
     elif old.get("prompts") != new["prompts"]:
         a, b = old.get("prompts") or [], new["prompts"] or []
-        first = next((i for i in range(max(len(a), len(b))) if i >= len(a) or i >= len(b) or a[i] != b[i]), None)
-        if first is None or first >= len(a) or first >= len(b):
+        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        if first is None:
             diffs.append("prompts differ (captured prompts vs an imported array)")
         else:
             diffs.append(f"prompts differ (prompt {first}: {_short(a[first])} in store, {_short(b[first])} requested)")
     return diffs
 
 
+def _described(field: str) -> property:
+    return property(lambda self: self._description[field], doc=f"The store's {field}.")
+
+
 class _Described:
     """The fields a store's header (while writing) and manifest (once finalized) share."""
 
     _description: dict
-
-    @property
-    def settings(self) -> dict:
-        return self._description["settings"]
+    settings: dict = _described("settings")
+    dtype: str = _described("dtype")
+    chunk_size: int = _described("chunk_size")
+    num_prompts: int = _described("num_prompts")
 
     @property
     def prompts(self) -> list[str]:
         """The prompts by prompt id ([] for an imported array, where prompt_id is the row)."""
         return list(self._description["prompts"] or [])
-
-    @property
-    def dtype(self) -> str:
-        return self._description["dtype"]
-
-    @property
-    def chunk_size(self) -> int:
-        return self._description["chunk_size"]
-
-    @property
-    def num_prompts(self) -> int:
-        return self._description["num_prompts"]
 
 
 # --------------------------------------------------------------------------- manifest
@@ -271,21 +234,17 @@ _FAST_HASH = "xxh3"  # xxh3-128 of the whole file: what readers check (sha256 wh
 _HEADER_FIELDS = ("settings", "dtype", "chunk_size", "num_prompts", "prompts")
 
 
+def _site_totals(header: dict, records: list[dict], fields: tuple[str, ...]) -> dict:
+    """Each site's d and grid, and its chunk records' sums of ``fields``."""
+    return {site: {"d": entry["d"], "grid": entry["grid"],
+                   **{field: sum(r["sites"][site][field] for r in records) for field in fields}}
+            for site, entry in header["sites"].items()}
+
+
 def _compute_digest(header: dict, records: list[dict], kind: str = "sites") -> str:
     digest = hashlib.sha256()
     if kind == "sites":
-        summary = {
-            "format": FORMAT,
-            "dtype": header["dtype"],
-            "sites": {
-                site: {
-                    "d": entry["d"],
-                    "grid": entry["grid"],
-                    "tokens": sum(r["sites"][site]["tokens"] for r in records),
-                }
-                for site, entry in header["sites"].items()
-            },
-        }
+        summary = {"format": FORMAT, "dtype": header["dtype"], "sites": _site_totals(header, records, ("tokens",))}
         digest.update(_canonical_json(summary).encode())
         for site in sorted(header["sites"]):
             for record in records:
@@ -297,25 +256,13 @@ def _compute_digest(header: dict, records: list[dict], kind: str = "sites") -> s
 
 
 def _build_manifest(header: dict, key: str, records: list[dict], image_info: dict | None) -> dict:
-    sites = {}
-    for site, entry in header["sites"].items():
-        sites[site] = {
-            "d": entry["d"],
-            "grid": entry["grid"],
-            "tokens": sum(r["sites"][site]["tokens"] for r in records),
-            "bytes": sum(r["sites"][site]["bytes"] for r in records),
-        }
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "store_key": key,
-        "settings": header["settings"],
-        "sites": sites,
-        "dtype": header["dtype"],
-        "chunk_size": header["chunk_size"],
-        "num_prompts": header["num_prompts"],
+        **{field: header[field] for field in _HEADER_FIELDS},
+        "sites": _site_totals(header, records, ("tokens", "bytes")),
         "num_chunks": len(records),
-        "prompts": header["prompts"],
         "images": image_info,
         "meta_fields": list(META_FIELDS),
         "chunks": records,
@@ -326,4 +273,3 @@ def _build_manifest(header: dict, key: str, records: list[dict], image_info: dic
 
 def _meta_dict(meta: torch.Tensor) -> dict[str, torch.Tensor]:
     return {name: meta[:, i].contiguous() for i, name in enumerate(META_FIELDS)}
-

@@ -17,6 +17,7 @@ import math
 import mmap
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -189,11 +190,8 @@ class _FileVerifier:
                 file_hash = self._hashes.get(file)
                 if file_hash is None:
                     file_hash = self._hashes[file] = _FileHash(file, self._expected[file])
-        if file_hash is None:
-            yield None
-        else:
-            with file_hash.lock:
-                yield file_hash
+        with file_hash.lock if file_hash is not None else contextlib.nullcontext():
+            yield file_hash
 
     def hash_ahead(self, files: Iterable[Path]) -> None:
         """Hash these files on the background thread, unless already read from or hashed."""
@@ -202,7 +200,7 @@ class _FileVerifier:
                 if file in self._results or file in self._ahead or file in self._hashes:
                     continue
                 done = self._ahead[file] = threading.Event()
-            _background().submit(self._hash_in_background, file, done)
+            _background.submit(self._hash_in_background, file, done)
 
     def _hash_in_background(self, file: Path, done: threading.Event) -> None:
         try:
@@ -233,28 +231,16 @@ class _FileVerifier:
                 raise DiffdictError(problem)
 
 
-_background_executor = None
-_background_lock = threading.Lock()
+def _new_background() -> None:
+    """The one thread that hashes files ahead of the loaders (started on first use; at exit,
+    Python lets it finish the few files it was handed, then joins it). A forked child gets
+    a new one: the parent's thread is not in the child."""
+    global _background
+    _background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffdict-verify")
 
 
-def _background():
-    """The one thread that hashes files ahead of the loaders (made on first use; at exit,
-    Python lets it finish the few files it was handed, then joins it)."""
-    global _background_executor
-    with _background_lock:
-        if _background_executor is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _background_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffdict-verify")
-        return _background_executor
-
-
-def _forget_background_after_fork() -> None:
-    global _background_executor, _background_lock
-    _background_executor, _background_lock = None, threading.Lock()  # the parent's thread is not in the child
-
-
-os.register_at_fork(after_in_child=_forget_background_after_fork)
+_new_background()
+os.register_at_fork(after_in_child=_new_background)
 
 
 def _wrap_read_error(file: Path, error: Exception) -> DiffdictError:
@@ -386,10 +372,8 @@ class BatchIterator:
         else:
             self.block_tokens = block_tokens or max(self.batch_size, min(int(buffer_tokens), 1 << 14))
             self.buffer_tokens = 0
-        blocks = []
-        for shard_index, (_, _, count) in enumerate(shards):
-            for a in range(0, count, self.block_tokens):
-                blocks.append((shard_index, a, min(a + self.block_tokens, count)))
+        blocks = [(index, a, min(a + self.block_tokens, count)) for index, (_, _, count) in enumerate(shards)
+                  for a in range(0, count, self.block_tokens)]
         if shuffle:
             order = np.random.default_rng([int(seed), int(epoch)]).permutation(len(blocks))
             blocks = [blocks[i] for i in order]
@@ -407,9 +391,7 @@ class BatchIterator:
         self._unconfirmed: set[Path] = set()
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_tokens // self.batch_size
-        return math.ceil(self.num_tokens / self.batch_size)
+        return self.num_tokens // self.batch_size if self.drop_last else math.ceil(self.num_tokens / self.batch_size)
 
     def __iter__(self) -> "BatchIterator":
         return self
@@ -421,16 +403,21 @@ class BatchIterator:
             self._unconfirmed.clear()
         return batch
 
-    def _read(self, block, out=None, mout=None):
-        """Read a block in the store dtype, into ``out``/``mout`` when given."""
+    def _rows(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Room for ``n`` tokens in the store dtype, and for their metadata (with ``with_meta``)."""
+        x = torch.empty(n, self.d, dtype=DTYPES[self.store.dtype])
+        return x, torch.empty(n, len(META_FIELDS), dtype=torch.int32) if self.with_meta else None
+
+    def _read(self, block, out: torch.Tensor, mout: torch.Tensor | None, at: int = 0):
+        """Read a block in the store dtype into rows ``at:`` of ``out`` (and ``mout``)."""
         shard_index, a, b = block
         file = self.store.shards(self.site)[shard_index][0]
         self._unconfirmed.add(file)
         if self._started < len(self._file_order) and file == self._file_order[self._started]:
             self._started += 1  # the loader hashes this file as it reads it; the next few are
             self.store._hash_ahead(self._file_order[self._started:self._started + _FILES_AHEAD])  # hashed meanwhile
-        x = self.store._read_rows(file, "acts", a, b, out)
-        m = self.store._read_rows(file, "meta", a, b, mout) if self.with_meta else None
+        x = self.store._read_rows(file, "acts", a, b, out[at:at + b - a])
+        m = self.store._read_rows(file, "meta", a, b, mout[at:at + b - a]) if self.with_meta else None
         return x, m
 
     def _out(self, x: torch.Tensor, m: torch.Tensor | None, copy: bool = False):
@@ -442,13 +429,11 @@ class BatchIterator:
     def _sequential(self):
         """Canonical order; blocks are read into one reused staging tensor."""
         B = self.batch_size
-        store_dtype = DTYPES[self.store.dtype]
-        stage = torch.empty(self.block_tokens, self.d, dtype=store_dtype)
-        mstage = torch.empty(self.block_tokens, len(META_FIELDS), dtype=torch.int32) if self.with_meta else None
+        stage, mstage = self._rows(self.block_tokens)
         carry_x, carry_m = None, None  # fewer than B tokens left over from the previous block
         for block in self._blocks:
             s = block[2] - block[1]
-            x, m = self._read(block, stage[:s], mstage[:s] if mstage is not None else None)
+            x, m = self._read(block, stage, mstage)
             j = 0
             if carry_x is not None:
                 j = min(B - carry_x.shape[0], s)
@@ -481,10 +466,8 @@ class BatchIterator:
         if not blocks:
             return
         store_dtype = DTYPES[self.store.dtype]
-        buf = torch.empty(cap, self.d, dtype=store_dtype)
-        mbuf = torch.empty(cap, len(META_FIELDS), dtype=torch.int32) if self.with_meta else None
-        stage = torch.empty(self.block_tokens, self.d, dtype=store_dtype)
-        mstage = torch.empty(self.block_tokens, len(META_FIELDS), dtype=torch.int32) if self.with_meta else None
+        buf, mbuf = self._rows(cap)
+        stage, mstage = self._rows(self.block_tokens)
         # gathers and scatters move whole rows: do them on the widest integer view of a row
         row_bytes = self.d * store_dtype.itemsize
         raw = next(t for t in (torch.int64, torch.int32, torch.int16, torch.uint8) if row_bytes % t.itemsize == 0)
@@ -500,9 +483,8 @@ class BatchIterator:
         def append():
             nonlocal n, bi
             while bi < len(blocks) and n + size[bi] <= cap:
-                s = size[bi]
-                self._read(blocks[bi], buf[n:n + s], mbuf[n:n + s] if mbuf is not None else None)
-                n += s
+                self._read(blocks[bi], buf, mbuf, n)
+                n += size[bi]
                 bi += 1
             self.peak_buffered = max(self.peak_buffered, n)
 
@@ -519,7 +501,7 @@ class BatchIterator:
             h = 0
             while bi < len(blocks) and size[bi] <= k - h:
                 s = size[bi]
-                _, m = self._read(blocks[bi], stage[:s], mstage[:s] if mstage is not None else None)
+                _, m = self._read(blocks[bi], stage, mstage)
                 rbuf.index_copy_(0, out[h:h + s], rstage[:s])
                 if mbuf is not None:
                     mbuf.index_copy_(0, out[h:h + s], m)

@@ -14,12 +14,12 @@ import torch
 
 from diffdict.errors import DiffdictError
 from diffdict.store.format import (
-    CHUNKS_DIR, DEFAULT_BUFFER_TOKENS, DTYPES, FORMAT, HEADER_FILE, IMAGES_DIR, MANIFEST_FILE,
-    META_FIELDS, SHARDS_DIR, _FAST_HASH, _HEADER_FIELDS, _IMAGE_FIELDS, _MANIFEST_FIELDS, _RECORD_FIELDS,
-    _SHARD_FIELDS, _chunk_name, _compute_digest, _Described, _header_key, _meta_dict, _read_described,
-    _read_json_file,
+    CHUNKS_DIR, DEFAULT_BUFFER_TOKENS, DTYPES, FORMAT, HEADER_FILE, MANIFEST_FILE, META_FIELDS, _FAST_HASH,
+    _HEADER_FIELDS, _IMAGE_FIELDS, _MANIFEST_FIELDS, _RECORD_FIELDS, _SHARD_FIELDS, _compute_digest, _Described,
+    _described, _header_key, _images_rel, _meta_dict, _read_described, _read_json_file, _record_rel, _shard_rel,
 )
 from diffdict.store.loader import BatchIterator, _expected_hash, _FileVerifier, _ShardFile, _verify_reads
+
 
 def _load_manifest(path: str | Path) -> tuple[Path, dict]:
     path = Path(path)
@@ -136,7 +136,7 @@ def _manifest_problems_unguarded(path: Path, manifest: dict, read_records: bool)
             if not isinstance(entry, dict) or set(entry) - {_FAST_HASH} != _SHARD_FIELDS:
                 problems.append(f"{where}: {label}.sites.{site} is not a shard entry")
                 continue
-            _entry_file(path, root, entry, f"{label}.sites.{site}.file", f"{SHARDS_DIR}/{site}/{_chunk_name(index)}.safetensors")
+            _entry_file(path, root, entry, f"{label}.sites.{site}.file", _shard_rel(site, index))
             if not (_is_count(entry["tokens"]) and _is_count(entry["bytes"], 1)):
                 problems.append(f"{where}: {label}.sites.{site} has bad token or byte counts")
         entry = record["images"]
@@ -146,12 +146,12 @@ def _manifest_problems_unguarded(path: Path, manifest: dict, read_records: bool)
             if not isinstance(entry, dict) or set(entry) - {_FAST_HASH} != _IMAGE_FIELDS:
                 problems.append(f"{where}: {label}.images is not an images entry")
                 continue
-            _entry_file(path, root, entry, f"{label}.images.file", f"{IMAGES_DIR}/{_chunk_name(index)}.safetensors")
+            _entry_file(path, root, entry, f"{label}.images.file", _images_rel(index))
             expected_shape = [record["prompt_ids"][1] - record["prompt_ids"][0], images["height"], images["width"], 3]
             if entry["shape"] != expected_shape or not _is_count(entry["bytes"], 1):
                 problems.append(f"{where}: {label}.images has shape {entry['shape']}, expected {expected_shape}")
         if read_records:
-            record_path = path / CHUNKS_DIR / f"{_chunk_name(index)}.json"
+            record_path = path / _record_rel(index)
             try:
                 on_disk = json.loads(record_path.read_text())
             except (OSError, ValueError):
@@ -185,9 +185,12 @@ def _raise_first(problems: list[str]) -> None:
 class Store(_Described):
     """A finalized activation store, read-only. Obtain with :func:`open_store`."""
 
+    num_chunks: int = _described("num_chunks")
+    digest: str = _described("digest")
+
     def __init__(self, path: Path, manifest: dict, verify: bool = True):
         self.path = path
-        self.manifest = manifest
+        self.manifest = self._description = manifest
         self.verify = verify
         self._shards: dict[str, list[tuple[Path, int, int]]] = {}
         self._files: dict[Path, _ShardFile] = {}
@@ -207,14 +210,8 @@ class Store(_Described):
                 expected[file] = _expected_hash(record["images"])
         self._verifier = _FileVerifier(expected) if verify else None
 
-    @property
-    def _description(self) -> dict:
-        return self.manifest
-
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, sites={self.sites}, dtype={self.dtype!r})"
-
-    # -- description ---------------------------------------------------------------
 
     @property
     def sites(self) -> list[str]:
@@ -234,14 +231,6 @@ class Store(_Described):
 
     def grid(self, site: str) -> tuple[int, int]:
         return tuple(self._site(site)["grid"])
-
-    @property
-    def num_chunks(self) -> int:
-        return self.manifest["num_chunks"]
-
-    @property
-    def digest(self) -> str:
-        return self.manifest["digest"]
 
     @property
     def has_images(self) -> bool:
@@ -275,14 +264,6 @@ class Store(_Described):
             self._shards[site] = shards
         return self._shards[site]
 
-    # -- reading -------------------------------------------------------------------
-
-    def _shard_file(self, file: Path) -> "_ShardFile":
-        shard = self._files.get(file)
-        if shard is None:
-            shard = self._files[file] = _ShardFile(file, self._expect[file])
-        return shard
-
     def _read_rows(self, file: Path, name: str, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``start:stop`` of tensor ``name`` of a shard, read straight into ``out``.
 
@@ -291,7 +272,9 @@ class Store(_Described):
         the bytes read feed the file's hash (unless it is being hashed in the background),
         so that a file read in order is read once.
         """
-        shard = self._shard_file(file)
+        if file not in self._files:
+            self._files[file] = _ShardFile(file, self._expect[file])
+        shard = self._files[file]
         if self._verifier is None:
             return shard.read_rows(name, start, stop, out)
         with self._verifier.hashing(file) as file_hash:
@@ -307,11 +290,6 @@ class Store(_Described):
         if self._verifier is not None:
             self._verifier.confirm(files)
 
-    def _read_block(self, file: Path, start: int, stop: int, with_meta: bool, dtype: torch.dtype):
-        x = self._read_rows(file, "acts", start, stop)
-        m = self._read_rows(file, "meta", start, stop) if with_meta else None
-        return x.to(dtype), m
-
     def read(self, site: str, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.float32):
         """Tokens ``start:stop`` of ``site`` in canonical order: ``(acts (n, d), meta)``.
 
@@ -326,10 +304,9 @@ class Store(_Described):
             a, b = max(start, offset), min(stop, offset + count)
             if a >= b:
                 continue
-            x, m = self._read_block(file, a - offset, b - offset, True, dtype)
+            parts.append(self._read_rows(file, "acts", a - offset, b - offset).to(dtype))
+            metas.append(self._read_rows(file, "meta", a - offset, b - offset))
             self._confirm([file])  # before the rows leave the store
-            parts.append(x)
-            metas.append(m)
         d = self.d(site)
         acts = torch.cat(parts) if parts else torch.empty(0, d, dtype=dtype)
         meta = torch.cat(metas) if metas else torch.empty(0, len(META_FIELDS), dtype=torch.int32)
@@ -378,19 +355,14 @@ class Store(_Described):
         ids = [int(i) for i in np.asarray(list(prompt_ids)).reshape(-1)]
         height, width = self.image_size
         out = np.empty((len(ids), height, width, 3), dtype=np.uint8)
-        by_chunk: dict[int, list[int]] = {}
-        for position, pid in enumerate(ids):
+        for pid in ids:
             if not 0 <= pid < self.num_prompts:
                 raise DiffdictError(f"prompt id {pid} out of range: the store has prompts 0..{self.num_prompts - 1}")
-            by_chunk.setdefault(pid // self.chunk_size, []).append(position)
-        for chunk, positions in by_chunk.items():
-            entry = self.manifest["chunks"][chunk]["images"]
-            file = self.path / entry["file"]
-            self._confirm([file])
-            base = chunk * self.chunk_size
-            for position in positions:
-                row = ids[position] - base
-                self._read_rows(file, "images", row, row + 1, torch.from_numpy(out[position : position + 1]))
+        for position, pid in enumerate(ids):
+            chunk, row = divmod(pid, self.chunk_size)
+            file = self.path / self.manifest["chunks"][chunk]["images"]["file"]
+            self._confirm([file])  # before the image leaves the store
+            self._read_rows(file, "images", row, row + 1, torch.from_numpy(out[position : position + 1]))
         return out
 
 
@@ -400,8 +372,9 @@ def open_store(path: str | Path, verify: bool | None = None) -> Store:
     Every manifest field is cross-checked with ``store.json``, the chunk records and the
     digest, and every file path must lie inside the store. With ``verify`` (default: on,
     or as set by :func:`verification`) each file is also checked against its recorded hash
-    (xxh3-128; sha256 for stores written before xxh3 was recorded) the first time it is read, so a damaged store stops the reader with one error naming the
-    file. ``verify=False`` skips the hashing (for a store verified once already).
+    (xxh3-128; sha256 for stores written before xxh3 was recorded) the first time it is read,
+    so a damaged store stops the reader with one error naming the file. ``verify=False``
+    skips the hashing (for a store verified once already).
     """
     verify = _verify_reads.get() if verify is None else bool(verify)
     path, manifest = _load_manifest(path)

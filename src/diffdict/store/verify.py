@@ -24,47 +24,35 @@ def store_info(path: str | Path) -> dict:
     For a store still being written, returns what is known with ``finalized: False``.
     """
     path = Path(path)
-    if not (path / MANIFEST_FILE).exists() and (path / HEADER_FILE).exists():
-        header = _read_json_file(path / HEADER_FILE)
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
+    unfinished = not (path / MANIFEST_FILE).exists() and (path / HEADER_FILE).exists()
+    if unfinished:
+        described = _read_json_file(path / HEADER_FILE)
+        if not isinstance(described, dict) or described.get("format") != FORMAT:
             raise DiffdictError(f"{path / HEADER_FILE} is not a diffdict store header")
-        writer = StoreWriter(path, header)
-        done = writer.completed_chunks()
-        return {
-            "path": str(path),
-            "finalized": False,
-            "chunks_complete": len(done),
-            "num_chunks": writer.num_chunks,
-            "model": header["settings"].get("model"),
-            "settings": header["settings"],
-            "dtype": header["dtype"],
-            "n_prompts": header["num_prompts"],
-            "sites": {s: {"d": e["d"], "grid": e["grid"]} for s, e in header["sites"].items()},
-            "digest": None,
-        }
-    path, manifest = _load_manifest(path)
+    else:
+        path, described = _load_manifest(path)
+    info = {"path": str(path), "finalized": not unfinished, "model": described["settings"].get("model"),
+            "settings": described["settings"], "dtype": described["dtype"], "n_prompts": described["num_prompts"]}
+    if unfinished:
+        writer = StoreWriter(path, described)
+        return {**info, "chunks_complete": sum(map(writer.is_complete, range(writer.num_chunks))),
+                "num_chunks": writer.num_chunks, "digest": None,
+                "sites": {s: {"d": e["d"], "grid": e["grid"]} for s, e in described["sites"].items()}}
     sites = {
         site: {"d": e["d"], "grid": e["grid"], "tokens": e["tokens"], "bytes": e["bytes"]}
-        for site, e in sorted(manifest["sites"].items())
+        for site, e in sorted(described["sites"].items())
     }
     return {
-        "path": str(path),
-        "finalized": True,
-        "model": manifest["settings"].get("model"),
-        "settings": manifest["settings"],
-        "dtype": manifest["dtype"],
+        **info,
         "sites": sites,
-        "tokens": {site: e["tokens"] for site, e in sites.items()},
-        "d": {site: e["d"] for site, e in sites.items()},
-        "grid": {site: e["grid"] for site, e in sites.items()},
-        "n_prompts": manifest["num_prompts"],
-        "num_chunks": manifest["num_chunks"],
-        "chunk_size": manifest["chunk_size"],
-        "images": manifest["images"],
+        **{field: {site: e[field] for site, e in sites.items()} for field in ("tokens", "d", "grid")},
+        "num_chunks": described["num_chunks"],
+        "chunk_size": described["chunk_size"],
+        "images": described["images"],
         "bytes": sum(e["bytes"] for e in sites.values())
-        + sum(r["images"]["bytes"] for r in manifest["chunks"] if r.get("images")),
-        "digest": manifest["digest"],
-        "images_digest": manifest.get("images_digest"),
+        + sum(r["images"]["bytes"] for r in described["chunks"] if r.get("images")),
+        "digest": described["digest"],
+        "images_digest": described.get("images_digest"),
     }
 
 

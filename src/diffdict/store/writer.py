@@ -5,6 +5,7 @@ complete; ``finalize`` assembles the manifest. See :mod:`diffdict.store`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,11 +22,14 @@ from diffdict.errors import DiffdictError, require_int
 from diffdict.io import atomic_target
 from diffdict.store.format import (
     CHUNKS_DIR, DEFAULT_CHUNK_SIZE, DTYPES, FORMAT, HEADER_FILE, IMAGES_DIR, MANIFEST_FILE, META_FIELDS,
-    SHARDS_DIR, _TMP_SUFFIX, _build_manifest, _chunk_name, _content_sha256, _Described, _describe_os_error,
-    _file_metadata, _header_differences, _header_key, _make_header, _read_described, _sha256_bytes,
+    SHARDS_DIR, _TMP_SUFFIX, _build_manifest, _content_sha256, _Described, _describe_os_error, _file_metadata,
+    _header_differences, _header_key, _images_rel, _make_header, _read_described, _record_rel, _sha256_bytes,
+    _shard_rel,
 )
 
+
 # --------------------------------------------------------------------------- durable writes
+
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
@@ -39,16 +43,19 @@ def _fsync_dir(path: Path) -> None:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         return
-    try:
+    with contextlib.suppress(OSError):
         os.fsync(fd)
-    except OSError:
-        pass
+    os.close(fd)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` (refused if it exists) holding ``data``, fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
 
 
 def _durable_write(path: Path, data: bytes) -> None:
@@ -63,19 +70,22 @@ def _durable_write(path: Path, data: bytes) -> None:
 
 
 def _remove_quietly(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        pass
 
 
-def _stale_temps(folder: Path, name: str) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    prefix = f".{name}."
-    return [p for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(_TMP_SUFFIX)]
+def _remove_temps(folder: Path, prefix: str = ".") -> None:
+    """Remove the temporary files (``prefix``...``.tmp``) that killed writers left in ``folder``."""
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.name.startswith(prefix) and path.name.endswith(_TMP_SUFFIX):
+                _remove_quietly(path)
+
+
+def _first_non_finite(x: torch.Tensor) -> int | None:
+    """The first row of ``x`` holding a NaN or an infinity, or None."""
+    finite = torch.isfinite(x).all(dim=1)
+    return None if bool(finite.all()) else int((~finite).nonzero()[0, 0])
 
 
 # --------------------------------------------------------------------------- writer
@@ -86,14 +96,8 @@ class StoreWriter(_Described):
 
     def __init__(self, path: Path, header: dict):
         self.path = path
-        self._header = header
+        self._header = self._description = header
         self._key = _header_key(header)
-
-    @property
-    def _description(self) -> dict:
-        return self._header
-
-    # -- opening -------------------------------------------------------------------
 
     @classmethod
     def open(
@@ -122,13 +126,11 @@ class StoreWriter(_Described):
             raise DiffdictError(f"store path {path} exists and is not a directory")
         header_path = path / HEADER_FILE
         if not header_path.exists():
-            if path.is_dir():
-                others = [p.name for p in path.iterdir() if not p.name.startswith(f".{HEADER_FILE}.")]
-                if others:
-                    raise DiffdictError(
-                        f"{path} exists, is not empty and is not a diffdict store (no {HEADER_FILE}); "
-                        "choose a new or empty folder"
-                    )
+            if path.is_dir() and any(not p.name.startswith(f".{HEADER_FILE}.") for p in path.iterdir()):
+                raise DiffdictError(
+                    f"{path} exists, is not empty and is not a diffdict store (no {HEADER_FILE}); "
+                    "choose a new or empty folder"
+                )
             try:
                 path.mkdir(parents=True, exist_ok=True)
                 cls._create_header(header_path, header)
@@ -138,9 +140,7 @@ class StoreWriter(_Described):
         diffs = _header_differences(existing, header)
         if diffs:
             more = f" (and {len(diffs) - 2} more differences)" if len(diffs) > 2 else ""
-            raise DiffdictError(
-                f"store {path} refuses to mix: {'; '.join(diffs[:2])}{more}; use a new output folder"
-            )
+            raise DiffdictError(f"store {path} refuses to mix: {'; '.join(diffs[:2])}{more}; use a new output folder")
         writer = cls(path, existing)
         try:
             for site in existing["sites"]:
@@ -154,34 +154,18 @@ class StoreWriter(_Described):
     def _create_header(header_path: Path, header: dict) -> None:
         """Publish the header with link(2): exactly one concurrent creator wins."""
         data = (json.dumps(header, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
-        tmp = _tmp_name(header_path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        tmp = header_path.parent / f".{header_path.name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+        _write_new(tmp, data)
         try:
             os.link(tmp, header_path)
         except FileExistsError:
             pass
-        except OSError:
-            # file systems without hard links: fall back to an exclusive create
-            try:
-                fd = os.open(header_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                pass
-            else:
-                try:
-                    _write_all(fd, data)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        except OSError:  # file systems without hard links: fall back to an exclusive create
+            with contextlib.suppress(FileExistsError):
+                _write_new(header_path, data)
         finally:
             _remove_quietly(tmp)
         _fsync_dir(header_path.parent)
-
-    # -- properties ----------------------------------------------------------------
 
     @property
     def sites(self) -> dict[str, int]:
@@ -195,8 +179,6 @@ class StoreWriter(_Described):
     def num_chunks(self) -> int:
         return math.ceil(self.num_prompts / self.chunk_size)
 
-    # -- chunks --------------------------------------------------------------------
-
     def _check_index(self, chunk_index: int) -> int:
         return require_int(chunk_index, "chunk index", 0, self.num_chunks - 1,
                            f" (the store has {self.num_chunks} chunks)")
@@ -206,54 +188,34 @@ class StoreWriter(_Described):
         start = index * self.chunk_size
         return range(start, min(start + self.chunk_size, self.num_prompts))
 
-    def _record_path(self, index: int) -> Path:
-        return self.path / CHUNKS_DIR / f"{_chunk_name(index)}.json"
-
-    def _shard_rel(self, site: str, index: int) -> str:
-        return f"{SHARDS_DIR}/{site}/{_chunk_name(index)}.safetensors"
-
-    def _images_rel(self, index: int) -> str:
-        return f"{IMAGES_DIR}/{_chunk_name(index)}.safetensors"
-
     def read_record(self, chunk_index: int) -> dict | None:
         """The chunk's completion record if the chunk is complete, else None."""
         index = self._check_index(chunk_index)
         try:
-            record = json.loads(self._record_path(index).read_text())
+            record = json.loads((self.path / _record_rel(index)).read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(record, dict) or record.get("store_key") != self._key or record.get("chunk") != index:
-            return None
         ids = self.chunk_prompt_ids(index)
-        if record.get("prompt_ids") != [ids.start, ids.stop]:
+        if (not isinstance(record, dict) or record.get("store_key") != self._key or record.get("chunk") != index
+                or record.get("prompt_ids") != [ids.start, ids.stop] or not isinstance(record.get("sites"), dict)
+                or set(record["sites"]) != set(self._header["sites"])):
             return None
-        files = record.get("sites")
-        if not isinstance(files, dict) or set(files) != set(self._header["sites"]):
+        entries = list(record["sites"].values()) + ([record["images"]] if record.get("images") else [])
+        try:
+            sizes_match = all(os.stat(self.path / entry["file"]).st_size == entry["bytes"] for entry in entries)
+        except (OSError, KeyError, TypeError):
             return None
-        entries = list(files.values()) + ([record["images"]] if record.get("images") else [])
-        for entry in entries:
-            try:
-                if os.stat(self.path / entry["file"]).st_size != entry["bytes"]:
-                    return None
-            except (OSError, KeyError, TypeError):
-                return None
-        return record
+        return record if sizes_match else None
 
     def is_complete(self, chunk_index: int) -> bool:
         """True iff the chunk's record exists, belongs to this store, and its files have the recorded sizes."""
         return self.read_record(chunk_index) is not None
-
-    def completed_chunks(self) -> list[int]:
-        return [i for i in range(self.num_chunks) if self.is_complete(i)]
 
     def pending_chunks(self, rank: int = 0, world_size: int = 1) -> list[int]:
         """Chunk indices this rank still has to write (those with ``index % world_size == rank``)."""
         require_int(world_size, "world size")
         require_int(rank, "rank", 0, world_size - 1)
         return [i for i in range(rank, self.num_chunks, world_size) if not self.is_complete(i)]
-
-    def _item_label(self) -> str:
-        return "prompt id" if self._header["prompts"] is not None else "row"
 
     def _prepare(self, index: int, acts: dict, meta: dict, images: Any) -> tuple[dict, Any]:
         sites = self._header["sites"]
@@ -270,7 +232,7 @@ class StoreWriter(_Described):
                 raise DiffdictError(f"chunk {index}: no {what} for site {missing[0]!r}; every chunk needs all sites ({', '.join(sorted(sites))})")
         ids = self.chunk_prompt_ids(index)
         store_dtype = DTYPES[self.dtype]
-        label = self._item_label()
+        label = "prompt id" if self._header["prompts"] is not None else "row"
         prepared = {}
         for site in sorted(sites):
             d = sites[site]["d"]
@@ -315,9 +277,8 @@ class StoreWriter(_Described):
                         first = int(bad.nonzero()[0, 0])
                         raise DiffdictError(f"site {site!r}: bad {what}: {int(column[first])} at token {first}")
             x = x.detach().cpu()
-            finite = torch.isfinite(x).all(dim=1)
-            if not bool(finite.all()):
-                first = int((~finite).nonzero()[0, 0])
+            first = _first_non_finite(x)
+            if first is not None:
                 kind = "NaN" if bool(torch.isnan(x[first]).any()) else "inf"
                 raise DiffdictError(
                     f"non-finite activations ({kind}) at site {site!r} for {label} {int(pid[first])} "
@@ -325,9 +286,8 @@ class StoreWriter(_Described):
                 )
             stored = x.to(store_dtype)
             if store_dtype != x.dtype:
-                finite = torch.isfinite(stored).all(dim=1)
-                if not bool(finite.all()):
-                    first = int((~finite).nonzero()[0, 0])
+                first = _first_non_finite(stored)
+                if first is not None:
                     peak = float(x[first].abs().max())
                     raise DiffdictError(
                         f"activations at site {site!r} overflow {self.dtype} for {label} {int(pid[first])} "
@@ -366,16 +326,11 @@ class StoreWriter(_Described):
         """
         index = self._check_index(chunk_index)
         prepared, image_tensor = self._prepare(index, acts, meta, images)
-        record: dict[str, Any] = {
-            "format": FORMAT,
-            "store_key": self._key,
-            "chunk": index,
-            "prompt_ids": [self.chunk_prompt_ids(index).start, self.chunk_prompt_ids(index).stop],
-            "sites": {},
-            "images": None,
-        }
+        ids = self.chunk_prompt_ids(index)
+        record: dict[str, Any] = {"format": FORMAT, "store_key": self._key, "chunk": index,
+                                  "prompt_ids": [ids.start, ids.stop], "sites": {}, "images": None}
         finals: list[Path] = []
-        record_path = self._record_path(index)
+        record_path = self.path / _record_rel(index)
         try:
             # 1. un-mark the chunk before touching its files
             if record_path.exists():
@@ -383,11 +338,11 @@ class StoreWriter(_Described):
                 _fsync_dir(record_path.parent)
             # 2. shards, then images: temp name, fsync, rename
             for site, (x, m) in prepared.items():
-                entry = self._write_file(self._shard_rel(site, index), {"acts": x, "meta": m},
+                entry = self._write_file(_shard_rel(site, index), {"acts": x, "meta": m},
                                          _file_metadata(site=site, chunk=index), finals)
                 record["sites"][site] = {**entry, "tokens": int(x.shape[0])}
             if image_tensor is not None:
-                entry = self._write_file(self._images_rel(index), {"images": image_tensor},
+                entry = self._write_file(_images_rel(index), {"images": image_tensor},
                                          _file_metadata(chunk=index), finals)
                 record["images"] = {**entry, "shape": list(image_tensor.shape)}
             for folder in {p.parent for p in finals}:
@@ -411,8 +366,7 @@ class StoreWriter(_Described):
         """Durably write one safetensors file of a chunk (``rel`` in the store, listed in
         ``finals`` before it is written); its record entry: file, bytes, hashes."""
         target = self.path / rel
-        for stale in _stale_temps(target.parent, target.name):
-            _remove_quietly(stale)
+        _remove_temps(target.parent, f".{target.name}.")
         data = _st_save(tensors, metadata=metadata)
         finals.append(target)
         _durable_write(target, data)
@@ -424,18 +378,10 @@ class StoreWriter(_Described):
             "content_sha256": _content_sha256(list(tensors.values())),
         }
 
-    # -- finishing -----------------------------------------------------------------
-
     def finalize(self) -> None:
         """Write ``manifest.json`` from the chunk records once every chunk is complete (idempotent)."""
-        records = []
-        missing = []
-        for index in range(self.num_chunks):
-            record = self.read_record(index)
-            if record is None:
-                missing.append(index)
-            else:
-                records.append(record)
+        records = [self.read_record(index) for index in range(self.num_chunks)]
+        missing = [index for index, record in enumerate(records) if record is None]
         if missing:
             raise DiffdictError(
                 f"store {self.path} cannot be finalized: {len(missing)} of {self.num_chunks} chunks are missing "
@@ -456,19 +402,12 @@ class StoreWriter(_Described):
         manifest_path = self.path / MANIFEST_FILE
         data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
         try:
-            if manifest_path.exists() and manifest_path.read_bytes() == data:
-                pass
-            else:
+            if not (manifest_path.exists() and manifest_path.read_bytes() == data):
                 _durable_write(manifest_path, data)
                 _fsync_dir(self.path)
             # leftovers of killed writers (nobody writes chunks once every chunk is complete;
             # the store folder itself is left alone: a concurrent finalize has its temp there)
-            folders = [self.path / CHUNKS_DIR, self.path / IMAGES_DIR]
-            folders += [self.path / SHARDS_DIR / site for site in self._header["sites"]]
-            for folder in folders:
-                if folder.is_dir():
-                    for stale in folder.iterdir():
-                        if stale.name.startswith(".") and stale.name.endswith(_TMP_SUFFIX):
-                            _remove_quietly(stale)
+            for folder in [CHUNKS_DIR, IMAGES_DIR] + [f"{SHARDS_DIR}/{site}" for site in self._header["sites"]]:
+                _remove_temps(self.path / folder)
         except OSError as error:
             raise DiffdictError(f"could not write the manifest of store {self.path}: {_describe_os_error(error)}") from None
