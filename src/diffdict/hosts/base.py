@@ -39,14 +39,10 @@ def parse_dtype(name: str | torch.dtype | None, device: str | torch.device) -> t
     return table[name]
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def check_device(device: str | torch.device | None) -> str:
     """A usable device name (None: cuda if available, else cpu)."""
     if device is None:
-        return default_device()
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
@@ -225,18 +221,11 @@ def host_class(name: str) -> type[HostModel]:
 
 def host_options(name: str) -> list[str]:
     """The keyword options ``load_host(name, ...)`` accepts."""
-    params: list[str] = []
-    for base in host_class(name).__mro__:
-        if base is HostModel:
-            break
-        if "__init__" not in vars(base):
-            continue
-        for param in inspect.signature(base.__init__).parameters.values():
-            if param.name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                continue
-            if param.name not in params:
-                params.append(param.name)
-    return params
+    mro = host_class(name).__mro__
+    params = [param.name for base in mro[:mro.index(HostModel)] if "__init__" in vars(base)
+              for param in inspect.signature(base.__init__).parameters.values()
+              if param.name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)]
+    return list(dict.fromkeys(params))
 
 
 def load_host(name: str = DEFAULT_HOST, only_taken: bool = False, **options) -> HostModel:
@@ -244,13 +233,10 @@ def load_host(name: str = DEFAULT_HOST, only_taken: bool = False, **options) -> 
     are left out, so CLI defaults pass through). An option the host does not take is an
     error, or with ``only_taken`` left out (options that apply to real models only)."""
     cls = host_class(name)
-    options = {k: v for k, v in options.items() if v is not None}
     accepted = host_options(name)
-    for key in list(options):
+    options = {k: v for k, v in options.items() if v is not None and (k in accepted or not only_taken)}
+    for key in options:
         if key not in accepted:
-            if only_taken:
-                del options[key]
-                continue
             raise DiffdictError(f"model {name} takes no option {key!r}; its options: {', '.join(accepted)}")
     return cls(**options)
 

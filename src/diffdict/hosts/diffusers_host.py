@@ -30,7 +30,6 @@ def require_bitsandbytes() -> None:
 
 def nf4_config(dtype: torch.dtype, components: list[str]):
     """diffusers' pipeline-level BitsAndBytes NF4 config for ``components`` (lazy import)."""
-    require_bitsandbytes()
     try:
         from diffusers.quantizers import PipelineQuantizationConfig
     except ImportError as error:  # pragma: no cover - version specific

@@ -49,11 +49,7 @@ def _finite(value: Any) -> Any:
 
 
 def _aggregate(per: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    out = {}
-    for name, values in per.items():
-        mean, low, high = mean_interval(values)
-        out[name] = {"mean": mean, "low": low, "high": high}
-    return out
+    return {name: dict(zip(("mean", "low", "high"), mean_interval(values))) for name, values in per.items()}
 
 
 @dataclass
@@ -116,16 +112,12 @@ def run_intervention(
     kwargs = dict(seed=seed, num_steps=num_steps, guidance=guidance, batch_size=batch_size)
     original = generate(host, prompts, [], **kwargs)
     edited = generate(host, prompts, [intervention], **kwargs)
-    info = intervention.info
-    weights = intervention.weights
+    info, weights = intervention.info, intervention.weights
     grid = np.ones(info.grid) if weights is None else weights.numpy().reshape(info.grid)
-    per: dict[str, np.ndarray] = {"pixel_mae": pixel_mae(original, edited)}
     locality = manhattan_locality(original, edited, grid, threshold=locality_threshold)
-    per["locality_distance"] = locality["distance"]
-    per["inside_share"] = locality["inside_share"]
-    per["total_change"] = locality["total_change"]
-    causal = None
-    control_images = None
+    per: dict[str, np.ndarray] = {"pixel_mae": pixel_mae(original, edited), "locality_distance": locality["distance"],
+                                  "inside_share": locality["inside_share"], "total_change": locality["total_change"]}
+    causal = control_images = None
     if model is not None:
         per["perceptual"] = perceptual_distance(original, edited, model)
         if target is not None:
@@ -323,11 +315,9 @@ def save_block_ablation(result: dict[str, Any], out: str | Path, scale: int | No
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images = result["images"]
-    grids = {}
-    for site in result["sites"]:
-        grids[site] = save_grids(out, images["original"], images[site], None, scale, prefix=site.replace("/", "_"))
     data = {k: v for k, v in result.items() if k != "images"}
-    data["grids"] = grids
+    data["grids"] = {site: save_grids(out, images["original"], images[site], None, scale, prefix=site.replace("/", "_"))
+                     for site in result["sites"]}
     write_json(out / "metrics.json", _finite(data))
     (out / "table.md").write_text(ablation_table(result))
     return out / "metrics.json"
@@ -352,15 +342,5 @@ def format_summary(report: InterventionReport) -> str:
     return "\n".join(lines)
 
 
-__all__ = [
-    "InterventionReport",
-    "ablation_table",
-    "block_ablation",
-    "concept_text",
-    "format_summary",
-    "heatmap",
-    "run_intervention",
-    "save_block_ablation",
-    "save_intervention_report",
-    "triptych_rows",
-]
+__all__ = ["InterventionReport", "ablation_table", "block_ablation", "concept_text", "format_summary", "heatmap",
+           "run_intervention", "save_block_ablation", "save_intervention_report", "triptych_rows"]
