@@ -21,14 +21,8 @@ from diffdict.models.toy import ToyDiffusion
 from diffdict.world import FAMILIES, caption, render_batch, single_object_scene
 
 # metric name -> concept family read by shapes-clip
-GENERATION_METRICS = {
-    "color_accuracy": "color",
-    "shape_accuracy": "shape",
-    "position_accuracy": "region",
-    "background_accuracy": "bg_color",
-    "texture_accuracy": "texture",
-    "size_accuracy": "size",
-}
+GENERATION_METRICS = {"color_accuracy": "color", "shape_accuracy": "shape", "position_accuracy": "region",
+                      "background_accuracy": "bg_color", "texture_accuracy": "texture", "size_accuracy": "size"}
 
 
 def _truth(scene) -> dict[str, str]:

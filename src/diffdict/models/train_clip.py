@@ -84,12 +84,9 @@ def train_shapes_clip(
     export_to: str | Path | None = None,
     threads: int | None = None,
 ) -> ShapesClip:
-    out = Path(out)
-    config = ShapesClipConfig()
     torch.manual_seed(seed)
-    model = ShapesClip(config)
+    model = ShapesClip(ShapesClipConfig())
     loop = LoopConfig(steps=steps, lr=lr, seed=seed, threads=threads, ema_decay=0.995, bf16=False)
-    settings = {"model": config.to_dict(), "batch_size": batch_size, "lr": lr, "seed": seed, "steps": steps}
 
     def loss_fn(m: ShapesClip, step: int, generator: torch.Generator) -> torch.Tensor:
         rng = np.random.default_rng([seed, 202, step])
@@ -97,9 +94,4 @@ def train_shapes_clip(
         texts = [training_text(s, rng) for s in scenes]
         return clip_loss(m, scenes, texts, generator)
 
-    def export(ema: ShapesClip) -> None:
-        ema.save_pretrained(out / "model")
-        if export_to is not None:
-            ema.save_pretrained(export_to)
-
-    return run_training(model, loss_fn, loop, out, export, settings)
+    return run_training(model, loss_fn, loop, out, batch_size, export_to)

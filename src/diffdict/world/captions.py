@@ -29,11 +29,7 @@ _REGION_WORDS = ("top", "bottom", "left", "right", "center")
 def vocabulary() -> list[str]:
     """All words a prompt may use; index 0 is the padding token (the empty prompt)."""
     words = [PAD, *_STRUCTURE_WORDS, *SIZES, *COLORS, *SHAPES, *_REGION_WORDS, *BACKGROUNDS, *_TEXTURE_BY_ADJ]
-    seen: list[str] = []
-    for w in words:
-        if w not in seen:
-            seen.append(w)
-    return seen
+    return list(dict.fromkeys(words))
 
 
 VOCAB = vocabulary()

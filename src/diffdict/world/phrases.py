@@ -12,11 +12,9 @@ from itertools import permutations
 
 import numpy as np
 
-from diffdict.world.captions import caption, parse_caption, with_random_omissions
+from diffdict.world.captions import _TEXTURE_BY_ADJ, caption, parse_caption, with_random_omissions
 from diffdict.world.concepts import BACKGROUNDS, COLORS, REGIONS, SHAPES, SIZES, TEXTURES
 from diffdict.world.scene import Scene, SceneObject
-
-_TEXTURE_BY_ADJ = {adj: name for name, adj in TEXTURES.items()}
 
 
 @dataclass(frozen=True)

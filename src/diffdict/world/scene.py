@@ -86,18 +86,14 @@ def _draw_scene(rng: np.random.Generator) -> Scene:
     return Scene(objects, background, texture)
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise DiffdictError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-
-
 def sample_scene(seed: int, index: int, split: str = "train") -> Scene:
     """Scene number ``index`` of ``split`` for ``seed``.
 
     ``train`` and ``test`` never contain a held-out colour x shape pair; every
     ``heldout`` scene contains at least one; ``all`` is unrestricted.
     """
-    _check_split(split)
+    if split not in SPLITS:
+        raise DiffdictError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     rng = np.random.default_rng([seed, SPLITS[split], index])
     while True:
         scene = _draw_scene(rng)
