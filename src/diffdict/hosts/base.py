@@ -5,10 +5,8 @@ images for a batch of prompts, and lets hooks read and edit a site at chosen den
 steps (``with host.hooks([...]): host.generate(...)``; the hooks are in
 :mod:`diffdict.capture`, as is :class:`SiteInfo`, the token layout of a site). Under
 classifier-free guidance the host knows which rows of the denoiser's batch are the
-conditional half, so hooks read and edit that half only.
-
-Adding a host is one file (a ``HostModel`` subclass) plus one line in the registry
-``HOSTS`` below; :func:`load_host` builds one by name.
+conditional half, so hooks read and edit that half only. The registry ``HOSTS`` below
+names every host; :func:`load_host` builds one by name.
 """
 
 from __future__ import annotations
@@ -113,10 +111,8 @@ class HostModel:
 
     @property
     def device(self) -> torch.device:
-        for module in self.components().values():
-            for param in module.parameters():
-                return param.device
-        return torch.device("cpu")
+        devices = (param.device for module in self.components().values() for param in module.parameters())
+        return next(devices, torch.device("cpu"))
 
     def site(self, name: str) -> SiteInfo:
         sites = self.sites()
@@ -160,15 +156,9 @@ class HostModel:
         return slice(batch // 2, batch) if half == "cond" else slice(0, batch // 2)
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: Sequence[str],
-        seed: int = 0,
-        seeds: Sequence[int] | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
-        on_step: Callable[[int], None] | None = None,
-    ) -> np.ndarray:
+    def generate(self, prompts: Sequence[str], seed: int = 0, seeds: Sequence[int] | None = None,
+                 steps: int | None = None, guidance: float | None = None,
+                 on_step: Callable[[int], None] | None = None) -> np.ndarray:
         """uint8 images (N, H, W, 3). Image i starts from noise seeded by ``seeds[i]``
         (default ``seed + i``), independent of the rest of its batch."""
         prompts = list(prompts)
@@ -203,8 +193,8 @@ class HostModel:
 # -- the registry of hosts -------------------------------------------------------------------
 HOSTS: dict[str, str] = {
     "toy": "diffdict.hosts.toy:ToyHost",
-    "sdxl-turbo": "diffdict.hosts.sdxl:SDXLTurboHost",
-    "sdxl": "diffdict.hosts.sdxl:SDXLHost",
+    "sdxl-turbo": "diffdict.hosts.sd:SDXLTurboHost",
+    "sdxl": "diffdict.hosts.sd:SDXLHost",
     "flux-schnell": "diffdict.hosts.flux:FluxSchnellHost",
     "sd": "diffdict.hosts.sd:SDHost",
 }

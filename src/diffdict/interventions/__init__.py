@@ -36,9 +36,9 @@ not imported here: it pulls in the metrics.
 """
 
 from diffdict.capture import parse_steps
-from diffdict.interventions.edits import (LATENT_OPS, MODES, Ablate, Add, Icon, Intervention, LatentEdit, RandomDirection,
-                                          Splice, dictionary_device, feature_direction, make_intervention,
-                                          prepare_dictionary, typical_activation)
+from diffdict.interventions.edits import (LATENT_OPS, MODES, Ablate, Add, Icon, Intervention, LatentEdit,
+                                          RandomDirection, Splice, dictionary_device, feature_direction,
+                                          make_intervention, prepare_dictionary, typical_activation)
 from diffdict.interventions.masks import PixelBox, TokenBox, check_steps, parse_box, pool_to_grid, resolve_mask
 from diffdict.interventions.running import feature_icon, generate, intervene
 

@@ -35,17 +35,9 @@ def accuracy_by_family(labels: list[dict[str, str]], truths: list[dict[str, str]
     return {f: float(np.mean([l[f] == t[f] for l, t in zip(labels, truths)])) for f in FAMILIES}
 
 
-def evaluate_toy_model(
-    toy: ToyDiffusion,
-    clip: ShapesClip,
-    prompts: int = 500,
-    seed: int = 0,
-    steps: int = 10,
-    guidance: float = 3.0,
-    batch_size: int = 64,
-    out: str | Path | None = None,
-    progress: bool = True,
-) -> dict:
+def evaluate_toy_model(toy: ToyDiffusion, clip: ShapesClip, prompts: int = 500, seed: int = 0, steps: int = 10,
+                       guidance: float = 3.0, batch_size: int = 64, out: str | Path | None = None,
+                       progress: bool = True) -> dict:
     """Accuracy of the toy model's generations as read by shapes-clip."""
     from tqdm import tqdm
 

@@ -2,14 +2,8 @@
 
 An image CNN and the world's text encoder trained with a sigmoid contrastive loss on
 "text j is true of image i" (captions, partial captions and concept phrases), plus
-attribute heads. It gives:
-
-- ``similarity(images, texts)``: cosine similarity (the offline CLIP score) and
-  ``text_probability``: the probability that a text is true of an image;
-- ``image_embeddings``: features for Fréchet distances;
-- ``feature_maps``: multi-layer maps for a perceptual (LPIPS-style) distance;
-- ``read_concepts``: each concept family's probabilities (colour, shape, size,
-  region, background colour, texture) for any image.
+attribute heads. It gives the offline CLIP score, features for Fréchet and perceptual
+(LPIPS-style) distances, and each concept family's probabilities for any image.
 """
 
 from __future__ import annotations

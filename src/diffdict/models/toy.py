@@ -100,16 +100,9 @@ class ToyDiffusion(ShippedModel):
         return scheduler
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: list[str],
-        seed: int = 0,
-        seeds: list[int] | None = None,
-        steps: int = 10,
-        guidance: float = 3.0,
-        image_size: int | None = None,
-        on_step: Callable[[int], None] | None = None,
-    ) -> np.ndarray:
+    def generate(self, prompts: list[str], seed: int = 0, seeds: list[int] | None = None, steps: int = 10,
+                 guidance: float = 3.0, image_size: int | None = None,
+                 on_step: Callable[[int], None] | None = None) -> np.ndarray:
         """Images (N, H, W, 3) uint8. Image i starts from noise seeded by ``seeds[i]``
         (default ``seed + i``), so an image does not depend on its batch. With
         ``guidance`` > 1 the UNet runs on [unconditional; conditional] halves."""

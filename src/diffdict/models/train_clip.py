@@ -67,23 +67,13 @@ def clip_loss(model: ShapesClip, scenes, texts: list[str], generator: torch.Gene
     loss = F.binary_cross_entropy_with_logits(logits, labels)
     targets = head_targets(scenes)
     for family, head in model.attribute_heads.items():
-        out = head(features).float()
-        if family in OBJECT_FAMILIES:
-            loss = loss + F.binary_cross_entropy_with_logits(out, targets[family]) / len(HEADS)
-        else:
-            loss = loss + F.cross_entropy(out, targets[family]) / len(HEADS)
+        head_loss = F.binary_cross_entropy_with_logits if family in OBJECT_FAMILIES else F.cross_entropy
+        loss = loss + head_loss(head(features).float(), targets[family]) / len(HEADS)
     return loss
 
 
-def train_shapes_clip(
-    out: str | Path,
-    steps: int = 2500,
-    batch_size: int = 128,
-    lr: float = 2e-3,
-    seed: int = 0,
-    export_to: str | Path | None = None,
-    threads: int | None = None,
-) -> ShapesClip:
+def train_shapes_clip(out: str | Path, steps: int = 2500, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
+                      export_to: str | Path | None = None, threads: int | None = None) -> ShapesClip:
     torch.manual_seed(seed)
     model = ShapesClip(ShapesClipConfig())
     loop = LoopConfig(steps=steps, lr=lr, seed=seed, threads=threads, ema_decay=0.995, bf16=False)

@@ -30,17 +30,9 @@ def training_batch(seed: int, step: int, batch_size: int, image_size: int) -> tu
     return pixels, torch.from_numpy(encode_prompts(prompts))
 
 
-def train_toy_model(
-    out: str | Path,
-    steps: int = 3500,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    seed: int = 0,
-    export_to: str | Path | None = None,
-    threads: int | None = None,
-    config: ToyConfig | None = None,
-    extend: bool = False,
-) -> ToyDiffusion:
+def train_toy_model(out: str | Path, steps: int = 3500, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                    export_to: str | Path | None = None, threads: int | None = None, config: ToyConfig | None = None,
+                    extend: bool = False) -> ToyDiffusion:
     config = config or ToyConfig()
     torch.manual_seed(seed)
     model = ToyDiffusion(config)

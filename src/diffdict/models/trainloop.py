@@ -50,16 +50,9 @@ def lr_at(step: int, cfg: LoopConfig) -> float:
     return cfg.lr * (cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * cosine)
 
 
-def run_training(
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, int, torch.Generator], torch.Tensor],
-    cfg: LoopConfig,
-    out: str | Path,
-    batch_size: int,
-    export_to: str | Path | None = None,
-    log_every: int = 25,
-    extend: bool = False,
-) -> nn.Module:
+def run_training(model: nn.Module, loss_fn: Callable[[nn.Module, int, torch.Generator], torch.Tensor], cfg: LoopConfig,
+                 out: str | Path, batch_size: int, export_to: str | Path | None = None, log_every: int = 25,
+                 extend: bool = False) -> nn.Module:
     """Train ``model`` (a shipped model) with ``loss_fn(model, step, generator)``;
     checkpoint to ``out/checkpoint.safetensors``; save the EMA model to ``out/model`` (and
     ``export_to``) at every checkpoint and at the end. The settings are stored and must
