@@ -174,11 +174,10 @@ class HostModel:
             raise DiffdictError(f"number of denoising steps {steps} must be at least 1")
         self._cfg_active = self.uses_cfg(guidance)
         try:
-            images = self._generate(prompts, seeds, steps, guidance, on_step)
+            return self._generate(prompts, seeds, steps, guidance, on_step)
         finally:
             self._cfg_active = False
             self._step = None
-        return images
 
     @contextmanager
     def hooks(self, hooks: Sequence["ReadHook | EditHook"]) -> Iterator[None]:

@@ -1,19 +1,10 @@
 """Interventions: composable edits of a host model's site, as hook factories.
 
-Each intervention edits one site's value (the block's *update* for a block site by
-default, ``capture='output'`` for a residual stream, the neuron activations for an MLP
-site) at chosen denoising steps, optionally only inside a spatial mask:
-
-- :class:`Add` — add ``s · a_i · d_i`` to the dense value (d_i the decoder direction of
-  feature i, a_i its typical activation, s the strength; negative s suppresses);
-- :class:`LatentEdit` — encode, set / scale / add feature i, decode; the reconstruction
-  error (x − x̂) is kept (default) or dropped;
-- :class:`Splice` — replace the value by the dictionary's reconstruction;
-- :class:`Ablate` — remove (scale 0) or scale a block's update;
-- :class:`Icon` — replace the value by the feature direction at its typical magnitude
-  (with the empty prompt: the feature's visualisation, :func:`feature_icon`);
-- :class:`RandomDirection` — a control: wherever another intervention changes a token,
-  change it by the same norm along a seeded random direction instead.
+Each intervention (:class:`Add`, :class:`LatentEdit`, :class:`Splice`, :class:`Ablate`,
+:class:`Icon`, and the :class:`RandomDirection` control) edits one site's value (the
+block's *update* for a block site by default, ``capture='output'`` for a residual stream,
+the neuron activations for an MLP site) at chosen denoising steps, optionally only inside
+a spatial mask.
 
 Interventions compose: pass several to :func:`intervene` / :func:`generate` (hooks on
 one site run in the order given). Every dictionary kind works through the

@@ -26,9 +26,7 @@ GENERATION_METRICS = {"color_accuracy": "color", "shape_accuracy": "shape", "pos
 
 
 def _truth(scene) -> dict[str, str]:
-    obj = scene.objects[0]
-    return {"color": obj.color, "shape": obj.shape, "region": obj.region(), "size": obj.size,
-            "bg_color": scene.background, "texture": scene.texture}
+    return {**scene.objects[0].attributes(), "bg_color": scene.background, "texture": scene.texture}
 
 
 def accuracy_by_family(labels: list[dict[str, str]], truths: list[dict[str, str]]) -> dict[str, float]:

@@ -30,8 +30,7 @@ def head_targets(scenes) -> dict[str, torch.Tensor]:
             t = torch.zeros(len(scenes), len(values))
             for i, s in enumerate(scenes):
                 for o in s.objects:
-                    value = o.region() if family == "region" else getattr(o, family)
-                    t[i, values.index(value)] = 1.0
+                    t[i, values.index(o.attributes()[family])] = 1.0
         else:
             attr = "background" if family == "bg_color" else "texture"
             t = torch.tensor([values.index(getattr(s, attr)) for s in scenes])
