@@ -77,10 +77,9 @@ class PipelineHost(HostModel):
             pipeline = pipeline.to(self.device_name)
             if pipeline.dtype != self.torch_dtype:
                 pipeline = pipeline.to(dtype=self.torch_dtype)
-        for component in pipeline.components.values():
-            if isinstance(component, nn.Module):
-                component.eval()  # inference: no dropout (models built from configs start in train mode)
         self.pipe = pipeline
+        for component in self.components().values():
+            component.eval()  # inference: no dropout (models built from configs start in train mode)
         size = image_size or self.default_image_size
         self._size = (int(size), int(size)) if not isinstance(size, (tuple, list)) else (int(size[0]), int(size[1]))
         multiple = self.size_multiple()

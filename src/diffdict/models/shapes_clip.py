@@ -123,15 +123,12 @@ class ShapesClip(ShippedModel):
         """Probability (N_images, N_texts) that each text is true of each image."""
         return torch.sigmoid(self.pair_logits(self.image_embeddings(images), self.text_embeddings(texts)))
 
-    def head_logits(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.image_features(pixels)
-        return {name: head(features) for name, head in self.attribute_heads.items()}
-
     @torch.no_grad()
     def read_concepts(self, images) -> dict[str, torch.Tensor]:
         """Per family, probabilities (N, n_values): sigmoid for object families (several
         objects may be present), softmax for the background families."""
-        logits = self.head_logits(self.to_pixels(images))
+        features = self.image_features(self.to_pixels(images))
+        logits = {name: head(features) for name, head in self.attribute_heads.items()}
         return {family: torch.sigmoid(value) if family in OBJECT_FAMILIES else torch.softmax(value, -1)
                 for family, value in logits.items()}
 
