@@ -41,8 +41,10 @@ def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 
 
 class ShapesClip(ShippedModel):
-    weights_folder, config_class, train_command = "shapes-clip", ShapesClipConfig, "train-clip"
+    weights_folder = "shapes-clip"
+    config_class = ShapesClipConfig
     label = the_label = "shapes-clip"
+    train_command = "train-clip"
 
     def __init__(self, config: ShapesClipConfig | None = None):
         super().__init__()

@@ -59,8 +59,11 @@ def build_unet(config: ToyConfig) -> UNet2DConditionModel:
 class ToyDiffusion(ShippedModel):
     """UNet + text encoder + schedulers; ``generate`` gives uint8 images for prompts."""
 
-    weights_folder, config_class, train_command = "toy", ToyConfig, "train-model"
-    label, the_label = "toy model", "the toy model"
+    weights_folder = "toy"
+    config_class = ToyConfig
+    label = "toy model"
+    the_label = "the toy model"
+    train_command = "train-model"
 
     def __init__(self, config: ToyConfig | None = None):
         super().__init__()
