@@ -15,17 +15,8 @@ pipeline), ``quantize='nf4'``, ``variant``, ``offload``; ``flux-schnell`` also
 from __future__ import annotations
 
 from diffdict.capture import WHATS  # the former name of CAPTURE_MODES
-from diffdict.hosts.base import (
-    CAPTURE_MODES,
-    DEFAULT_HOST,
-    HOSTS,
-    HostModel,
-    SiteInfo,
-    host_class,
-    host_options,
-    is_real_host,
-    load_host,
-)
+from diffdict.hosts.base import (CAPTURE_MODES, DEFAULT_HOST, HOSTS, HostModel, SiteInfo, host_class, host_options,
+                                 is_real_host, load_host)
 from diffdict.hosts.recorded import host_for_store, load_recorded_host
 
 __all__ = ["HOSTS", "DEFAULT_HOST", "CAPTURE_MODES", "WHATS", "HostModel", "SiteInfo", "host_class", "host_for_store",

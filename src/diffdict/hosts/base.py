@@ -5,10 +5,8 @@ images for a batch of prompts, and lets hooks read and edit a site at chosen den
 steps (``with host.hooks([...]): host.generate(...)``; the hooks are in
 :mod:`diffdict.capture`, as is :class:`SiteInfo`, the token layout of a site). Under
 classifier-free guidance the host knows which rows of the denoiser's batch are the
-conditional half, so hooks read and edit that half only.
-
-Adding a host is one file (a ``HostModel`` subclass) plus one line in the registry
-``HOSTS`` below; :func:`load_host` builds one by name.
+conditional half, so hooks read and edit that half only. The registry ``HOSTS`` below
+names every host; :func:`load_host` builds one by name.
 """
 
 from __future__ import annotations
@@ -39,14 +37,10 @@ def parse_dtype(name: str | torch.dtype | None, device: str | torch.device) -> t
     return table[name]
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def check_device(device: str | torch.device | None) -> str:
     """A usable device name (None: cuda if available, else cpu)."""
     if device is None:
-        return default_device()
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
@@ -117,10 +111,8 @@ class HostModel:
 
     @property
     def device(self) -> torch.device:
-        for module in self.components().values():
-            for param in module.parameters():
-                return param.device
-        return torch.device("cpu")
+        devices = (param.device for module in self.components().values() for param in module.parameters())
+        return next(devices, torch.device("cpu"))
 
     def site(self, name: str) -> SiteInfo:
         sites = self.sites()
@@ -164,15 +156,9 @@ class HostModel:
         return slice(batch // 2, batch) if half == "cond" else slice(0, batch // 2)
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: Sequence[str],
-        seed: int = 0,
-        seeds: Sequence[int] | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
-        on_step: Callable[[int], None] | None = None,
-    ) -> np.ndarray:
+    def generate(self, prompts: Sequence[str], seed: int = 0, seeds: Sequence[int] | None = None,
+                 steps: int | None = None, guidance: float | None = None,
+                 on_step: Callable[[int], None] | None = None) -> np.ndarray:
         """uint8 images (N, H, W, 3). Image i starts from noise seeded by ``seeds[i]``
         (default ``seed + i``), independent of the rest of its batch."""
         prompts = list(prompts)
@@ -188,11 +174,10 @@ class HostModel:
             raise DiffdictError(f"number of denoising steps {steps} must be at least 1")
         self._cfg_active = self.uses_cfg(guidance)
         try:
-            images = self._generate(prompts, seeds, steps, guidance, on_step)
+            return self._generate(prompts, seeds, steps, guidance, on_step)
         finally:
             self._cfg_active = False
             self._step = None
-        return images
 
     @contextmanager
     def hooks(self, hooks: Sequence["ReadHook | EditHook"]) -> Iterator[None]:
@@ -207,8 +192,8 @@ class HostModel:
 # -- the registry of hosts -------------------------------------------------------------------
 HOSTS: dict[str, str] = {
     "toy": "diffdict.hosts.toy:ToyHost",
-    "sdxl-turbo": "diffdict.hosts.sdxl:SDXLTurboHost",
-    "sdxl": "diffdict.hosts.sdxl:SDXLHost",
+    "sdxl-turbo": "diffdict.hosts.sd:SDXLTurboHost",
+    "sdxl": "diffdict.hosts.sd:SDXLHost",
     "flux-schnell": "diffdict.hosts.flux:FluxSchnellHost",
     "sd": "diffdict.hosts.sd:SDHost",
 }
@@ -225,18 +210,11 @@ def host_class(name: str) -> type[HostModel]:
 
 def host_options(name: str) -> list[str]:
     """The keyword options ``load_host(name, ...)`` accepts."""
-    params: list[str] = []
-    for base in host_class(name).__mro__:
-        if base is HostModel:
-            break
-        if "__init__" not in vars(base):
-            continue
-        for param in inspect.signature(base.__init__).parameters.values():
-            if param.name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                continue
-            if param.name not in params:
-                params.append(param.name)
-    return params
+    mro = host_class(name).__mro__
+    params = [param.name for base in mro[:mro.index(HostModel)] if "__init__" in vars(base)
+              for param in inspect.signature(base.__init__).parameters.values()
+              if param.name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)]
+    return list(dict.fromkeys(params))
 
 
 def load_host(name: str = DEFAULT_HOST, only_taken: bool = False, **options) -> HostModel:
@@ -244,13 +222,10 @@ def load_host(name: str = DEFAULT_HOST, only_taken: bool = False, **options) -> 
     are left out, so CLI defaults pass through). An option the host does not take is an
     error, or with ``only_taken`` left out (options that apply to real models only)."""
     cls = host_class(name)
-    options = {k: v for k, v in options.items() if v is not None}
     accepted = host_options(name)
-    for key in list(options):
+    options = {k: v for k, v in options.items() if v is not None and (k in accepted or not only_taken)}
+    for key in options:
         if key not in accepted:
-            if only_taken:
-                del options[key]
-                continue
             raise DiffdictError(f"model {name} takes no option {key!r}; its options: {', '.join(accepted)}")
     return cls(**options)
 

@@ -30,7 +30,6 @@ def require_bitsandbytes() -> None:
 
 def nf4_config(dtype: torch.dtype, components: list[str]):
     """diffusers' pipeline-level BitsAndBytes NF4 config for ``components`` (lazy import)."""
-    require_bitsandbytes()
     try:
         from diffusers.quantizers import PipelineQuantizationConfig
     except ImportError as error:  # pragma: no cover - version specific
@@ -78,13 +77,15 @@ class PipelineHost(HostModel):
             pipeline = pipeline.to(self.device_name)
             if pipeline.dtype != self.torch_dtype:
                 pipeline = pipeline.to(dtype=self.torch_dtype)
-        for component in pipeline.components.values():
-            if isinstance(component, nn.Module):
-                component.eval()  # inference: no dropout (models built from configs start in train mode)
         self.pipe = pipeline
+        for component in self.components().values():
+            component.eval()  # inference: no dropout (models built from configs start in train mode)
         size = image_size or self.default_image_size
         self._size = (int(size), int(size)) if not isinstance(size, (tuple, list)) else (int(size[0]), int(size[1]))
-        self._check_size(self._size)
+        multiple = self.size_multiple()
+        if self._size[0] % multiple or self._size[1] % multiple or min(self._size) <= 0:
+            raise DiffdictError(f"image size {self._size[0]}x{self._size[1]} must be a positive multiple of {multiple} "
+                                f"for {self.name}")
         self.pipe.set_progress_bar_config(disable=True)
 
     # -- loading ------------------------------------------------------------------------
@@ -127,11 +128,6 @@ class PipelineHost(HostModel):
         return {"host": self.name, "source": str(self.source),
                 "dtype": str(self.torch_dtype).removeprefix("torch."),
                 "quantize": self.quantize, "image_size": list(self._size)}
-
-    def _check_size(self, size: tuple[int, int]) -> None:
-        multiple = self.size_multiple()
-        if size[0] % multiple or size[1] % multiple or min(size) <= 0:
-            raise DiffdictError(f"image size {size[0]}x{size[1]} must be a positive multiple of {multiple} for {self.name}")
 
     def size_multiple(self) -> int:
         return int(self.pipe.vae_scale_factor)

@@ -47,22 +47,15 @@ class FluxSchnellHost(PipelineHost):
         grid = (self._size[0] // cell, self._size[1] // cell)
         d = int(transformer.inner_dim)
         sites: dict[str, SiteInfo] = {}
+        for kind, attr in (("double", "transformer_blocks"), ("single", "single_transformer_blocks")):
+            for n in range(len(getattr(transformer, attr))):
+                sites[f"{kind}.{n}"] = SiteInfo(f"{kind}.{n}", d, grid, f"transformer.{attr}.{n}", "dit-block")
         for n, block in enumerate(transformer.transformer_blocks):
-            sites[f"double.{n}"] = SiteInfo(f"double.{n}", d, grid, f"transformer.transformer_blocks.{n}", "dit-block")
+            sites[f"double.{n}.mlp"] = SiteInfo(f"double.{n}.mlp", int(block.ff.net[0].proj.out_features), grid,
+                                                f"transformer.transformer_blocks.{n}.ff.net.0", "mlp")
         for n, block in enumerate(transformer.single_transformer_blocks):
-            sites[f"single.{n}"] = SiteInfo(
-                f"single.{n}", d, grid, f"transformer.single_transformer_blocks.{n}", "dit-block"
-            )
-        for n, block in enumerate(transformer.transformer_blocks):
-            width = int(block.ff.net[0].proj.out_features)
-            sites[f"double.{n}.mlp"] = SiteInfo(
-                f"double.{n}.mlp", width, grid, f"transformer.transformer_blocks.{n}.ff.net.0", "mlp"
-            )
-        for n, block in enumerate(transformer.single_transformer_blocks):
-            sites[f"single.{n}.mlp"] = SiteInfo(
-                f"single.{n}.mlp", int(block.mlp_hidden_dim), grid,
-                f"transformer.single_transformer_blocks.{n}.act_mlp", "mlp",
-            )
+            sites[f"single.{n}.mlp"] = SiteInfo(f"single.{n}.mlp", int(block.mlp_hidden_dim), grid,
+                                                f"transformer.single_transformer_blocks.{n}.act_mlp", "mlp")
         return sites
 
     def uses_cfg(self, guidance: float) -> bool:
@@ -78,5 +71,4 @@ class FluxSchnellHost(PipelineHost):
         return {**super().describe(), "max_sequence_length": self.max_sequence_length}
 
     def pipeline_kwargs(self, steps: int, guidance: float) -> dict:
-        return {"num_inference_steps": steps, "guidance_scale": guidance,
-                "max_sequence_length": self.max_sequence_length}
+        return {**super().pipeline_kwargs(steps, guidance), "max_sequence_length": self.max_sequence_length}

@@ -1,12 +1,14 @@
-"""Stable Diffusion 1.x (diffusers ``StableDiffusionPipeline``) as a host, and the
-shared base of every UNet pipeline host (SD 1.x, SDXL Turbo, SDXL).
+"""The UNet pipeline hosts: Stable Diffusion 1.x (diffusers ``StableDiffusionPipeline``),
+SDXL base and SDXL Turbo (``StableDiffusionXLPipeline``).
 
-Sites as for SDXL (:func:`diffdict.hosts.unet.unet_sites`): every UNet
-``Transformer2DModel`` (``down.i.j``, ``mid.0``, ``up.i.j``) and its MLP neurons
-(``NAME.mlp``). SD 1.5 at 512x512 has transformer blocks at every resolution
-(``down.0.0`` .. ``down.2.1`` at 64..16 latent cells, ``mid.0`` at 8x8, ``up.1.0`` ..
-``up.3.2``). Classifier-free guidance as a batch [unconditional; conditional]; hooks
-read and edit the conditional half. SD 1.5 is the model SAeUron and UnlearnCanvas use.
+Sites (:func:`diffdict.hosts.unet.unet_sites`): every UNet ``Transformer2DModel``
+(``down.i.j``, ``mid.0``, ``up.i.j``) and its MLP neurons (``NAME.mlp``). SDXL Turbo's
+paper uses ``down.2.1``, ``mid.0``, ``up.0.0``, ``up.0.1`` (16x16, d=1280 at 512x512).
+SD 1.5 at 512x512 has transformer blocks at every resolution (``down.0.0`` .. ``down.2.1``
+at 64..16 latent cells, ``mid.0`` at 8x8, ``up.1.0`` .. ``up.3.2``); it is the model
+SAeUron and UnlearnCanvas use. SDXL Turbo: 1 step, guidance 0 (no CFG). SD and SDXL base:
+classifier-free guidance as a batch [unconditional; conditional]; hooks read and edit the
+conditional half.
 """
 
 from __future__ import annotations
@@ -52,3 +54,21 @@ class SDHost(UNetPipelineHost):
     default_steps = 50
     default_guidance = 7.5
     quantize_components = ["unet"]
+
+
+class SDXLHost(UNetPipelineHost):
+    name = "sdxl"
+    pipeline_class = "StableDiffusionXLPipeline"
+    default_model = "stabilityai/stable-diffusion-xl-base-1.0"
+    default_image_size = 1024
+    default_steps = 50
+    default_guidance = 5.0
+    quantize_components = ["unet", "text_encoder_2"]
+
+
+class SDXLTurboHost(SDXLHost):
+    name = "sdxl-turbo"
+    default_model = "stabilityai/sdxl-turbo"
+    default_image_size = 512
+    default_steps = 1
+    default_guidance = 0.0

@@ -15,14 +15,13 @@ from torch import nn
 from diffdict.hosts.base import SiteInfo
 
 
-def _mlp_width(net0: nn.Module) -> int:
+def _mlp_width(net0: nn.Module) -> int | None:
+    """The width of a feed-forward hidden layer (None: a module of unknown kind)."""
     proj = getattr(net0, "proj", None)
     if proj is None or not hasattr(proj, "out_features"):
-        raise TypeError(f"cannot tell the MLP width of {type(net0).__name__}")
-    width = int(proj.out_features)
-    if type(net0).__name__ in ("GEGLU", "SwiGLU"):  # gated: proj gives [hidden, gate]
-        width //= 2
-    return width
+        return None
+    gated = type(net0).__name__ in ("GEGLU", "SwiGLU")  # gated: proj gives [hidden, gate]
+    return int(proj.out_features) // 2 if gated else int(proj.out_features)
 
 
 def unet_sites(unet: nn.Module, latent_hw: tuple[int, int], prefix: str = "unet") -> dict[str, SiteInfo]:
@@ -35,15 +34,10 @@ def unet_sites(unet: nn.Module, latent_hw: tuple[int, int], prefix: str = "unet"
         sites[name] = SiteInfo(name, d, hw, f"{prefix}.{path}", "unet-block")
         blocks = getattr(attn, "transformer_blocks", None)
         if blocks and hasattr(blocks[-1], "ff") and blocks[-1].ff is not None:
-            last = len(blocks) - 1
-            net0 = blocks[-1].ff.net[0]
-            try:
-                width = _mlp_width(net0)
-            except TypeError:
-                return
-            sites[f"{name}.mlp"] = SiteInfo(
-                f"{name}.mlp", width, hw, f"{prefix}.{path}.transformer_blocks.{last}.ff.net.0", "mlp"
-            )
+            width = _mlp_width(blocks[-1].ff.net[0])
+            if width is not None:
+                module = f"{prefix}.{path}.transformer_blocks.{len(blocks) - 1}.ff.net.0"
+                sites[f"{name}.mlp"] = SiteInfo(f"{name}.mlp", width, hw, module, "mlp")
 
     for i, block in enumerate(unet.down_blocks):
         for j, attn in enumerate(getattr(block, "attentions", None) or []):

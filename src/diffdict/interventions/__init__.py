@@ -1,19 +1,10 @@
 """Interventions: composable edits of a host model's site, as hook factories.
 
-Each intervention edits one site's value (the block's *update* for a block site by
-default, ``capture='output'`` for a residual stream, the neuron activations for an MLP
-site) at chosen denoising steps, optionally only inside a spatial mask:
-
-- :class:`Add` — add ``s · a_i · d_i`` to the dense value (d_i the decoder direction of
-  feature i, a_i its typical activation, s the strength; negative s suppresses);
-- :class:`LatentEdit` — encode, set / scale / add feature i, decode; the reconstruction
-  error (x − x̂) is kept (default) or dropped;
-- :class:`Splice` — replace the value by the dictionary's reconstruction;
-- :class:`Ablate` — remove (scale 0) or scale a block's update;
-- :class:`Icon` — replace the value by the feature direction at its typical magnitude
-  (with the empty prompt: the feature's visualisation, :func:`feature_icon`);
-- :class:`RandomDirection` — a control: wherever another intervention changes a token,
-  change it by the same norm along a seeded random direction instead.
+Each intervention (:class:`Add`, :class:`LatentEdit`, :class:`Splice`, :class:`Ablate`,
+:class:`Icon`, and the :class:`RandomDirection` control) edits one site's value (the
+block's *update* for a block site by default, ``capture='output'`` for a residual stream,
+the neuron activations for an MLP site) at chosen denoising steps, optionally only inside
+a spatial mask.
 
 Interventions compose: pass several to :func:`intervene` / :func:`generate` (hooks on
 one site run in the order given). Every dictionary kind works through the
@@ -31,55 +22,18 @@ None (every step), an int, a list, or text ``"0-3"``, ``"0,2,5"``, ``"all"``.
     edit = Add("mid.0", sae, feature=12, strength=5, stats=stats, mask="8,8,24,24", steps="0-3")
     images = generate(host, ["a red circle"], [edit], seed=0)
 
-The package: ``masks.py`` (masks and steps), ``edits.py`` (the interventions),
-``running.py`` (``intervene``, ``generate``, ``feature_icon``) and ``experiments.py``
-(``run_intervention``, ``block_ablation``: the experiments behind ``diffdict intervene`` and
-``ablate-block``; not imported here, it pulls in the metrics).
+``experiments.py`` (the experiments behind ``diffdict intervene`` and ``ablate-block``) is
+not imported here: it pulls in the metrics.
 """
 
 from diffdict.capture import parse_steps
-from diffdict.interventions.edits import (
-    LATENT_OPS,
-    MODES,
-    Ablate,
-    Add,
-    Icon,
-    Intervention,
-    LatentEdit,
-    RandomDirection,
-    Splice,
-    dictionary_device,
-    feature_direction,
-    make_intervention,
-    prepare_dictionary,
-    typical_activation,
-)
+from diffdict.interventions.edits import (LATENT_OPS, MODES, Ablate, Add, Icon, Intervention, LatentEdit,
+                                          RandomDirection, Splice, dictionary_device, feature_direction,
+                                          make_intervention, prepare_dictionary, typical_activation)
 from diffdict.interventions.masks import PixelBox, TokenBox, check_steps, parse_box, pool_to_grid, resolve_mask
 from diffdict.interventions.running import feature_icon, generate, intervene
 
-__all__ = [
-    "Ablate",
-    "Add",
-    "Icon",
-    "Intervention",
-    "LATENT_OPS",
-    "LatentEdit",
-    "MODES",
-    "PixelBox",
-    "RandomDirection",
-    "Splice",
-    "TokenBox",
-    "check_steps",
-    "dictionary_device",
-    "feature_direction",
-    "feature_icon",
-    "generate",
-    "intervene",
-    "make_intervention",
-    "parse_box",
-    "parse_steps",
-    "pool_to_grid",
-    "prepare_dictionary",
-    "resolve_mask",
-    "typical_activation",
-]
+__all__ = ["Ablate", "Add", "Icon", "Intervention", "LATENT_OPS", "LatentEdit", "MODES", "PixelBox", "RandomDirection",
+           "Splice", "TokenBox", "check_steps", "dictionary_device", "feature_direction", "feature_icon", "generate",
+           "intervene", "make_intervention", "parse_box", "parse_steps", "pool_to_grid", "prepare_dictionary",
+           "resolve_mask", "typical_activation"]

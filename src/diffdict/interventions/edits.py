@@ -4,6 +4,7 @@ edits built on it, ``add``, ``latent``, ``splice``, ``ablate``, ``icon`` and the
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -45,14 +46,10 @@ class Intervention:
     def name(self) -> str:
         return type(self).__name__.lower()
 
-    def default_capture(self, info: "SiteInfo") -> str:
-        return "mlp" if info.kind == "mlp" else "update"
-
     def bind(self, host: "HostModel", num_steps: int | None = None) -> list[EditHook]:
         if self.half not in HALVES:
             raise DiffdictError(f"unknown batch half {self.half!r}; expected one of {', '.join(HALVES)}")
-        base = host.site(self.site)
-        capture = self.capture or self.default_capture(base)
+        capture = self.capture or ("mlp" if host.site(self.site).kind == "mlp" else "update")
         info = host.resolve_site(self.site, capture)
         if info.kind == "mlp":
             capture = "mlp"
@@ -62,7 +59,7 @@ class Intervention:
         self.bound_capture = capture
         self.weights = resolve_mask(self.mask, info.grid, host.image_size)
         self.prepare(host, info, capture)
-        return [EditHook(info.name, self._hook_fn, capture=capture, steps=steps, half=self.half)]
+        return [EditHook(info.name, self.apply, capture=capture, steps=steps, half=self.half)]
 
     def prepare(self, host: "HostModel", info: "SiteInfo", capture: str) -> None:
         """Check what the intervention needs against the bound site (subclasses)."""
@@ -86,9 +83,6 @@ class Intervention:
             return new
         w = self.weights.to(x.device).view(1, -1, 1)
         return torch.where(w > 0, x + w * (new - x), x)
-
-    def _hook_fn(self, x: Tensor, step: int | None) -> Tensor:
-        return self.apply(x, step)
 
     def describe(self) -> dict[str, Any]:
         steps = parse_steps(self.steps)
@@ -123,6 +117,9 @@ class _FeatureIntervention(Intervention):
         self.direction = feature_direction(self.dictionary, self.feature, self.space)
         if self.needs_activation:
             self.typical = typical_activation(self.feature, self.activation, self.stats)
+
+    def delta(self) -> Tensor:
+        return float(self.strength) * self.typical * self.direction
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "feature": self.feature, "strength": float(self.strength),
@@ -165,11 +162,8 @@ def feature_direction(dictionary: "Dictionary", feature: int, space: str) -> Ten
 
 
 def dictionary_device(dictionary: "Dictionary") -> torch.device:
-    for tensor in dictionary.parameters():
-        return tensor.device
-    for tensor in dictionary.buffers():
-        return tensor.device
-    return torch.device("cpu")
+    tensor = next(itertools.chain(dictionary.parameters(), dictionary.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def typical_activation(feature: int, activation: float | None, stats: FeatureStats | None) -> float:
@@ -190,12 +184,7 @@ def typical_activation(feature: int, activation: float | None, stats: FeatureSta
 class Add(_FeatureIntervention):
     """x + s · a_i · d_i at every masked token (the SDXL Turbo paper's intervention)."""
 
-    @property
-    def name(self) -> str:
-        return "add"
-
-    def delta(self) -> Tensor:
-        return float(self.strength) * self.typical * self.direction
+    name = "add"
 
     def edit(self, x: Tensor, step: int | None) -> Tensor:
         return x + self.delta().to(x.device, x.dtype)
@@ -214,9 +203,7 @@ class LatentEdit(_FeatureIntervention):
     op: str = "set"
     keep_error: bool = field(default=True, kw_only=True)
 
-    @property
-    def name(self) -> str:
-        return "latent"
+    name = "latent"
 
     def prepare(self, host, info, capture) -> None:
         if self.op not in LATENT_OPS:
@@ -263,9 +250,7 @@ class Splice(Intervention):
     stats: FeatureStats | None = field(default=None, kw_only=True)
     space: str | None = field(default=None, init=False, repr=False, compare=False)
 
-    @property
-    def name(self) -> str:
-        return "splice"
+    name = "splice"
 
     def prepare(self, host, info, capture) -> None:
         prepare_dictionary(self, host, info, capture)
@@ -275,10 +260,7 @@ class Splice(Intervention):
         b, t, d = x.shape
         flat = x.reshape(b * t, d)
         codes = encode_codes(self.dictionary, flat.to(dictionary_device(self.dictionary)), self.space)
-        if self.space == "neurons":
-            recon = codes.to_dense(self.dictionary.n_features)
-        else:
-            recon = self.dictionary.decode(codes)
+        recon = codes.to_dense(self.dictionary.n_features) if self.space == "neurons" else self.dictionary.decode(codes)
         return recon.to(x.device, x.dtype).view(b, t, d)
 
 
@@ -288,9 +270,7 @@ class Ablate(Intervention):
 
     scale: float = 0.0
 
-    @property
-    def name(self) -> str:
-        return "ablate"
+    name = "ablate"
 
     def prepare(self, host, info, capture) -> None:
         if capture == "output":
@@ -309,13 +289,10 @@ class Ablate(Intervention):
 class Icon(_FeatureIntervention):
     """Replace the value at every masked token by s · a_i · d_i (use with the empty prompt)."""
 
-    @property
-    def name(self) -> str:
-        return "icon"
+    name = "icon"
 
     def edit(self, x: Tensor, step: int | None) -> Tensor:
-        value = (float(self.strength) * self.typical * self.direction).to(x.device, x.dtype)
-        return value.expand_as(x).clone()
+        return self.delta().to(x.device, x.dtype).expand_as(x).clone()
 
 
 @dataclass
@@ -341,8 +318,7 @@ class RandomDirection(Intervention):
 
     def bind(self, host, num_steps=None):
         self.inner.bind(host, num_steps)
-        hooks = super().bind(host, num_steps)
-        return hooks
+        return super().bind(host, num_steps)
 
     def prepare(self, host, info, capture) -> None:
         self.d = info.d

@@ -1,14 +1,7 @@
-"""Intervention experiments: generate with and without an edit, measure what changed.
-
-- :func:`run_intervention`: originals and edited images for prompts, per-image metrics
-  (pixel and perceptual distance, Manhattan locality and in-mask share, the target's
-  probability and CLIP similarity with the explanation, the random-direction control)
-  and their aggregates with 95% intervals; :func:`save_intervention_report` writes the
-  image grids (original | edited | difference heatmap) and ``metrics.json``.
-- :func:`block_ablation`: remove each site's update in turn and report which concepts
-  (read by shapes-clip) change.
-
-The ``diffdict intervene`` and ``ablate-block`` commands are thin layers over these.
+"""Intervention experiments: generate with and without an edit, measure what changed
+(:func:`run_intervention`, with 95% intervals), or remove each site's update in turn
+(:func:`block_ablation`). The ``diffdict intervene`` and ``ablate-block`` commands are
+thin layers over these.
 """
 
 from __future__ import annotations
@@ -49,11 +42,7 @@ def _finite(value: Any) -> Any:
 
 
 def _aggregate(per: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    out = {}
-    for name, values in per.items():
-        mean, low, high = mean_interval(values)
-        out[name] = {"mean": mean, "low": low, "high": high}
-    return out
+    return {name: dict(zip(("mean", "low", "high"), mean_interval(values))) for name, values in per.items()}
 
 
 @dataclass
@@ -71,29 +60,17 @@ class InterventionReport:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        rows = []
-        for i, prompt in enumerate(self.prompts):
-            row = {"prompt": prompt, "seed": self.seed + i}
-            row.update({name: values[i] for name, values in self.per_image.items()})
-            rows.append(row)
+        rows = [{"prompt": prompt, "seed": self.seed + i, **{k: values[i] for k, values in self.per_image.items()}}
+                for i, prompt in enumerate(self.prompts)]
         return _finite({"intervention": self.intervention, "settings": self.settings, "per_image": rows,
                         "aggregate": self.aggregate, "causal_strength": self.causal})
 
 
-def run_intervention(
-    host: "HostModel",
-    intervention: Intervention,
-    prompts: Sequence[str],
-    seed: int = 0,
-    num_steps: int | None = None,
-    guidance: float | None = None,
-    target: str | None = None,
-    backbone: "str | Backbone | None" = "shapes-clip",
-    control: bool = True,
-    control_seed: int | None = None,
-    batch_size: int = 16,
-    locality_threshold: float = 0.0,
-) -> InterventionReport:
+def run_intervention(host: "HostModel", intervention: Intervention, prompts: Sequence[str], seed: int = 0,
+                     num_steps: int | None = None, guidance: float | None = None, target: str | None = None,
+                     backbone: "str | Backbone | None" = "shapes-clip", control: bool = True,
+                     control_seed: int | None = None, batch_size: int = 16,
+                     locality_threshold: float = 0.0) -> InterventionReport:
     """Generate ``prompts`` with and without ``intervention`` and measure the difference.
 
     With a ``target`` (a concept ``color:red`` or an explanation text) and a backbone, adds
@@ -116,16 +93,12 @@ def run_intervention(
     kwargs = dict(seed=seed, num_steps=num_steps, guidance=guidance, batch_size=batch_size)
     original = generate(host, prompts, [], **kwargs)
     edited = generate(host, prompts, [intervention], **kwargs)
-    info = intervention.info
-    weights = intervention.weights
+    info, weights = intervention.info, intervention.weights
     grid = np.ones(info.grid) if weights is None else weights.numpy().reshape(info.grid)
-    per: dict[str, np.ndarray] = {"pixel_mae": pixel_mae(original, edited)}
     locality = manhattan_locality(original, edited, grid, threshold=locality_threshold)
-    per["locality_distance"] = locality["distance"]
-    per["inside_share"] = locality["inside_share"]
-    per["total_change"] = locality["total_change"]
-    causal = None
-    control_images = None
+    per: dict[str, np.ndarray] = {"pixel_mae": pixel_mae(original, edited), "locality_distance": locality["distance"],
+                                  "inside_share": locality["inside_share"], "total_change": locality["total_change"]}
+    causal = control_images = None
     if model is not None:
         per["perceptual"] = perceptual_distance(original, edited, model)
         if target is not None:
@@ -157,10 +130,8 @@ def heatmap(change: np.ndarray, vmax: float | None = None) -> np.ndarray:
     change = np.asarray(change, dtype=np.float64)
     top = vmax if vmax is not None else float(change.max()) if change.size else 0.0
     x = np.clip(change / top, 0.0, 1.0) if top > 0 else np.zeros_like(change)
-    r = np.clip(3 * x, 0, 1)
-    g = np.clip(3 * x - 1, 0, 1)
-    b = np.clip(3 * x - 2, 0, 1)
-    return (np.stack([r, g, b], -1) * 255).round().astype(np.uint8)
+    rgb = [np.clip(3 * x - channel, 0, 1) for channel in range(3)]  # red, then green, then blue rise
+    return (np.stack(rgb, -1) * 255).round().astype(np.uint8)
 
 
 def outline(images: np.ndarray, grid_mask: np.ndarray, color=(0, 200, 255)) -> np.ndarray:
@@ -221,19 +192,10 @@ def save_intervention_report(report: InterventionReport, out: str | Path, scale:
 
 
 # -- block ablation ---------------------------------------------------------------------------
-def block_ablation(
-    host: "HostModel",
-    sites: Sequence[str],
-    prompts: Sequence[str],
-    seed: int = 0,
-    scale: float = 0.0,
-    steps: Any = None,
-    num_steps: int | None = None,
-    guidance: float | None = None,
-    backbone: "str | Backbone | None" = "shapes-clip",
-    batch_size: int = 16,
-    top: int = 5,
-) -> dict[str, Any]:
+def block_ablation(host: "HostModel", sites: Sequence[str], prompts: Sequence[str], seed: int = 0, scale: float = 0.0,
+                   steps: Any = None, num_steps: int | None = None, guidance: float | None = None,
+                   backbone: "str | Backbone | None" = "shapes-clip", batch_size: int = 16,
+                   top: int = 5) -> dict[str, Any]:
     """For each site: generate with its update removed (scaled by ``scale``) and report,
     with shapes-clip, per concept family (read by its attribute heads), the mean absolute change
     of the concept probabilities and the share of images whose most likely value changed,
@@ -323,11 +285,9 @@ def save_block_ablation(result: dict[str, Any], out: str | Path, scale: int | No
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images = result["images"]
-    grids = {}
-    for site in result["sites"]:
-        grids[site] = save_grids(out, images["original"], images[site], None, scale, prefix=site.replace("/", "_"))
     data = {k: v for k, v in result.items() if k != "images"}
-    data["grids"] = grids
+    data["grids"] = {site: save_grids(out, images["original"], images[site], None, scale, prefix=site.replace("/", "_"))
+                     for site in result["sites"]}
     write_json(out / "metrics.json", _finite(data))
     (out / "table.md").write_text(ablation_table(result))
     return out / "metrics.json"
@@ -352,15 +312,5 @@ def format_summary(report: InterventionReport) -> str:
     return "\n".join(lines)
 
 
-__all__ = [
-    "InterventionReport",
-    "ablation_table",
-    "block_ablation",
-    "concept_text",
-    "format_summary",
-    "heatmap",
-    "run_intervention",
-    "save_block_ablation",
-    "save_intervention_report",
-    "triptych_rows",
-]
+__all__ = ["InterventionReport", "ablation_table", "block_ablation", "concept_text", "format_summary", "heatmap",
+           "run_intervention", "save_block_ablation", "save_intervention_report", "triptych_rows"]

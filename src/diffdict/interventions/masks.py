@@ -39,9 +39,8 @@ class TokenBox:
 
 def parse_box(text: str) -> PixelBox:
     """``"x0,y0,x1,y1"`` (pixels) -> :class:`PixelBox`."""
-    parts = [p.strip() for p in str(text).split(",")]
     try:
-        values = [float(p) for p in parts]
+        values = [float(part) for part in str(text).split(",")]  # float() ignores surrounding spaces
     except ValueError:
         values = []
     if len(values) != 4:

@@ -33,16 +33,9 @@ def intervene(host: "HostModel", interventions: Sequence[Intervention], num_step
         yield
 
 
-def generate(
-    host: "HostModel",
-    prompts: Sequence[str],
-    interventions: Sequence[Intervention] = (),
-    seed: int = 0,
-    seeds: Sequence[int] | None = None,
-    num_steps: int | None = None,
-    guidance: float | None = None,
-    batch_size: int = 16,
-) -> np.ndarray:
+def generate(host: "HostModel", prompts: Sequence[str], interventions: Sequence[Intervention] = (), seed: int = 0,
+             seeds: Sequence[int] | None = None, num_steps: int | None = None, guidance: float | None = None,
+             batch_size: int = 16) -> np.ndarray:
     """uint8 images (N, H, W, 3) of ``prompts`` under ``interventions`` (none: the
     originals). Image i starts from the noise of seed ``seed + i`` (or ``seeds[i]``)."""
     prompts = list(prompts)
@@ -68,21 +61,10 @@ def generate(
     return np.concatenate(out)
 
 
-def feature_icon(
-    host: "HostModel",
-    site: str,
-    dictionary: "Dictionary",
-    feature: int,
-    strength: float = 1.0,
-    activation: float | None = None,
-    stats: FeatureStats | None = None,
-    count: int = 1,
-    seed: int = 0,
-    num_steps: int | None = None,
-    guidance: float | None = None,
-    steps: Any = None,
-    capture: str | None = None,
-) -> np.ndarray:
+def feature_icon(host: "HostModel", site: str, dictionary: "Dictionary", feature: int, strength: float = 1.0,
+                 activation: float | None = None, stats: FeatureStats | None = None, count: int = 1, seed: int = 0,
+                 num_steps: int | None = None, guidance: float | None = None, steps: Any = None,
+                 capture: str | None = None) -> np.ndarray:
     """The feature's visualisation: ``count`` images of the empty prompt with the site's
     value replaced by the feature direction at its typical magnitude."""
     icon = Icon(site, dictionary, feature, strength, activation=activation, stats=stats, steps=steps, capture=capture)

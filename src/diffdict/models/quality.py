@@ -21,37 +21,21 @@ from diffdict.models.toy import ToyDiffusion
 from diffdict.world import FAMILIES, caption, render_batch, single_object_scene
 
 # metric name -> concept family read by shapes-clip
-GENERATION_METRICS = {
-    "color_accuracy": "color",
-    "shape_accuracy": "shape",
-    "position_accuracy": "region",
-    "background_accuracy": "bg_color",
-    "texture_accuracy": "texture",
-    "size_accuracy": "size",
-}
+GENERATION_METRICS = {"color_accuracy": "color", "shape_accuracy": "shape", "position_accuracy": "region",
+                      "background_accuracy": "bg_color", "texture_accuracy": "texture", "size_accuracy": "size"}
 
 
 def _truth(scene) -> dict[str, str]:
-    obj = scene.objects[0]
-    return {"color": obj.color, "shape": obj.shape, "region": obj.region(), "size": obj.size,
-            "bg_color": scene.background, "texture": scene.texture}
+    return {**scene.objects[0].attributes(), "bg_color": scene.background, "texture": scene.texture}
 
 
 def accuracy_by_family(labels: list[dict[str, str]], truths: list[dict[str, str]]) -> dict[str, float]:
     return {f: float(np.mean([l[f] == t[f] for l, t in zip(labels, truths)])) for f in FAMILIES}
 
 
-def evaluate_toy_model(
-    toy: ToyDiffusion,
-    clip: ShapesClip,
-    prompts: int = 500,
-    seed: int = 0,
-    steps: int = 10,
-    guidance: float = 3.0,
-    batch_size: int = 64,
-    out: str | Path | None = None,
-    progress: bool = True,
-) -> dict:
+def evaluate_toy_model(toy: ToyDiffusion, clip: ShapesClip, prompts: int = 500, seed: int = 0, steps: int = 10,
+                       guidance: float = 3.0, batch_size: int = 64, out: str | Path | None = None,
+                       progress: bool = True) -> dict:
     """Accuracy of the toy model's generations as read by shapes-clip."""
     from tqdm import tqdm
 

@@ -2,21 +2,13 @@
 
 An image CNN and the world's text encoder trained with a sigmoid contrastive loss on
 "text j is true of image i" (captions, partial captions and concept phrases), plus
-attribute heads. It gives:
-
-- ``similarity(images, texts)``: cosine similarity (the offline CLIP score) and
-  ``text_probability``: the probability that a text is true of an image;
-- ``image_embeddings``: features for Fréchet distances;
-- ``feature_maps``: multi-layer maps for a perceptual (LPIPS-style) distance;
-- ``read_concepts``: each concept family's probabilities (colour, shape, size,
-  region, background colour, texture) for any image.
+attribute heads. It gives the offline CLIP score, features for Fréchet and perceptual
+(LPIPS-style) distances, and each concept family's probabilities for any image.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from importlib import resources
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffdict.errors import DiffdictError
-from diffdict.io import load_tensors, read_json, save_tensors, write_json
-from diffdict.models.text_encoder import TextEncoder, TextEncoderConfig
+from diffdict.models.text_encoder import ModelConfig, ShippedModel, TextEncoder, TextEncoderConfig
 from diffdict.world import DEFAULT_SIZE, FAMILIES, encode_prompts
 from diffdict.world.concepts import OBJECT_FAMILIES
 
@@ -34,35 +25,27 @@ HEADS: dict[str, int] = {**{f: len(v) for f, v in FAMILIES.items()}, "n_objects"
 
 
 @dataclass
-class ShapesClipConfig:
+class ShapesClipConfig(ModelConfig):
     image_size: int = DEFAULT_SIZE
     channels: tuple[int, ...] = (32, 64, 128, 256)
     feature_dim: int = 256
     embed_dim: int = 128
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["channels"] = list(self.channels)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ShapesClipConfig":
-        data = dict(data)
-        data["text"] = TextEncoderConfig(**data.get("text", {}))
-        data["channels"] = tuple(data["channels"])
-        return cls(**data)
-
 
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-    groups = 8
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(groups, c_out), nn.SiLU(),
-        nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(groups, c_out), nn.SiLU(),
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(8, c_out), nn.SiLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(8, c_out), nn.SiLU(),
     )
 
 
-class ShapesClip(nn.Module):
+class ShapesClip(ShippedModel):
+    weights_folder = "shapes-clip"
+    config_class = ShapesClipConfig
+    label = the_label = "shapes-clip"
+    train_command = "train-clip"
+
     def __init__(self, config: ShapesClipConfig | None = None):
         super().__init__()
         self.config = config = config or ShapesClipConfig()
@@ -80,27 +63,6 @@ class ShapesClip(nn.Module):
         self.attribute_heads = nn.ModuleDict({name: nn.Linear(config.feature_dim, n) for name, n in HEADS.items()})
         self.logit_scale = nn.Parameter(torch.tensor(2.3))
         self.logit_bias = nn.Parameter(torch.tensor(-5.0))
-
-    # -- persistence ------------------------------------------------------------------
-    def save_pretrained(self, folder: str | Path, dtype: torch.dtype = torch.float16) -> None:
-        folder = Path(folder)
-        write_json(folder / "config.json", self.config.to_dict())
-        save_tensors(folder / "model.safetensors", {k: v.to(dtype) for k, v in self.state_dict().items()})
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path | None = None) -> "ShapesClip":
-        if folder is None:
-            folder = Path(str(resources.files("diffdict.models.weights").joinpath("shapes-clip")))
-        folder = Path(folder)
-        if not (folder / "model.safetensors").exists():
-            raise DiffdictError(f"shapes-clip weights not found in {folder}; train them with 'diffdict world train-clip'")
-        model = cls(ShapesClipConfig.from_dict(read_json(folder / "config.json")))
-        state = load_tensors(folder / "model.safetensors")
-        try:
-            model.load_state_dict({k: v.float() for k, v in state.items()})
-        except RuntimeError as error:
-            raise DiffdictError(f"weights in {folder} do not match shapes-clip: {str(error).splitlines()[0]}") from None
-        return model.eval()
 
     # -- encoders ---------------------------------------------------------------------
     @property
@@ -163,28 +125,21 @@ class ShapesClip(nn.Module):
         """Probability (N_images, N_texts) that each text is true of each image."""
         return torch.sigmoid(self.pair_logits(self.image_embeddings(images), self.text_embeddings(texts)))
 
-    def head_logits(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.image_features(pixels)
-        return {name: head(features) for name, head in self.attribute_heads.items()}
-
     @torch.no_grad()
     def read_concepts(self, images) -> dict[str, torch.Tensor]:
         """Per family, probabilities (N, n_values): sigmoid for object families (several
         objects may be present), softmax for the background families."""
-        logits = self.head_logits(self.to_pixels(images))
-        out = {}
-        for family, value in logits.items():
-            out[family] = torch.sigmoid(value) if family in OBJECT_FAMILIES else torch.softmax(value, -1)
-        return out
+        features = self.image_features(self.to_pixels(images))
+        logits = {name: head(features) for name, head in self.attribute_heads.items()}
+        return {family: torch.sigmoid(value) if family in OBJECT_FAMILIES else torch.softmax(value, -1)
+                for family, value in logits.items()}
 
     @torch.no_grad()
     def read_labels(self, images) -> list[dict[str, str]]:
         """The most likely value of each family per image (for one-object images)."""
         probs = self.read_concepts(images)
-        labels = []
-        for i in range(next(iter(probs.values())).shape[0]):
-            labels.append({f: FAMILIES[f][int(probs[f][i].argmax())] for f in FAMILIES})
-        return labels
+        return [{f: FAMILIES[f][int(probs[f][i].argmax())] for f in FAMILIES}
+                for i in range(next(iter(probs.values())).shape[0])]
 
     def concept_probability(self, images, concept: str) -> torch.Tensor:
         """Probability (N,) of one concept ``family:value`` (e.g. ``color:red``)."""

@@ -13,9 +13,7 @@ d=128), ``up.1.0..2`` (16x16, d=64).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from importlib import resources
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -24,38 +22,20 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditio
 from torch import nn
 
 from diffdict.errors import DiffdictError
-from diffdict.io import load_tensors, read_json, save_tensors, write_json
-from diffdict.models.text_encoder import TextEncoder, TextEncoderConfig
-from diffdict.world import DEFAULT_SIZE, encode_prompts
+from diffdict.models.text_encoder import ModelConfig, ShippedModel, TextEncoder, TextEncoderConfig
+from diffdict.world import DEFAULT_SIZE
 
-WEIGHTS_PACKAGE = "diffdict.models.weights"
-SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000,
-    beta_schedule="squaredcos_cap_v2",
-    prediction_type="v_prediction",
-)
+SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
 
 
 @dataclass
-class ToyConfig:
+class ToyConfig(ModelConfig):
     image_size: int = DEFAULT_SIZE
     block_out_channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = 1
     attention_heads: int = 4
     norm_num_groups: int = 8
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["block_out_channels"] = list(self.block_out_channels)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ToyConfig":
-        data = dict(data)
-        data["text"] = TextEncoderConfig(**data.get("text", {}))
-        data["block_out_channels"] = tuple(data["block_out_channels"])
-        return cls(**data)
 
 
 def build_unet(config: ToyConfig) -> UNet2DConditionModel:
@@ -76,8 +56,14 @@ def build_unet(config: ToyConfig) -> UNet2DConditionModel:
     )
 
 
-class ToyDiffusion(nn.Module):
+class ToyDiffusion(ShippedModel):
     """UNet + text encoder + schedulers; ``generate`` gives uint8 images for prompts."""
+
+    weights_folder = "toy"
+    config_class = ToyConfig
+    label = "toy model"
+    the_label = "the toy model"
+    train_command = "train-model"
 
     def __init__(self, config: ToyConfig | None = None):
         super().__init__()
@@ -87,39 +73,10 @@ class ToyDiffusion(nn.Module):
         self.train_scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
         # set while generating so hooks can gate on the denoising step
         self.current_step: int | None = None
-        self.num_inference_steps: int | None = None
-
-    # -- persistence ------------------------------------------------------------------
-    def save_pretrained(self, folder: str | Path, dtype: torch.dtype = torch.float16) -> None:
-        folder = Path(folder)
-        write_json(folder / "config.json", self.config.to_dict())
-        save_tensors(folder / "model.safetensors", {k: v.to(dtype) for k, v in self.state_dict().items()})
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path | None = None) -> "ToyDiffusion":
-        """Load from a folder (``config.json`` + ``model.safetensors``); no argument loads
-        the weights shipped inside the package."""
-        if folder is None:
-            folder = Path(str(resources.files(WEIGHTS_PACKAGE).joinpath("toy")))
-        folder = Path(folder)
-        if not (folder / "model.safetensors").exists():
-            raise DiffdictError(
-                f"toy model weights not found in {folder}; train them with 'diffdict world train-model'"
-            )
-        config = ToyConfig.from_dict(read_json(folder / "config.json"))
-        model = cls(config)
-        state = load_tensors(folder / "model.safetensors")
-        try:
-            model.load_state_dict({k: v.float() for k, v in state.items()})
-        except RuntimeError as error:
-            first = str(error).strip().splitlines()[0]
-            raise DiffdictError(f"weights in {folder} do not match the toy model: {first}") from None
-        return model.eval()
 
     # -- sampling ---------------------------------------------------------------------
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        ids = torch.from_numpy(encode_prompts(prompts, self.config.text.context_length))
-        return self.text_encoder(ids.to(self.device))
+        return self.text_encoder.encode_prompts(prompts)
 
     @property
     def device(self) -> torch.device:
@@ -146,16 +103,9 @@ class ToyDiffusion(nn.Module):
         return scheduler
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: list[str],
-        seed: int = 0,
-        seeds: list[int] | None = None,
-        steps: int = 10,
-        guidance: float = 3.0,
-        image_size: int | None = None,
-        on_step: Callable[[int], None] | None = None,
-    ) -> np.ndarray:
+    def generate(self, prompts: list[str], seed: int = 0, seeds: list[int] | None = None, steps: int = 10,
+                 guidance: float = 3.0, image_size: int | None = None,
+                 on_step: Callable[[int], None] | None = None) -> np.ndarray:
         """Images (N, H, W, 3) uint8. Image i starts from noise seeded by ``seeds[i]``
         (default ``seed + i``), so an image does not depend on its batch. With
         ``guidance`` > 1 the UNet runs on [unconditional; conditional] halves."""
@@ -165,14 +115,9 @@ class ToyDiffusion(nn.Module):
             raise DiffdictError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
         cond = self.encode(prompts)
         use_cfg = guidance != 1.0
-        if use_cfg:
-            uncond = self.encode([""] * len(prompts))
-            context = torch.cat([uncond, cond])
-        else:
-            context = cond
+        context = torch.cat([self.encode([""] * len(prompts)), cond]) if use_cfg else cond
         scheduler = self.inference_scheduler(steps)
         sample = self.initial_noise(seeds) * scheduler.init_noise_sigma
-        self.num_inference_steps = steps
         try:
             for step, t in enumerate(scheduler.timesteps):
                 self.current_step = step

@@ -30,8 +30,7 @@ def head_targets(scenes) -> dict[str, torch.Tensor]:
             t = torch.zeros(len(scenes), len(values))
             for i, s in enumerate(scenes):
                 for o in s.objects:
-                    value = o.region() if family == "region" else getattr(o, family)
-                    t[i, values.index(value)] = 1.0
+                    t[i, values.index(o.attributes()[family])] = 1.0
         else:
             attr = "background" if family == "bg_color" else "texture"
             t = torch.tensor([values.index(getattr(s, attr)) for s in scenes])
@@ -67,29 +66,16 @@ def clip_loss(model: ShapesClip, scenes, texts: list[str], generator: torch.Gene
     loss = F.binary_cross_entropy_with_logits(logits, labels)
     targets = head_targets(scenes)
     for family, head in model.attribute_heads.items():
-        out = head(features).float()
-        if family in OBJECT_FAMILIES:
-            loss = loss + F.binary_cross_entropy_with_logits(out, targets[family]) / len(HEADS)
-        else:
-            loss = loss + F.cross_entropy(out, targets[family]) / len(HEADS)
+        head_loss = F.binary_cross_entropy_with_logits if family in OBJECT_FAMILIES else F.cross_entropy
+        loss = loss + head_loss(head(features).float(), targets[family]) / len(HEADS)
     return loss
 
 
-def train_shapes_clip(
-    out: str | Path,
-    steps: int = 2500,
-    batch_size: int = 128,
-    lr: float = 2e-3,
-    seed: int = 0,
-    export_to: str | Path | None = None,
-    threads: int | None = None,
-) -> ShapesClip:
-    out = Path(out)
-    config = ShapesClipConfig()
+def train_shapes_clip(out: str | Path, steps: int = 2500, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
+                      export_to: str | Path | None = None, threads: int | None = None) -> ShapesClip:
     torch.manual_seed(seed)
-    model = ShapesClip(config)
+    model = ShapesClip(ShapesClipConfig())
     loop = LoopConfig(steps=steps, lr=lr, seed=seed, threads=threads, ema_decay=0.995, bf16=False)
-    settings = {"model": config.to_dict(), "batch_size": batch_size, "lr": lr, "seed": seed, "steps": steps}
 
     def loss_fn(m: ShapesClip, step: int, generator: torch.Generator) -> torch.Tensor:
         rng = np.random.default_rng([seed, 202, step])
@@ -97,9 +83,4 @@ def train_shapes_clip(
         texts = [training_text(s, rng) for s in scenes]
         return clip_loss(m, scenes, texts, generator)
 
-    def export(ema: ShapesClip) -> None:
-        ema.save_pretrained(out / "model")
-        if export_to is not None:
-            ema.save_pretrained(export_to)
-
-    return run_training(model, loss_fn, loop, out, export, settings)
+    return run_training(model, loss_fn, loop, out, batch_size, export_to)

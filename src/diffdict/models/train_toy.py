@@ -30,31 +30,16 @@ def training_batch(seed: int, step: int, batch_size: int, image_size: int) -> tu
     return pixels, torch.from_numpy(encode_prompts(prompts))
 
 
-def train_toy_model(
-    out: str | Path,
-    steps: int = 3500,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    seed: int = 0,
-    export_to: str | Path | None = None,
-    threads: int | None = None,
-    config: ToyConfig | None = None,
-    extend: bool = False,
-) -> ToyDiffusion:
-    out = Path(out)
+def train_toy_model(out: str | Path, steps: int = 3500, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                    export_to: str | Path | None = None, threads: int | None = None, config: ToyConfig | None = None,
+                    extend: bool = False) -> ToyDiffusion:
     config = config or ToyConfig()
     torch.manual_seed(seed)
     model = ToyDiffusion(config)
     loop = LoopConfig(steps=steps, lr=lr, seed=seed, threads=threads)
-    settings = {"model": config.to_dict(), "batch_size": batch_size, "lr": lr, "seed": seed, "steps": steps}
 
     def loss_fn(m: ToyDiffusion, step: int, generator: torch.Generator) -> torch.Tensor:
         pixels, ids = training_batch(seed, step, batch_size, config.image_size)
         return m.training_loss(pixels, ids, generator)
 
-    def export(ema: ToyDiffusion) -> None:
-        ema.save_pretrained(out / "model")
-        if export_to is not None:
-            ema.save_pretrained(export_to)
-
-    return run_training(model, loss_fn, loop, out, export, settings, extend=extend)
+    return run_training(model, loss_fn, loop, out, batch_size, export_to, extend=extend)

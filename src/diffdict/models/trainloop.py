@@ -50,23 +50,20 @@ def lr_at(step: int, cfg: LoopConfig) -> float:
     return cfg.lr * (cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * cosine)
 
 
-def run_training(
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, int, torch.Generator], torch.Tensor],
-    cfg: LoopConfig,
-    out: Path,
-    export: Callable[[nn.Module], None],
-    settings: dict,
-    log_every: int = 25,
-    extend: bool = False,
-) -> nn.Module:
-    """Train ``model`` with ``loss_fn(model, step, generator)``; checkpoint to
-    ``out/checkpoint.safetensors``; call ``export(ema_model)`` at every checkpoint and at
-    the end. ``settings`` is stored and must match when resuming; with ``extend`` only
-    ``steps`` may differ (a longer schedule continued from the last checkpoint)."""
+def run_training(model: nn.Module, loss_fn: Callable[[nn.Module, int, torch.Generator], torch.Tensor], cfg: LoopConfig,
+                 out: str | Path, batch_size: int, export_to: str | Path | None = None, log_every: int = 25,
+                 extend: bool = False) -> nn.Module:
+    """Train ``model`` (a shipped model) with ``loss_fn(model, step, generator)``;
+    checkpoint to ``out/checkpoint.safetensors``; save the EMA model to ``out/model`` (and
+    ``export_to``) at every checkpoint and at the end. The settings are stored and must
+    match when resuming; with ``extend`` only ``steps`` may differ (a longer schedule
+    continued from the last checkpoint)."""
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    settings = {"model": model.config.to_dict(), "batch_size": batch_size, "lr": cfg.lr, "seed": cfg.seed,
+                "steps": cfg.steps}
     out.mkdir(parents=True, exist_ok=True)
     settings_path, checkpoint_path = out / "settings.json", out / "checkpoint.safetensors"
     previous = read_json(settings_path) if settings_path.exists() else None
@@ -90,12 +87,17 @@ def run_training(
         start = int(state["step"])
     model.train()
 
+    def export() -> None:
+        ema.save_pretrained(out / "model")
+        if export_to is not None:
+            ema.save_pretrained(export_to)
+
     def save(step: int) -> None:
         save_checkpoint(checkpoint_path, {
             "model": model.state_dict(), "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(), "step": step,
         })
-        export(ema)
+        export()
 
     log_path = out / "log.jsonl"
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", dynamic_ncols=True)
@@ -125,5 +127,5 @@ def run_training(
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save(step + 1)
     if start >= cfg.steps:
-        export(ema)
+        export()
     return ema

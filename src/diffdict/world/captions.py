@@ -17,7 +17,7 @@ import numpy as np
 
 from diffdict.errors import DiffdictError
 from diffdict.world.concepts import BACKGROUNDS, COLORS, REGIONS, SHAPES, SIZES, TEXTURES
-from diffdict.world.scene import Scene, SceneObject, place_object, sample_scenes
+from diffdict.world.scene import Scene, SceneObject, pick, place_object, sample_scenes
 
 PAD = "<pad>"
 CONTEXT_LENGTH = 32
@@ -29,11 +29,7 @@ _REGION_WORDS = ("top", "bottom", "left", "right", "center")
 def vocabulary() -> list[str]:
     """All words a prompt may use; index 0 is the padding token (the empty prompt)."""
     words = [PAD, *_STRUCTURE_WORDS, *SIZES, *COLORS, *SHAPES, *_REGION_WORDS, *BACKGROUNDS, *_TEXTURE_BY_ADJ]
-    seen: list[str] = []
-    for w in words:
-        if w not in seen:
-            seen.append(w)
-    return seen
+    return list(dict.fromkeys(words))
 
 
 VOCAB = vocabulary()
@@ -170,12 +166,8 @@ def scene_for_caption(prompt: str, rng: np.random.Generator) -> Scene:
             free = [r for r in range(len(REGIONS)) if r not in taken] or list(range(len(REGIONS)))
             region = int(rng.choice(free))
         taken.add(region)
-        color = o.color or list(COLORS)[rng.integers(len(COLORS))]
-        size = o.size or list(SIZES)[rng.integers(len(SIZES))]
-        objects.append(place_object(rng, o.shape, color, size, region))
-    background = spec.background or list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
-    texture = spec.texture or list(TEXTURES)[rng.integers(len(TEXTURES))]
-    return Scene(tuple(objects), background, texture)
+        objects.append(place_object(rng, o.shape, o.color or pick(rng, COLORS), o.size or pick(rng, SIZES), region))
+    return Scene(tuple(objects), spec.background or pick(rng, BACKGROUNDS), spec.texture or pick(rng, TEXTURES))
 
 
 def with_random_omissions(scene: Scene, rng: np.random.Generator, probability: float) -> Scene:

@@ -12,21 +12,15 @@ from itertools import permutations
 
 import numpy as np
 
-from diffdict.world.captions import caption, parse_caption, with_random_omissions
+from diffdict.world.captions import _TEXTURE_BY_ADJ, caption, parse_caption, with_random_omissions
 from diffdict.world.concepts import BACKGROUNDS, COLORS, REGIONS, SHAPES, SIZES, TEXTURES
-from diffdict.world.scene import Scene, SceneObject
-
-_TEXTURE_BY_ADJ = {adj: name for name, adj in TEXTURES.items()}
+from diffdict.world.scene import Scene
 
 
 @dataclass(frozen=True)
 class TextConstraints:
     objects: tuple[dict[str, str], ...]  # per object: family -> value
     scene: dict[str, str]  # "bg_color" / "texture" -> value
-
-
-def _object_attributes(obj: SceneObject) -> dict[str, str]:
-    return {"shape": obj.shape, "color": obj.color, "size": obj.size, "region": obj.region()}
 
 
 def phrase_constraints(text: str) -> TextConstraints:
@@ -68,7 +62,7 @@ def text_matches_scene(constraints: TextConstraints, scene: Scene) -> bool:
     wanted = constraints.objects
     if len(wanted) > len(scene.objects):
         return False
-    attrs = [_object_attributes(o) for o in scene.objects]
+    attrs = [o.attributes() for o in scene.objects]
     for chosen in permutations(range(len(attrs)), len(wanted)):
         if all(all(attrs[i].get(f) == v for f, v in want.items()) for want, i in zip(wanted, chosen)):
             return True

@@ -96,8 +96,7 @@ def render(scene: Scene, size: int = DEFAULT_SIZE) -> Rendered:
         coverage = _pool(inside.astype(np.float32), size)
         color = np.array(COLORS[obj.color], dtype=np.float32)
         image = image * (1 - coverage[..., None]) + color[None, None, :] * coverage[..., None]
-        for family, value in (("shape", obj.shape), ("color", obj.color), ("size", obj.size),
-                              ("region", obj.region())):
+        for family, value in obj.attributes().items():
             masks[f"{family}:{value.replace(' ', '_')}"] += visible
         covered |= inside
     foreground = _pool(covered.astype(np.float32), size)

@@ -34,6 +34,10 @@ class SceneObject:
     def region(self) -> str:
         return REGIONS[region_index(self.center[0], self.center[1], 1.0)]
 
+    def attributes(self) -> dict[str, str]:
+        """Its value of each object family (``shape``, ``color``, ``size``, ``region``)."""
+        return {"shape": self.shape, "color": self.color, "size": self.size, "region": self.region()}
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -70,25 +74,16 @@ def place_object(rng: np.random.Generator, shape: str, color: str, size: str, re
     return SceneObject(shape, color, size, (float(rng.uniform(x0, x1)), float(rng.uniform(y0, y1))))
 
 
-def _random_object(rng: np.random.Generator, region: int) -> SceneObject:
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    color = list(COLORS)[rng.integers(len(COLORS))]
-    size = list(SIZES)[rng.integers(len(SIZES))]
-    return place_object(rng, shape, color, size, region)
+def pick(rng: np.random.Generator, options) -> str:
+    """One of ``options`` (a tuple, or a dict's keys) drawn uniformly."""
+    return list(options)[rng.integers(len(options))]
 
 
 def _draw_scene(rng: np.random.Generator) -> Scene:
     n_objects = 2 if rng.random() < TWO_OBJECT_PROBABILITY else 1
     regions = rng.choice(len(REGIONS), size=n_objects, replace=False)
-    objects = tuple(_random_object(rng, int(r)) for r in regions)
-    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
-    texture = list(TEXTURES)[rng.integers(len(TEXTURES))]
-    return Scene(objects, background, texture)
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise DiffdictError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    objects = tuple(place_object(rng, pick(rng, SHAPES), pick(rng, COLORS), pick(rng, SIZES), int(r)) for r in regions)
+    return Scene(objects, pick(rng, BACKGROUNDS), pick(rng, TEXTURES))
 
 
 def sample_scene(seed: int, index: int, split: str = "train") -> Scene:
@@ -97,7 +92,8 @@ def sample_scene(seed: int, index: int, split: str = "train") -> Scene:
     ``train`` and ``test`` never contain a held-out colour x shape pair; every
     ``heldout`` scene contains at least one; ``all`` is unrestricted.
     """
-    _check_split(split)
+    if split not in SPLITS:
+        raise DiffdictError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     rng = np.random.default_rng([seed, SPLITS[split], index])
     while True:
         scene = _draw_scene(rng)
