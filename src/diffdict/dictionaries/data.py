@@ -46,7 +46,6 @@ def rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
 
 
 class ActivationSource:
-    """Base: ``d``, ``num_tokens``, ``name``; ``batches``, ``sample``, ``sequential``."""
 
     name: str
     d: int
@@ -60,6 +59,11 @@ class ActivationSource:
         raise NotImplementedError
 
     def sequential(self, batch_size: int, max_tokens: int | None = None) -> Iterator[Tensor]:
+        stop = self.num_tokens if max_tokens is None else min(max_tokens, self.num_tokens)
+        for start in range(0, stop, batch_size):
+            yield self._read(start, min(start + batch_size, stop))
+
+    def _read(self, start: int, stop: int) -> Tensor:
         raise NotImplementedError
 
     def check_batch_size(self, batch_size: int, world_size: int) -> None:
@@ -136,10 +140,8 @@ class ArraySource(ActivationSource):
         rows = np.sort(np.random.default_rng(_mix(seed, 1 << 30)).choice(self.num_tokens, n, replace=False))
         return self._rows(rows)
 
-    def sequential(self, batch_size, max_tokens=None):
-        stop = self.num_tokens if max_tokens is None else min(max_tokens, self.num_tokens)
-        for start in range(0, stop, batch_size):
-            yield self._rows(np.arange(start, min(start + batch_size, stop)))
+    def _read(self, start, stop):
+        return self._rows(np.arange(start, stop))
 
 
 class StoreSource(ActivationSource):
@@ -186,10 +188,8 @@ class StoreSource(ActivationSource):
                                            epoch=0, buffer_tokens=max(n, 1 << 20))
         return next(iter(iterator)).float()
 
-    def sequential(self, batch_size, max_tokens=None):
-        stop = self.num_tokens if max_tokens is None else min(max_tokens, self.num_tokens)
-        for start in range(0, stop, batch_size):
-            yield self.store.read(self.site, start, min(start + batch_size, stop))[0].float()
+    def _read(self, start, stop):
+        return self.store.read(self.site, start, stop)[0].float()
 
 
 def open_activations(path: str | Path, site: str | None = None) -> ActivationSource:

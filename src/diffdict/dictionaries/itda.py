@@ -33,18 +33,20 @@ PURSUITS = ("mp", "gp")
 GRAM_LIMIT = 16384
 
 
+def _zero_codes(x: Tensor, l0: int) -> SparseCodes:
+    return SparseCodes(x.new_zeros(x.shape[0], l0), torch.zeros(x.shape[0], l0, dtype=torch.long, device=x.device))
+
+
 def matching_pursuit(x: Tensor, atoms: Tensor, l0: int, gram: Tensor | None = None) -> SparseCodes:
     """Signed matching pursuit of x (B, d) on unit-norm atoms (m, d): codes (B, l0).
 
     With the Gram matrix atoms atomsᵀ the correlations are updated in place
     (c ← c − a · G[j]) instead of recomputed: one (B, d) × (d, m) product in all.
     """
-    B, m = x.shape[0], atoms.shape[0]
-    values = x.new_zeros(B, l0)
-    indices = torch.zeros(B, l0, dtype=torch.long, device=x.device)
-    if m == 0:
-        return SparseCodes(values, indices)
-    rows = torch.arange(B, device=x.device)
+    values, indices = codes = _zero_codes(x, l0)
+    if atoms.shape[0] == 0:
+        return codes
+    rows = torch.arange(x.shape[0], device=x.device)
     residual = None if gram is not None else x.clone()
     corr = x @ atoms.t()  # (B, m)
     for step in range(l0):
@@ -56,16 +58,14 @@ def matching_pursuit(x: Tensor, atoms: Tensor, l0: int, gram: Tensor | None = No
         else:
             residual -= coef.unsqueeze(1) * atoms[best]
             corr = residual @ atoms.t()
-    return SparseCodes(values, indices)
+    return codes
 
 
 def gradient_pursuit(x: Tensor, atoms: Tensor, l0: int, nonnegative: bool = True) -> SparseCodes:
     """(Non-negative) gradient pursuit of x (B, d) on unit-norm atoms (m, d): codes (B, l0)."""
-    B, m = x.shape[0], atoms.shape[0]
-    values = x.new_zeros(B, l0)
-    indices = torch.zeros(B, l0, dtype=torch.long, device=x.device)
-    if m == 0:
-        return SparseCodes(values, indices)
+    values, indices = codes = _zero_codes(x, l0)
+    if atoms.shape[0] == 0:
+        return codes
     residual = x.clone()
     for step in range(l0):
         corr = residual @ atoms.t()
@@ -78,25 +78,15 @@ def gradient_pursuit(x: Tensor, atoms: Tensor, l0: int, nonnegative: bool = True
         if nonnegative:
             values.clamp_(min=0)
         residual = x - torch.bmm(values[:, : step + 1].unsqueeze(1), chosen).squeeze(1)
-    return SparseCodes(values, indices)
+    return codes
 
 
 @register_kind
 class ITDA(Dictionary):
     kind = "itda"
 
-    def __init__(
-        self,
-        d_in: int,
-        *,
-        l0: int = 10,
-        tau: float = 0.3,
-        pursuit: str = "mp",
-        chunk_tokens: int = 256,
-        max_atoms: int | None = None,
-        atoms: Tensor | None = None,
-        labels: dict[str, Tensor] | None = None,
-    ):
+    def __init__(self, d_in: int, *, l0: int = 10, tau: float = 0.3, pursuit: str = "mp", chunk_tokens: int = 256,
+                 max_atoms: int | None = None, atoms: Tensor | None = None, labels: dict[str, Tensor] | None = None):
         super().__init__()
         require_int(d_in, "d_in")
         require_int(l0, "ITDA l0")
@@ -143,13 +133,9 @@ class ITDA(Dictionary):
         if atoms.ndim != 2 or atoms.shape[1] != config["d_in"]:
             raise DiffdictError(f"ITDA atoms have shape {tuple(atoms.shape)}, expected (n, {config['d_in']})")
         labels = {name: tensors[f"labels.{name}"] for name in config.get("labels", [])}
-        return cls(
-            config["d_in"], l0=config["l0"], tau=config["tau"], pursuit=config["pursuit"],
-            chunk_tokens=config.get("chunk_tokens", 256), max_atoms=config.get("max_atoms"),
-            atoms=atoms, labels=labels,
-        )
-
-    # -- encoding -------------------------------------------------------------------------
+        return cls(config["d_in"], l0=config["l0"], tau=config["tau"], pursuit=config["pursuit"],
+                   chunk_tokens=config.get("chunk_tokens", 256), max_atoms=config.get("max_atoms"),
+                   atoms=atoms, labels=labels)
 
     def _gram_matrix(self) -> Tensor | None:
         if self.n_features > GRAM_LIMIT:
@@ -166,9 +152,6 @@ class ITDA(Dictionary):
             return matching_pursuit(x, self.atoms, self.l0, self._gram_matrix())
         return gradient_pursuit(x, self.atoms, self.l0)
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.encode_sparse(x).to_dense(self.n_features)
-
     def decode(self, codes: Tensor | SparseCodes) -> Tensor:
         if isinstance(codes, SparseCodes) and self.n_features == 0:
             return codes.values.new_zeros(codes.values.shape[0], self.d_in)
@@ -176,8 +159,6 @@ class ITDA(Dictionary):
         if isinstance(codes, SparseCodes):
             return sparse_decode(codes.values, codes.indices, self.atoms)
         return codes @ self.atoms
-
-    # -- building -------------------------------------------------------------------------
 
     @torch.no_grad()
     def add_atoms(self, vectors: Tensor, labels: dict[str, Tensor] | None = None) -> int:

@@ -34,16 +34,8 @@ ACTIVATIONS = {
 class NeuronDictionary(Dictionary):
     kind = "neurons"
 
-    def __init__(
-        self,
-        W_out: Tensor,
-        b_out: Tensor | None = None,
-        *,
-        k: int | None = None,
-        W_in: Tensor | None = None,
-        b_in: Tensor | None = None,
-        activation: str = "gelu-tanh",
-    ):
+    def __init__(self, W_out: Tensor, b_out: Tensor | None = None, *, k: int | None = None, W_in: Tensor | None = None,
+                 b_in: Tensor | None = None, activation: str = "gelu-tanh"):
         """W_out: the output projection's weight (d, n_neurons) as in ``nn.Linear``;
         W_in: the input projection's weight (n_neurons, d_mlp_in)."""
         super().__init__()
@@ -112,11 +104,7 @@ class NeuronDictionary(Dictionary):
     def encode_sparse(self, h: Tensor) -> SparseCodes:
         return self.encode_activations(self.neuron_activations(h))
 
-    def encode(self, h: Tensor) -> Tensor:
-        return self.encode_sparse(h).to_dense(self.n_features)
-
     def decode(self, codes: Tensor | SparseCodes) -> Tensor:
         self.check_codes(codes)
-        if isinstance(codes, SparseCodes):
-            return sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
-        return codes @ self.W_dec + self.b_dec
+        sparse = isinstance(codes, SparseCodes)
+        return (sparse_decode(codes.values, codes.indices, self.W_dec) if sparse else codes @ self.W_dec) + self.b_dec

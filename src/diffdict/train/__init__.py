@@ -40,45 +40,12 @@ run folder: resume, metrics log, member folders) and ``loop.py`` (the pass).
 
 from diffdict.train.loop import SMALL_STEP_MACS, train
 from diffdict.train.members import ITDAMember, SAEMember, StepResult
-from diffdict.train.run import (
-    MEMBER_FILE,
-    METRICS_FILE,
-    SETTINGS_FILE,
-    STATE_FILE,
-    load_run_settings,
-    run_members,
-)
-from diffdict.train.settings import (
-    GRID_OPTIONS,
-    NAME_FORMATS,
-    MemberSpec,
-    TrainSettings,
-    default_lr,
-    grid_members,
-    lr_at,
-    mechanism_flags,
-    members_of,
-)
+from diffdict.train.run import MEMBER_FILE, METRICS_FILE, SETTINGS_FILE, STATE_FILE, load_run_settings, run_members
+from diffdict.train.settings import (GRID_OPTIONS, NAME_FORMATS, MemberSpec, TrainSettings, default_lr, grid_members,
+                                     lr_at, mechanism_flags, members_of)
 
 __all__ = [
-    "GRID_OPTIONS",
-    "ITDAMember",
-    "MEMBER_FILE",
-    "METRICS_FILE",
-    "MemberSpec",
-    "NAME_FORMATS",
-    "SAEMember",
-    "SETTINGS_FILE",
-    "SMALL_STEP_MACS",
-    "STATE_FILE",
-    "StepResult",
-    "TrainSettings",
-    "default_lr",
-    "grid_members",
-    "load_run_settings",
-    "lr_at",
-    "mechanism_flags",
-    "members_of",
-    "run_members",
-    "train",
+    "GRID_OPTIONS", "ITDAMember", "MEMBER_FILE", "METRICS_FILE", "MemberSpec", "NAME_FORMATS", "SAEMember",
+    "SETTINGS_FILE", "SMALL_STEP_MACS", "STATE_FILE", "StepResult", "TrainSettings", "default_lr", "grid_members",
+    "load_run_settings", "lr_at", "mechanism_flags", "members_of", "run_members", "train",
 ]
