@@ -103,13 +103,6 @@ def plain_form(sae: SparseAutoencoder) -> PlainSAE:
     return PlainSAE({key: value.float().contiguous() for key, value in tensors.items()}, activation, k)
 
 
-def _check_target(folder: Path, format: str) -> None:
-    clashes = [CONFIG_FILE, WEIGHTS_FILE] + [w for f, w in WEIGHTS_OF_FORMAT.items() if f != format]
-    present = [name for name in clashes if (folder / name).exists()]
-    if present:
-        raise DiffdictError(f"{folder} already holds {', '.join(present)}; export into an empty or new folder")
-
-
 def _sae_lens_config(sae: SparseAutoencoder, plain: PlainSAE, metadata: dict[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = {
         "architecture": SAE_LENS_ARCHITECTURES[plain.activation],
@@ -149,7 +142,9 @@ def export_dictionary(dictionary: Dictionary, folder: str | Path, format: str,
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise DiffdictError(f"{folder} is a file, not a folder")
-    _check_target(folder, format)
+    clashes = [CONFIG_FILE, WEIGHTS_FILE] + [w for f, w in WEIGHTS_OF_FORMAT.items() if f != format]
+    if present := [name for name in clashes if (folder / name).exists()]:
+        raise DiffdictError(f"{folder} already holds {', '.join(present)}; export into an empty or new folder")
     save_tensors(folder / WEIGHTS_OF_FORMAT[format], tensors)
     write_json(folder / FOREIGN_CONFIG, config)  # last: a folder with cfg.json is complete
     return folder

@@ -188,8 +188,8 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
             for member in members:
                 if step < total:
                     save_checkpoint(out / member.spec.name / f"checkpoint-{step}.safetensors", member.state())
-                member.dictionary.provenance = {**record, "tokens": step * settings.batch_size}
-                member.dictionary.save(out / member.spec.name)
+                member.model.provenance = {**record, "tokens": step * settings.batch_size}
+                member.model.save(out / member.spec.name)
             write_json(out / STATE_FILE, {"step": step, "total_steps": total, "done": step >= total,
                                           "data_variance": data_variance})
             for member in members:
@@ -257,21 +257,17 @@ def _check_finite(results: list[StepResult], batch: Batch, members, source, comm
     diverged = ~torch.stack([r.finite for r in results])
     bad_rows = (~torch.isfinite(batch.x)).any(1) if bool(diverged.any()) else None
     fired = [r.fired for r in results]
+    bad_data = bad_rows is not None and bool(bad_rows.any())
     if comm.active:
-        bad_data = torch.tensor([float(bad_rows is not None and bool(bad_rows.any()))], device=diverged.device)
-        flags = comm.max_(torch.cat([bad_data, diverged.float()] + [f.float() for f in fired]))
-        any_bad_data, diverged = bool(flags[0]), flags[1: 1 + len(results)].bool()
+        flags = comm.max_(torch.cat([torch.tensor([float(bad_data)], device=diverged.device), diverged.float()]
+                                    + [f.float() for f in fired]))
+        bad_data, diverged = bool(flags[0]), flags[1: 1 + len(results)].bool()
         fired = list(torch.split(flags[1 + len(results):].bool(), [f.numel() for f in fired]))
-        stop = any_bad_data or bool(diverged.any())
+        stop = bad_data or bool(diverged.any())
     else:
-        any_bad_data = bad_rows is not None and bool(bad_rows.any())
         stop = bad_rows is not None  # some loss diverged
-    if stop:
-        _raise_non_finite(any_bad_data, diverged, batch, bad_rows, members, source, step, out, last_checkpoint)
-    return fired
-
-
-def _raise_non_finite(bad_data, diverged, batch, bad_rows, members, source, step, out, last_checkpoint) -> None:
+    if not stop:
+        return fired
     kept = f"the last good checkpoint (step {last_checkpoint}) is kept in {out}" if last_checkpoint else \
         f"no checkpoint was written yet in {out}"
     if bad_data:

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 
 from diffdict.adam import Adam
-from diffdict.dictionaries.base import Dictionary
 from diffdict.dictionaries.data import Batch
 from diffdict.dictionaries.itda import ITDA
 from diffdict.dictionaries.sae import SparseAutoencoder
@@ -57,10 +56,6 @@ class SAEMember:
         self.optimizer = Adam(self.model.parameters(), lr=self.lr, fused=device.type in ("cpu", "cuda"))
         self.tokens_since_fired = torch.zeros(self.model.n_features, dtype=torch.long, device=device)
         self.variance = 1.0
-
-    @property
-    def dictionary(self) -> Dictionary:
-        return self.model
 
     def initialize(self, sample: torch.Tensor) -> None:
         self.variance = self.model.initialize(sample, self.settings.b_dec_init)
@@ -125,10 +120,6 @@ class ITDAMember:
                           chunk_tokens=settings.itda_chunk, max_atoms=settings.max_atoms).to(device)
         self.budget = settings.itda_tokens or settings.tokens
         self.tokens_built = 0
-
-    @property
-    def dictionary(self) -> Dictionary:
-        return self.model
 
     def initialize(self, sample: torch.Tensor) -> None:
         pass

@@ -26,6 +26,7 @@ NAME_FORMATS = {
     "l0_coef": "l0c{}", "theta": "th{}", "tau": "tau{}", "l0": "l0_{}", "threshold_decay": "td{}",
     "bandwidth": "bw{}",
 }
+_SWITCH_NAMES = {"auxk": ("noauxk", "auxk"), "learn_theta": ("fixed", "learned")}  # (off, on), shown when varied
 
 
 @dataclass
@@ -111,9 +112,7 @@ class TrainSettings:
                 raise DiffdictError(f"--{name.replace('_', '-')} needs at least one value")
         for arch in self.arch:
             if arch not in MECHANISMS and arch != "itda":
-                raise DiffdictError(
-                    f"unknown --arch {arch!r}; expected one of {', '.join(sorted(MECHANISMS))}, itda"
-                )
+                raise DiffdictError(f"unknown --arch {arch!r}; expected one of {', '.join(sorted(MECHANISMS))}, itda")
         for name in ("lr", "expansion"):
             for value in getattr(self, name) or []:
                 if not value > 0:
@@ -224,12 +223,9 @@ def grid_members(settings: TrainSettings) -> list[MemberSpec]:
             options = dict(combo)
             parts = [arch]
             for name, value in combo:
-                if name == "auxk":
-                    if "auxk" in varied:
-                        parts.append("auxk" if value else "noauxk")
-                elif name == "learn_theta":
-                    if "learn_theta" in varied:
-                        parts.append("learned" if value else "fixed")
+                if name in _SWITCH_NAMES:
+                    if name in varied:
+                        parts.append(_SWITCH_NAMES[name][bool(value)])
                 elif name in always or name in varied:
                     parts.append(NAME_FORMATS.get(name, name + "{}").format(_format(value)))
             members.append(MemberSpec("-".join(parts), arch, options))
