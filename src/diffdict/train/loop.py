@@ -41,11 +41,7 @@ class _Metrics:
         self.tokens = 0
         self.steps = 0
 
-    def add(self, index: int, sums: torch.Tensor, seconds: float) -> None:
-        self.sums[index] += sums
-        self.seconds[index] += seconds
-
-    def rows(self, step: int, d: int, lrs: dict[str, float], comm: _Distributed) -> dict[str, dict[str, Any]]:
+    def rows(self, step: int, d: int, comm: _Distributed) -> dict[str, dict[str, Any]]:
         """Every rank calls this at the same steps (it sums over the ranks); rank 0 writes."""
         all_sums = comm.sum_(self.sums).tolist()
         rows = {}
@@ -56,7 +52,7 @@ class _Metrics:
             sq_error, aux, penalty, l0_tokens = member_sums
             fvu = sq_error / (self.tokens * self.data_variance) if self.data_variance > 0 else float("nan")
             row = {
-                "step": step, "tokens": self.tokens_total, "lr": lrs.get(name),
+                "step": step, "tokens": self.tokens_total, "lr": member.lr_at(step - 1),
                 "mse": sq_error / (self.tokens * d), "fvu": fvu, "explained_variance": 1 - fvu,
                 "l0": l0_tokens / self.tokens, "dead_fraction": member.dead_fraction(),
                 "aux_loss": aux / self.tokens, "penalty": penalty / self.tokens,
@@ -70,18 +66,9 @@ class _Metrics:
         return rows
 
 
-def train(
-    settings: TrainSettings,
-    out: str | Path,
-    *,
-    checkpoint_every: int = 500,
-    log_every: int = 50,
-    progress: bool | None = None,
-    device: str = "cpu",
-    stop_after_step: int | None = None,
-    threads: int | None = None,
-    members: list[MemberSpec] | None = None,
-) -> dict[str, Path]:
+def train(settings: TrainSettings, out: str | Path, *, checkpoint_every: int = 500, log_every: int = 50,
+          progress: bool | None = None, device: str = "cpu", stop_after_step: int | None = None,
+          threads: int | None = None, members: list[MemberSpec] | None = None) -> dict[str, Path]:
     """Train ``members`` (default: the grid of ``settings``) in one pass, each with the
     shared settings of ``settings`` (data, batches, schedule, seed); return member name → folder
     (``config.json`` + ``model.safetensors``, loadable with ``load_dictionary``; config.json
@@ -200,8 +187,7 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
 
     def log(step: int) -> None:
         if metrics.steps:
-            lrs = {m.spec.name: m.lr_at(step - 1) for m in members}
-            rows = metrics.rows(step, d, lrs, comm)
+            rows = metrics.rows(step, d, comm)
             if writer:
                 for name, row in rows.items():
                     with open(out / name / METRICS_FILE, "a") as handle:
@@ -231,7 +217,8 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
             for index, (member, result, member_fired) in enumerate(zip(members, results, fired)):
                 began = time.perf_counter()
                 member.step(step, member_fired, global_tokens)
-                metrics.add(index, result.sums(), result.seconds + time.perf_counter() - began)
+                metrics.sums[index] += result.sums()
+                metrics.seconds[index] += result.seconds + time.perf_counter() - began
             metrics.tokens += global_tokens
             metrics.tokens_total += global_tokens
             metrics.steps += 1
