@@ -29,7 +29,6 @@ class Batch:
     step: int
     x: Tensor  # (B_local, d) float32
     labels: dict[str, Tensor]  # name -> (B_local,) ints: token index, or prompt_id/step/row/col
-    where: str  # where the batch came from, for error messages
 
     def describe_row(self, row: int) -> str:
         parts = [f"{name} {int(value[row])}" for name, value in self.labels.items()]
@@ -40,20 +39,17 @@ def _mix(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
-    share = batch_size // world_size
-    return slice(rank * share, (rank + 1) * share)
-
-
 class ActivationSource:
-
     name: str
     d: int
     num_tokens: int
 
     def batches(self, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
                 world_size: int = 1) -> Iterator[Batch]:
-        raise NotImplementedError
+        """The global batches from ``start_step`` on, each cut to this rank's contiguous slice."""
+        self.check_batch_size(batch_size, world_size)
+        share = batch_size // world_size
+        yield from self._batches(batch_size, seed, start_step, slice(rank * share, (rank + 1) * share))
 
     def sample(self, n: int, seed: int) -> Tensor:
         raise NotImplementedError
@@ -119,10 +115,7 @@ class ArraySource(ActivationSource):
             self._perm_epoch = epoch
         return self._perm
 
-    def batches(self, batch_size, seed, start_step=0, rank=0, world_size=1):
-        self.check_batch_size(batch_size, world_size)
-        local = rank_slice(batch_size, rank, world_size)
-        step = start_step
+    def _batches(self, batch_size, seed, step, local):
         while True:
             positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
             rows = np.empty(batch_size, dtype=np.int64)
@@ -132,7 +125,7 @@ class ArraySource(ActivationSource):
             # Sorted rows read a memory-mapped file in one sweep; order within a batch
             # does not change the loss.
             rows = np.sort(rows)[local]
-            yield Batch(step, self._rows(rows), {"token": torch.from_numpy(rows)}, f"rows of {self.name}")
+            yield Batch(step, self._rows(rows), {"token": torch.from_numpy(rows)})
             step += 1
 
     def sample(self, n, seed):
@@ -161,11 +154,8 @@ class StoreSource(ActivationSource):
         self.num_tokens = self.store.num_tokens(site)
         self.name = f"site {site} of the store {path}"
 
-    def batches(self, batch_size, seed, start_step=0, rank=0, world_size=1):
-        self.check_batch_size(batch_size, world_size)
-        local = rank_slice(batch_size, rank, world_size)
+    def _batches(self, batch_size, seed, step, local):
         per_epoch = self.num_tokens // batch_size
-        step = start_step
         while True:
             epoch, skip = divmod(step, per_epoch)
             iterator = self.store.iter_batches(self.site, batch_size, shuffle=True, seed=seed, epoch=epoch,
@@ -177,7 +167,7 @@ class StoreSource(ActivationSource):
             for index, (x, meta) in enumerate(iterator):
                 if index < skip:
                     continue
-                yield Batch(step, x[local].float(), {k: v[local] for k, v in meta.items()}, self.name)
+                yield Batch(step, x[local].float(), {k: v[local] for k, v in meta.items()})
                 step += 1
             if step == first:
                 raise DiffdictError(f"{self.name} yielded no batch of {batch_size} tokens in epoch {epoch}")

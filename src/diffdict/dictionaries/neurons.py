@@ -1,13 +1,9 @@
 """A block's MLP neurons as a dictionary: the baseline the SAEs and ITDA are compared to.
 
-For an MLP ``out = W_out act(W_in h + b_in) + b_out`` the features are the neurons: codes
-are the k largest neuron activations of each token (all of them when k is None), and
-the decoder directions are the output projection's columns, W_outᵀ (n_neurons, d).
-The reconstruction is of the MLP's output: Σ_top-k a_i W_out[:, i] + b_out.
-
-``encode(h)`` computes the activations from the MLP input h when the input projection
-was given; ``encode_activations(a)`` takes neuron activations captured elsewhere (the
-host-model capture of MLP neurons lives in ``capture``).
+For an MLP ``out = W_out act(W_in h + b_in) + b_out`` the codes are the k largest neuron
+activations of each token (all when k is None), the decoder directions W_outᵀ (n_neurons, d),
+the reconstruction Σ_top-k a_i W_out[:, i] + b_out. ``encode(h)`` needs the input projection;
+``encode_activations(a)`` takes neuron activations captured elsewhere (``capture``).
 """
 
 from __future__ import annotations

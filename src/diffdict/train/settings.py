@@ -143,8 +143,7 @@ def default_lr(n_features: int) -> float:
 
 
 def _mechanism_option_names(arch: str) -> list[str]:
-    parameters = list(inspect.signature(MECHANISMS[arch].__init__).parameters)
-    return [p for p in parameters if p not in ("self", "n_features")]
+    return [p for p in inspect.signature(MECHANISMS[arch].__init__).parameters if p not in ("self", "n_features")]
 
 
 def mechanism_flags() -> dict[str, MechanismFlag]:
@@ -167,10 +166,6 @@ def _alternatives(settings: TrainSettings, name: str) -> list | None:
     return value if isinstance(value, list) else [value]
 
 
-def _format(value: Any) -> str:
-    return format(value, "g") if isinstance(value, float) else str(value)
-
-
 def _explicit_members(settings: TrainSettings) -> list[MemberSpec]:
     members = []
     for entry in settings.members:
@@ -183,8 +178,7 @@ def _explicit_members(settings: TrainSettings) -> list[MemberSpec]:
         needed = {"tau", "l0"} if spec.arch == "itda" else {"normalization"}
         if spec.arch != "itda" and not {"expansion", "width"} & set(spec.options):
             needed.add("expansion or width")
-        missing = sorted(needed - set(spec.options))
-        if missing:
+        if missing := sorted(needed - set(spec.options)):
             raise DiffdictError(f"member {spec.name} lacks the option(s) {', '.join(missing)}")
         members.append(spec)
     return members
@@ -227,7 +221,8 @@ def grid_members(settings: TrainSettings) -> list[MemberSpec]:
                     if name in varied:
                         parts.append(_SWITCH_NAMES[name][bool(value)])
                 elif name in always or name in varied:
-                    parts.append(NAME_FORMATS.get(name, name + "{}").format(_format(value)))
+                    text = format(value, "g") if isinstance(value, float) else str(value)
+                    parts.append(NAME_FORMATS.get(name, name + "{}").format(text))
             members.append(MemberSpec("-".join(parts), arch, options))
     names = [m.name for m in members]
     if len(set(names)) != len(names):
