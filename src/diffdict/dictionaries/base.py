@@ -44,6 +44,21 @@ def register_foreign_format(label: str, weights: str, load: Callable[[Path], "Di
     FOREIGN_FORMATS.append((label, weights, load))
 
 
+@torch.no_grad()
+def copy_tensors(targets: dict[str, Tensor], tensors: dict[str, Tensor], owner: str, optional: tuple = ()) -> None:
+    """Copy each of ``tensors`` into the target of its name, checking that it is there
+    (unless ``optional``) and has the target's shape."""
+    for name, target in targets.items():
+        if name not in tensors:
+            if name in optional:
+                continue
+            raise DiffdictError(f"{owner} weights lack the tensor {name!r}")
+        if tuple(tensors[name].shape) != tuple(target.shape):
+            raise DiffdictError(f"{owner} tensor {name!r} has shape {tuple(tensors[name].shape)}, "
+                                f"expected {tuple(target.shape)}")
+        target.copy_(tensors[name])
+
+
 class SparseCodes(NamedTuple):
     """Non-zero codes of each token: values (B, m) and feature indices (B, m).
 

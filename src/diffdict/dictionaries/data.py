@@ -9,6 +9,7 @@ the number of processes; each rank takes its contiguous slice of it.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from dataclasses import dataclass
@@ -205,11 +206,9 @@ def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
         try:
             for item in iterator:
                 while not stop.is_set():
-                    try:
+                    with contextlib.suppress(queue.Full):
                         items.put(item, timeout=0.1)
                         break
-                    except queue.Full:
-                        continue
                 if stop.is_set():
                     return
             items.put(done)
@@ -232,8 +231,6 @@ def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
         # exception"). Drain the queue so a producer blocked on a full one can finish.
         stop.set()
         while thread.is_alive():
-            try:
+            with contextlib.suppress(queue.Empty):
                 items.get(timeout=0.05)
-            except queue.Empty:
-                pass
         thread.join()

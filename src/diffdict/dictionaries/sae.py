@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffdict.dictionaries.base import Dictionary, SparseCodes, register_kind
+from diffdict.dictionaries.base import Dictionary, SparseCodes, copy_tensors, register_kind
 from diffdict.dictionaries.fused import sparse_decode, topk_encode
 from diffdict.dictionaries.sparsity import make_mechanism
 from diffdict.errors import DiffdictError, require_int
@@ -147,16 +147,7 @@ class SparseAutoencoder(Dictionary):
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
         own = {"W_enc": self.W_enc_t.t(), "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec,
                "input_mean": self.input_mean, "input_scale": self.input_scale}
-        for name, target in own.items():
-            if name not in tensors:
-                if name.startswith("input_"):
-                    continue
-                raise DiffdictError(f"SAE weights lack the tensor {name!r}")
-            if tuple(tensors[name].shape) != tuple(target.shape):
-                raise DiffdictError(
-                    f"SAE tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {tuple(target.shape)}"
-                )
-            target.copy_(tensors[name])
+        copy_tensors(own, tensors, "SAE", optional=("input_mean", "input_scale"))
         self.mechanism.load_tensors(tensors)
 
     def normalize(self, x: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from diffdict.dictionaries.base import copy_tensors
 from diffdict.errors import DiffdictError, require_int
 
 MECHANISMS: dict[str, type["Mechanism"]] = {}
@@ -104,14 +105,7 @@ class Mechanism(nn.Module):
         return {"threshold": self.threshold} if hasattr(self, "threshold") else {}
 
     def load_tensors(self, tensors: dict[str, Tensor]) -> None:
-        for name, value in self.tensors().items():
-            if name not in tensors:
-                raise DiffdictError(f"{self.name} weights lack the tensor {name!r}")
-            if tensors[name].shape != value.shape:
-                raise DiffdictError(
-                    f"{self.name} tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {tuple(value.shape)}"
-                )
-            value.data.copy_(tensors[name])
+        copy_tensors(self.tensors(), tensors, self.name)
 
     @torch.no_grad()
     def after_step(self) -> None:

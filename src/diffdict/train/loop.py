@@ -69,16 +69,14 @@ class _Metrics:
 def train(settings: TrainSettings, out: str | Path, *, checkpoint_every: int = 500, log_every: int = 50,
           progress: bool | None = None, device: str = "cpu", stop_after_step: int | None = None,
           threads: int | None = None, members: list[MemberSpec] | None = None) -> dict[str, Path]:
-    """Train ``members`` (default: the grid of ``settings``) in one pass, each with the
-    shared settings of ``settings`` (data, batches, schedule, seed); return member name → folder
-    (``config.json`` + ``model.safetensors``, loadable with ``load_dictionary``; config.json
-    records where the dictionary came from, see ``diffdict.dictionaries.provenance``).
+    """Train ``members`` (default: the grid of ``settings``) in one pass with the shared data,
+    batches, schedule and seed of ``settings``; return member name → dictionary folder.
 
     An existing ``out`` with the same settings is resumed from its last checkpoint; with
-    different settings it is refused. ``stop_after_step`` stops the pass once that many
-    steps are done without writing a checkpoint, as a kill would (for tests). ``threads``:
-    torch CPU threads during the pass (default: one for a small step, see
-    ``SMALL_STEP_MACS``, else torch's setting); the caller's setting is restored after.
+    different settings it is refused. ``stop_after_step`` stops once that many steps are done
+    without writing a checkpoint, as a kill would (for tests). ``threads``: torch CPU threads
+    during the pass (default: one for a small step, see ``SMALL_STEP_MACS``, else torch's own);
+    the caller's setting is restored after.
     """
     if members is not None:
         settings = dataclasses.replace(settings, members=[dataclasses.asdict(m) for m in members])

@@ -35,8 +35,7 @@ class StepResult:
     SUMS = ("sq_error", "aux_loss", "penalty", "l0")
 
     def sums(self) -> torch.Tensor:
-        device = self.finite.device
-        return torch.stack([torch.as_tensor(getattr(self, name), dtype=torch.float64, device=device)
+        return torch.stack([torch.as_tensor(getattr(self, name), dtype=torch.float64, device=self.finite.device)
                             for name in self.SUMS])
 
 
@@ -46,11 +45,9 @@ class SAEMember:
         self.spec, self.settings = spec, settings
         options = spec.options
         mechanism_options = {name: options[name] for name in _mechanism_option_names(spec.arch) if name in options}
-        width = options.get("width")
-        self.model = SparseAutoencoder(
-            d, width, expansion=options.get("expansion"), mechanism=spec.arch, mechanism_options=mechanism_options,
-            normalization=options["normalization"], bf16=settings.bf16, seed=settings.seed,
-        ).to(device).train()
+        self.model = SparseAutoencoder(d, options.get("width"), expansion=options.get("expansion"), mechanism=spec.arch,
+                                       mechanism_options=mechanism_options, normalization=options["normalization"],
+                                       bf16=settings.bf16, seed=settings.seed).to(device).train()
         self.auxk = bool(options.get("auxk", False))
         self.lr = options["lr"] if "lr" in options else default_lr(self.model.n_features)
         self.optimizer = Adam(self.model.parameters(), lr=self.lr, fused=device.type in ("cpu", "cuda"))

@@ -196,8 +196,7 @@ def members_of(settings: TrainSettings) -> list[MemberSpec]:
 def grid_members(settings: TrainSettings) -> list[MemberSpec]:
     """The grid: for each architecture the product of the options it uses. A member's
     name shows its architecture's first option, its width, and every option that takes
-    several values in the grid, e.g. ``topk-k10-x4`` or ``relu-l1-l1_0.001-x4-lr0.0003``.
-    (A helper that builds a member list; ``settings.members`` gives one explicitly.)"""
+    several values in the grid, e.g. ``topk-k10-x4`` or ``relu-l1-l1_0.001-x4-lr0.0003``."""
     varied = {name for name in (*GRID_OPTIONS, *settings.mechanism_options)
               if len(_alternatives(settings, name) or []) > 1}
     members: list[MemberSpec] = []
