@@ -29,13 +29,8 @@ import torch
 from torch import Tensor
 
 from diffdict.dictionaries.base import CONFIG_FILE, WEIGHTS_FILE, Dictionary
-from diffdict.dictionaries.foreign import (
-    FOREIGN_CONFIG,
-    SAE_LENS_MECHANISMS,
-    SAE_LENS_WEIGHTS,
-    SPARSIFY_WEIGHTS,
-    to_sparsify_layout,
-)
+from diffdict.dictionaries.foreign import (FOREIGN_CONFIG, SAE_LENS_MECHANISMS, SAE_LENS_WEIGHTS, SPARSIFY_WEIGHTS,
+                                         to_sparsify_layout)
 from diffdict.dictionaries.sae import SparseAutoencoder
 from diffdict.errors import DiffdictError
 from diffdict.io import save_tensors, write_json
@@ -93,13 +88,8 @@ def plain_form(sae: SparseAutoencoder) -> PlainSAE:
         activation, b_enc = "relu", b_enc - mechanism.threshold.detach().double()
     else:
         raise DiffdictError(f"the sparsity mechanism {name!r} has no SAE Lens or sparsify equivalent")
-    tensors = {
-        "W_enc": W_enc / scale.unsqueeze(1),
-        "b_enc": b_enc,
-        "W_dec": W_dec * scale,
-        "b_dec": b_dec * scale + mean,
-        **extra,
-    }
+    tensors = {"W_enc": W_enc / scale.unsqueeze(1), "b_enc": b_enc, "W_dec": W_dec * scale, "b_dec": b_dec * scale + mean,
+               **extra}
     return PlainSAE({key: value.float().contiguous() for key, value in tensors.items()}, activation, k)
 
 
