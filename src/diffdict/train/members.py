@@ -85,11 +85,10 @@ class SAEMember:
         return lr_at(step, self.lr, self.settings)
 
     def step(self, step: int, fired: torch.Tensor, tokens: int) -> None:
-        model = self.model
-        model.remove_parallel_decoder_grad()
+        self.model.remove_parallel_decoder_grad()
         self.optimizer.lr = self.lr_at(step)
         self.optimizer.step()
-        model.after_step()
+        self.model.after_step()
         self.tokens_since_fired.add_(tokens).masked_fill_(fired, 0)
 
     def dead_fraction(self) -> float:
