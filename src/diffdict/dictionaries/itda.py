@@ -1,19 +1,17 @@
 """ITDA (Leask et al. 2025): a dictionary of real, normalised activations.
 
-Build: the dictionary starts empty; activations arrive in chunks; each chunk is encoded
-with ``l0`` pursuit steps on the current dictionary, and every activation whose
-normalised error ‖x − x̂‖² / ‖x‖² exceeds τ is added, divided by its norm, as a new atom
-labelled with its source (token index, or prompt id / denoising step / row / col when
-the caller knows them). The dictionary starts empty and a chunk holds as many tokens as
-the dictionary has atoms (1, 2, 4, ... up to ``chunk_tokens``), so the first, most
-typical activations seed it without a burst of near-duplicates.
+Build: activations arrive in chunks of as many tokens as the dictionary has atoms (1, 2,
+4, ... up to ``chunk_tokens``, so the first, most typical activations seed it without a
+burst of near-duplicates); each chunk is encoded with ``l0`` pursuit steps on the current
+dictionary, and every activation whose normalised error ‖x − x̂‖² / ‖x‖² exceeds τ is added,
+divided by its norm, as a new atom labelled with its source (token index, or prompt id /
+denoising step / row / col when the caller knows them).
 
-Encode: ``mp`` — matching pursuit: ``l0`` times pick the atom with the largest
-|⟨r, D_j⟩|, add ⟨r, D_j⟩ to its code and subtract it from the residual r (signed codes;
-an atom may be picked twice, its codes add up); ``gp`` — non-negative gradient
-pursuit (the Flux paper's variant): pick the atom with the largest positive
-correlation, then take an exact line-search gradient step on all chosen codes and clip
-them at zero.
+Encode: ``mp`` — signed matching pursuit: ``l0`` times pick the atom with the largest
+|⟨r, D_j⟩|, add ⟨r, D_j⟩ to its code (an atom picked twice adds up) and subtract it from the
+residual r; ``gp`` — non-negative gradient pursuit (the Flux paper's variant): pick the atom
+with the largest positive correlation, take an exact line-search gradient step on all chosen
+codes and clip them at zero.
 """
 
 from __future__ import annotations
