@@ -88,8 +88,8 @@ def plain_form(sae: SparseAutoencoder) -> PlainSAE:
         activation, b_enc = "relu", b_enc - mechanism.threshold.detach().double()
     else:
         raise DiffdictError(f"the sparsity mechanism {name!r} has no SAE Lens or sparsify equivalent")
-    tensors = {"W_enc": W_enc / scale.unsqueeze(1), "b_enc": b_enc, "W_dec": W_dec * scale, "b_dec": b_dec * scale + mean,
-               **extra}
+    tensors = {"W_enc": W_enc / scale.unsqueeze(1), "b_enc": b_enc, "W_dec": W_dec * scale,
+               "b_dec": b_dec * scale + mean, **extra}
     return PlainSAE({key: value.float().contiguous() for key, value in tensors.items()}, activation, k)
 
 
