@@ -67,13 +67,10 @@ class Adam:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.lr = state_dict["param_groups"][0]["lr"]
-        for i in range(len(self.params)):
+        for i, own in enumerate(zip(self.steps, self.exp_avg, self.exp_avg_sq)):
             saved = state_dict["state"].get(i)
-            if saved is None:
-                self.steps[i].zero_()
-                self.exp_avg[i].zero_()
-                self.exp_avg_sq[i].zero_()
-            else:
-                self.steps[i].copy_(saved["step"])
-                self.exp_avg[i].copy_(saved["exp_avg"])
-                self.exp_avg_sq[i].copy_(saved["exp_avg_sq"])
+            for name, tensor in zip(("step", "exp_avg", "exp_avg_sq"), own):
+                if saved is None:
+                    tensor.zero_()
+                else:
+                    tensor.copy_(saved[name])

@@ -2,13 +2,8 @@
 
 Per dictionary: mse (mean squared error per element), fvu = Σ‖x − x̂‖² / Σ‖x − x̄‖²,
 explained_variance = 1 − fvu, l0 (mean non-zero codes per token), dead_fraction (share of
-features that never fire on the evaluated tokens).
-
-Spliced fidelity (images generated with the site replaced by the reconstruction, against
-the originals: pixel distances, perceptual distance and CLIP-score drop, see
-:mod:`diffdict.metrics.fidelity`) needs a host model. ``evaluate_run`` computes it on
-``fidelity_prompts`` prompts when the activations are a store that records the model
-which made it, or takes any ``fidelity`` callable (dictionary → extra metrics).
+features that never fire on the evaluated tokens). Spliced fidelity (:mod:`diffdict.metrics.fidelity`)
+needs a host model: a store that records one, or any ``fidelity`` callable (dictionary → extra metrics).
 """
 
 from __future__ import annotations
@@ -49,47 +44,33 @@ class ReconstructionTotals:
     def metrics(self) -> dict[str, float]:
         total_variance = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.tokens
         fvu = self.sq_error / total_variance if total_variance > 0 else float("nan")
-        return {
-            "mse": self.sq_error / (self.tokens * self.d),
-            "fvu": fvu,
-            "explained_variance": 1 - fvu,
-            "l0": self.nonzero / self.tokens,
-            "dead_fraction": float((~self.fired).float().mean()) if self.n_features else 0.0,
-        }
+        return {"mse": self.sq_error / (self.tokens * self.d), "fvu": fvu, "explained_variance": 1 - fvu,
+                "l0": self.nonzero / self.tokens,
+                "dead_fraction": float((~self.fired).float().mean()) if self.n_features else 0.0}
 
 
 @torch.no_grad()
-def evaluate_dictionary(
-    dictionary: Dictionary, source: ActivationSource, batch_size: int = 4096, max_tokens: int | None = None
-) -> dict[str, float]:
+def evaluate_dictionary(dictionary: Dictionary, source: ActivationSource, batch_size: int = 4096,
+                        max_tokens: int | None = None) -> dict[str, float]:
     if source.d != dictionary.d_in:
-        raise DiffdictError(
-            f"d mismatch: the {dictionary.kind} dictionary expects d = {dictionary.d_in}, {source.name} has d = {source.d}"
-        )
+        raise DiffdictError(f"d mismatch: the {dictionary.kind} dictionary expects d = {dictionary.d_in}, "
+                            f"{source.name} has d = {source.d}")
     dictionary.eval()
     totals = ReconstructionTotals(source.d, dictionary.n_features)
     for x in source.sequential(batch_size, max_tokens):
         if not torch.isfinite(x).all():
             raise DiffdictError(f"NaN or infinite activations in {source.name} near token {totals.tokens}")
-        codes: SparseCodes = dictionary.encode_sparse(x)
+        codes = dictionary.encode_sparse(x)
         totals.add(x, codes, dictionary.decode(codes))
     if totals.tokens == 0:
         raise DiffdictError(f"no tokens to evaluate in {source.name}")
     return {"tokens": totals.tokens, "n_features": dictionary.n_features, **totals.metrics()}
 
 
-def evaluate_run(
-    run_dir: str | Path,
-    acts: str | Path | ActivationSource,
-    *,
-    site: str | None = None,
-    batch_size: int = 4096,
-    max_tokens: int | None = None,
-    fidelity: FidelityFn | None = None,
-    fidelity_prompts: int | None = None,
-    seed: int = 0,
-    model_path: str | None = None,
-) -> dict[str, dict[str, float]]:
+def evaluate_run(run_dir: str | Path, acts: str | Path | ActivationSource, *, site: str | None = None,
+                 batch_size: int = 4096, max_tokens: int | None = None, fidelity: FidelityFn | None = None,
+                 fidelity_prompts: int | None = None, seed: int = 0,
+                 model_path: str | None = None) -> dict[str, dict[str, float]]:
     """Metrics of every member of a training run: member name → metrics.
 
     ``fidelity_prompts``: spliced fidelity on that many test-split prompts (seeded by

@@ -4,12 +4,7 @@
 mechanism is an SAE architecture for ``diffdict train --arch``, as is ``itda``.
 """
 
-from diffdict.dictionaries.base import (
-    DICTIONARY_KINDS,
-    Dictionary,
-    SparseCodes,
-    load_dictionary,
-)
+from diffdict.dictionaries.base import DICTIONARY_KINDS, Dictionary, SparseCodes, load_dictionary
 from diffdict.dictionaries import foreign  # noqa: F401  (registers the sparsify and SAE Lens readers)
 from diffdict.dictionaries.fused import sparse_decode, topk_encode
 from diffdict.dictionaries.itda import ITDA, gradient_pursuit, matching_pursuit
@@ -20,21 +15,7 @@ from diffdict.dictionaries.sae import SparseAutoencoder
 from diffdict.dictionaries.sparsity import MECHANISMS, Mechanism, make_mechanism, register
 
 __all__ = [
-    "DICTIONARY_KINDS",
-    "Dictionary",
-    "ITDA",
-    "MECHANISMS",
-    "MatryoshkaBatchTopK",
-    "Mechanism",
-    "NeuronDictionary",
-    "SparseAutoencoder",
-    "SparseCodes",
-    "gradient_pursuit",
-    "load_dictionary",
-    "make_mechanism",
-    "matching_pursuit",
-    "read_provenance",
-    "register",
-    "sparse_decode",
-    "topk_encode",
+    "DICTIONARY_KINDS", "Dictionary", "ITDA", "MECHANISMS", "MatryoshkaBatchTopK", "Mechanism", "NeuronDictionary",
+    "SparseAutoencoder", "SparseCodes", "gradient_pursuit", "load_dictionary", "make_mechanism", "matching_pursuit",
+    "read_provenance", "register", "sparse_decode", "topk_encode",
 ]

@@ -35,20 +35,28 @@ def register_kind(cls: type["Dictionary"]) -> type["Dictionary"]:
     return cls
 
 
-class ForeignFormat(NamedTuple):
-    """A folder layout another library writes: ``cfg.json`` plus ``weights``, read by ``load``."""
-
-    label: str
-    weights: str
-    load: Callable[[Path], "Dictionary"]
-
-
-#: folders of other libraries :func:`load_dictionary` reads, tried in order (``foreign.py`` registers them)
-FOREIGN_FORMATS: list[ForeignFormat] = []
+#: folder layouts of other libraries (``cfg.json`` + a weights file) that :func:`load_dictionary`
+#: reads, tried in order: (label, weights file name, loader); ``foreign.py`` registers them
+FOREIGN_FORMATS: list[tuple[str, str, Callable[[Path], "Dictionary"]]] = []
 
 
 def register_foreign_format(label: str, weights: str, load: Callable[[Path], "Dictionary"]) -> None:
-    FOREIGN_FORMATS.append(ForeignFormat(label, weights, load))
+    FOREIGN_FORMATS.append((label, weights, load))
+
+
+@torch.no_grad()
+def copy_tensors(targets: dict[str, Tensor], tensors: dict[str, Tensor], owner: str, optional: tuple = ()) -> None:
+    """Copy each of ``tensors`` into the target of its name, checking that it is there
+    (unless ``optional``) and has the target's shape."""
+    for name, target in targets.items():
+        if name not in tensors:
+            if name in optional:
+                continue
+            raise DiffdictError(f"{owner} weights lack the tensor {name!r}")
+        if tuple(tensors[name].shape) != tuple(target.shape):
+            raise DiffdictError(f"{owner} tensor {name!r} has shape {tuple(tensors[name].shape)}, "
+                                f"expected {tuple(target.shape)}")
+        target.copy_(tensors[name])
 
 
 class SparseCodes(NamedTuple):
@@ -96,13 +104,14 @@ class Dictionary(nn.Module):
 
     @property
     def decoder_directions(self) -> Tensor:
-        """(n_features, d_in): what one unit of each code adds to the reconstruction,
-        in the space of the activations (after undoing any input normalisation)."""
+        """(n_features, d_in): what one unit of each code adds to the reconstruction, in the
+        activations' own space."""
         raise NotImplementedError
 
+    # A subclass implements encode or encode_sparse; each defaults to the other.
     def encode(self, x: Tensor) -> Tensor:
         """Dense codes (B, n_features)."""
-        raise NotImplementedError
+        return self.encode_sparse(x).to_dense(self.n_features)
 
     def encode_sparse(self, x: Tensor) -> SparseCodes:
         return SparseCodes.from_dense(self.encode(x))
@@ -169,10 +178,9 @@ def load_dictionary(folder: str | Path) -> Dictionary:
         raise DiffdictError(f"dictionary folder not found: {folder}")
     if (folder / CONFIG_FILE).exists():
         config = read_json(folder / CONFIG_FILE)
-        if isinstance(config, dict):
-            _check_checksums(folder, config)
-        recorded = config.pop(PROVENANCE_FIELD, None) if isinstance(config, dict) else None
-        kind = config.pop("kind", None) if isinstance(config, dict) else None
+        config = config if isinstance(config, dict) else {}
+        _check_checksums(folder, config)
+        recorded, kind = config.pop(PROVENANCE_FIELD, None), config.pop("kind", None)
         if kind not in DICTIONARY_KINDS:
             raise DiffdictError(
                 f"{folder / CONFIG_FILE} names dictionary kind {kind!r}; expected one of {', '.join(sorted(DICTIONARY_KINDS))}"
@@ -186,10 +194,10 @@ def load_dictionary(folder: str | Path) -> Dictionary:
         if isinstance(recorded, dict):
             dictionary.provenance = recorded
         return dictionary
-    for layout in FOREIGN_FORMATS:
-        if (folder / layout.weights).exists():
-            return layout.load(folder)
-    others = "".join(f", or cfg.json + {layout.weights} ({layout.label})" for layout in FOREIGN_FORMATS)
+    for _, weights, load in FOREIGN_FORMATS:
+        if (folder / weights).exists():
+            return load(folder)
+    others = "".join(f", or cfg.json + {weights} ({label})" for label, weights, _ in FOREIGN_FORMATS)
     raise DiffdictError(f"{folder} is not a dictionary folder: expected {CONFIG_FILE} + {WEIGHTS_FILE}{others}")
 
 
@@ -213,11 +221,9 @@ def check_config_checksum(folder: Path, config: dict) -> dict | None:
 
 
 def _check_checksums(folder: Path, config: dict) -> None:
-    """The config's fields and the weights file must hash to what the config records.
-
-    Removes the record from ``config``. Folders saved before records existed have none;
-    they are still checked against their own shapes by :func:`_check_round_trip`.
-    """
+    """The config's fields and the weights file must hash to what the config records (a
+    record it removes from ``config``). Folders saved before records existed have none;
+    :func:`_check_round_trip` still checks them against their own shapes."""
     record = check_config_checksum(folder, config)
     config.pop(CHECKSUMS_FIELD, None)
     if record is None:
@@ -227,6 +233,7 @@ def _check_checksums(folder: Path, config: dict) -> None:
         raise DiffdictError(f"weights file not found: {weights}")
     if sha256_file(weights) != record["weights_sha256"]:
         raise DiffdictError(f"corrupt file {weights}: sha256 does not match the one recorded in {folder / CONFIG_FILE}")
+
 
 def _check_round_trip(folder: Path, dictionary: Dictionary, config: dict, tensors: dict[str, Tensor]) -> None:
     """Every config field and every tensor must be what the loaded dictionary would save."""

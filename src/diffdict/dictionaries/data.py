@@ -9,6 +9,7 @@ the number of processes; each rank takes its contiguous slice of it.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from dataclasses import dataclass
@@ -29,7 +30,6 @@ class Batch:
     step: int
     x: Tensor  # (B_local, d) float32
     labels: dict[str, Tensor]  # name -> (B_local,) ints: token index, or prompt_id/step/row/col
-    where: str  # where the batch came from, for error messages
 
     def describe_row(self, row: int) -> str:
         parts = [f"{name} {int(value[row])}" for name, value in self.labels.items()]
@@ -40,26 +40,27 @@ def _mix(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
-    share = batch_size // world_size
-    return slice(rank * share, (rank + 1) * share)
-
-
 class ActivationSource:
-    """Base: ``d``, ``num_tokens``, ``name``; ``batches``, ``sample``, ``sequential``."""
-
     name: str
     d: int
     num_tokens: int
 
     def batches(self, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
                 world_size: int = 1) -> Iterator[Batch]:
-        raise NotImplementedError
+        """The global batches from ``start_step`` on, each cut to this rank's contiguous slice."""
+        self.check_batch_size(batch_size, world_size)
+        share = batch_size // world_size
+        yield from self._batches(batch_size, seed, start_step, slice(rank * share, (rank + 1) * share))
 
     def sample(self, n: int, seed: int) -> Tensor:
         raise NotImplementedError
 
     def sequential(self, batch_size: int, max_tokens: int | None = None) -> Iterator[Tensor]:
+        stop = self.num_tokens if max_tokens is None else min(max_tokens, self.num_tokens)
+        for start in range(0, stop, batch_size):
+            yield self._read(start, min(start + batch_size, stop))
+
+    def _read(self, start: int, stop: int) -> Tensor:
         raise NotImplementedError
 
     def check_batch_size(self, batch_size: int, world_size: int) -> None:
@@ -115,10 +116,7 @@ class ArraySource(ActivationSource):
             self._perm_epoch = epoch
         return self._perm
 
-    def batches(self, batch_size, seed, start_step=0, rank=0, world_size=1):
-        self.check_batch_size(batch_size, world_size)
-        local = rank_slice(batch_size, rank, world_size)
-        step = start_step
+    def _batches(self, batch_size, seed, step, local):
         while True:
             positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
             rows = np.empty(batch_size, dtype=np.int64)
@@ -128,7 +126,7 @@ class ArraySource(ActivationSource):
             # Sorted rows read a memory-mapped file in one sweep; order within a batch
             # does not change the loss.
             rows = np.sort(rows)[local]
-            yield Batch(step, self._rows(rows), {"token": torch.from_numpy(rows)}, f"rows of {self.name}")
+            yield Batch(step, self._rows(rows), {"token": torch.from_numpy(rows)})
             step += 1
 
     def sample(self, n, seed):
@@ -136,10 +134,8 @@ class ArraySource(ActivationSource):
         rows = np.sort(np.random.default_rng(_mix(seed, 1 << 30)).choice(self.num_tokens, n, replace=False))
         return self._rows(rows)
 
-    def sequential(self, batch_size, max_tokens=None):
-        stop = self.num_tokens if max_tokens is None else min(max_tokens, self.num_tokens)
-        for start in range(0, stop, batch_size):
-            yield self._rows(np.arange(start, min(start + batch_size, stop)))
+    def _read(self, start, stop):
+        return self._rows(np.arange(start, stop))
 
 
 class StoreSource(ActivationSource):
@@ -159,11 +155,8 @@ class StoreSource(ActivationSource):
         self.num_tokens = self.store.num_tokens(site)
         self.name = f"site {site} of the store {path}"
 
-    def batches(self, batch_size, seed, start_step=0, rank=0, world_size=1):
-        self.check_batch_size(batch_size, world_size)
-        local = rank_slice(batch_size, rank, world_size)
+    def _batches(self, batch_size, seed, step, local):
         per_epoch = self.num_tokens // batch_size
-        step = start_step
         while True:
             epoch, skip = divmod(step, per_epoch)
             iterator = self.store.iter_batches(self.site, batch_size, shuffle=True, seed=seed, epoch=epoch,
@@ -175,7 +168,7 @@ class StoreSource(ActivationSource):
             for index, (x, meta) in enumerate(iterator):
                 if index < skip:
                     continue
-                yield Batch(step, x[local].float(), {k: v[local] for k, v in meta.items()}, self.name)
+                yield Batch(step, x[local].float(), {k: v[local] for k, v in meta.items()})
                 step += 1
             if step == first:
                 raise DiffdictError(f"{self.name} yielded no batch of {batch_size} tokens in epoch {epoch}")
@@ -186,10 +179,8 @@ class StoreSource(ActivationSource):
                                            epoch=0, buffer_tokens=max(n, 1 << 20))
         return next(iter(iterator)).float()
 
-    def sequential(self, batch_size, max_tokens=None):
-        stop = self.num_tokens if max_tokens is None else min(max_tokens, self.num_tokens)
-        for start in range(0, stop, batch_size):
-            yield self.store.read(self.site, start, min(start + batch_size, stop))[0].float()
+    def _read(self, start, stop):
+        return self.store.read(self.site, start, stop)[0].float()
 
 
 def open_activations(path: str | Path, site: str | None = None) -> ActivationSource:
@@ -215,11 +206,9 @@ def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
         try:
             for item in iterator:
                 while not stop.is_set():
-                    try:
+                    with contextlib.suppress(queue.Full):
                         items.put(item, timeout=0.1)
                         break
-                    except queue.Full:
-                        continue
                 if stop.is_set():
                     return
             items.put(done)
@@ -242,8 +231,6 @@ def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
         # exception"). Drain the queue so a producer blocked on a full one can finish.
         stop.set()
         while thread.is_alive():
-            try:
+            with contextlib.suppress(queue.Empty):
                 items.get(timeout=0.05)
-            except queue.Empty:
-                pass
         thread.join()

@@ -29,13 +29,8 @@ import torch
 from torch import Tensor
 
 from diffdict.dictionaries.base import CONFIG_FILE, WEIGHTS_FILE, Dictionary
-from diffdict.dictionaries.foreign import (
-    FOREIGN_CONFIG,
-    SAE_LENS_MECHANISMS,
-    SAE_LENS_WEIGHTS,
-    SPARSIFY_WEIGHTS,
-    to_sparsify_layout,
-)
+from diffdict.dictionaries.foreign import (FOREIGN_CONFIG, SAE_LENS_MECHANISMS, SAE_LENS_WEIGHTS, SPARSIFY_WEIGHTS,
+                                         to_sparsify_layout)
 from diffdict.dictionaries.sae import SparseAutoencoder
 from diffdict.errors import DiffdictError
 from diffdict.io import save_tensors, write_json
@@ -93,21 +88,9 @@ def plain_form(sae: SparseAutoencoder) -> PlainSAE:
         activation, b_enc = "relu", b_enc - mechanism.threshold.detach().double()
     else:
         raise DiffdictError(f"the sparsity mechanism {name!r} has no SAE Lens or sparsify equivalent")
-    tensors = {
-        "W_enc": W_enc / scale.unsqueeze(1),
-        "b_enc": b_enc,
-        "W_dec": W_dec * scale,
-        "b_dec": b_dec * scale + mean,
-        **extra,
-    }
+    tensors = {"W_enc": W_enc / scale.unsqueeze(1), "b_enc": b_enc, "W_dec": W_dec * scale,
+               "b_dec": b_dec * scale + mean, **extra}
     return PlainSAE({key: value.float().contiguous() for key, value in tensors.items()}, activation, k)
-
-
-def _check_target(folder: Path, format: str) -> None:
-    clashes = [CONFIG_FILE, WEIGHTS_FILE] + [w for f, w in WEIGHTS_OF_FORMAT.items() if f != format]
-    present = [name for name in clashes if (folder / name).exists()]
-    if present:
-        raise DiffdictError(f"{folder} already holds {', '.join(present)}; export into an empty or new folder")
 
 
 def _sae_lens_config(sae: SparseAutoencoder, plain: PlainSAE, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +132,9 @@ def export_dictionary(dictionary: Dictionary, folder: str | Path, format: str,
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise DiffdictError(f"{folder} is a file, not a folder")
-    _check_target(folder, format)
+    clashes = [CONFIG_FILE, WEIGHTS_FILE] + [w for f, w in WEIGHTS_OF_FORMAT.items() if f != format]
+    if present := [name for name in clashes if (folder / name).exists()]:
+        raise DiffdictError(f"{folder} already holds {', '.join(present)}; export into an empty or new folder")
     save_tensors(folder / WEIGHTS_OF_FORMAT[format], tensors)
     write_json(folder / FOREIGN_CONFIG, config)  # last: a folder with cfg.json is complete
     return folder

@@ -38,11 +38,6 @@ def to_sparsify_layout(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]}
 
 
-def from_sparsify_layout(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"W_enc": tensors["encoder.weight"].t(), "b_enc": tensors["encoder.bias"],
-            "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]}
-
-
 def _require(tensors: dict[str, torch.Tensor], names: list[str], folder: Path) -> None:
     missing = [name for name in names if name not in tensors]
     if missing:
@@ -69,7 +64,8 @@ def load_sparsify(folder: str | Path) -> SparseAutoencoder:
     if config.get("d_in", d) != d:
         raise DiffdictError(f"{folder}: cfg.json says d_in = {config['d_in']} but encoder.weight is {n}x{d}")
     sae = SparseAutoencoder(d, n, mechanism="topk", mechanism_options={"k": int(config.get("k", 32))})
-    sae.load_state_tensors(from_sparsify_layout(tensors))
+    sae.load_state_tensors({"W_enc": tensors["encoder.weight"].t(), "b_enc": tensors["encoder.bias"],
+                            "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]})
     return sae
 
 

@@ -30,12 +30,10 @@ def native_bf16(device: torch.device | str) -> bool:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
+    try:
+        return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _stable_argsort(keys: Tensor, n: int) -> Tensor:
@@ -75,10 +73,7 @@ def _row_topk_indices(rows: Tensor, k: int) -> Tensor:
 
 
 def scatter_rows_sum(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
-    """out[i] = Σ_{(b, j): indices[b, j] = i} weights[b, j] · rows[b].
-
-    indices, weights: (B, m); rows: (B, d); returns (n, d).
-    """
+    """out[i] = Σ_{(b, j): indices[b, j] = i} weights[b, j] · rows[b]: (B, m), (B, m), (B, d) -> (n, d)."""
     B, m = indices.shape
     flat = indices.reshape(-1)
     order = _stable_argsort(flat, n)
@@ -150,11 +145,10 @@ class TopKEncoder(torch.autograd.Function):
             grad_b_enc = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, indices.reshape(-1), g.reshape(-1))
         if needs_W:
             grad_W = scatter_rows_sum(indices, g, x_c, n)  # (n, d)
-        if needs_x or needs_b_dec:
-            if needs_x:
-                grad_x = F.embedding_bag(indices, W_enc_t, mode="sum", per_sample_weights=g)  # (B, d)
-            if needs_b_dec and ctx.has_b_dec:
-                grad_b_dec = -(grad_b_enc @ W_enc_t)  # (d,)
+        if needs_x:
+            grad_x = F.embedding_bag(indices, W_enc_t, mode="sum", per_sample_weights=g)  # (B, d)
+        if needs_b_dec and ctx.has_b_dec:
+            grad_b_dec = -(grad_b_enc @ W_enc_t)  # (d,)
         return grad_x, grad_b_dec, grad_W, (grad_b_enc if needs_b_enc else None), None, None
 
 
@@ -198,8 +192,5 @@ class SparseDecode(torch.autograd.Function):
 
 
 def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
-    """Σ_j values[b, j] · W_dec[indices[b, j]]: (B, m), (B, m), (n, d) -> (B, d).
-
-    Repeated indices in a row add up, as in the dense product.
-    """
+    """Σ_j values[b, j] · W_dec[indices[b, j]] (repeated indices in a row add up)."""
     return SparseDecode.apply(values.to(W_dec.dtype), indices, W_dec)

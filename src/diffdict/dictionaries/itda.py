@@ -1,19 +1,17 @@
 """ITDA (Leask et al. 2025): a dictionary of real, normalised activations.
 
-Build: the dictionary starts empty; activations arrive in chunks; each chunk is encoded
-with ``l0`` pursuit steps on the current dictionary, and every activation whose
-normalised error ‖x − x̂‖² / ‖x‖² exceeds τ is added, divided by its norm, as a new atom
-labelled with its source (token index, or prompt id / denoising step / row / col when
-the caller knows them). The dictionary starts empty and a chunk holds as many tokens as
-the dictionary has atoms (1, 2, 4, ... up to ``chunk_tokens``), so the first, most
-typical activations seed it without a burst of near-duplicates.
+Build: activations arrive in chunks of as many tokens as the dictionary has atoms (1, 2,
+4, ... up to ``chunk_tokens``, so the first, most typical activations seed it without a
+burst of near-duplicates); each chunk is encoded with ``l0`` pursuit steps on the current
+dictionary, and every activation whose normalised error ‖x − x̂‖² / ‖x‖² exceeds τ is added,
+divided by its norm, as a new atom labelled with its source (token index, or prompt id /
+denoising step / row / col when the caller knows them).
 
-Encode: ``mp`` — matching pursuit: ``l0`` times pick the atom with the largest
-|⟨r, D_j⟩|, add ⟨r, D_j⟩ to its code and subtract it from the residual r (signed codes;
-an atom may be picked twice, its codes add up); ``gp`` — non-negative gradient
-pursuit (the Flux paper's variant): pick the atom with the largest positive
-correlation, then take an exact line-search gradient step on all chosen codes and clip
-them at zero.
+Encode: ``mp`` — signed matching pursuit: ``l0`` times pick the atom with the largest
+|⟨r, D_j⟩|, add ⟨r, D_j⟩ to its code (an atom picked twice adds up) and subtract it from the
+residual r; ``gp`` — non-negative gradient pursuit (the Flux paper's variant): pick the atom
+with the largest positive correlation, take an exact line-search gradient step on all chosen
+codes and clip them at zero.
 """
 
 from __future__ import annotations
@@ -33,18 +31,20 @@ PURSUITS = ("mp", "gp")
 GRAM_LIMIT = 16384
 
 
+def _zero_codes(x: Tensor, l0: int) -> SparseCodes:
+    return SparseCodes(x.new_zeros(x.shape[0], l0), torch.zeros(x.shape[0], l0, dtype=torch.long, device=x.device))
+
+
 def matching_pursuit(x: Tensor, atoms: Tensor, l0: int, gram: Tensor | None = None) -> SparseCodes:
     """Signed matching pursuit of x (B, d) on unit-norm atoms (m, d): codes (B, l0).
 
     With the Gram matrix atoms atomsᵀ the correlations are updated in place
     (c ← c − a · G[j]) instead of recomputed: one (B, d) × (d, m) product in all.
     """
-    B, m = x.shape[0], atoms.shape[0]
-    values = x.new_zeros(B, l0)
-    indices = torch.zeros(B, l0, dtype=torch.long, device=x.device)
-    if m == 0:
-        return SparseCodes(values, indices)
-    rows = torch.arange(B, device=x.device)
+    values, indices = codes = _zero_codes(x, l0)
+    if atoms.shape[0] == 0:
+        return codes
+    rows = torch.arange(x.shape[0], device=x.device)
     residual = None if gram is not None else x.clone()
     corr = x @ atoms.t()  # (B, m)
     for step in range(l0):
@@ -56,16 +56,14 @@ def matching_pursuit(x: Tensor, atoms: Tensor, l0: int, gram: Tensor | None = No
         else:
             residual -= coef.unsqueeze(1) * atoms[best]
             corr = residual @ atoms.t()
-    return SparseCodes(values, indices)
+    return codes
 
 
 def gradient_pursuit(x: Tensor, atoms: Tensor, l0: int, nonnegative: bool = True) -> SparseCodes:
     """(Non-negative) gradient pursuit of x (B, d) on unit-norm atoms (m, d): codes (B, l0)."""
-    B, m = x.shape[0], atoms.shape[0]
-    values = x.new_zeros(B, l0)
-    indices = torch.zeros(B, l0, dtype=torch.long, device=x.device)
-    if m == 0:
-        return SparseCodes(values, indices)
+    values, indices = codes = _zero_codes(x, l0)
+    if atoms.shape[0] == 0:
+        return codes
     residual = x.clone()
     for step in range(l0):
         corr = residual @ atoms.t()
@@ -78,25 +76,15 @@ def gradient_pursuit(x: Tensor, atoms: Tensor, l0: int, nonnegative: bool = True
         if nonnegative:
             values.clamp_(min=0)
         residual = x - torch.bmm(values[:, : step + 1].unsqueeze(1), chosen).squeeze(1)
-    return SparseCodes(values, indices)
+    return codes
 
 
 @register_kind
 class ITDA(Dictionary):
     kind = "itda"
 
-    def __init__(
-        self,
-        d_in: int,
-        *,
-        l0: int = 10,
-        tau: float = 0.3,
-        pursuit: str = "mp",
-        chunk_tokens: int = 256,
-        max_atoms: int | None = None,
-        atoms: Tensor | None = None,
-        labels: dict[str, Tensor] | None = None,
-    ):
+    def __init__(self, d_in: int, *, l0: int = 10, tau: float = 0.3, pursuit: str = "mp", chunk_tokens: int = 256,
+                 max_atoms: int | None = None, atoms: Tensor | None = None, labels: dict[str, Tensor] | None = None):
         super().__init__()
         require_int(d_in, "d_in")
         require_int(l0, "ITDA l0")
@@ -143,13 +131,9 @@ class ITDA(Dictionary):
         if atoms.ndim != 2 or atoms.shape[1] != config["d_in"]:
             raise DiffdictError(f"ITDA atoms have shape {tuple(atoms.shape)}, expected (n, {config['d_in']})")
         labels = {name: tensors[f"labels.{name}"] for name in config.get("labels", [])}
-        return cls(
-            config["d_in"], l0=config["l0"], tau=config["tau"], pursuit=config["pursuit"],
-            chunk_tokens=config.get("chunk_tokens", 256), max_atoms=config.get("max_atoms"),
-            atoms=atoms, labels=labels,
-        )
-
-    # -- encoding -------------------------------------------------------------------------
+        return cls(config["d_in"], l0=config["l0"], tau=config["tau"], pursuit=config["pursuit"],
+                   chunk_tokens=config.get("chunk_tokens", 256), max_atoms=config.get("max_atoms"),
+                   atoms=atoms, labels=labels)
 
     def _gram_matrix(self) -> Tensor | None:
         if self.n_features > GRAM_LIMIT:
@@ -166,9 +150,6 @@ class ITDA(Dictionary):
             return matching_pursuit(x, self.atoms, self.l0, self._gram_matrix())
         return gradient_pursuit(x, self.atoms, self.l0)
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.encode_sparse(x).to_dense(self.n_features)
-
     def decode(self, codes: Tensor | SparseCodes) -> Tensor:
         if isinstance(codes, SparseCodes) and self.n_features == 0:
             return codes.values.new_zeros(codes.values.shape[0], self.d_in)
@@ -176,8 +157,6 @@ class ITDA(Dictionary):
         if isinstance(codes, SparseCodes):
             return sparse_decode(codes.values, codes.indices, self.atoms)
         return codes @ self.atoms
-
-    # -- building -------------------------------------------------------------------------
 
     @torch.no_grad()
     def add_atoms(self, vectors: Tensor, labels: dict[str, Tensor] | None = None) -> int:

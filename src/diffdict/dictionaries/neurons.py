@@ -1,13 +1,9 @@
 """A block's MLP neurons as a dictionary: the baseline the SAEs and ITDA are compared to.
 
-For an MLP ``out = W_out act(W_in h + b_in) + b_out`` the features are the neurons: codes
-are the k largest neuron activations of each token (all of them when k is None), and
-the decoder directions are the output projection's columns, W_outᵀ (n_neurons, d).
-The reconstruction is of the MLP's output: Σ_top-k a_i W_out[:, i] + b_out.
-
-``encode(h)`` computes the activations from the MLP input h when the input projection
-was given; ``encode_activations(a)`` takes neuron activations captured elsewhere (the
-host-model capture of MLP neurons lives in ``capture``).
+For an MLP ``out = W_out act(W_in h + b_in) + b_out`` the codes are the k largest neuron
+activations of each token (all when k is None), the decoder directions W_outᵀ (n_neurons, d),
+the reconstruction Σ_top-k a_i W_out[:, i] + b_out. ``encode(h)`` needs the input projection;
+``encode_activations(a)`` takes neuron activations captured elsewhere (``capture``).
 """
 
 from __future__ import annotations
@@ -34,16 +30,8 @@ ACTIVATIONS = {
 class NeuronDictionary(Dictionary):
     kind = "neurons"
 
-    def __init__(
-        self,
-        W_out: Tensor,
-        b_out: Tensor | None = None,
-        *,
-        k: int | None = None,
-        W_in: Tensor | None = None,
-        b_in: Tensor | None = None,
-        activation: str = "gelu-tanh",
-    ):
+    def __init__(self, W_out: Tensor, b_out: Tensor | None = None, *, k: int | None = None, W_in: Tensor | None = None,
+                 b_in: Tensor | None = None, activation: str = "gelu-tanh"):
         """W_out: the output projection's weight (d, n_neurons) as in ``nn.Linear``;
         W_in: the input projection's weight (n_neurons, d_mlp_in)."""
         super().__init__()
@@ -112,11 +100,7 @@ class NeuronDictionary(Dictionary):
     def encode_sparse(self, h: Tensor) -> SparseCodes:
         return self.encode_activations(self.neuron_activations(h))
 
-    def encode(self, h: Tensor) -> Tensor:
-        return self.encode_sparse(h).to_dense(self.n_features)
-
     def decode(self, codes: Tensor | SparseCodes) -> Tensor:
         self.check_codes(codes)
-        if isinstance(codes, SparseCodes):
-            return sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
-        return codes @ self.W_dec + self.b_dec
+        sparse = isinstance(codes, SparseCodes)
+        return (sparse_decode(codes.values, codes.indices, self.W_dec) if sparse else codes @ self.W_dec) + self.b_dec

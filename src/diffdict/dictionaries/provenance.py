@@ -111,19 +111,15 @@ def legacy_provenance(folder: str | Path) -> dict[str, Any]:
         known["site"] = run_settings["site"]
     known.update(_store_record(store, single_site="site" not in known))
     known.update({k: meta[k] for k in ("site", "model", "host") if meta.get(k) is not None})
-    if capture_mode_of(meta) is not None:
-        known["what"] = capture_mode_of(meta)
+    if (what := capture_mode_of(meta)) is not None:
+        known["what"] = what
     config = _json_object(folder / CONFIG_FILE)
     source = config.get("source") if isinstance(config.get("source"), dict) else {}
     for key in ("site", "what", "model"):
-        if key == "what":
-            value = capture_mode_of(config)
-            value = value if value is not None else capture_mode_of(source)
-        else:
-            value = config.get(key)
-            value = value if value is not None else source.get(key)
-        if value is not None:
-            known[key] = value
+        for where in (source, config):  # the config's own field wins
+            value = capture_mode_of(where) if key == "what" else where.get(key)
+            if value is not None:
+                known[key] = value
     foreign = _json_object(folder / "cfg.json")
     for where in (foreign, foreign.get("metadata") if isinstance(foreign.get("metadata"), dict) else {}):
         for ours, theirs in (("site", "hook_name"), ("model", "model_name")):

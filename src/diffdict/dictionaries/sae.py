@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffdict.dictionaries.base import Dictionary, SparseCodes, register_kind
+from diffdict.dictionaries.base import Dictionary, SparseCodes, copy_tensors, register_kind
 from diffdict.dictionaries.fused import sparse_decode, topk_encode
 from diffdict.dictionaries.sparsity import make_mechanism
 from diffdict.errors import DiffdictError, require_int
@@ -62,7 +62,6 @@ class TrainingOutput:
     """One training forward: the loss and what the metrics need (all per local batch)."""
 
     loss: Tensor  # reconstruction + penalty + AuxK, scalar with grad
-    recon: Tensor  # (B, d) reconstruction in normalised space, detached
     sq_error: Tensor  # Σ‖x − x̂‖² over the batch in the activations' own space, detached
     aux_loss: Tensor  # the AuxK term before its coefficient, detached (0 when off)
     penalty: Tensor  # the mechanism's penalty, detached
@@ -74,20 +73,10 @@ class TrainingOutput:
 class SparseAutoencoder(Dictionary):
     kind = "sae"
 
-    def __init__(
-        self,
-        d_in: int,
-        n_features: int | None = None,
-        *,
-        expansion: float | None = None,
-        mechanism: str = "topk",
-        mechanism_options: dict[str, Any] | None = None,
-        normalization: str = "none",
-        apply_b_dec_to_input: bool = True,
-        normalize_decoder: bool = True,
-        bf16: bool = False,
-        seed: int = 0,
-    ):
+    def __init__(self, d_in: int, n_features: int | None = None, *, expansion: float | None = None,
+                 mechanism: str = "topk", mechanism_options: dict[str, Any] | None = None,
+                 normalization: str = "none", apply_b_dec_to_input: bool = True, normalize_decoder: bool = True,
+                 bf16: bool = False, seed: int = 0):
         super().__init__()
         require_int(d_in, "d_in")
         if n_features is None:
@@ -117,8 +106,6 @@ class SparseAutoencoder(Dictionary):
         self.register_buffer("input_scale", torch.ones(d_in))
         self.eval()
 
-    # -- description ------------------------------------------------------------------
-
     @property
     def d_in(self) -> int:
         return self._d_in
@@ -137,40 +124,22 @@ class SparseAutoencoder(Dictionary):
         return self.W_dec.detach() * self.input_scale
 
     def config(self) -> dict[str, Any]:
-        return {
-            "d_in": self.d_in,
-            "n_features": self.n_features,
-            "mechanism": self.mechanism.name,
-            "mechanism_options": self.mechanism.options(),
-            "normalization": self.normalization,
-            "apply_b_dec_to_input": self.apply_b_dec_to_input,
-            "normalize_decoder": self.normalize_decoder,
-            "bf16": self.bf16,
-        }
+        return {"d_in": self.d_in, "n_features": self.n_features, "mechanism": self.mechanism.name,
+                "mechanism_options": self.mechanism.options(), "normalization": self.normalization,
+                "apply_b_dec_to_input": self.apply_b_dec_to_input, "normalize_decoder": self.normalize_decoder,
+                "bf16": self.bf16}
 
     def state_tensors(self) -> dict[str, Tensor]:
-        return {
-            "W_enc": self.W_enc.detach(),
-            "b_enc": self.b_enc.detach(),
-            "W_dec": self.W_dec.detach(),
-            "b_dec": self.b_dec.detach(),
-            "input_mean": self.input_mean,
-            "input_scale": self.input_scale,
-            **{name: t.detach() for name, t in self.mechanism.tensors().items()},
-        }
+        tensors = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec,
+                   "input_mean": self.input_mean, "input_scale": self.input_scale, **self.mechanism.tensors()}
+        return {name: t.detach() for name, t in tensors.items()}
 
     @classmethod
     def from_saved(cls, config: dict[str, Any], tensors: dict[str, Tensor]) -> "SparseAutoencoder":
-        sae = cls(
-            config["d_in"],
-            config["n_features"],
-            mechanism=config["mechanism"],
-            mechanism_options=config.get("mechanism_options") or {},
-            normalization=config.get("normalization", "none"),
-            apply_b_dec_to_input=config.get("apply_b_dec_to_input", True),
-            normalize_decoder=config.get("normalize_decoder", True),
-            bf16=config.get("bf16", False),
-        )
+        # fields an older config omits take the constructor's defaults
+        options = ("mechanism_options", "normalization", "apply_b_dec_to_input", "normalize_decoder", "bf16")
+        sae = cls(config["d_in"], config["n_features"], mechanism=config["mechanism"],
+                  **{name: config[name] for name in options if name in config})
         sae.load_state_tensors(tensors)
         return sae
 
@@ -178,19 +147,8 @@ class SparseAutoencoder(Dictionary):
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
         own = {"W_enc": self.W_enc_t.t(), "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec,
                "input_mean": self.input_mean, "input_scale": self.input_scale}
-        for name, target in own.items():
-            if name not in tensors:
-                if name.startswith("input_"):
-                    continue
-                raise DiffdictError(f"SAE weights lack the tensor {name!r}")
-            if tuple(tensors[name].shape) != tuple(target.shape):
-                raise DiffdictError(
-                    f"SAE tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {tuple(target.shape)}"
-                )
-            target.copy_(tensors[name])
+        copy_tensors(own, tensors, "SAE", optional=("input_mean", "input_scale"))
         self.mechanism.load_tensors(tensors)
-
-    # -- inference ----------------------------------------------------------------------
 
     def normalize(self, x: Tensor) -> Tensor:
         if self.normalization == "none":
@@ -203,8 +161,10 @@ class SparseAutoencoder(Dictionary):
         return x_n * self.input_scale + self.input_mean
 
     def pre_activations(self, x_n: Tensor) -> Tensor:
-        x_c = x_n - self.b_dec if self.apply_b_dec_to_input else x_n
-        return x_c @ self.W_enc + self.b_enc
+        return self._centered(x_n) @ self.W_enc + self.b_enc
+
+    def _centered(self, x_n: Tensor) -> Tensor:
+        return x_n - self.b_dec if self.apply_b_dec_to_input else x_n
 
     @property
     def uses_fused_topk(self) -> bool:
@@ -220,21 +180,17 @@ class SparseAutoencoder(Dictionary):
         if not self.uses_fused_topk:
             return super().encode_sparse(x)
         self.check_input(x)
-        values, indices = topk_encode(
-            self.normalize(x), self.b_dec if self.apply_b_dec_to_input else None,
-            self.W_enc_t, self.b_enc, self.mechanism.topk, self.bf16,
-        )
-        return SparseCodes(values, indices)
+        return SparseCodes(*self._topk_encode(self.normalize(x)))
+
+    def _topk_encode(self, x_n: Tensor) -> tuple[Tensor, Tensor]:
+        return topk_encode(x_n, self.b_dec if self.apply_b_dec_to_input else None, self.W_enc_t, self.b_enc,
+                           self.mechanism.topk, self.bf16)
 
     def decode(self, codes: Tensor | SparseCodes) -> Tensor:
         self.check_codes(codes)
-        if isinstance(codes, SparseCodes):
-            recon = sparse_decode(codes.values, codes.indices, self.W_dec)
-        else:
-            recon = codes @ self.W_dec
+        sparse = isinstance(codes, SparseCodes)
+        recon = sparse_decode(codes.values, codes.indices, self.W_dec) if sparse else codes @ self.W_dec
         return self.denormalize(recon + self.b_dec)
-
-    # -- training -----------------------------------------------------------------------
 
     @torch.no_grad()
     def initialize(self, sample: Tensor, b_dec_init: str = "geometric-median") -> float:
@@ -260,15 +216,9 @@ class SparseAutoencoder(Dictionary):
             raise DiffdictError(f"unknown b_dec initialisation {b_dec_init!r}; expected one of {', '.join(B_DEC_INITS)}")
         return float((x_n - x_n.mean(0)).pow(2).sum(1).mean().clamp_min(1e-12))
 
-    def training_forward(
-        self,
-        x_n: Tensor,
-        variance: float,
-        dead_mask: Tensor | None = None,
-        auxk_coef: float = 1 / 32,
-        k_aux: int | None = None,
-        sum_over_ranks: Callable[[Tensor], Tensor] | None = None,
-    ) -> TrainingOutput:
+    def training_forward(self, x_n: Tensor, variance: float, dead_mask: Tensor | None = None,
+                         auxk_coef: float = 1 / 32, k_aux: int | None = None,
+                         sum_over_ranks: Callable[[Tensor], Tensor] | None = None) -> TrainingOutput:
         """Loss on normalised activations x_n (B, d): Σ‖x_n − x̂_n‖² / (B · variance)
         + penalty + auxk_coef · AuxK, the AuxK term (for mechanisms that support it)
         only when ``dead_mask`` (n,) marks some features dead. Under data parallelism
@@ -276,10 +226,7 @@ class SparseAutoencoder(Dictionary):
         whole batch's residual variance and N ranks train exactly like one process."""
         B = x_n.shape[0]
         if self.uses_fused_topk:
-            values, indices = topk_encode(
-                x_n, self.b_dec if self.apply_b_dec_to_input else None,
-                self.W_enc_t, self.b_enc, self.mechanism.topk, self.bf16,
-            )
+            values, indices = self._topk_encode(x_n)
             recon = sparse_decode(values, indices, self.W_dec) + self.b_dec
             active = (values > 0).float()
             fired = torch.bincount(indices.reshape(-1), weights=active.reshape(-1), minlength=self.n_features) > 0
@@ -309,10 +256,8 @@ class SparseAutoencoder(Dictionary):
                 error = (recon - x_n).detach()
                 aux_loss = self._auxk_loss(x_n, error, dead, k_aux or self.d_in // 2, sum_over_ranks)
                 loss = loss + auxk_coef * aux_loss
-        return TrainingOutput(
-            loss=loss, recon=recon.detach(), sq_error=sq_error_raw, aux_loss=aux_loss.detach(),
-            penalty=penalty.detach(), l0=l0.detach(), fired=fired,
-        )
+        return TrainingOutput(loss=loss, sq_error=sq_error_raw, aux_loss=aux_loss.detach(), penalty=penalty.detach(),
+                              l0=l0.detach(), fired=fired)
 
     def _auxk_loss(self, x_n: Tensor, error: Tensor, dead: Tensor, k_aux: int,
                    sum_over_ranks: Callable[[Tensor], Tensor] | None = None) -> Tensor:
@@ -324,7 +269,7 @@ class SparseAutoencoder(Dictionary):
         features' encoder and decoder rows only."""
         n_dead = dead.numel()
         k = min(k_aux, n_dead)
-        x_c = (x_n - self.b_dec if self.apply_b_dec_to_input else x_n).detach()
+        x_c = self._centered(x_n).detach()
         pre_dead = x_c @ self.W_enc_t[dead].t() + self.b_enc[dead]  # (B, n_dead)
         values, indices = pre_dead.topk(k, dim=-1, sorted=False)
         values = values.relu()
@@ -353,11 +298,7 @@ class SparseAutoencoder(Dictionary):
             grad.addcmul_(self.W_dec, along, value=-1)
 
     @torch.no_grad()
-    def normalize_decoder_rows(self) -> None:
+    def after_step(self) -> None:
         if self.normalize_decoder:
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        self.normalize_decoder_rows()
         self.mechanism.after_step()

@@ -1,10 +1,7 @@
 """Sparsity mechanisms: the function from pre-activations to codes, and its penalty.
 
-Each mechanism is a small ``nn.Module`` registered in ``MECHANISMS`` under its name. It
-turns pre-activations ``pre`` (B, n) into dense codes (B, n) and may add a penalty to
-the loss. Adding a mechanism is one class plus one ``@register`` line.
-
-Conventions shared by all mechanisms:
+Each mechanism is a small ``nn.Module`` registered in ``MECHANISMS`` under its name (one
+class plus one ``@register`` line). Conventions shared by all mechanisms:
 
 * ``forward(pre)`` uses training semantics when ``self.training`` and inference
   semantics otherwise (only BatchTopK differs: a batch-wide top-k while training, a
@@ -12,15 +9,12 @@ Conventions shared by all mechanisms:
 * ``penalty(pre, codes, decoder_norms)`` is the per-token mean of the sparsity loss
   term; ``reconstruction_penalty(codes, W_dec, b_dec, x_n)`` the squared error of any
   further reconstruction the mechanism trains (Matryoshka's prefixes, ``matryoshka.py``).
-* ``options()`` is the JSON-able configuration; ``tensors()`` the state that is saved
-  next to the SAE weights under SAE Lens names (``threshold``); ``load_tensors``
-  takes it back.
+* ``options()`` is the JSON-able configuration; ``tensors()`` the state saved next to the
+  SAE weights under SAE Lens names (``threshold``); ``load_tensors`` takes it back.
 * ``topk`` is set on mechanisms that keep exactly k codes per token, which lets the
   SAE use the fused sparse encoder (``fused.py``).
-* ``flags`` declares options of the constructor that ``diffdict train`` offers as
-  command-line flags and :class:`~diffdict.train.TrainSettings` carries in
-  ``mechanism_options`` (:class:`MechanismFlag`: how a value is parsed, the help text,
-  whether comma-separated values form a grid), so a new option is one line here.
+* ``flags`` declares constructor options that ``diffdict train`` offers as flags and
+  :class:`~diffdict.train.TrainSettings` carries in ``mechanism_options``.
 """
 
 from __future__ import annotations
@@ -32,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from diffdict.dictionaries.base import copy_tensors
 from diffdict.errors import DiffdictError, require_int
 
 MECHANISMS: dict[str, type["Mechanism"]] = {}
@@ -48,8 +43,11 @@ def make_mechanism(name: str, n_features: int, **options: Any) -> "Mechanism":
     return MECHANISMS[name](n_features, **options)
 
 
-def _positive_int(name: str, value: Any) -> int:
-    return require_int(value, name)
+def _k_within(k: Any, n_features: int) -> int:
+    k = require_int(k, "k")
+    if k > n_features:
+        raise DiffdictError(f"k = {k} is larger than the dictionary width {n_features}")
+    return k
 
 
 def _non_negative(name: str, value: Any) -> float:
@@ -65,9 +63,8 @@ def _non_negative(name: str, value: Any) -> float:
 @dataclass(frozen=True)
 class MechanismFlag:
     """A constructor option offered by ``diffdict train`` as ``--<name>``: ``parse`` turns
-    one value's text into the value (raising ValueError on bad text), ``help`` is the
-    flag's help. With ``grid`` comma-separated values are alternatives (a grid, like
-    ``--k 5,10``); without it the whole text is one value (e.g. a list)."""
+    one value's text into the value (raising ValueError on bad text). With ``grid``
+    comma-separated values are alternatives (``--k 5,10``); without, the text is one value."""
 
     parse: Callable[[str], Any]
     help: str
@@ -99,24 +96,16 @@ class Mechanism(nn.Module):
         return codes.new_zeros(())
 
     def reconstruction_penalty(self, codes: Tensor, W_dec: Tensor, b_dec: Tensor, x_n: Tensor) -> Tensor:
-        """Σ squared error of further reconstructions the mechanism trains besides the full
-        one (Matryoshka's nested prefixes), which the SAE adds to the loss normalised like
-        the main reconstruction error. Not called for mechanisms with ``topk`` set (the
-        fused path)."""
+        """Σ squared error of further reconstructions besides the full one (not called on the
+        fused ``topk`` path); the SAE normalises it like the main reconstruction error."""
         return codes.new_zeros(())
 
     def tensors(self) -> dict[str, Tensor]:
-        return {}
+        """The mechanism's ``threshold`` (buffer or parameter) when it has one."""
+        return {"threshold": self.threshold} if hasattr(self, "threshold") else {}
 
     def load_tensors(self, tensors: dict[str, Tensor]) -> None:
-        for name, value in self.tensors().items():
-            if name not in tensors:
-                raise DiffdictError(f"{self.name} weights lack the tensor {name!r}")
-            if tensors[name].shape != value.shape:
-                raise DiffdictError(
-                    f"{self.name} tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {tuple(value.shape)}"
-                )
-            value.data.copy_(tensors[name])
+        copy_tensors(self.tensors(), tensors, self.name)
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -132,20 +121,14 @@ class TopK(Mechanism):
 
     def __init__(self, n_features: int, k: int = 32):
         super().__init__(n_features)
-        self.topk = _positive_int("k", k)
-        if k > n_features:
-            raise DiffdictError(f"k = {k} is larger than the dictionary width {n_features}")
+        self.topk = _k_within(k, n_features)
 
     def options(self) -> dict[str, Any]:
         return {"k": self.topk}
 
-    def select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
-        values, indices = pre.topk(self.topk, dim=-1, sorted=False)
-        return values.relu(), indices
-
     def forward(self, pre: Tensor) -> Tensor:
-        values, indices = self.select(pre)
-        return torch.zeros_like(pre).scatter(-1, indices, values)
+        values, indices = pre.topk(self.topk, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter(-1, indices, values.relu())
 
 
 def _batch_cutoff(acts: Tensor, count: int) -> Tensor:
@@ -181,9 +164,7 @@ class BatchTopK(Mechanism):
 
     def __init__(self, n_features: int, k: int = 32, threshold_decay: float = 0.99):
         super().__init__(n_features)
-        self.k = _positive_int("k", k)
-        if k > n_features:
-            raise DiffdictError(f"k = {k} is larger than the dictionary width {n_features}")
+        self.k = _k_within(k, n_features)
         self.threshold_decay = float(threshold_decay)
         # Negative until the first training batch sets it.
         self.register_buffer("threshold", torch.full((1,), -1.0))
@@ -203,9 +184,6 @@ class BatchTopK(Mechanism):
                 else:
                     self.threshold.mul_(self.threshold_decay).add_((1 - self.threshold_decay) * cutoff)
         return acts * (acts >= cutoff)
-
-    def tensors(self) -> dict[str, Tensor]:
-        return {"threshold": self.threshold}
 
 
 @register
@@ -265,9 +243,6 @@ class SoftThreshold(ReLUL1):
     def forward(self, pre: Tensor) -> Tensor:
         return (pre - self.threshold).relu()
 
-    def tensors(self) -> dict[str, Tensor]:
-        return {"threshold": self.threshold}
-
     @torch.no_grad()
     def after_step(self) -> None:
         if self.learn_theta:
@@ -278,39 +253,24 @@ def _rectangle(u: Tensor) -> Tensor:
     return ((u > -0.5) & (u < 0.5)).to(u.dtype)
 
 
-class _JumpReLUFunction(torch.autograd.Function):
-    """pre · H(pre − θ); ∂/∂pre = H(pre − θ), ∂/∂θ = −(θ/ε) K((pre − θ)/ε) (rectangle K)."""
+class _JumpFunction(torch.autograd.Function):
+    """JumpReLU pre · H(pre − θ): ∂/∂pre = H(pre − θ), ∂/∂θ = −(θ/ε) K((pre − θ)/ε)
+    (rectangle K); with ``step`` the step H(pre − θ): ∂/∂pre = 0, ∂/∂θ = −(1/ε) K(...)."""
 
     @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float, step: bool) -> Tensor:
         ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return pre * (pre > threshold)
+        ctx.bandwidth, ctx.step = bandwidth, step
+        return (pre > threshold).to(pre.dtype) if step else pre * (pre > threshold)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         pre, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
-        grad_pre = grad * (pre > threshold)
-        grad_threshold = -(threshold / eps) * _rectangle((pre - threshold) / eps) * grad
-        return grad_pre, grad_threshold.sum(0), None
-
-
-class _StepFunction(torch.autograd.Function):
-    """H(pre − θ); ∂/∂pre = 0, ∂/∂θ = −(1/ε) K((pre − θ)/ε)."""
-
-    @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        pre, threshold = ctx.saved_tensors
-        eps = ctx.bandwidth
-        grad_threshold = -(1.0 / eps) * _rectangle((pre - threshold) / eps) * grad
-        return None, grad_threshold.sum(0), None
+        grad_pre = None if ctx.step else grad * (pre > threshold)
+        scale = 1.0 / eps if ctx.step else threshold / eps
+        grad_threshold = -scale * _rectangle((pre - threshold) / eps) * grad
+        return grad_pre, grad_threshold.sum(0), None, None
 
 
 @register
@@ -334,15 +294,12 @@ class JumpReLU(Mechanism):
         return {"l0_coef": self.l0_coef, "theta": self.theta, "bandwidth": self.bandwidth}
 
     def forward(self, pre: Tensor) -> Tensor:
-        return _JumpReLUFunction.apply(pre, self.threshold, self.bandwidth)
+        return _JumpFunction.apply(pre, self.threshold, self.bandwidth, False)
 
     def penalty(self, pre: Tensor, codes: Tensor, decoder_norms: Tensor) -> Tensor:
         if self.l0_coef == 0:
             return pre.new_zeros(())
-        return self.l0_coef * _StepFunction.apply(pre, self.threshold, self.bandwidth).sum(-1).mean()
-
-    def tensors(self) -> dict[str, Tensor]:
-        return {"threshold": self.threshold}
+        return self.l0_coef * _JumpFunction.apply(pre, self.threshold, self.bandwidth, True).sum(-1).mean()
 
     @torch.no_grad()
     def after_step(self) -> None:

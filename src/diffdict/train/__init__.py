@@ -1,16 +1,12 @@
 """The trainer: a list of dictionaries fitted in one pass over the activations.
 
-    settings ──members_of──▶ members (one SAE + optimiser, or one ITDA build, each):
-                             train(settings, out, members=[MemberSpec, ...]), or the
-                             grid of the settings' comma-separated options (grid_members)
-    for step in steps:                      batch = f(seed, step), this rank's slice
-        for member: forward, backward       (ITDA: grow the dictionary)
-        all-reduce gradients (torchrun)     one flat buffer for all members
-        for member: optimiser step, unit-norm decoder, dead-feature counters
-        every log_every: RUN/<member>/metrics.jsonl
-        every checkpoint_every: RUN/<member>/checkpoint-<step>.safetensors, then
-                                RUN/state.json names the step (the commit point);
-                                the last step saves the dictionaries only
+Members (one SAE + optimiser, or one ITDA build, each) come from ``settings.members`` or the
+grid of the settings' comma-separated options (``grid_members``). Each step: the batch
+f(seed, step), this rank's slice; every member's forward and backward (ITDA: grow the
+dictionary); gradients all-reduced in one flat buffer (torchrun); every member's optimiser
+step, unit-norm decoder and dead-feature counters. Every ``log_every`` steps a line of
+RUN/<member>/metrics.jsonl; every ``checkpoint_every`` RUN/<member>/checkpoint-<step>.safetensors,
+then RUN/state.json names the step (the commit point); the last step saves the dictionaries only.
 
 One host sync a step (all members' loss flags at once), metrics summed on the device and
 read every log_every steps; members with the same input normalisation share the
@@ -30,55 +26,17 @@ pass). Metrics are in the activations' own space, undoing any input normalisatio
 Data parallel: ``torchrun --nproc_per_node=N -m diffdict train ...`` (gloo on CPU, NCCL
 on GPU). Each rank takes a contiguous 1/N of every global batch; gradients, fired
 features and metrics are summed across ranks, so N processes follow the same trajectory
-as one (up to float rounding). ITDA members gather the whole batch on every rank and build
-identically.
-
-The package: ``settings.py`` (TrainSettings, validation, the grid, learning rates),
-``members.py`` (an SAE or ITDA member), ``distributed.py`` (torchrun), ``run.py`` (the
-run folder: resume, metrics log, member folders) and ``loop.py`` (the pass).
+as one (up to float rounding). ITDA members gather the whole batch on every rank.
 """
 
 from diffdict.train.loop import SMALL_STEP_MACS, train
 from diffdict.train.members import ITDAMember, SAEMember, StepResult
-from diffdict.train.run import (
-    MEMBER_FILE,
-    METRICS_FILE,
-    SETTINGS_FILE,
-    STATE_FILE,
-    load_run_settings,
-    run_members,
-)
-from diffdict.train.settings import (
-    GRID_OPTIONS,
-    NAME_FORMATS,
-    MemberSpec,
-    TrainSettings,
-    default_lr,
-    grid_members,
-    lr_at,
-    mechanism_flags,
-    members_of,
-)
+from diffdict.train.run import MEMBER_FILE, METRICS_FILE, SETTINGS_FILE, STATE_FILE, load_run_settings, run_members
+from diffdict.train.settings import (GRID_OPTIONS, NAME_FORMATS, MemberSpec, TrainSettings, default_lr, grid_members,
+                                     lr_at, mechanism_flags, members_of)
 
 __all__ = [
-    "GRID_OPTIONS",
-    "ITDAMember",
-    "MEMBER_FILE",
-    "METRICS_FILE",
-    "MemberSpec",
-    "NAME_FORMATS",
-    "SAEMember",
-    "SETTINGS_FILE",
-    "SMALL_STEP_MACS",
-    "STATE_FILE",
-    "StepResult",
-    "TrainSettings",
-    "default_lr",
-    "grid_members",
-    "load_run_settings",
-    "lr_at",
-    "mechanism_flags",
-    "members_of",
-    "run_members",
-    "train",
+    "GRID_OPTIONS", "ITDAMember", "MEMBER_FILE", "METRICS_FILE", "MemberSpec", "NAME_FORMATS", "SAEMember",
+    "SETTINGS_FILE", "SMALL_STEP_MACS", "STATE_FILE", "StepResult", "TrainSettings", "default_lr", "grid_members",
+    "load_run_settings", "lr_at", "mechanism_flags", "members_of", "run_members", "train",
 ]

@@ -58,7 +58,5 @@ def _all_reduce_gradients(members: list, comm: _Distributed) -> None:
     if not grads:
         return
     flat = comm.sum_(torch.cat([g.reshape(-1) for g in grads]))
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view(g.shape)).div_(comm.world_size)
-        offset += g.numel()
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view(g.shape)).div_(comm.world_size)

@@ -41,11 +41,7 @@ class _Metrics:
         self.tokens = 0
         self.steps = 0
 
-    def add(self, index: int, sums: torch.Tensor, seconds: float) -> None:
-        self.sums[index] += sums
-        self.seconds[index] += seconds
-
-    def rows(self, step: int, d: int, lrs: dict[str, float], comm: _Distributed) -> dict[str, dict[str, Any]]:
+    def rows(self, step: int, d: int, comm: _Distributed) -> dict[str, dict[str, Any]]:
         """Every rank calls this at the same steps (it sums over the ranks); rank 0 writes."""
         all_sums = comm.sum_(self.sums).tolist()
         rows = {}
@@ -56,7 +52,7 @@ class _Metrics:
             sq_error, aux, penalty, l0_tokens = member_sums
             fvu = sq_error / (self.tokens * self.data_variance) if self.data_variance > 0 else float("nan")
             row = {
-                "step": step, "tokens": self.tokens_total, "lr": lrs.get(name),
+                "step": step, "tokens": self.tokens_total, "lr": member.lr_at(step - 1),
                 "mse": sq_error / (self.tokens * d), "fvu": fvu, "explained_variance": 1 - fvu,
                 "l0": l0_tokens / self.tokens, "dead_fraction": member.dead_fraction(),
                 "aux_loss": aux / self.tokens, "penalty": penalty / self.tokens,
@@ -70,28 +66,17 @@ class _Metrics:
         return rows
 
 
-def train(
-    settings: TrainSettings,
-    out: str | Path,
-    *,
-    checkpoint_every: int = 500,
-    log_every: int = 50,
-    progress: bool | None = None,
-    device: str = "cpu",
-    stop_after_step: int | None = None,
-    threads: int | None = None,
-    members: list[MemberSpec] | None = None,
-) -> dict[str, Path]:
-    """Train ``members`` (default: the grid of ``settings``) in one pass, each with the
-    shared settings of ``settings`` (data, batches, schedule, seed); return member name → folder
-    (``config.json`` + ``model.safetensors``, loadable with ``load_dictionary``; config.json
-    records where the dictionary came from, see ``diffdict.dictionaries.provenance``).
+def train(settings: TrainSettings, out: str | Path, *, checkpoint_every: int = 500, log_every: int = 50,
+          progress: bool | None = None, device: str = "cpu", stop_after_step: int | None = None,
+          threads: int | None = None, members: list[MemberSpec] | None = None) -> dict[str, Path]:
+    """Train ``members`` (default: the grid of ``settings``) in one pass with the shared data,
+    batches, schedule and seed of ``settings``; return member name → dictionary folder.
 
     An existing ``out`` with the same settings is resumed from its last checkpoint; with
-    different settings it is refused. ``stop_after_step`` stops the pass once that many
-    steps are done without writing a checkpoint, as a kill would (for tests). ``threads``:
-    torch CPU threads during the pass (default: one for a small step, see
-    ``SMALL_STEP_MACS``, else torch's setting); the caller's setting is restored after.
+    different settings it is refused. ``stop_after_step`` stops once that many steps are done
+    without writing a checkpoint, as a kill would (for tests). ``threads``: torch CPU threads
+    during the pass (default: one for a small step, see ``SMALL_STEP_MACS``, else torch's own);
+    the caller's setting is restored after.
     """
     if members is not None:
         settings = dataclasses.replace(settings, members=[dataclasses.asdict(m) for m in members])
@@ -188,8 +173,8 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
             for member in members:
                 if step < total:
                     save_checkpoint(out / member.spec.name / f"checkpoint-{step}.safetensors", member.state())
-                member.dictionary.provenance = {**record, "tokens": step * settings.batch_size}
-                member.dictionary.save(out / member.spec.name)
+                member.model.provenance = {**record, "tokens": step * settings.batch_size}
+                member.model.save(out / member.spec.name)
             write_json(out / STATE_FILE, {"step": step, "total_steps": total, "done": step >= total,
                                           "data_variance": data_variance})
             for member in members:
@@ -200,8 +185,7 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
 
     def log(step: int) -> None:
         if metrics.steps:
-            lrs = {m.spec.name: m.lr_at(step - 1) for m in members}
-            rows = metrics.rows(step, d, lrs, comm)
+            rows = metrics.rows(step, d, comm)
             if writer:
                 for name, row in rows.items():
                     with open(out / name / METRICS_FILE, "a") as handle:
@@ -231,7 +215,8 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
             for index, (member, result, member_fired) in enumerate(zip(members, results, fired)):
                 began = time.perf_counter()
                 member.step(step, member_fired, global_tokens)
-                metrics.add(index, result.sums(), result.seconds + time.perf_counter() - began)
+                metrics.sums[index] += result.sums()
+                metrics.seconds[index] += result.seconds + time.perf_counter() - began
             metrics.tokens += global_tokens
             metrics.tokens_total += global_tokens
             metrics.steps += 1
@@ -257,21 +242,17 @@ def _check_finite(results: list[StepResult], batch: Batch, members, source, comm
     diverged = ~torch.stack([r.finite for r in results])
     bad_rows = (~torch.isfinite(batch.x)).any(1) if bool(diverged.any()) else None
     fired = [r.fired for r in results]
+    bad_data = bad_rows is not None and bool(bad_rows.any())
     if comm.active:
-        bad_data = torch.tensor([float(bad_rows is not None and bool(bad_rows.any()))], device=diverged.device)
-        flags = comm.max_(torch.cat([bad_data, diverged.float()] + [f.float() for f in fired]))
-        any_bad_data, diverged = bool(flags[0]), flags[1: 1 + len(results)].bool()
+        flags = comm.max_(torch.cat([torch.tensor([float(bad_data)], device=diverged.device), diverged.float()]
+                                    + [f.float() for f in fired]))
+        bad_data, diverged = bool(flags[0]), flags[1: 1 + len(results)].bool()
         fired = list(torch.split(flags[1 + len(results):].bool(), [f.numel() for f in fired]))
-        stop = any_bad_data or bool(diverged.any())
+        stop = bad_data or bool(diverged.any())
     else:
-        any_bad_data = bad_rows is not None and bool(bad_rows.any())
         stop = bad_rows is not None  # some loss diverged
-    if stop:
-        _raise_non_finite(any_bad_data, diverged, batch, bad_rows, members, source, step, out, last_checkpoint)
-    return fired
-
-
-def _raise_non_finite(bad_data, diverged, batch, bad_rows, members, source, step, out, last_checkpoint) -> None:
+    if not stop:
+        return fired
     kept = f"the last good checkpoint (step {last_checkpoint}) is kept in {out}" if last_checkpoint else \
         f"no checkpoint was written yet in {out}"
     if bad_data:

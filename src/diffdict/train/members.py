@@ -10,7 +10,6 @@ from typing import Any
 import torch
 
 from diffdict.adam import Adam
-from diffdict.dictionaries.base import Dictionary
 from diffdict.dictionaries.data import Batch
 from diffdict.dictionaries.itda import ITDA
 from diffdict.dictionaries.sae import SparseAutoencoder
@@ -36,8 +35,7 @@ class StepResult:
     SUMS = ("sq_error", "aux_loss", "penalty", "l0")
 
     def sums(self) -> torch.Tensor:
-        device = self.finite.device
-        return torch.stack([torch.as_tensor(getattr(self, name), dtype=torch.float64, device=device)
+        return torch.stack([torch.as_tensor(getattr(self, name), dtype=torch.float64, device=self.finite.device)
                             for name in self.SUMS])
 
 
@@ -47,20 +45,14 @@ class SAEMember:
         self.spec, self.settings = spec, settings
         options = spec.options
         mechanism_options = {name: options[name] for name in _mechanism_option_names(spec.arch) if name in options}
-        width = options.get("width")
-        self.model = SparseAutoencoder(
-            d, width, expansion=options.get("expansion"), mechanism=spec.arch, mechanism_options=mechanism_options,
-            normalization=options["normalization"], bf16=settings.bf16, seed=settings.seed,
-        ).to(device).train()
+        self.model = SparseAutoencoder(d, options.get("width"), expansion=options.get("expansion"), mechanism=spec.arch,
+                                       mechanism_options=mechanism_options, normalization=options["normalization"],
+                                       bf16=settings.bf16, seed=settings.seed).to(device).train()
         self.auxk = bool(options.get("auxk", False))
         self.lr = options["lr"] if "lr" in options else default_lr(self.model.n_features)
         self.optimizer = Adam(self.model.parameters(), lr=self.lr, fused=device.type in ("cpu", "cuda"))
         self.tokens_since_fired = torch.zeros(self.model.n_features, dtype=torch.long, device=device)
         self.variance = 1.0
-
-    @property
-    def dictionary(self) -> Dictionary:
-        return self.model
 
     def initialize(self, sample: torch.Tensor) -> None:
         self.variance = self.model.initialize(sample, self.settings.b_dec_init)
@@ -93,11 +85,10 @@ class SAEMember:
         return lr_at(step, self.lr, self.settings)
 
     def step(self, step: int, fired: torch.Tensor, tokens: int) -> None:
-        model = self.model
-        model.remove_parallel_decoder_grad()
+        self.model.remove_parallel_decoder_grad()
         self.optimizer.lr = self.lr_at(step)
         self.optimizer.step()
-        model.after_step()
+        self.model.after_step()
         self.tokens_since_fired.add_(tokens).masked_fill_(fired, 0)
 
     def dead_fraction(self) -> float:
@@ -125,10 +116,6 @@ class ITDAMember:
                           chunk_tokens=settings.itda_chunk, max_atoms=settings.max_atoms).to(device)
         self.budget = settings.itda_tokens or settings.tokens
         self.tokens_built = 0
-
-    @property
-    def dictionary(self) -> Dictionary:
-        return self.model
 
     def initialize(self, sample: torch.Tensor) -> None:
         pass

@@ -26,6 +26,7 @@ NAME_FORMATS = {
     "l0_coef": "l0c{}", "theta": "th{}", "tau": "tau{}", "l0": "l0_{}", "threshold_decay": "td{}",
     "bandwidth": "bw{}",
 }
+_SWITCH_NAMES = {"auxk": ("noauxk", "auxk"), "learn_theta": ("fixed", "learned")}  # (off, on), shown when varied
 
 
 @dataclass
@@ -111,9 +112,7 @@ class TrainSettings:
                 raise DiffdictError(f"--{name.replace('_', '-')} needs at least one value")
         for arch in self.arch:
             if arch not in MECHANISMS and arch != "itda":
-                raise DiffdictError(
-                    f"unknown --arch {arch!r}; expected one of {', '.join(sorted(MECHANISMS))}, itda"
-                )
+                raise DiffdictError(f"unknown --arch {arch!r}; expected one of {', '.join(sorted(MECHANISMS))}, itda")
         for name in ("lr", "expansion"):
             for value in getattr(self, name) or []:
                 if not value > 0:
@@ -144,8 +143,7 @@ def default_lr(n_features: int) -> float:
 
 
 def _mechanism_option_names(arch: str) -> list[str]:
-    parameters = list(inspect.signature(MECHANISMS[arch].__init__).parameters)
-    return [p for p in parameters if p not in ("self", "n_features")]
+    return [p for p in inspect.signature(MECHANISMS[arch].__init__).parameters if p not in ("self", "n_features")]
 
 
 def mechanism_flags() -> dict[str, MechanismFlag]:
@@ -168,10 +166,6 @@ def _alternatives(settings: TrainSettings, name: str) -> list | None:
     return value if isinstance(value, list) else [value]
 
 
-def _format(value: Any) -> str:
-    return format(value, "g") if isinstance(value, float) else str(value)
-
-
 def _explicit_members(settings: TrainSettings) -> list[MemberSpec]:
     members = []
     for entry in settings.members:
@@ -184,8 +178,7 @@ def _explicit_members(settings: TrainSettings) -> list[MemberSpec]:
         needed = {"tau", "l0"} if spec.arch == "itda" else {"normalization"}
         if spec.arch != "itda" and not {"expansion", "width"} & set(spec.options):
             needed.add("expansion or width")
-        missing = sorted(needed - set(spec.options))
-        if missing:
+        if missing := sorted(needed - set(spec.options)):
             raise DiffdictError(f"member {spec.name} lacks the option(s) {', '.join(missing)}")
         members.append(spec)
     return members
@@ -203,8 +196,7 @@ def members_of(settings: TrainSettings) -> list[MemberSpec]:
 def grid_members(settings: TrainSettings) -> list[MemberSpec]:
     """The grid: for each architecture the product of the options it uses. A member's
     name shows its architecture's first option, its width, and every option that takes
-    several values in the grid, e.g. ``topk-k10-x4`` or ``relu-l1-l1_0.001-x4-lr0.0003``.
-    (A helper that builds a member list; ``settings.members`` gives one explicitly.)"""
+    several values in the grid, e.g. ``topk-k10-x4`` or ``relu-l1-l1_0.001-x4-lr0.0003``."""
     varied = {name for name in (*GRID_OPTIONS, *settings.mechanism_options)
               if len(_alternatives(settings, name) or []) > 1}
     members: list[MemberSpec] = []
@@ -224,14 +216,12 @@ def grid_members(settings: TrainSettings) -> list[MemberSpec]:
             options = dict(combo)
             parts = [arch]
             for name, value in combo:
-                if name == "auxk":
-                    if "auxk" in varied:
-                        parts.append("auxk" if value else "noauxk")
-                elif name == "learn_theta":
-                    if "learn_theta" in varied:
-                        parts.append("learned" if value else "fixed")
+                if name in _SWITCH_NAMES:
+                    if name in varied:
+                        parts.append(_SWITCH_NAMES[name][bool(value)])
                 elif name in always or name in varied:
-                    parts.append(NAME_FORMATS.get(name, name + "{}").format(_format(value)))
+                    text = format(value, "g") if isinstance(value, float) else str(value)
+                    parts.append(NAME_FORMATS.get(name, name + "{}").format(text))
             members.append(MemberSpec("-".join(parts), arch, options))
     names = [m.name for m in members]
     if len(set(names)) != len(names):
