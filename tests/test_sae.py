@@ -283,3 +283,22 @@ def test_bad_input_is_one_line():
         SparseAutoencoder(D, N, mechanism="topk", mechanism_options={"k": 30})
     with pytest.raises(DiffdictError, match="codes have shape"):
         sae.decode(torch.zeros(2, N + 1))
+
+
+def test_a_dictionary_defines_encode_or_encode_sparse_and_gets_the_other():
+    from diffdict.dictionaries.base import Dictionary
+
+    class Neither(Dictionary):
+        n_features = 3
+
+    class DenseOnly(Dictionary):
+        n_features = 3
+
+        def encode(self, x):
+            return torch.relu(x)
+
+    with pytest.raises(NotImplementedError, match="Neither defines neither encode nor encode_sparse"):
+        Neither().encode(torch.ones(2, 3))
+    x = torch.tensor([[1.0, -2.0, 3.0], [0.0, 5.0, -1.0]])
+    sparse = DenseOnly().encode_sparse(x)
+    assert torch.equal(sparse.to_dense(3), torch.relu(x))

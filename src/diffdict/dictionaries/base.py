@@ -110,7 +110,9 @@ class Dictionary(nn.Module):
 
     # A subclass implements encode or encode_sparse; each defaults to the other.
     def encode(self, x: Tensor) -> Tensor:
-        """Dense codes (B, n_features)."""
+        """Dense codes (B, n_features); a dictionary defines this or :meth:`encode_sparse`."""
+        if type(self).encode_sparse is Dictionary.encode_sparse:
+            raise NotImplementedError(f"{type(self).__name__} defines neither encode nor encode_sparse")
         return self.encode_sparse(x).to_dense(self.n_features)
 
     def encode_sparse(self, x: Tensor) -> SparseCodes:
