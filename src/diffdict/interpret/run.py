@@ -29,9 +29,6 @@ from diffdict.io import read_json, write_json
 INDEX_FILE = "interpret.json"
 
 
-# ------------------------------------------------------------------------------ loading
-
-
 def _is_dictionary_folder(path: Path) -> bool:
     return any((path / name).exists() for name in ("config.json", "sae.safetensors", "sae_weights.safetensors")) and \
         any((path / name).exists() for name in ("model.safetensors", "sae.safetensors", "sae_weights.safetensors"))
@@ -108,18 +105,11 @@ def load_for_store(run: str | Path, store, site: str | None = None, member: str 
 
 
 def typical_activations(folder: Path, dictionary, stats: ActivationStats) -> torch.Tensor:
-    """a_i per feature: the statistics saved with the dictionary (``diffdict.feature_stats``)
-    when there are some for these weights, else those of this pass (the same definition)."""
-    from diffdict.feature_stats import load_feature_stats
+    """a_i per feature: the statistics saved with the dictionary when there are some for these
+    weights, else those of this pass (the same definition)."""
+    from diffdict.feature_stats import saved_feature_stats
 
-    try:
-        saved = load_feature_stats(folder, dictionary, required=False)
-    except DiffdictError:
-        saved = None
-    return (saved or stats.base).mean_activation.float()
-
-
-# ------------------------------------------------------------------------------ the command
+    return (saved_feature_stats(folder, dictionary) or stats.base).mean_activation.float()
 
 
 def parse_features(spec: str | Sequence[int] | None, n_features: int) -> list[int] | None:
@@ -150,10 +140,14 @@ def write_feature_images(view: FeatureView, out: Path, stats: ActivationStats, n
                          scale: int | None = None) -> None:
     """The feature's PNGs; ``scale`` None: small images upscaled to about 128 px, large ones as they are."""
     from diffdict.imaging import display_scale
-    from diffdict.interpret.visualize import histogram_png, overlay_heatmap, top_images_grid
+    from diffdict.interpret.visualize import histogram_image, overlay_heatmap, top_images_grid
 
     f = view.feature
-    images_dir = out / "images"
+
+    def save(name: str, image: np.ndarray) -> None:
+        save_png(feature_file(out / "images", f, f"_{name}.png"), image)
+        view.files[name] = f"images/f{f:06d}_{name}.png"
+
     shown = [e for e in view.examples if e.image is not None and e.map is not None][:n_show]
     if scale is None:
         sizes = [max(np.asarray(e.image).shape[:2]) for e in shown]
@@ -162,21 +156,15 @@ def write_feature_images(view: FeatureView, out: Path, stats: ActivationStats, n
         scale = display_scale(max(sizes)) if sizes else 1
     if shown:
         vmax = view.vmax
-        save_png(feature_file(images_dir, f, "_top.png"),
-                 top_images_grid([e.image for e in shown], [e.map for e in shown], vmax=vmax, scale=scale))
-        view.files["top"] = f"images/f{f:06d}_top.png"
+        save("top", top_images_grid([e.image for e in shown], [e.map for e in shown], vmax=vmax, scale=scale))
         for j, e in enumerate(shown):
-            save_png(feature_file(images_dir, f, f"_top_{j}.png"), overlay_heatmap(e.image, e.map, vmax, scale=scale))
-            view.files[f"top_{j}"] = f"images/f{f:06d}_top_{j}.png"
+            save(f"top_{j}", overlay_heatmap(e.image, e.map, vmax, scale=scale))
     counts, edges = stats.histogram(f)
-    histogram_png(feature_file(images_dir, f, "_hist.png"), counts, edges, title=f"feature {f}")
-    view.files["hist"] = f"images/f{f:06d}_hist.png"
+    save("hist", histogram_image(counts, edges, title=f"feature {f}"))
     if view.icon is not None:
-        save_png(feature_file(images_dir, f, "_icon.png"), np.asarray(view.icon).repeat(scale, 0).repeat(scale, 1))
-        view.files["icon"] = f"images/f{f:06d}_icon.png"
+        save("icon", np.asarray(view.icon).repeat(scale, 0).repeat(scale, 1))
     if view.gallery is not None:
-        save_png(feature_file(images_dir, f, "_add.png"), image_grid(view.gallery, columns=view.gallery_columns, scale=scale, gap=2))
-        view.files["add"] = f"images/f{f:06d}_add.png"
+        save("add", image_grid(view.gallery, columns=view.gallery_columns, scale=scale, gap=2))
 
 
 #: explainers and scorers that know only the shapes world (ground truth, shapes-clip)
@@ -232,7 +220,6 @@ def interpret(
     nothing on real models (see :func:`shapes_world_judges`)."""
     from diffdict.store import Store, open_store
 
-    say = progress or (lambda message: None)
     store = store if isinstance(store, Store) else open_store(store)
     out = Path(out)
     dictionary, folder, site = load_for_store(run, store, site, member)
@@ -253,7 +240,8 @@ def interpret(
     if icons and host is None:
         host = host_for_store(store, model_path)
 
-    say(f"statistics of {dictionary.n_features} features over {store.num_tokens(site):,} tokens of {site}")
+    if progress is not None:
+        progress(f"statistics of {dictionary.n_features} features over {store.num_tokens(site):,} tokens of {site}")
     from tqdm import tqdm
 
     with tqdm(total=store.num_tokens(site), unit="tok", unit_scale=True, desc="top images",
@@ -268,10 +256,9 @@ def interpret(
             rng = np.random.default_rng(seed)
             chosen = sorted(int(f) for f in rng.choice(chosen, size=max_features, replace=False))
     context = InterpretContext(store, dictionary, site, stats, seed=seed, host=host, clip=clip)
-    if explainer_obj is not None:
-        explainer_obj.prepare(context, chosen)
-    for scorer in scorer_objs:
-        scorer.prepare(context, chosen)
+    for judge in [explainer_obj, *scorer_objs]:
+        if judge is not None:
+            judge.prepare(context, chosen)
     typical = typical_activations(folder, dictionary, stats) if icons else None
     gallery_prompts = store.prompts[:2] if icons else []
 
@@ -291,10 +278,7 @@ def interpret(
                 view.gallery_columns = len(gallery_strengths)
         write_feature_images(view, out, stats, n_show)
         explanation = explainer_obj.explain(view) if explainer_obj is not None and examples else None
-        scores = {}
-        if explanation is not None:
-            for scorer in scorer_objs:
-                scores[scorer.name] = scorer.score(explanation, view)
+        scores = {s.name: s.score(explanation, view) for s in scorer_objs} if explanation is not None else {}
         record = {
             "feature": f,
             "site": site,

@@ -8,7 +8,6 @@ The icon and the gallery run the host model through :mod:`diffdict.interventions
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from diffdict.errors import DiffdictError
-from diffdict.imaging import image_grid, save_png
+from diffdict.imaging import image_grid
 
 # an "inferno"-like colour map: anchors at 0, .25, .5, .75, 1
 _ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32)
@@ -97,10 +96,6 @@ def histogram_image(counts: np.ndarray, edges: np.ndarray, title: str = "", widt
     else:
         draw.text((left + 10, (top + bottom) // 2), "never fired", fill=(100, 100, 100), font=font)
     return np.asarray(img)
-
-
-def histogram_png(path: str | Path, counts: np.ndarray, edges: np.ndarray, title: str = "") -> None:
-    save_png(path, histogram_image(counts, edges, title))
 
 
 # ------------------------------------------------------------------------------ interventions
