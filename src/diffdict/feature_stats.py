@@ -216,7 +216,8 @@ def compute_feature_stats_many(
         batches, meta = source, {"site": site}
     accs = [FeatureStatsAccumulator(dic.n_features) for dic in dictionaries]
     seen = 0
-    with torch.no_grad(), tqdm(total=total, unit="tok", unit_scale=True, desc="feature stats", disable=not progress) as bar:
+    bar = tqdm(total=total, unit="tok", unit_scale=True, desc="feature stats", disable=not progress)
+    with torch.no_grad(), bar:
         for x in batches:
             if not isinstance(x, Tensor):
                 x = torch.as_tensor(x)
@@ -269,7 +270,8 @@ def load_feature_stats(folder: str | Path, dictionary: Dictionary | None = None,
         if not required:
             return None
         raise DiffdictError(
-            f"no feature statistics in {folder}; compute them with 'diffdict feature-stats --run {folder} --store STORE'")
+            f"no feature statistics in {folder}; compute them with 'diffdict feature-stats --run {folder} --store STORE'"
+        )
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = json.loads((handle.metadata() or {}).get(_META_KEY, "{}"))

@@ -23,6 +23,7 @@ import numpy as np
 
 from diffdict.interpret.base import Explanation, FeatureView, InterpretContext, Scorer, register_scorer
 from diffdict.interpret.explainers import vlm_client
+from diffdict.interpret.groundtruth import CONCEPTS, concept_phrase, oracle_results
 from diffdict.interpret.vlm import parse_score, user_message
 
 JUDGE_PROMPT = (
@@ -33,13 +34,8 @@ JUDGE_PROMPT = (
 
 
 def _concept_from_text(text: str) -> str | None:
-    from diffdict.interpret.groundtruth import CONCEPTS, concept_phrase
-
     wanted = " ".join(text.lower().split())
-    for concept in CONCEPTS:
-        if concept_phrase(concept) == wanted:
-            return concept
-    return None
+    return next((concept for concept in CONCEPTS if concept_phrase(concept) == wanted), None)
 
 
 @register_scorer
@@ -47,13 +43,9 @@ class ConceptOracleScorer(Scorer):
     name = "concept-oracle"
 
     def prepare(self, context: InterpretContext, features: list[int]) -> None:
-        from diffdict.interpret.groundtruth import oracle_results
-
         oracle_results(context, features)
 
     def score(self, explanation: Explanation, view: FeatureView) -> dict:
-        from diffdict.interpret.groundtruth import oracle_results
-
         result = oracle_results(view.context, [view.feature])[view.feature]
         concept = explanation.details.get("concept") if explanation.source == "concept-oracle" else None
         concept = concept or _concept_from_text(explanation.text)

@@ -1,17 +1,10 @@
 """``diffdict app``: an interactive feature app, like the SDXL Turbo paper's demo.
 
-- **Generate**: type a prompt, see the image and its most active features, each as a
-  heatmap of where it fires (the site read during generation, encoded by the dictionary).
-- **Edit**: pick a feature and a strength, paint a region (or give a pixel box
-  ``x0,y0,x1,y1``), and see the image with ``strength * a_i * d_i`` added there
-  (:class:`diffdict.interventions.Add`), next to the original.
-- **Browse**: a feature's top images with heatmaps and its explanation (from an
-  ``interpret`` folder, or computed from the store).
-
-The logic lives in :class:`AppBackend` (plain Python, testable without Gradio);
-:func:`build_app` wraps it in a Gradio ``Blocks``. Gradio is optional: without it the
-command stops with one line naming the ``app`` extra. The server binds 127.0.0.1 unless
-told otherwise.
+**Generate** shows a prompt's image and its most active features as heatmaps; **Edit** adds
+``strength * a_i * d_i`` to a feature in a painted region or pixel box; **Browse** shows a
+feature's top images and explanation. The logic is :class:`AppBackend` (testable without
+Gradio); :func:`build_app` wraps it in Gradio ``Blocks``. Gradio is optional; the server
+binds 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -62,20 +55,16 @@ class AppBackend:
         settings = (store.settings if store is not None else None) or {}
         capture_settings = settings.get("capture") or {}
         generation = settings.get("generation") or {}
-        self.capture = capture_mode_of(capture_settings)
+        mode = capture_mode_of(capture_settings)
+        self.capture = mode if mode in CAPTURE_MODES else None  # as hooks and edits take it
         self.read_steps = capture_settings.get("steps")
         self.num_steps = num_steps if num_steps is not None else generation.get("num_steps")
         self.guidance = guidance if guidance is not None else generation.get("guidance")
-        self.typical = typical
-        self.records = records or {}
+        self.typical, self.records, self.stats, self.seed, self.top_k = typical, records or {}, stats, seed, top_k
         self.interpret_dir = Path(interpret_dir) if interpret_dir else None
-        self.stats = stats
-        self.seed = seed
-        self.top_k = top_k
         self.last_maps: dict[str, torch.Tensor] = {}
         self._originals: dict[tuple, np.ndarray] = {}
 
-    # -- generate and read --------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompt: str, seed: int | None = None) -> tuple[np.ndarray, list[tuple[np.ndarray, str]], list[int]]:
         """(image, [(heatmap overlay, caption)] of the most active features, their ids)."""
@@ -88,8 +77,7 @@ class AppBackend:
         def read(x, step):
             seen.append(x[0].detach().float().cpu().clone())
 
-        hook = ReadHook(self.site, read, capture=self.capture if self.capture in CAPTURE_MODES else None,
-                        steps=self.read_steps)
+        hook = ReadHook(self.site, read, capture=self.capture, steps=self.read_steps)
         with self.host.hooks([hook]):
             image = self.host.generate([prompt], seed=seed, steps=self.num_steps, guidance=self.guidance)[0]
         if not seen:
@@ -110,7 +98,6 @@ class AppBackend:
         self.last_maps = {"prompt": prompt, "maps": maps}
         return image, tiles, order
 
-    # -- edit ---------------------------------------------------------------------------
     def typical_activation(self, feature: int) -> float:
         if self.typical is not None and float(self.typical[feature]) > 0:
             return float(self.typical[feature])
@@ -143,11 +130,10 @@ class AppBackend:
             self._originals = {key: generate(self.host, [prompt], [], **kwargs)[0]}  # keep the last one
         original = self._originals[key]
         add = Add(self.site, self.dictionary, feature, float(strength), activation=self.typical_activation(feature),
-                  mask=mask, capture=self.capture if self.capture in CAPTURE_MODES else None)
+                  mask=mask, capture=self.capture)
         edited = generate(self.host, [prompt], [add], **kwargs)[0]
         return original, edited
 
-    # -- browse -------------------------------------------------------------------------
     def browse(self, feature: int) -> tuple[list[tuple[np.ndarray, str]], str]:
         """Top images with heatmaps and a description of a feature."""
         from diffdict.imaging import load_png
@@ -181,11 +167,10 @@ class AppBackend:
 
 def painted_mask(editor_value: Any) -> np.ndarray | None:
     """The painted region of a Gradio ImageEditor value, as an (H, W) float mask."""
-    if editor_value is None or not isinstance(editor_value, dict):
+    if not isinstance(editor_value, dict):
         return None
-    layers = editor_value.get("layers") or []
     mask = None
-    for layer in layers:
+    for layer in editor_value.get("layers") or []:
         if layer is None:
             continue
         arr = np.asarray(layer)
@@ -202,18 +187,16 @@ def painted_mask(editor_value: Any) -> np.ndarray | None:
 def make_backend(run, store=None, interpret_dir=None, site=None, member=None, model=None, model_path=None, seed=0,
                  host=None) -> AppBackend:
     from diffdict.dictionaries import load_dictionary
-    from diffdict.feature_stats import load_feature_stats
-    from diffdict.hosts import host_for_store
-    from diffdict.interpret.run import dictionary_site, load_for_store, resolve_run
-
-    from diffdict.feature_stats import ensure_feature_stats, recorded_store, require_recorded_store
+    from diffdict.feature_stats import ensure_feature_stats, recorded_store, require_recorded_store, saved_feature_stats
+    from diffdict.hosts import DEFAULT_HOST, host_for_store, load_host
+    from diffdict.interpret.run import dictionary_site, load_for_store, load_interpretation, resolve_run
+    from diffdict.interpret.stats import ActivationStats, compute_activation_stats
+    from diffdict.store import open_store
 
     store_obj = None
     if store is None and recorded_store(resolve_run(run, member)) is not None:
         store = require_recorded_store(resolve_run(run, member))  # the store it was trained on
     if store is not None:
-        from diffdict.store import open_store
-
         store_obj = open_store(store)
         dictionary, folder, site = load_for_store(run, store_obj, site, member)
     else:
@@ -226,41 +209,25 @@ def make_backend(run, store=None, interpret_dir=None, site=None, member=None, mo
         if store_obj is not None and model is None:
             host = host_for_store(store_obj, model_path)
         else:
-            from diffdict.hosts import DEFAULT_HOST, load_host
-
             host = load_host(model or DEFAULT_HOST, model=model_path)
-    typical = None
     if store_obj is not None:
         saved = ensure_feature_stats(folder, dictionary, store=store_obj, site=site)
     else:
-        try:
-            saved = load_feature_stats(folder, dictionary, required=False)
-        except DiffdictError:
-            saved = None
+        saved = saved_feature_stats(folder, dictionary)
     records: dict[int, dict] = {}
     stats = None
     if interpret_dir is not None:
-        from diffdict.interpret.run import load_interpretation
-
-        _, recs = load_interpretation(interpret_dir)
-        records = {int(r["feature"]): r for r in recs}
+        records = {int(r["feature"]): r for r in load_interpretation(interpret_dir)[1]}
         stats_dir = Path(interpret_dir) / "stats"
         if (stats_dir / "stats.json").exists():
-            from diffdict.interpret.stats import ActivationStats
-
             stats = ActivationStats.load(stats_dir)
     if stats is None and store_obj is not None and store_obj.has_images:
         from tqdm import tqdm
 
-        from diffdict.interpret.stats import compute_activation_stats
-
         with tqdm(total=store_obj.num_tokens(site), unit="tok", unit_scale=True, desc="top images") as bar:
             stats = compute_activation_stats(store_obj, dictionary, site, top_n=8,
                                              progress=lambda done, total: bar.update(done - bar.n))
-    if saved is not None:
-        typical = saved.mean_activation
-    elif stats is not None:
-        typical = stats.mean_activation
+    typical = (saved or stats).mean_activation if (saved or stats) is not None else None
     return AppBackend(host, dictionary, site, store=store_obj, typical=typical, records=records,
                       interpret_dir=interpret_dir, stats=stats, seed=seed)
 
@@ -296,10 +263,9 @@ def build_app(run=None, store=None, interpret_dir=None, site=None, member=None, 
 
     def on_browse(feature):
         try:
-            tiles, text = backend.browse(int(feature))
+            return backend.browse(int(feature))
         except (DiffdictError, ValueError) as error:
             raise gr.Error(str(error))
-        return tiles, text
 
     with gr.Blocks(title="diffdict features", analytics_enabled=False) as app:
         gr.Markdown(f"## diffdict · {backend.dictionary.kind} dictionary with {n} features at site `{backend.site}`")
