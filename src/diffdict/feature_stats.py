@@ -166,27 +166,16 @@ class FeatureStats:
         return {name: getattr(self, name) for name in _TENSORS}
 
 
-def compute_feature_stats(
-    dictionary: Dictionary,
-    source: Any,
-    site: str | None = None,
-    batch_size: int = 4096,
-    max_tokens: int | None = None,
-    progress: bool = False,
-) -> FeatureStats:
+def compute_feature_stats(dictionary: Dictionary, source: Any, site: str | None = None, batch_size: int = 4096,
+                          max_tokens: int | None = None, progress: bool = False) -> FeatureStats:
     """Statistics of ``dictionary``'s codes over ``source``: a store (or its path; ``site``
     optional when it has one) or any iterable of (B, d) tensors; ``max_tokens`` stops early."""
     return compute_feature_stats_many([dictionary], source, site, batch_size, max_tokens, progress)[0]
 
 
-def compute_feature_stats_many(
-    dictionaries: list[Dictionary],
-    source: Any,
-    site: str | None = None,
-    batch_size: int = 4096,
-    max_tokens: int | None = None,
-    progress: bool = False,
-) -> list[FeatureStats]:
+def compute_feature_stats_many(dictionaries: list[Dictionary], source: Any, site: str | None = None,
+                               batch_size: int = 4096, max_tokens: int | None = None,
+                               progress: bool = False) -> list[FeatureStats]:
     """:func:`compute_feature_stats` for several dictionaries of one site in one pass."""
     from diffdict.store import Store, open_store
 
@@ -389,23 +378,8 @@ def ensure_feature_stats(folder: str | Path, dictionary: Dictionary, store: Any 
 
 
 __all__ = [
-    "FeatureStats",
-    "FeatureStatsAccumulator",
-    "STATS_FILE",
-    "compute_feature_stats",
-    "compute_feature_stats_many",
-    "dictionary_folders",
-    "dictionary_metadata",
-    "encode_codes",
-    "encode_dense",
-    "ensure_feature_stats",
-    "is_dictionary_folder",
-    "load_feature_stats",
-    "recorded_host",
-    "recorded_store",
-    "require_recorded_store",
-    "resolve_store_site",
-    "save_feature_stats",
-    "single_dictionary_folder",
-    "site_space",
+    "FeatureStats", "FeatureStatsAccumulator", "STATS_FILE", "compute_feature_stats", "compute_feature_stats_many",
+    "dictionary_folders", "dictionary_metadata", "encode_codes", "encode_dense", "ensure_feature_stats",
+    "is_dictionary_folder", "load_feature_stats", "recorded_host", "recorded_store", "require_recorded_store",
+    "resolve_store_site", "save_feature_stats", "single_dictionary_folder", "site_space",
 ]

@@ -1,34 +1,24 @@
 """Ground-truth concepts per token for the images of a store (the shapes world oracle).
 
-A store keeps each prompt and the image the host model generated for it, not the
-renderer's masks. Rendering a fresh scene for the prompt (``scene_for_caption``) would
-be dishonest: object positions are drawn at random, so its masks would put the object
-where the generated image does not. Instead the oracle reads the *generated image* and
-labels its pixels with the prompt's words:
+A store keeps each prompt and its generated image, not the renderer's masks (and a fresh
+scene for the prompt would put objects elsewhere), so the oracle labels the pixels of the
+*generated image* with the prompt's words:
 
-1. Segment: a pixel is *object* if it is saturated (chroma = max - min channel >= 60;
-   the world's object colours have chroma >= 140, its backgrounds 0, textures included),
-   else *background*.
-2. Assign each object pixel to one of the prompt's objects: those whose prompted colour
-   is the colour the pixel shows (step 3) (or that name no colour), and among them the
-   nearest, starting from the prompted 3x3 regions' centres and moving each object's
-   centre to its pixels' mean (a few k-means steps). Two touching objects of one colour
-   may still trade a few edge pixels.
-3. Label: ``object``; ``color:`` the palette colour the pixel shows (what the image
-   shows, even when the model drew another colour than asked), read as a blend with the
-   nearest background pixel so that anti-aliased edges keep their object's colour
-   (``palette_colours``); ``shape:`` and
-   ``size:`` of the assigned object as the prompt names them (unlabelled when it does not);
-   ``region:`` the prompted region, else the region of the object's pixels' centroid.
-   Background pixels: ``background``, ``bg_color:`` as prompted (else the nearest plain
-   or textured background colour), ``texture:`` as prompted (else unlabelled).
-4. Read each concept's pixel mask at the site's token grid as the fraction of each cell
-   it covers; a token *has* a concept when that fraction is >= 0.5.
+1. Segment: a pixel is *object* if saturated (chroma = max - min channel >= 60; object
+   colours have chroma >= 140, backgrounds and textures 0), else *background*.
+2. Assign each object pixel to one of the prompt's objects whose prompted colour it shows
+   (or that names none): the nearest, starting from the prompted 3x3 regions' centres and
+   moving each centre to its pixels' mean (a few k-means steps).
+3. Label: ``object``; ``color:`` the palette colour the pixel shows (even when the model
+   drew another than asked; anti-aliased edges read as blends, see ``palette_colours``);
+   ``shape:`` and ``size:`` of the assigned object as the prompt names them; ``region:``
+   the prompted region, else that of the object's pixels' centroid. Background pixels:
+   ``background``, ``bg_color:`` as prompted (else the nearest background colour),
+   ``texture:`` as prompted.
+4. A token *has* a concept when its mask covers >= 0.5 of the token's grid cell.
 
-On rendered images this reproduces the renderer's masks up to anti-aliased edges; on the
-toy model's images it is as good as the model is at keeping the palette. Shape and size
-come from the prompt, not from the pixels: a feature that tracks a shape the model failed
-to draw scores lower, which is the honest direction for an interpretability score.
+Shape and size come from the prompt, not the pixels: a feature that tracks a shape the
+model failed to draw scores lower, the honest direction for an interpretability score.
 """
 
 from __future__ import annotations

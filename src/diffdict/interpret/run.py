@@ -121,12 +121,9 @@ def parse_features(spec: str | Sequence[int] | None, n_features: int) -> list[in
             part = part.strip()
             if not part:
                 continue
+            first, dash, last = part.partition("-")
             try:
-                if "-" in part:
-                    a, b = part.split("-", 1)
-                    out += list(range(int(a), int(b) + 1))
-                else:
-                    out.append(int(part))
+                out += range(int(first), int(last if dash else first) + 1)
             except ValueError:
                 raise DiffdictError(f"bad feature list {spec!r}: expected numbers and ranges like 0,5,10-20") from None
     else:
@@ -190,30 +187,13 @@ def shapes_world_judges(model: str | None, explainer: str | None, scorers: Seque
     return explainer, scorers
 
 
-def interpret(
-    run: str | Path,
-    store: str | Path | Any,
-    out: str | Path,
-    explainer: str | None = "auto",
-    scorers: Sequence[str] = ("auto",),
-    site: str | None = None,
-    member: str | None = None,
-    features: str | Sequence[int] | None = None,
-    max_features: int | None = None,
-    top_n: int = 16,
-    rank_by: str = "max",
-    min_active: int = 1,
-    n_show: int = 8,
-    icons: bool = False,
-    gallery_strengths: Sequence[float] = (0.0, 2.0, 5.0),
-    model_path: str | Path | None = None,
-    seed: int = 0,
-    options: dict | None = None,
-    host: Any = None,
-    clip: Any = None,
-    block_tokens: int = 16384,
-    progress: Callable[[str], None] | None = None,
-) -> dict:
+def interpret(run: str | Path, store: str | Path | Any, out: str | Path, explainer: str | None = "auto",
+              scorers: Sequence[str] = ("auto",), site: str | None = None, member: str | None = None,
+              features: str | Sequence[int] | None = None, max_features: int | None = None, top_n: int = 16,
+              rank_by: str = "max", min_active: int = 1, n_show: int = 8, icons: bool = False,
+              gallery_strengths: Sequence[float] = (0.0, 2.0, 5.0), model_path: str | Path | None = None,
+              seed: int = 0, options: dict | None = None, host: Any = None, clip: Any = None,
+              block_tokens: int = 16384, progress: Callable[[str], None] | None = None) -> dict:
     """Run the whole interpretation of a dictionary on a store; returns the index written
     to ``OUT/interpret.json``. ``options`` go to the explainer and scorers (VLM URL, model,
     key variable, cache folder...). ``auto``: the concept oracle on shapes-world stores,

@@ -85,12 +85,8 @@ class VlmDetectionScorer(Scorer):
         others = view.context.other_examples(view.feature, self.n_other, {e.prompt_id for e in activating})
         s_act = [self._judge(explanation.text, e.image) for e in activating]
         s_other = [self._judge(explanation.text, e.image) for e in others]
-        parts = []
-        if s_act:
-            parts.append(float(np.mean(s_act)))
-        if s_other:
-            parts.append(float(np.mean([1 - s for s in s_other])))
-        score = float(np.mean(parts)) if len(parts) == 2 else None
+        score = (float(np.mean([float(np.mean(s_act)), float(np.mean([1 - s for s in s_other]))]))
+                 if s_act and s_other else None)
         return {"score": score, "activating": s_act, "other": s_other,
                 "activating_ids": [e.prompt_id for e in activating], "other_ids": [e.prompt_id for e in others]}
 
@@ -126,7 +122,4 @@ class ClipScorer(Scorer):
         if others:
             other = clip.similarity(np.stack([e.image for e in others]), [text])[:, 0].float()
             out["contrast"] = float(own.mean() - other.mean())
-        for key, value in list(out.items()):
-            if isinstance(value, float) and math.isnan(value):
-                out[key] = None
-        return out
+        return {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in out.items()}

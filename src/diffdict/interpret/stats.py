@@ -277,17 +277,9 @@ class _TopN:
 
 
 @torch.no_grad()
-def compute_activation_stats(
-    store,
-    dictionary,
-    site: str,
-    top_n: int = 16,
-    rank_by: str = "max",
-    min_active: int = 1,
-    block_tokens: int = 16384,
-    keep_maps: bool = True,
-    progress: Callable[[int, int], None] | None = None,
-) -> ActivationStats:
+def compute_activation_stats(store, dictionary, site: str, top_n: int = 16, rank_by: str = "max", min_active: int = 1,
+                             block_tokens: int = 16384, keep_maps: bool = True,
+                             progress: Callable[[int, int], None] | None = None) -> ActivationStats:
     """One streaming pass over ``site`` of ``store``; see the module docstring."""
     if rank_by not in RANK_BY:
         raise DiffdictError(f"unknown ranking {rank_by!r}; expected one of {', '.join(RANK_BY)}")

@@ -244,9 +244,8 @@ def build_app(run=None, store=None, interpret_dir=None, site=None, member=None, 
             image, tiles, order = backend.generate(prompt or "", int(seed_value or 0))
         except DiffdictError as error:
             raise gr.Error(str(error))
-        choice = order[0] if order else 0
-        return (_upscale(image), tiles, ", ".join(str(f) for f in order) or "(no feature fires)", choice,
-                _upscale(image))
+        return (_upscale(image), tiles, ", ".join(str(f) for f in order) or "(no feature fires)",
+                order[0] if order else 0, _upscale(image))
 
     def on_edit(prompt, feature, strength, box, editor, seed_value):
         mask = box if (box or "").strip() else painted_mask(editor)
@@ -303,18 +302,14 @@ def build_app(run=None, store=None, interpret_dir=None, site=None, member=None, 
     return app
 
 
-def offline_theme():
-    """Gradio's default theme with system fonts: the page asks no font CDN for anything."""
-    gr = require_gradio()
-    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                             font_mono=["ui-monospace", "Consolas", "monospace"])
-
-
 def launch_app(app, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
                prevent_thread_lock: bool = False):
     """Serve the app (127.0.0.1 unless ``host`` says otherwise; no share link unless asked)."""
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    # Gradio's default theme with system fonts: the page asks no font CDN for anything
+    theme = require_gradio().themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                                            font_mono=["ui-monospace", "Consolas", "monospace"])
     return app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
-                      theme=offline_theme(), ssr_mode=False, quiet=True)
+                      theme=theme, ssr_mode=False, quiet=True)
