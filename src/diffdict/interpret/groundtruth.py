@@ -30,7 +30,7 @@ import torch
 
 from diffdict.errors import DiffdictError
 from diffdict.world import BACKGROUNDS, COLORS, REGIONS, concept_names, parse_caption
-from diffdict.world.phrases import concept_text
+from diffdict.world.phrases import concept_text as concept_phrase  # a concept in the world's words
 from diffdict.world.render import TEXTURE_CONTRAST
 
 CHROMA_THRESHOLD = 60
@@ -70,12 +70,6 @@ def palette_colours(px: np.ndarray, obj: np.ndarray) -> np.ndarray:
     span = _PALETTE - background  # (H, W, colours, 3)
     share = ((offset * span).sum(-1) / np.maximum((span * span).sum(-1), 1e-6)).clip(0.0, 1.0)
     return ((offset - share[..., None] * span) ** 2).sum(-1).argmin(-1)
-
-
-def concept_phrase(concept: str) -> str:
-    """A short text for a concept, in the shapes world's words; usable as an explanation
-    and by shapes-clip (see :func:`diffdict.world.phrases.concept_text`)."""
-    return concept_text(concept)
 
 
 def pixel_concepts(image: np.ndarray, prompt: str) -> np.ndarray:
