@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from diffdict.errors import DiffdictError
+from diffdict.feature_stats import site_space
+from diffdict.interpret.stats import iter_prompt_blocks, sparse_entries
 from diffdict.world import BACKGROUNDS, COLORS, REGIONS, concept_names, parse_caption
 from diffdict.world.phrases import concept_text as concept_phrase  # a concept in the world's words
 from diffdict.world.render import TEXTURE_CONTRAST
@@ -171,8 +173,6 @@ def token_concepts(images: np.ndarray, prompts: list[str], grid: tuple[int, int]
     return out
 
 
-# ------------------------------------------------------------------------------ the oracle pass
-
 ORACLE_BINS = 16  # linear bins on (0, max activation] per feature, plus a zero bin
 MIN_CONCEPT_TOKENS = 20  # a concept needs this many tokens with and without it, per half ...
 MIN_CONCEPT_SHARE = 0.01  # ... and this share of the half's tokens
@@ -246,9 +246,6 @@ def oracle_results(context, features: list[int], block_tokens: int = 16384,
                    max_table_bytes: int = 256 << 20) -> dict[int, dict]:
     """The concept oracle for ``features`` (cached on the context): per feature the best
     concept on the explain half, and its AUROC and F1 on the score half."""
-    from diffdict.feature_stats import site_space
-    from diffdict.interpret.stats import iter_prompt_blocks, sparse_entries
-
     cache = context.cache.setdefault("oracle", {})
     todo = sorted({int(f) for f in features} - set(cache))
     if not todo:

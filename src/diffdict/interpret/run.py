@@ -18,12 +18,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from diffdict.dictionaries import load_dictionary, read_provenance
 from diffdict.errors import DiffdictError, require_int
-from diffdict.hosts.recorded import host_for_store
-from diffdict.imaging import image_grid, save_png
+from diffdict.feature_stats import saved_feature_stats
+from diffdict.hosts import host_for_store, is_real_host
+from diffdict.imaging import display_scale, image_grid, save_png
 from diffdict.interpret.base import FeatureView, InterpretContext, feature_file, make_explainer, make_scorer
 from diffdict.interpret.stats import ActivationStats, compute_activation_stats
+from diffdict.interpret.visualize import gallery, histogram_image, icon_image, overlay_heatmap, top_images_grid
 from diffdict.io import read_json, write_json
 
 INDEX_FILE = "interpret.json"
@@ -59,8 +63,6 @@ def resolve_run(run: str | Path, member: str | None = None) -> Path:
 def dictionary_site(folder: Path) -> str | None:
     """The site a dictionary was trained on, when its provenance records it
     (:func:`diffdict.dictionaries.read_provenance`)."""
-    from diffdict.dictionaries import read_provenance
-
     try:
         site = read_provenance(folder).get("site")
     except DiffdictError:
@@ -74,8 +76,6 @@ def load_for_store(run: str | Path, store, site: str | None = None, member: str 
     A dictionary that records its site must be used on that site; its width must equal
     the site's d. Without a record, ``site`` or the one store site of matching d is used.
     """
-    from diffdict.dictionaries import load_dictionary
-
     folder = resolve_run(run, member)
     dictionary = load_dictionary(folder)
     trained_on = dictionary_site(folder)
@@ -107,8 +107,6 @@ def load_for_store(run: str | Path, store, site: str | None = None, member: str 
 def typical_activations(folder: Path, dictionary, stats: ActivationStats) -> torch.Tensor:
     """a_i per feature: the statistics saved with the dictionary when there are some for these
     weights, else those of this pass (the same definition)."""
-    from diffdict.feature_stats import saved_feature_stats
-
     return (saved_feature_stats(folder, dictionary) or stats.base).mean_activation.float()
 
 
@@ -136,9 +134,6 @@ def parse_features(spec: str | Sequence[int] | None, n_features: int) -> list[in
 def write_feature_images(view: FeatureView, out: Path, stats: ActivationStats, n_show: int,
                          scale: int | None = None) -> None:
     """The feature's PNGs; ``scale`` None: small images upscaled to about 128 px, large ones as they are."""
-    from diffdict.imaging import display_scale
-    from diffdict.interpret.visualize import histogram_image, overlay_heatmap, top_images_grid
-
     f = view.feature
 
     def save(name: str, image: np.ndarray) -> None:
@@ -172,8 +167,6 @@ def shapes_world_judges(model: str | None, explainer: str | None, scorers: Seque
                         ) -> tuple[str | None, list[str]]:
     """Resolve ``auto`` (the concept oracle on shapes-world stores, nothing on real models)
     and refuse a shapes-world-only explainer or scorer on a real model's store."""
-    from diffdict.hosts import is_real_host
-
     real = model is not None and is_real_host(model)
     if explainer == "auto":
         explainer = None if real else "concept-oracle"
@@ -222,8 +215,6 @@ def interpret(run: str | Path, store: str | Path | Any, out: str | Path, explain
 
     if progress is not None:
         progress(f"statistics of {dictionary.n_features} features over {store.num_tokens(site):,} tokens of {site}")
-    from tqdm import tqdm
-
     with tqdm(total=store.num_tokens(site), unit="tok", unit_scale=True, desc="top images",
               disable=progress is None) as bar:
         stats = compute_activation_stats(store, dictionary, site, top_n=top_n, rank_by=rank_by,
@@ -243,14 +234,11 @@ def interpret(run: str | Path, store: str | Path | Any, out: str | Path, explain
     gallery_prompts = store.prompts[:2] if icons else []
 
     rows = []
-    pages = tqdm(chosen, unit="feature", desc="feature images" + (" and icons" if icons else ""),
-                 disable=progress is None)
-    for f in pages:
+    for f in tqdm(chosen, unit="feature", desc="feature images" + (" and icons" if icons else ""),
+                  disable=progress is None):
         examples = context.examples(f)
         view = FeatureView(f, context, examples, stats.feature_summary(f))
         if icons and float(typical[f]) > 0:
-            from diffdict.interpret.visualize import gallery, icon_image
-
             view.icon = icon_image(host, dictionary, site, f, float(typical[f]), seed=seed, store_settings=store.settings)
             if gallery_prompts:
                 view.gallery = gallery(host, dictionary, site, f, float(typical[f]), gallery_prompts,
