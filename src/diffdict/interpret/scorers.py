@@ -25,6 +25,7 @@ from diffdict.interpret.base import Explanation, FeatureView, InterpretContext, 
 from diffdict.interpret.explainers import vlm_client
 from diffdict.interpret.groundtruth import CONCEPTS, concept_phrase, oracle_results
 from diffdict.interpret.vlm import parse_score, user_message
+from diffdict.world.captions import PAD, WORD_TO_ID
 
 JUDGE_PROMPT = (
     "We are testing an explanation of a feature inside a text-to-image diffusion model. The explanation is: "
@@ -93,8 +94,6 @@ class VlmDetectionScorer(Scorer):
 
 def in_vocabulary(text: str) -> str:
     """The words of ``text`` that shapes-clip's text encoder knows, in order."""
-    from diffdict.world.captions import PAD, WORD_TO_ID
-
     words = [w.strip(".,;:!?\"'()") for w in text.lower().split()]
     return " ".join(w for w in words if w in WORD_TO_ID and w != PAD)
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffdict.capture import capture_mode_of
 from diffdict.errors import DiffdictError
 from diffdict.imaging import image_grid
 
@@ -100,8 +101,6 @@ def histogram_image(counts: np.ndarray, edges: np.ndarray, title: str = "", widt
 
 def _as_stored(store_settings: dict | None) -> dict:
     """The store's generation steps and guidance, and its capture mode (None when it does not say)."""
-    from diffdict.capture import capture_mode_of
-
     gen = (store_settings or {}).get("generation") or {}
     return {"num_steps": gen.get("num_steps"), "guidance": gen.get("guidance"),
             "capture": capture_mode_of((store_settings or {}).get("capture"))}

@@ -14,9 +14,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from diffdict.capture import CAPTURE_MODES, capture_mode_of
+from diffdict.capture import CAPTURE_MODES, ReadHook, capture_mode_of
+from diffdict.dictionaries import load_dictionary
 from diffdict.errors import DiffdictError
+from diffdict.feature_stats import (encode_dense, ensure_feature_stats, recorded_store, require_recorded_store,
+                                    saved_feature_stats, site_space)
+from diffdict.hosts import DEFAULT_HOST, host_for_store, load_host
+from diffdict.imaging import load_png
+from diffdict.interpret.run import dictionary_site, load_for_store, load_interpretation, resolve_run
+from diffdict.interpret.stats import ActivationStats, compute_activation_stats
+from diffdict.interpret.visualize import overlay_heatmap
 
 DISPLAY = 256  # pixels: images are shown upscaled to about this size
 
@@ -46,8 +55,6 @@ class AppBackend:
                  records: dict[int, dict] | None = None, interpret_dir: str | Path | None = None,
                  stats=None, seed: int = 0, top_k: int = 6, num_steps: int | None = None,
                  guidance: float | None = None):
-        from diffdict.feature_stats import site_space
-
         self.host, self.dictionary, self.site, self.store = host, dictionary, site, store
         info = host.site(site)
         self.grid = info.grid
@@ -68,9 +75,6 @@ class AppBackend:
     @torch.no_grad()
     def generate(self, prompt: str, seed: int | None = None) -> tuple[np.ndarray, list[tuple[np.ndarray, str]], list[int]]:
         """(image, [(heatmap overlay, caption)] of the most active features, their ids)."""
-        from diffdict.capture import ReadHook
-        from diffdict.feature_stats import encode_dense
-
         seed = self.seed if seed is None else int(seed)
         seen: list[torch.Tensor] = []
 
@@ -86,8 +90,6 @@ class AppBackend:
         maps = codes.T.reshape(-1, *self.grid)  # (n, rows, cols)
         strength = maps.flatten(1).amax(1)
         order = [int(f) for f in torch.argsort(strength, descending=True)[: self.top_k] if strength[f] > 0]
-        from diffdict.interpret.visualize import overlay_heatmap
-
         tiles = []
         for f in order:
             label = f"feature {f} · max {float(strength[f]):.3g}"
@@ -136,8 +138,6 @@ class AppBackend:
 
     def browse(self, feature: int) -> tuple[list[tuple[np.ndarray, str]], str]:
         """Top images with heatmaps and a description of a feature."""
-        from diffdict.imaging import load_png
-
         feature = int(feature)
         record = self.records.get(feature)
         if record is not None and self.interpret_dir is not None:
@@ -151,8 +151,6 @@ class AppBackend:
                                if isinstance(v, dict) and isinstance(v.get("score"), (int, float)))
             return tiles, f"Feature {feature}: {explanation}" + (f" ({scores})" if scores else "")
         if self.stats is not None and self.store is not None:
-            from diffdict.interpret.visualize import overlay_heatmap
-
             examples = self.stats.top_examples(feature)
             if not examples:
                 return [], f"Feature {feature} never fired on the store"
@@ -186,11 +184,6 @@ def painted_mask(editor_value: Any) -> np.ndarray | None:
 
 def make_backend(run, store=None, interpret_dir=None, site=None, member=None, model=None, model_path=None, seed=0,
                  host=None) -> AppBackend:
-    from diffdict.dictionaries import load_dictionary
-    from diffdict.feature_stats import ensure_feature_stats, recorded_store, require_recorded_store, saved_feature_stats
-    from diffdict.hosts import DEFAULT_HOST, host_for_store, load_host
-    from diffdict.interpret.run import dictionary_site, load_for_store, load_interpretation, resolve_run
-    from diffdict.interpret.stats import ActivationStats, compute_activation_stats
     from diffdict.store import open_store
 
     store_obj = None
@@ -222,8 +215,6 @@ def make_backend(run, store=None, interpret_dir=None, site=None, member=None, mo
         if (stats_dir / "stats.json").exists():
             stats = ActivationStats.load(stats_dir)
     if stats is None and store_obj is not None and store_obj.has_images:
-        from tqdm import tqdm
-
         with tqdm(total=store_obj.num_tokens(site), unit="tok", unit_scale=True, desc="top images") as bar:
             stats = compute_activation_stats(store_obj, dictionary, site, top_n=8,
                                              progress=lambda done, total: bar.update(done - bar.n))
