@@ -1,23 +1,13 @@
 """Per-feature statistics of a dictionary over an activation store, in one streaming pass.
 
-For every feature i: how often it fires (``frequency``: share of tokens with a non-zero
-code), its typical activation ``mean_activation`` (a_i: the mean of its non-zero codes,
-what the ``add`` intervention scales the decoder direction by), ``max_activation``,
-``min_activation``, ``mean_abs_activation`` and the raw ``count`` of firing tokens.
+For every feature i: ``count`` of firing tokens, ``frequency`` (share of tokens with a
+non-zero code), ``mean_activation`` (a_i, the mean of its non-zero codes: what the ``add``
+intervention scales the decoder direction by), ``max_activation``, ``min_activation`` and
+``mean_abs_activation``.
 
-The statistics are saved with the dictionary, as ``feature_stats.safetensors`` in its
-folder (tensors plus a JSON header: site, capture mode (key ``what``), model, store digest, token
-count, and a fingerprint of the dictionary's weights so that stale statistics are
-refused). :func:`load_feature_stats` reads them back.
-
-Codes are read through the :class:`~diffdict.dictionaries.Dictionary` interface, so every
-kind works. A neuron dictionary (``kind == "neurons"``) applied at an MLP site, whose
-captured values *are* the neuron activations (site width == number of neurons), is
-encoded with ``encode_activations``; see :func:`site_space`.
-
-    stats = compute_feature_stats(dictionary, open_store("acts"), site="mid.0")
-    save_feature_stats("runs/sae", stats)
-    a = load_feature_stats("runs/sae").mean_activation
+They are saved with the dictionary as ``feature_stats.safetensors`` (tensors plus a JSON
+header: site, capture mode (key ``what``), model, store digest, token count, and a
+fingerprint of the dictionary's weights so that stale statistics are refused).
 """
 
 from __future__ import annotations
@@ -41,16 +31,11 @@ STATS_FILE = "feature_stats.safetensors"
 _META_KEY = "diffdict-feature-stats"
 _TENSORS = ("count", "frequency", "mean_activation", "max_activation", "min_activation", "mean_abs_activation")
 
-#: the two ways a dictionary can sit on a site (see :func:`site_space`)
-SPACES = ("dense", "neurons")
 
-
-# -- how a dictionary reads a site ---------------------------------------------------------
 def site_space(dictionary: Dictionary, d: int, site: str = "the site") -> str:
-    """How ``dictionary`` reads values of width ``d``: ``"dense"`` when d == d_in (encode,
-    decode in the site's own space), ``"neurons"`` for a neuron dictionary on its MLP site
-    (the values are the neuron activations themselves: codes = top-k of them, feature i's
-    direction is the unit vector e_i). Anything else is a mismatch: one clear error."""
+    """How ``dictionary`` reads values of width ``d``: ``"dense"`` when d == d_in, ``"neurons"``
+    for a neuron dictionary on its MLP site (the values are the neuron activations: codes =
+    top-k of them, feature i's direction is e_i). Anything else: one clear error."""
     if dictionary.d_in == d:
         return "dense"
     if getattr(dictionary, "kind", None) == "neurons" and dictionary.n_features == d:
@@ -64,9 +49,7 @@ def site_space(dictionary: Dictionary, d: int, site: str = "the site") -> str:
 
 def encode_codes(dictionary: Dictionary, x: Tensor, space: str) -> SparseCodes:
     """Sparse codes of site values x (B, d) in ``space`` (see :func:`site_space`)."""
-    if space == "neurons":
-        return dictionary.encode_activations(x)
-    return dictionary.encode_sparse(x)
+    return dictionary.encode_activations(x) if space == "neurons" else dictionary.encode_sparse(x)
 
 
 def encode_dense(dictionary: Dictionary, x: Tensor, space: str) -> Tensor:
@@ -76,13 +59,9 @@ def encode_dense(dictionary: Dictionary, x: Tensor, space: str) -> Tensor:
     return dictionary.encode(x)
 
 
-# -- accumulating --------------------------------------------------------------------------
 class FeatureStatsAccumulator:
-    """Streaming per-feature counts, sums and extremes of non-zero codes.
-
-    ``update(codes)`` takes :class:`SparseCodes` (B, m) or dense codes (B, n); a feature
-    index repeated within a token (matching pursuit) is summed first, as ``decode`` does.
-    Memory is O(n_features) whatever the number of tokens."""
+    """Streaming per-feature counts, sums and extremes of non-zero sparse codes; a feature
+    index repeated within a token (matching pursuit) is summed first, as ``decode`` does."""
 
     def __init__(self, n_features: int):
         self.n_features = int(n_features)
@@ -94,30 +73,22 @@ class FeatureStatsAccumulator:
         self.minimum = torch.full((self.n_features,), float("inf"), dtype=torch.float64)
 
     @torch.no_grad()
-    def update(self, codes: SparseCodes | Tensor) -> None:
-        if isinstance(codes, Tensor):
-            if codes.ndim != 2 or codes.shape[1] != self.n_features:
-                raise DiffdictError(f"codes have shape {tuple(codes.shape)}, expected (tokens, {self.n_features})")
-            rows, feats = codes.nonzero(as_tuple=True)
-            values = codes[rows, feats]
-            self.tokens += codes.shape[0]
+    def update(self, codes: SparseCodes) -> None:
+        values, indices = codes.values, codes.indices
+        self.tokens += values.shape[0]
+        if values.numel() == 0:
+            return
+        if values.shape[1] > 1 and bool((indices.sort(-1).values.diff(dim=-1) == 0).any()):
+            keys = (torch.arange(values.shape[0], device=indices.device).unsqueeze(1) * self.n_features
+                    + indices).reshape(-1)
+            unique, inverse = torch.unique(keys, return_inverse=True)
+            values = torch.zeros(unique.shape[0], dtype=values.dtype, device=values.device).index_add_(
+                0, inverse, values.reshape(-1))
+            feats = unique % self.n_features
         else:
-            values, indices = codes.values, codes.indices
-            self.tokens += values.shape[0]
-            if values.numel() == 0:
-                return
-            if values.shape[1] > 1 and bool((indices.sort(-1).values.diff(dim=-1) == 0).any()):
-                # repeated indices within a token: sum them per (token, feature) first
-                keys = (torch.arange(values.shape[0], device=indices.device).unsqueeze(1) * self.n_features
-                        + indices).reshape(-1)
-                unique, inverse = torch.unique(keys, return_inverse=True)
-                values = torch.zeros(unique.shape[0], dtype=values.dtype, device=values.device).index_add_(
-                    0, inverse, values.reshape(-1))
-                feats = unique % self.n_features
-            else:
-                values, feats = values.reshape(-1), indices.reshape(-1)
-            keep = values != 0
-            values, feats = values[keep], feats[keep]
+            values, feats = values.reshape(-1), indices.reshape(-1)
+        keep = values != 0
+        values, feats = values[keep], feats[keep]
         values = values.detach().to("cpu", torch.float64)
         feats = feats.detach().to("cpu", torch.int64)
         if feats.numel() == 0:
@@ -145,9 +116,7 @@ class FeatureStatsAccumulator:
 
 @dataclass
 class FeatureStats:
-    """Per-feature statistics (tensors of shape (n_features,)) and where they came from
-    (``meta``: tokens, n_features, site, what (the capture mode), model, store, store_digest, space,
-    dictionary fingerprint)."""
+    """Per-feature statistics (tensors of shape (n_features,)) and where they came from (``meta``)."""
 
     count: Tensor
     frequency: Tensor
@@ -175,13 +144,11 @@ class FeatureStats:
         return capture_mode_of(self.meta)
 
     @property
-    def what(self) -> str | None:
-        """The former name of :attr:`capture`."""
+    def what(self) -> str | None:  # the former name of capture
         return self.capture
 
     @property
     def dead(self) -> Tensor:
-        """Features that never fired (bool, (n_features,))."""
         return self.count == 0
 
     def typical_activation(self, feature: int) -> float:
@@ -198,36 +165,17 @@ class FeatureStats:
     def tensors(self) -> dict[str, Tensor]:
         return {name: getattr(self, name) for name in _TENSORS}
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able summary (no per-feature arrays)."""
-        return {**self.meta, "dead_fraction": float(self.dead.float().mean()) if self.n_features else 0.0,
-                "mean_frequency": float(self.frequency.float().mean()) if self.n_features else 0.0}
 
-
-def compute_feature_stats(
-    dictionary: Dictionary,
-    source: Any,
-    site: str | None = None,
-    batch_size: int = 4096,
-    max_tokens: int | None = None,
-    progress: bool = False,
-) -> FeatureStats:
-    """Statistics of ``dictionary``'s codes over ``source``, streamed.
-
-    ``source``: a :class:`~diffdict.store.Store` (or its path; ``site`` picks the site,
-    optional when the store has one), or any iterable of (B, d) tensors. ``max_tokens``
-    stops early (the first tokens in store order)."""
+def compute_feature_stats(dictionary: Dictionary, source: Any, site: str | None = None, batch_size: int = 4096,
+                          max_tokens: int | None = None, progress: bool = False) -> FeatureStats:
+    """Statistics of ``dictionary``'s codes over ``source``: a store (or its path; ``site``
+    optional when it has one) or any iterable of (B, d) tensors; ``max_tokens`` stops early."""
     return compute_feature_stats_many([dictionary], source, site, batch_size, max_tokens, progress)[0]
 
 
-def compute_feature_stats_many(
-    dictionaries: list[Dictionary],
-    source: Any,
-    site: str | None = None,
-    batch_size: int = 4096,
-    max_tokens: int | None = None,
-    progress: bool = False,
-) -> list[FeatureStats]:
+def compute_feature_stats_many(dictionaries: list[Dictionary], source: Any, site: str | None = None,
+                               batch_size: int = 4096, max_tokens: int | None = None,
+                               progress: bool = False) -> list[FeatureStats]:
     """:func:`compute_feature_stats` for several dictionaries of one site in one pass."""
     from diffdict.store import Store, open_store
 
@@ -236,7 +184,8 @@ def compute_feature_stats_many(
     require_int(batch_size, "batch size")
     if max_tokens is not None and max_tokens < 1:
         raise DiffdictError(f"max tokens must be positive, got {max_tokens}")
-    meta: dict[str, Any] = {}
+    from tqdm import tqdm
+
     spaces: list[str] | None = None
     total = None
     if isinstance(source, (str, Path)):
@@ -244,28 +193,20 @@ def compute_feature_stats_many(
     if isinstance(source, Store):
         store = source
         site = resolve_store_site(store, site)
-        d = store.d(site)
-        spaces = [site_space(dic, d, f"site {site!r} of store {store.path}") for dic in dictionaries]
+        spaces = [site_space(dic, store.d(site), f"site {site!r} of store {store.path}") for dic in dictionaries]
         settings = store.settings or {}
         # the capture mode is written under "what", the key every earlier version wrote
-        meta.update(site=site, what=capture_mode_of(settings.get("capture")), model=settings.get("model"),
+        meta = dict(site=site, what=capture_mode_of(settings.get("capture")), model=settings.get("model"),
                     host=settings.get("host"), store=str(store.path),
                     store_digest=store.digest, grid=list(store.grid(site)))
-        total = store.num_tokens(site)
+        total = store.num_tokens(site) if max_tokens is None else min(store.num_tokens(site), max_tokens)
         batches: Iterable[Tensor] = store.iter_batches(site, batch_size, shuffle=False)
     else:
-        batches = source
-        meta.update(site=site)
+        batches, meta = source, {"site": site}
     accs = [FeatureStatsAccumulator(dic.n_features) for dic in dictionaries]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        if total is not None and max_tokens is not None:
-            total = min(total, max_tokens)
-        bar = tqdm(total=total, unit="tok", unit_scale=True, desc="feature stats")
     seen = 0
-    with torch.no_grad():
+    bar = tqdm(total=total, unit="tok", unit_scale=True, desc="feature stats", disable=not progress)
+    with torch.no_grad(), bar:
         for x in batches:
             if not isinstance(x, Tensor):
                 x = torch.as_tensor(x)
@@ -283,10 +224,7 @@ def compute_feature_stats_many(
             for dic, space, acc in zip(dictionaries, spaces, accs):
                 acc.update(encode_codes(dic, x, space))
             seen += x.shape[0]
-            if bar is not None:
-                bar.update(x.shape[0])
-    if bar is not None:
-        bar.close()
+            bar.update(x.shape[0])
     if seen == 0:
         raise DiffdictError("no tokens to compute feature statistics from")
     return [acc.result(dictionary_kind=dic.kind, dictionary=weights_fingerprint(dic.state_tensors()), space=space, **meta)
@@ -304,7 +242,6 @@ def resolve_store_site(store: Any, site: str | None) -> str:
     return site
 
 
-# -- saving and loading --------------------------------------------------------------------
 def save_feature_stats(folder: str | Path, stats: FeatureStats) -> Path:
     """Write ``folder/feature_stats.safetensors`` (atomically); returns its path."""
     path = Path(folder) / STATS_FILE
@@ -348,7 +285,14 @@ def load_feature_stats(folder: str | Path, dictionary: Dictionary | None = None,
     return stats
 
 
-# -- dictionary folders ---------------------------------------------------------------------
+def saved_feature_stats(folder: str | Path, dictionary: Dictionary) -> FeatureStats | None:
+    """The statistics saved for these weights; None when missing, stale or unreadable."""
+    try:
+        return load_feature_stats(folder, dictionary, required=False)
+    except DiffdictError:
+        return None
+
+
 _DICTIONARY_MARKERS = ((CONFIG_FILE, WEIGHTS_FILE), ("cfg.json", "sae.safetensors"), ("cfg.json", "sae_weights.safetensors"))
 
 
@@ -379,9 +323,7 @@ def single_dictionary_folder(path: str | Path) -> Path:
 
 
 def dictionary_metadata(folder: str | Path) -> dict[str, Any]:
-    """What is known about where a saved dictionary was trained: ``site``, ``what`` (the
-    capture mode; the key provenance records), ``model``, from its provenance (:func:`diffdict.dictionaries.read_provenance`: the
-    record ``diffdict train`` writes, else the one fallback for older and foreign folders)."""
+    """``site``, ``what`` (the capture mode) and ``model`` of a saved dictionary, from its provenance."""
     known = read_provenance(folder)
     return {key: known[key] for key in ("site", "what", "model") if known.get(key) is not None}
 
@@ -394,10 +336,8 @@ def recorded_store(folder: str | Path) -> Path | None:
 
 
 def recorded_host(folder: str | Path) -> dict[str, Any]:
-    """What is recorded about the host model a dictionary's activations came from, as a
-    store records it (``model``: the host's name, ``host``: its description with the model
-    folder, image size and dtype; ``generation``: denoising steps and guidance). Empty
-    when nothing records the model."""
+    """The host model a dictionary's activations came from, as a store records it (``model``,
+    ``host``, ``generation``); empty when nothing records the model."""
     known = read_provenance(folder)
     if not known.get("model"):
         return {}
@@ -405,8 +345,7 @@ def recorded_host(folder: str | Path) -> dict[str, Any]:
 
 
 def require_recorded_store(folder: str | Path) -> Path:
-    """:func:`recorded_store`, which must exist: one clear error when none is recorded or
-    it has moved."""
+    """:func:`recorded_store`; one clear error when none is recorded or it has moved."""
     store = recorded_store(folder)
     if store is None:
         raise DiffdictError(f"dictionary {folder} records no activation store (trained from an array file?); "
@@ -419,16 +358,12 @@ def require_recorded_store(folder: str | Path) -> Path:
 
 def ensure_feature_stats(folder: str | Path, dictionary: Dictionary, store: Any = None, site: str | None = None,
                          progress: bool = True) -> FeatureStats:
-    """The dictionary's feature statistics: the saved ones when they are for these
-    weights, else computed from ``store`` (default: the store it was trained on, see
-    :func:`recorded_store`) in one streaming pass and cached in ``folder``."""
+    """The saved statistics when they are for these weights, else computed from ``store``
+    (default: the one it was trained on) and cached in ``folder``."""
     from diffdict.store import open_store
 
     folder = Path(folder)
-    try:
-        stats = load_feature_stats(folder, dictionary, required=False)
-    except DiffdictError:
-        stats = None  # stale or unreadable: recompute
+    stats = saved_feature_stats(folder, dictionary)
     if stats is not None:
         return stats
     if store is None:
@@ -443,24 +378,8 @@ def ensure_feature_stats(folder: str | Path, dictionary: Dictionary, store: Any 
 
 
 __all__ = [
-    "FeatureStats",
-    "FeatureStatsAccumulator",
-    "SPACES",
-    "STATS_FILE",
-    "compute_feature_stats",
-    "compute_feature_stats_many",
-    "dictionary_folders",
-    "dictionary_metadata",
-    "encode_codes",
-    "encode_dense",
-    "ensure_feature_stats",
-    "is_dictionary_folder",
-    "load_feature_stats",
-    "recorded_host",
-    "recorded_store",
-    "require_recorded_store",
-    "resolve_store_site",
-    "save_feature_stats",
-    "single_dictionary_folder",
-    "site_space",
+    "FeatureStats", "FeatureStatsAccumulator", "STATS_FILE", "compute_feature_stats", "compute_feature_stats_many",
+    "dictionary_folders", "dictionary_metadata", "encode_codes", "encode_dense", "ensure_feature_stats",
+    "is_dictionary_folder", "load_feature_stats", "recorded_host", "recorded_store", "require_recorded_store",
+    "resolve_store_site", "save_feature_stats", "single_dictionary_folder", "site_space",
 ]

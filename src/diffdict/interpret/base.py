@@ -1,15 +1,10 @@
 """The two interfaces of automated interpretation, their registries, and what they see.
 
-- An :class:`Explainer` turns a feature's visualisations (a :class:`FeatureView`) into
-  one short :class:`Explanation`.
-- A :class:`Scorer` turns an explanation and the feature's examples into scores: a dict
-  with a primary ``"score"`` and any details.
-
-Both may implement ``prepare(context, features)``, called once before the features are
-explained (e.g. the concept oracle's pass over the store). Register new ones with
-:func:`register_explainer` / :func:`register_scorer`; build them by name with
-:func:`make_explainer` / :func:`make_scorer` (keyword options a class does not take are
-ignored, so one set of CLI options serves them all).
+An :class:`Explainer` turns a :class:`FeatureView` into one short :class:`Explanation`; a
+:class:`Scorer` turns an explanation and the view into a dict with a primary ``"score"``.
+Both may implement ``prepare(context, features)``, called once before the features. Built by
+name with :func:`make_explainer` / :func:`make_scorer`, which ignore keyword options a class
+does not take, so one set of CLI options serves them all.
 """
 
 from __future__ import annotations
@@ -17,7 +12,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -47,15 +42,13 @@ class InterpretContext:
     seed: int = 0
     host: Any = None
     clip: Any = None
-    clip_loader: Callable[[], Any] | None = None
     cache: dict = field(default_factory=dict, repr=False)  # shared by explainers and scorers
     _images: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def images(self, prompt_ids: list[int]) -> np.ndarray:
         missing = sorted({int(p) for p in prompt_ids} - set(self._images))
         if missing:
-            for pid, image in zip(missing, self.store.images(missing)):
-                self._images[pid] = image
+            self._images.update(zip(missing, self.store.images(missing)))
         return np.stack([self._images[int(p)] for p in prompt_ids]) if prompt_ids else np.zeros((0, 1, 1, 3), np.uint8)
 
     def prompt(self, prompt_id: int) -> str | None:
@@ -63,10 +56,12 @@ class InterpretContext:
         return prompts[prompt_id] if prompts and 0 <= prompt_id < len(prompts) else None
 
     def examples(self, feature: int, limit: int | None = None) -> list[Example]:
-        examples = self.stats.top_examples(feature, limit)
+        return self._shown(self.stats.top_examples(feature, limit))
+
+    def _shown(self, examples: list[Example]) -> list[Example]:
+        """``examples`` with their images and prompts."""
         if examples:
-            images = self.images([e.prompt_id for e in examples])
-            for e, image in zip(examples, images):
+            for e, image in zip(examples, self.images([e.prompt_id for e in examples])):
                 e.image, e.prompt = image, self.prompt(e.prompt_id)
         return examples
 
@@ -86,19 +81,13 @@ class InterpretContext:
                     break
             if len(out) >= count:
                 break
-        if out:
-            for e, image in zip(out, self.images([e.prompt_id for e in out])):
-                e.image, e.prompt = image, self.prompt(e.prompt_id)
-        return out
+        return self._shown(out)
 
     def shapes_clip(self):
         if self.clip is None:
-            if self.clip_loader is not None:
-                self.clip = self.clip_loader()
-            else:
-                from diffdict.models.shapes_clip import ShapesClip
+            from diffdict.models.shapes_clip import ShapesClip
 
-                self.clip = ShapesClip.from_pretrained()
+            self.clip = ShapesClip.from_pretrained()
         return self.clip
 
 

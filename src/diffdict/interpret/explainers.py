@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from diffdict.errors import DiffdictError
 from diffdict.interpret.base import Explainer, Explanation, FeatureView, InterpretContext, register_explainer
+from diffdict.interpret.groundtruth import oracle_results
+from diffdict.interpret.visualize import example_pair
 from diffdict.interpret.vlm import VlmClient, VlmConfig, parse_explanation, user_message
 
 EXPLAINER_PROMPT = (
@@ -29,13 +31,9 @@ class ConceptOracleExplainer(Explainer):
     name = "concept-oracle"
 
     def prepare(self, context: InterpretContext, features: list[int]) -> None:
-        from diffdict.interpret.groundtruth import oracle_results
-
         oracle_results(context, features)
 
     def explain(self, view: FeatureView) -> Explanation:
-        from diffdict.interpret.groundtruth import oracle_results
-
         result = oracle_results(view.context, [view.feature])[view.feature]
         return Explanation(result["phrase"], self.name, {"concept": result["concept"],
                                                          "auroc_explain_half": result["auroc_explain_half"],
@@ -69,8 +67,6 @@ class VlmExplainer(Explainer):
         self.n_images = n_images
 
     def explain(self, view: FeatureView) -> Explanation:
-        from diffdict.interpret.visualize import example_pair
-
         shown = [e for e in view.examples if e.image is not None][: self.n_images]
         if not shown:
             raise DiffdictError(f"feature {view.feature} has no top images to show the VLM")

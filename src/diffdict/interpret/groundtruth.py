@@ -1,34 +1,24 @@
 """Ground-truth concepts per token for the images of a store (the shapes world oracle).
 
-A store keeps each prompt and the image the host model generated for it, not the
-renderer's masks. Rendering a fresh scene for the prompt (``scene_for_caption``) would
-be dishonest: object positions are drawn at random, so its masks would put the object
-where the generated image does not. Instead the oracle reads the *generated image* and
-labels its pixels with the prompt's words:
+A store keeps each prompt and its generated image, not the renderer's masks (and a fresh
+scene for the prompt would put objects elsewhere), so the oracle labels the pixels of the
+*generated image* with the prompt's words:
 
-1. Segment: a pixel is *object* if it is saturated (chroma = max - min channel >= 60;
-   the world's object colours have chroma >= 140, its backgrounds 0, textures included),
-   else *background*.
-2. Assign each object pixel to one of the prompt's objects: those whose prompted colour
-   is the colour the pixel shows (step 3) (or that name no colour), and among them the
-   nearest, starting from the prompted 3x3 regions' centres and moving each object's
-   centre to its pixels' mean (a few k-means steps). Two touching objects of one colour
-   may still trade a few edge pixels.
-3. Label: ``object``; ``color:`` the palette colour the pixel shows (what the image
-   shows, even when the model drew another colour than asked), read as a blend with the
-   nearest background pixel so that anti-aliased edges keep their object's colour
-   (``palette_colours``); ``shape:`` and
-   ``size:`` of the assigned object as the prompt names them (unlabelled when it does not);
-   ``region:`` the prompted region, else the region of the object's pixels' centroid.
-   Background pixels: ``background``, ``bg_color:`` as prompted (else the nearest plain
-   or textured background colour), ``texture:`` as prompted (else unlabelled).
-4. Read each concept's pixel mask at the site's token grid as the fraction of each cell
-   it covers; a token *has* a concept when that fraction is >= 0.5.
+1. Segment: a pixel is *object* if saturated (chroma = max - min channel >= 60; object
+   colours have chroma >= 140, backgrounds and textures 0), else *background*.
+2. Assign each object pixel to one of the prompt's objects whose prompted colour it shows
+   (or that names none): the nearest, starting from the prompted 3x3 regions' centres and
+   moving each centre to its pixels' mean (a few k-means steps).
+3. Label: ``object``; ``color:`` the palette colour the pixel shows (even when the model
+   drew another than asked; anti-aliased edges read as blends, see ``palette_colours``);
+   ``shape:`` and ``size:`` of the assigned object as the prompt names them; ``region:``
+   the prompted region, else that of the object's pixels' centroid. Background pixels:
+   ``background``, ``bg_color:`` as prompted (else the nearest background colour),
+   ``texture:`` as prompted.
+4. A token *has* a concept when its mask covers >= 0.5 of the token's grid cell.
 
-On rendered images this reproduces the renderer's masks up to anti-aliased edges; on the
-toy model's images it is as good as the model is at keeping the palette. Shape and size
-come from the prompt, not from the pixels: a feature that tracks a shape the model failed
-to draw scores lower, which is the honest direction for an interpretability score.
+Shape and size come from the prompt, not the pixels: a feature that tracks a shape the
+model failed to draw scores lower, the honest direction for an interpretability score.
 """
 
 from __future__ import annotations
@@ -39,8 +29,10 @@ import numpy as np
 import torch
 
 from diffdict.errors import DiffdictError
+from diffdict.feature_stats import site_space
+from diffdict.interpret.stats import iter_prompt_blocks, sparse_entries
 from diffdict.world import BACKGROUNDS, COLORS, REGIONS, concept_names, parse_caption
-from diffdict.world.phrases import concept_text
+from diffdict.world.phrases import concept_text as concept_phrase  # a concept in the world's words
 from diffdict.world.render import TEXTURE_CONTRAST
 
 CHROMA_THRESHOLD = 60
@@ -80,12 +72,6 @@ def palette_colours(px: np.ndarray, obj: np.ndarray) -> np.ndarray:
     span = _PALETTE - background  # (H, W, colours, 3)
     share = ((offset * span).sum(-1) / np.maximum((span * span).sum(-1), 1e-6)).clip(0.0, 1.0)
     return ((offset - share[..., None] * span) ** 2).sum(-1).argmin(-1)
-
-
-def concept_phrase(concept: str) -> str:
-    """A short text for a concept, in the shapes world's words; usable as an explanation
-    and by shapes-clip (see :func:`diffdict.world.phrases.concept_text`)."""
-    return concept_text(concept)
 
 
 def pixel_concepts(image: np.ndarray, prompt: str) -> np.ndarray:
@@ -187,8 +173,6 @@ def token_concepts(images: np.ndarray, prompts: list[str], grid: tuple[int, int]
     return out
 
 
-# ------------------------------------------------------------------------------ the oracle pass
-
 ORACLE_BINS = 16  # linear bins on (0, max activation] per feature, plus a zero bin
 MIN_CONCEPT_TOKENS = 20  # a concept needs this many tokens with and without it, per half ...
 MIN_CONCEPT_SHARE = 0.01  # ... and this share of the half's tokens
@@ -262,9 +246,6 @@ def oracle_results(context, features: list[int], block_tokens: int = 16384,
                    max_table_bytes: int = 256 << 20) -> dict[int, dict]:
     """The concept oracle for ``features`` (cached on the context): per feature the best
     concept on the explain half, and its AUROC and F1 on the score half."""
-    from diffdict.feature_stats import site_space
-    from diffdict.interpret.stats import iter_prompt_blocks, sparse_entries
-
     cache = context.cache.setdefault("oracle", {})
     todo = sorted({int(f) for f in features} - set(cache))
     if not todo:

@@ -18,18 +18,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from diffdict.dictionaries import load_dictionary, read_provenance
 from diffdict.errors import DiffdictError, require_int
-from diffdict.hosts.recorded import host_for_store
-from diffdict.imaging import image_grid, save_png
+from diffdict.feature_stats import saved_feature_stats
+from diffdict.hosts import host_for_store, is_real_host
+from diffdict.imaging import display_scale, image_grid, save_png
 from diffdict.interpret.base import FeatureView, InterpretContext, feature_file, make_explainer, make_scorer
 from diffdict.interpret.stats import ActivationStats, compute_activation_stats
+from diffdict.interpret.visualize import gallery, histogram_image, icon_image, overlay_heatmap, top_images_grid
 from diffdict.io import read_json, write_json
 
 INDEX_FILE = "interpret.json"
-
-
-# ------------------------------------------------------------------------------ loading
 
 
 def _is_dictionary_folder(path: Path) -> bool:
@@ -62,8 +63,6 @@ def resolve_run(run: str | Path, member: str | None = None) -> Path:
 def dictionary_site(folder: Path) -> str | None:
     """The site a dictionary was trained on, when its provenance records it
     (:func:`diffdict.dictionaries.read_provenance`)."""
-    from diffdict.dictionaries import read_provenance
-
     try:
         site = read_provenance(folder).get("site")
     except DiffdictError:
@@ -77,8 +76,6 @@ def load_for_store(run: str | Path, store, site: str | None = None, member: str 
     A dictionary that records its site must be used on that site; its width must equal
     the site's d. Without a record, ``site`` or the one store site of matching d is used.
     """
-    from diffdict.dictionaries import load_dictionary
-
     folder = resolve_run(run, member)
     dictionary = load_dictionary(folder)
     trained_on = dictionary_site(folder)
@@ -108,18 +105,9 @@ def load_for_store(run: str | Path, store, site: str | None = None, member: str 
 
 
 def typical_activations(folder: Path, dictionary, stats: ActivationStats) -> torch.Tensor:
-    """a_i per feature: the statistics saved with the dictionary (``diffdict.feature_stats``)
-    when there are some for these weights, else those of this pass (the same definition)."""
-    from diffdict.feature_stats import load_feature_stats
-
-    try:
-        saved = load_feature_stats(folder, dictionary, required=False)
-    except DiffdictError:
-        saved = None
-    return (saved or stats.base).mean_activation.float()
-
-
-# ------------------------------------------------------------------------------ the command
+    """a_i per feature: the statistics saved with the dictionary when there are some for these
+    weights, else those of this pass (the same definition)."""
+    return (saved_feature_stats(folder, dictionary) or stats.base).mean_activation.float()
 
 
 def parse_features(spec: str | Sequence[int] | None, n_features: int) -> list[int] | None:
@@ -131,12 +119,9 @@ def parse_features(spec: str | Sequence[int] | None, n_features: int) -> list[in
             part = part.strip()
             if not part:
                 continue
+            first, dash, last = part.partition("-")
             try:
-                if "-" in part:
-                    a, b = part.split("-", 1)
-                    out += list(range(int(a), int(b) + 1))
-                else:
-                    out.append(int(part))
+                out += range(int(first), int(last if dash else first) + 1)
             except ValueError:
                 raise DiffdictError(f"bad feature list {spec!r}: expected numbers and ranges like 0,5,10-20") from None
     else:
@@ -149,11 +134,12 @@ def parse_features(spec: str | Sequence[int] | None, n_features: int) -> list[in
 def write_feature_images(view: FeatureView, out: Path, stats: ActivationStats, n_show: int,
                          scale: int | None = None) -> None:
     """The feature's PNGs; ``scale`` None: small images upscaled to about 128 px, large ones as they are."""
-    from diffdict.imaging import display_scale
-    from diffdict.interpret.visualize import histogram_png, overlay_heatmap, top_images_grid
-
     f = view.feature
-    images_dir = out / "images"
+
+    def save(name: str, image: np.ndarray) -> None:
+        save_png(feature_file(out / "images", f, f"_{name}.png"), image)
+        view.files[name] = f"images/f{f:06d}_{name}.png"
+
     shown = [e for e in view.examples if e.image is not None and e.map is not None][:n_show]
     if scale is None:
         sizes = [max(np.asarray(e.image).shape[:2]) for e in shown]
@@ -162,21 +148,15 @@ def write_feature_images(view: FeatureView, out: Path, stats: ActivationStats, n
         scale = display_scale(max(sizes)) if sizes else 1
     if shown:
         vmax = view.vmax
-        save_png(feature_file(images_dir, f, "_top.png"),
-                 top_images_grid([e.image for e in shown], [e.map for e in shown], vmax=vmax, scale=scale))
-        view.files["top"] = f"images/f{f:06d}_top.png"
+        save("top", top_images_grid([e.image for e in shown], [e.map for e in shown], vmax=vmax, scale=scale))
         for j, e in enumerate(shown):
-            save_png(feature_file(images_dir, f, f"_top_{j}.png"), overlay_heatmap(e.image, e.map, vmax, scale=scale))
-            view.files[f"top_{j}"] = f"images/f{f:06d}_top_{j}.png"
+            save(f"top_{j}", overlay_heatmap(e.image, e.map, vmax, scale=scale))
     counts, edges = stats.histogram(f)
-    histogram_png(feature_file(images_dir, f, "_hist.png"), counts, edges, title=f"feature {f}")
-    view.files["hist"] = f"images/f{f:06d}_hist.png"
+    save("hist", histogram_image(counts, edges, title=f"feature {f}"))
     if view.icon is not None:
-        save_png(feature_file(images_dir, f, "_icon.png"), np.asarray(view.icon).repeat(scale, 0).repeat(scale, 1))
-        view.files["icon"] = f"images/f{f:06d}_icon.png"
+        save("icon", np.asarray(view.icon).repeat(scale, 0).repeat(scale, 1))
     if view.gallery is not None:
-        save_png(feature_file(images_dir, f, "_add.png"), image_grid(view.gallery, columns=view.gallery_columns, scale=scale, gap=2))
-        view.files["add"] = f"images/f{f:06d}_add.png"
+        save("add", image_grid(view.gallery, columns=view.gallery_columns, scale=scale, gap=2))
 
 
 #: explainers and scorers that know only the shapes world (ground truth, shapes-clip)
@@ -187,8 +167,6 @@ def shapes_world_judges(model: str | None, explainer: str | None, scorers: Seque
                         ) -> tuple[str | None, list[str]]:
     """Resolve ``auto`` (the concept oracle on shapes-world stores, nothing on real models)
     and refuse a shapes-world-only explainer or scorer on a real model's store."""
-    from diffdict.hosts import is_real_host
-
     real = model is not None and is_real_host(model)
     if explainer == "auto":
         explainer = None if real else "concept-oracle"
@@ -202,37 +180,19 @@ def shapes_world_judges(model: str | None, explainer: str | None, scorers: Seque
     return explainer, scorers
 
 
-def interpret(
-    run: str | Path,
-    store: str | Path | Any,
-    out: str | Path,
-    explainer: str | None = "auto",
-    scorers: Sequence[str] = ("auto",),
-    site: str | None = None,
-    member: str | None = None,
-    features: str | Sequence[int] | None = None,
-    max_features: int | None = None,
-    top_n: int = 16,
-    rank_by: str = "max",
-    min_active: int = 1,
-    n_show: int = 8,
-    icons: bool = False,
-    gallery_strengths: Sequence[float] = (0.0, 2.0, 5.0),
-    model_path: str | Path | None = None,
-    seed: int = 0,
-    options: dict | None = None,
-    host: Any = None,
-    clip: Any = None,
-    block_tokens: int = 16384,
-    progress: Callable[[str], None] | None = None,
-) -> dict:
+def interpret(run: str | Path, store: str | Path | Any, out: str | Path, explainer: str | None = "auto",
+              scorers: Sequence[str] = ("auto",), site: str | None = None, member: str | None = None,
+              features: str | Sequence[int] | None = None, max_features: int | None = None, top_n: int = 16,
+              rank_by: str = "max", min_active: int = 1, n_show: int = 8, icons: bool = False,
+              gallery_strengths: Sequence[float] = (0.0, 2.0, 5.0), model_path: str | Path | None = None,
+              seed: int = 0, options: dict | None = None, host: Any = None, clip: Any = None,
+              block_tokens: int = 16384, progress: Callable[[str], None] | None = None) -> dict:
     """Run the whole interpretation of a dictionary on a store; returns the index written
     to ``OUT/interpret.json``. ``options`` go to the explainer and scorers (VLM URL, model,
     key variable, cache folder...). ``auto``: the concept oracle on shapes-world stores,
     nothing on real models (see :func:`shapes_world_judges`)."""
     from diffdict.store import Store, open_store
 
-    say = progress or (lambda message: None)
     store = store if isinstance(store, Store) else open_store(store)
     out = Path(out)
     dictionary, folder, site = load_for_store(run, store, site, member)
@@ -253,9 +213,8 @@ def interpret(
     if icons and host is None:
         host = host_for_store(store, model_path)
 
-    say(f"statistics of {dictionary.n_features} features over {store.num_tokens(site):,} tokens of {site}")
-    from tqdm import tqdm
-
+    if progress is not None:
+        progress(f"statistics of {dictionary.n_features} features over {store.num_tokens(site):,} tokens of {site}")
     with tqdm(total=store.num_tokens(site), unit="tok", unit_scale=True, desc="top images",
               disable=progress is None) as bar:
         stats = compute_activation_stats(store, dictionary, site, top_n=top_n, rank_by=rank_by,
@@ -268,22 +227,18 @@ def interpret(
             rng = np.random.default_rng(seed)
             chosen = sorted(int(f) for f in rng.choice(chosen, size=max_features, replace=False))
     context = InterpretContext(store, dictionary, site, stats, seed=seed, host=host, clip=clip)
-    if explainer_obj is not None:
-        explainer_obj.prepare(context, chosen)
-    for scorer in scorer_objs:
-        scorer.prepare(context, chosen)
+    for judge in [explainer_obj, *scorer_objs]:
+        if judge is not None:
+            judge.prepare(context, chosen)
     typical = typical_activations(folder, dictionary, stats) if icons else None
     gallery_prompts = store.prompts[:2] if icons else []
 
     rows = []
-    pages = tqdm(chosen, unit="feature", desc="feature images" + (" and icons" if icons else ""),
-                 disable=progress is None)
-    for f in pages:
+    for f in tqdm(chosen, unit="feature", desc="feature images" + (" and icons" if icons else ""),
+                  disable=progress is None):
         examples = context.examples(f)
         view = FeatureView(f, context, examples, stats.feature_summary(f))
         if icons and float(typical[f]) > 0:
-            from diffdict.interpret.visualize import gallery, icon_image
-
             view.icon = icon_image(host, dictionary, site, f, float(typical[f]), seed=seed, store_settings=store.settings)
             if gallery_prompts:
                 view.gallery = gallery(host, dictionary, site, f, float(typical[f]), gallery_prompts,
@@ -291,10 +246,7 @@ def interpret(
                 view.gallery_columns = len(gallery_strengths)
         write_feature_images(view, out, stats, n_show)
         explanation = explainer_obj.explain(view) if explainer_obj is not None and examples else None
-        scores = {}
-        if explanation is not None:
-            for scorer in scorer_objs:
-                scores[scorer.name] = scorer.score(explanation, view)
+        scores = {s.name: s.score(explanation, view) for s in scorer_objs} if explanation is not None else {}
         record = {
             "feature": f,
             "site": site,

@@ -23,7 +23,9 @@ import numpy as np
 
 from diffdict.interpret.base import Explanation, FeatureView, InterpretContext, Scorer, register_scorer
 from diffdict.interpret.explainers import vlm_client
+from diffdict.interpret.groundtruth import CONCEPTS, concept_phrase, oracle_results
 from diffdict.interpret.vlm import parse_score, user_message
+from diffdict.world.captions import PAD, WORD_TO_ID
 
 JUDGE_PROMPT = (
     "We are testing an explanation of a feature inside a text-to-image diffusion model. The explanation is: "
@@ -33,13 +35,8 @@ JUDGE_PROMPT = (
 
 
 def _concept_from_text(text: str) -> str | None:
-    from diffdict.interpret.groundtruth import CONCEPTS, concept_phrase
-
     wanted = " ".join(text.lower().split())
-    for concept in CONCEPTS:
-        if concept_phrase(concept) == wanted:
-            return concept
-    return None
+    return next((concept for concept in CONCEPTS if concept_phrase(concept) == wanted), None)
 
 
 @register_scorer
@@ -47,13 +44,9 @@ class ConceptOracleScorer(Scorer):
     name = "concept-oracle"
 
     def prepare(self, context: InterpretContext, features: list[int]) -> None:
-        from diffdict.interpret.groundtruth import oracle_results
-
         oracle_results(context, features)
 
     def score(self, explanation: Explanation, view: FeatureView) -> dict:
-        from diffdict.interpret.groundtruth import oracle_results
-
         result = oracle_results(view.context, [view.feature])[view.feature]
         concept = explanation.details.get("concept") if explanation.source == "concept-oracle" else None
         concept = concept or _concept_from_text(explanation.text)
@@ -93,20 +86,14 @@ class VlmDetectionScorer(Scorer):
         others = view.context.other_examples(view.feature, self.n_other, {e.prompt_id for e in activating})
         s_act = [self._judge(explanation.text, e.image) for e in activating]
         s_other = [self._judge(explanation.text, e.image) for e in others]
-        parts = []
-        if s_act:
-            parts.append(float(np.mean(s_act)))
-        if s_other:
-            parts.append(float(np.mean([1 - s for s in s_other])))
-        score = float(np.mean(parts)) if len(parts) == 2 else None
+        score = (float(np.mean([float(np.mean(s_act)), float(np.mean([1 - s for s in s_other]))]))
+                 if s_act and s_other else None)
         return {"score": score, "activating": s_act, "other": s_other,
                 "activating_ids": [e.prompt_id for e in activating], "other_ids": [e.prompt_id for e in others]}
 
 
 def in_vocabulary(text: str) -> str:
     """The words of ``text`` that shapes-clip's text encoder knows, in order."""
-    from diffdict.world.captions import PAD, WORD_TO_ID
-
     words = [w.strip(".,;:!?\"'()") for w in text.lower().split()]
     return " ".join(w for w in words if w in WORD_TO_ID and w != PAD)
 
@@ -134,7 +121,4 @@ class ClipScorer(Scorer):
         if others:
             other = clip.similarity(np.stack([e.image for e in others]), [text])[:, 0].float()
             out["contrast"] = float(own.mean() - other.mean())
-        for key, value in list(out.items()):
-            if isinstance(value, float) and math.isnan(value):
-                out[key] = None
-        return out
+        return {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in out.items()}

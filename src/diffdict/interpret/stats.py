@@ -1,32 +1,17 @@
 """Feature statistics in one streaming pass over an activation store.
 
-:func:`compute_feature_stats` reads a site of a store in blocks of whole prompts, encodes
-each block with a dictionary, and keeps, per feature:
+:func:`compute_activation_stats` reads a site in blocks of whole prompts, encodes each
+block, and keeps per feature: the :mod:`diffdict.feature_stats` statistics (``base``), a
+histogram of its non-zero activations on fixed log10 bins, and the top-N images ranked by
+the ``max`` or ``mean`` over the image's token grid, with the image's activation map (the
+feature's code per cell, averaged over the captured steps). An image is a candidate only if
+its score is positive and the feature fires on at least ``min_active`` of its cells.
 
-- how many tokens it fires on (non-zero code), the sum and max of its activations;
-- a histogram of its non-zero activations on fixed log10 bins (``HIST_EDGES``);
-- the top-N *images* (prompt ids) that activate it, ranked by the ``max`` or the ``mean``
-  over the image's token grid, with the image's activation map (rows, cols).
-
-An image's activation map is the feature's code at each grid cell, averaged over the
-denoising steps the store captured for it (one step for SDXL Turbo and FLUX schnell). An
-image is a candidate for a feature only if its score is positive and the feature fires on
-at least ``min_active`` of its cells ("keep images where enough patches fire").
-
-Everything is done on the sparse codes: a block's non-zero entries (token, feature,
-value) are coalesced per (image, cell, feature) and per (image, feature), and merged
-into a running top-N kept as tensors: scores (n, N), prompt ids (n, N) and maps
-(n, N, rows, cols) in float16. The merge keeps each feature's slots in place (new
-examples take the slots of the ones they evict), so no per-feature Python loop and no
-copying of maps; slots are sorted once at the end. Memory: the block (``block_tokens``
-x d), its entries, and ``n * (N * (8 + 2 * rows * cols) + 8 * bins)`` bytes for the
-result (about 0.9 GB for 50k features, N=16, a 16x16 grid: pass ``keep_maps=False`` or a
-smaller N for more).
-
-Frequency, mean and max activation come from :mod:`diffdict.feature_stats`
-(its accumulator is fed the same codes in the same pass; ``ActivationStats.base``), and
-codes are read as it reads them (:func:`~diffdict.feature_stats.site_space`,
-:func:`~diffdict.feature_stats.encode_codes`), so neuron dictionaries on MLP sites work too.
+Everything is done on the sparse codes, merged into a running top-N kept as tensors whose
+slots stay in place (new examples take the slots of the ones they evict): no per-feature
+Python loop, no copying of maps; slots are sorted once at the end. Memory for the result:
+``n * (N * (8 + 2 * rows * cols) + 8 * bins)`` bytes (about 0.9 GB for 50k features, N=16,
+a 16x16 grid: pass ``keep_maps=False`` or a smaller N for more).
 """
 
 from __future__ import annotations
@@ -43,7 +28,8 @@ from torch import Tensor
 from diffdict.capture import capture_mode_of
 from diffdict.errors import DiffdictError, require_int
 from diffdict.feature_stats import FeatureStats as BaseStats
-from diffdict.feature_stats import FeatureStatsAccumulator, encode_codes, site_space
+from diffdict.feature_stats import (FeatureStatsAccumulator, encode_codes, load_feature_stats, save_feature_stats,
+                                    site_space)
 from diffdict.io import load_tensors, read_json, save_tensors, weights_fingerprint, write_json
 
 RANK_BY = ("max", "mean")
@@ -88,7 +74,6 @@ class ActivationStats:
     prompt_offsets: Tensor | None = None  # (num_prompts + 1,) int64 first token of each prompt
     extra: dict = field(default_factory=dict)
 
-    # -- derived -----------------------------------------------------------------------
     @property
     def fire_count(self) -> Tensor:
         return self.base.count
@@ -109,7 +94,7 @@ class ActivationStats:
         return int((self.top_prompts[feature] >= 0).sum())
 
     def top_examples(self, feature: int, limit: int | None = None) -> list[Example]:
-        self.check_feature(feature)
+        require_int(feature, "feature", 0, self.n_features - 1, f" (the dictionary has {self.n_features} features)")
         out = []
         for j in range(self.top_n if limit is None else min(limit, self.top_n)):
             pid = int(self.top_prompts[feature, j])
@@ -118,9 +103,6 @@ class ActivationStats:
             amap = self.top_maps[feature, j].float().numpy() if self.top_maps is not None else None
             out.append(Example(pid, float(self.top_scores[feature, j]), amap))
         return out
-
-    def check_feature(self, feature: int) -> None:
-        require_int(feature, "feature", 0, self.n_features - 1, f" (the dictionary has {self.n_features} features)")
 
     def feature_summary(self, feature: int) -> dict:
         return {
@@ -142,29 +124,21 @@ class ActivationStats:
         lo, hi = nz[0], nz[-1] + 1
         return counts[lo:hi], edges[lo:hi + 1]
 
-    # -- persistence ---------------------------------------------------------------------
     def settings(self) -> dict:
         return {"site": self.site, "grid": list(self.grid), "n_features": self.n_features, "num_tokens": self.num_tokens,
                 "num_images": self.num_images, "rank_by": self.rank_by, "top_n": self.top_n,
                 "min_active": self.min_active, "hist_log10_range": [HIST_LO, HIST_HI, HIST_BINS], **self.extra}
 
     def save(self, folder: str | Path) -> None:
-        from diffdict.feature_stats import save_feature_stats
-
         folder = Path(folder)
         save_feature_stats(folder, self.base)
-        tensors = {"hist": self.hist, "neg_count": self.neg_count, "top_scores": self.top_scores, "top_prompts": self.top_prompts}
-        if self.top_maps is not None:
-            tensors["top_maps"] = self.top_maps
-        if self.prompt_offsets is not None:
-            tensors["prompt_offsets"] = self.prompt_offsets
+        tensors = {name: getattr(self, name) for name in ("hist", "neg_count", "top_scores", "top_prompts", "top_maps",
+                                                          "prompt_offsets") if getattr(self, name) is not None}
         save_tensors(folder / STATS_TENSORS, tensors)
         write_json(folder / STATS_JSON, self.settings())
 
     @classmethod
     def load(cls, folder: str | Path) -> "ActivationStats":
-        from diffdict.feature_stats import load_feature_stats
-
         folder = Path(folder)
         base = load_feature_stats(folder)
         info = read_json(folder / STATS_JSON)
@@ -178,9 +152,6 @@ class ActivationStats:
                        t.get("prompt_offsets"), {k: v for k, v in info.items() if k not in known})
         except KeyError as error:
             raise DiffdictError(f"{folder} holds incomplete feature statistics (missing {error})") from None
-
-
-# ------------------------------------------------------------------------------ encoding
 
 
 @torch.no_grad()
@@ -208,36 +179,23 @@ def iter_prompt_blocks(store, site: str, block_tokens: int) -> Iterator[tuple[in
     """(first token, acts, meta) blocks of ``site`` that hold whole prompts (a prompt's
     tokens are consecutive in a store: prompt, then step, then position)."""
     total = store.num_tokens(site)
-    start = 0
-    carry_x = carry_m = None
-    carry_start = 0
-    while start < total or carry_x is not None:
+    block_start = start = 0
+    x = m = None  # read, not yet yielded
+    while start < total:
         stop = min(start + block_tokens, total)
-        if stop > start:
-            x, meta = store.read(site, start, stop)
-            m = torch.stack([meta[k].long() for k in ("prompt_id", "step", "row", "col")], 1)
-        else:
-            x, m = torch.empty(0, store.d(site)), torch.empty(0, 4, dtype=torch.long)
-        if carry_x is not None:
-            x, m = torch.cat([carry_x, x]), torch.cat([carry_m, m])
-            block_start = carry_start
-        else:
-            block_start = start
+        chunk, meta = store.read(site, start, stop)
+        chunk_m = torch.stack([meta[k].long() for k in ("prompt_id", "step", "row", "col")], 1)
+        x, m = (chunk, chunk_m) if x is None else (torch.cat([x, chunk]), torch.cat([m, chunk_m]))
         start = stop
-        carry_x = carry_m = None
-        if start < total and x.shape[0]:
-            last = m[-1, 0]
-            cut = int((m[:, 0] != last).nonzero().max()) + 1 if bool((m[:, 0] != last).any()) else 0
-            if cut == 0:  # one prompt larger than the block: keep reading
-                carry_x, carry_m, carry_start = x, m, block_start
+        cut = x.shape[0]
+        if start < total:  # the last prompt may go on in the next read: keep it back
+            earlier = (m[:, 0] != m[-1, 0]).nonzero()
+            if not earlier.numel():  # one prompt larger than the block: keep reading
                 continue
-            carry_x, carry_m, carry_start = x[cut:], m[cut:], block_start + cut
-            x, m = x[:cut], m[:cut]
-        if x.shape[0]:
-            yield block_start, x, {"prompt_id": m[:, 0], "step": m[:, 1], "row": m[:, 2], "col": m[:, 3]}
-
-
-# ------------------------------------------------------------------------------ the pass
+            cut = int(earlier.max()) + 1
+        yield block_start, x[:cut], {"prompt_id": m[:cut, 0], "step": m[:cut, 1], "row": m[:cut, 2], "col": m[:cut, 3]}
+        block_start += cut
+        x, m = x[cut:], m[cut:]
 
 
 class _TopN:
@@ -319,17 +277,9 @@ class _TopN:
 
 
 @torch.no_grad()
-def compute_activation_stats(
-    store,
-    dictionary,
-    site: str,
-    top_n: int = 16,
-    rank_by: str = "max",
-    min_active: int = 1,
-    block_tokens: int = 16384,
-    keep_maps: bool = True,
-    progress: Callable[[int, int], None] | None = None,
-) -> ActivationStats:
+def compute_activation_stats(store, dictionary, site: str, top_n: int = 16, rank_by: str = "max", min_active: int = 1,
+                             block_tokens: int = 16384, keep_maps: bool = True,
+                             progress: Callable[[int, int], None] | None = None) -> ActivationStats:
     """One streaming pass over ``site`` of ``store``; see the module docstring."""
     if rank_by not in RANK_BY:
         raise DiffdictError(f"unknown ranking {rank_by!r}; expected one of {', '.join(RANK_BY)}")
@@ -401,17 +351,6 @@ def compute_activation_stats(
     )
 
 
-def prompt_token_range(stats: ActivationStats, prompt_id: int) -> tuple[int, int]:
-    """Token range of one prompt in the store (from the offsets recorded by the pass)."""
-    offsets = stats.prompt_offsets
-    if offsets is None or not 0 <= prompt_id < offsets.numel() - 1 or int(offsets[prompt_id]) < 0:
-        raise DiffdictError(f"no tokens recorded for prompt {prompt_id}")
-    start = int(offsets[prompt_id])
-    later = offsets[prompt_id + 1:]
-    stop = int(later[later >= 0][0])
-    return start, stop
-
-
 @torch.no_grad()
 def activation_maps(store, dictionary, site: str, prompt_ids: list[int], stats: ActivationStats | None = None) -> Tensor:
     """Dense activation maps (len(prompt_ids), n_features, rows, cols) of a few prompts,
@@ -419,11 +358,13 @@ def activation_maps(store, dictionary, site: str, prompt_ids: list[int], stats: 
     rows, cols = store.grid(site)
     out = torch.zeros(len(prompt_ids), dictionary.n_features, rows * cols)
     for i, pid in enumerate(prompt_ids):
-        if stats is not None and stats.prompt_offsets is not None:
-            a, b = prompt_token_range(stats, pid)
-            x, meta = store.read(site, a, b)
-        else:
+        offsets = stats.prompt_offsets if stats is not None else None
+        if offsets is None:
             raise DiffdictError("activation maps need the prompt offsets recorded by compute_feature_stats")
+        if not 0 <= pid < offsets.numel() - 1 or int(offsets[pid]) < 0:
+            raise DiffdictError(f"no tokens recorded for prompt {pid}")
+        later = offsets[pid + 1:]
+        x, meta = store.read(site, int(offsets[pid]), int(later[later >= 0][0]))
         tok, f, v = sparse_entries(dictionary, x, site_space(dictionary, store.d(site)))
         cell = (meta["row"].long() * cols + meta["col"].long())[tok]
         steps = max(x.shape[0] / (rows * cols), 1.0)

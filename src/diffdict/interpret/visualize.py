@@ -3,20 +3,20 @@ overlaid as a heatmap, the activation histogram, the empty-prompt ``icon`` and a
 gallery of ``add`` interventions.
 
 The icon and the gallery run the host model through :mod:`diffdict.interventions`
-(``Icon`` / ``feature_icon`` and ``Add``), generated with the store's steps and guidance.
+(``feature_icon`` and ``Add``), generated with the store's steps and guidance.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffdict.capture import capture_mode_of
 from diffdict.errors import DiffdictError
-from diffdict.imaging import image_grid, save_png
+from diffdict.imaging import image_grid
 
 # an "inferno"-like colour map: anchors at 0, .25, .5, .75, 1
 _ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32)
@@ -99,35 +99,11 @@ def histogram_image(counts: np.ndarray, edges: np.ndarray, title: str = "", widt
     return np.asarray(img)
 
 
-def histogram_png(path: str | Path, counts: np.ndarray, edges: np.ndarray, title: str = "") -> None:
-    save_png(path, histogram_image(counts, edges, title))
-
-
-# ------------------------------------------------------------------------------ interventions
-
-
-def _generation(store_settings: dict | None) -> dict:
+def _as_stored(store_settings: dict | None) -> dict:
+    """The store's generation steps and guidance, and its capture mode (None when it does not say)."""
     gen = (store_settings or {}).get("generation") or {}
-    return {"num_steps": gen.get("num_steps"), "guidance": gen.get("guidance")}
-
-
-def _capture(store_settings: dict | None) -> str | None:
-    """The capture mode the store was collected in (None when it does not say)."""
-    from diffdict.capture import capture_mode_of
-
-    return capture_mode_of((store_settings or {}).get("capture"))
-
-
-def add_images(host, dictionary, site: str, feature: int, prompts: list[str], strength: float, typical: float,
-               mask=None, seed: int = 0, steps=None, store_settings: dict | None = None) -> np.ndarray:
-    """Images of ``prompts`` with ``strength * typical * d_feature`` added at ``site``
-    (inside ``mask``: token grid or pixel weights, or "x0,y0,x1,y1" pixels) through
-    :class:`diffdict.interventions.Add`, generated as the store was (steps, guidance)."""
-    from diffdict.interventions import Add, generate
-
-    edit = Add(site, dictionary, int(feature), float(strength), activation=float(typical), mask=mask, steps=steps,
-               capture=_capture(store_settings))
-    return generate(host, prompts, [edit], seed=seed, **_generation(store_settings))
+    return {"num_steps": gen.get("num_steps"), "guidance": gen.get("guidance"),
+            "capture": capture_mode_of((store_settings or {}).get("capture"))}
 
 
 def icon_image(host, dictionary, site: str, feature: int, typical: float, seed: int = 0,
@@ -137,12 +113,18 @@ def icon_image(host, dictionary, site: str, feature: int, typical: float, seed: 
     from diffdict.interventions import feature_icon
 
     return feature_icon(host, site, dictionary, int(feature), activation=float(typical), seed=seed,
-                        capture=_capture(store_settings), **_generation(store_settings))[0]
+                        **_as_stored(store_settings))[0]
 
 
 def gallery(host, dictionary, site: str, feature: int, typical: float, prompts: list[str],
             strengths: Sequence[float] = (0.0, 2.0, 5.0), seed: int = 0, store_settings: dict | None = None) -> np.ndarray:
-    """(len(prompts) * len(strengths), H, W, 3): each prompt (a row) at each strength (0 = the original)."""
-    rows = [add_images(host, dictionary, site, feature, prompts, s, typical, seed=seed, store_settings=store_settings)
+    """(len(prompts) * len(strengths), H, W, 3): each prompt (a row) at each strength (0 = the
+    original) with ``strength * typical * d_feature`` added at ``site``, generated as the store was."""
+    from diffdict.interventions import Add, generate
+
+    stored = _as_stored(store_settings)
+    capture = stored.pop("capture")
+    rows = [generate(host, prompts, [Add(site, dictionary, int(feature), float(s), activation=float(typical),
+                                         capture=capture)], seed=seed, **stored)
             for s in strengths]
     return np.stack(rows, 1).reshape(-1, *rows[0].shape[1:])

@@ -1,16 +1,11 @@
 """A client for OpenAI-compatible chat endpoints that accept images (vLLM, OpenRouter,
-OpenAI), built on the official ``openai`` SDK (``pip install "diffdict[vlm]"``): chat
-completions with ``image_url`` parts holding PNG data URLs.
+OpenAI), on the ``openai`` SDK (``pip install "diffdict[vlm]"``); images go as PNG data URLs.
 
-- The SDK retries with exponential backoff (honouring ``Retry-After``) on HTTP 429, 5xx,
-  timeouts and dropped connections (``max_retries``, ``timeout``). A reply the caller
-  cannot use (no ``choices``, bad JSON, or refused by the caller's ``parse``) is asked
-  again too (``backoff`` doubling up to ``max_backoff``), then reported.
-- A refused key (HTTP 401/403) stops at once with one line naming the key's variable.
-- Rate limiting: at most ``requests_per_minute`` requests (retries included) start per minute.
-- A cache on disk keyed by the request (URL, model, messages, parameters; never the
-  key): a rerun reads it and sends nothing. Only replies that ``parse`` accepted are
-  cached, so a malformed reply is never stored.
+- The SDK retries (honouring ``Retry-After``) on HTTP 429, 5xx, timeouts and dropped
+  connections; a reply the caller's ``parse`` cannot use is asked again (``backoff``
+  doubling up to ``max_backoff``). A refused key (HTTP 401/403) stops at once.
+- At most ``requests_per_minute`` requests (retries included) start per minute.
+- A disk cache keyed by the request (never the key) holds only replies ``parse`` accepted.
 
 No request leaves the machine unless a base URL says so; the only credential sent is the
 one in ``api_key_env`` (none when it is unset).
@@ -82,18 +77,14 @@ class VlmClient:
         self.requests_sent = 0  # HTTP requests, the SDK's retries included
         self.cache_hits = 0
         self._key = os.environ.get(self.config.api_key_env, "")
-        self._openai, self._client = self._make_client()
-
-    def _make_client(self):
         try:
             import openai
         except ImportError:
             raise DiffdictError('the VLM client needs the openai SDK: pip install "diffdict[vlm]"') from None
-        client = openai.OpenAI(
+        self._openai, self._client = openai, openai.OpenAI(
             base_url=self.config.base_url, api_key=self._key or "unset", max_retries=self.config.max_retries,
             timeout=self.config.timeout, http_client=openai.DefaultHttpxClient(event_hooks={"request": [self._started]}),
         )
-        return openai, client
 
     def _started(self, request) -> None:
         """Called by the HTTP client before each request it sends: the rate limit and the count."""
@@ -109,9 +100,6 @@ class VlmClient:
     def request_key(self, body: dict) -> str:
         blob = json.dumps({"url": self.url, "body": body}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
-
-    def _cache_path(self, key: str) -> Path | None:
-        return Path(self.config.cache_dir) / key[:2] / f"{key}.json" if self.config.cache_dir else None
 
     def _post(self, body: dict) -> str:
         """The reply's raw body; a DiffdictError when the SDK gave up or the endpoint said no."""
@@ -136,15 +124,13 @@ class VlmClient:
                             f"{self.config.max_retries + 1} attempts: {problem}")
 
     def chat(self, messages: list[dict], parse: Callable[[str], Any] = lambda text: text, **params) -> Any:
-        """Send a chat request (or read its cached reply) and return ``parse(reply text)``.
-
-        ``parse`` raises :class:`MalformedReply` (or ValueError) for a reply it cannot
-        use: the request is asked again, and after ``max_retries`` a DiffdictError names the
-        endpoint and what came back. Nothing is cached unless ``parse`` accepted it.
-        """
+        """``parse(reply text)`` of a chat request, or of its cached reply. ``parse`` raises
+        :class:`MalformedReply` (or ValueError) for a reply it cannot use: asked again, and
+        after ``max_retries`` a DiffdictError names the endpoint and what came back."""
         body = {"model": self.config.model, "messages": messages, "temperature": self.config.temperature,
                 "max_tokens": self.config.max_tokens, **params}
-        path = self._cache_path(self.request_key(body))
+        key = self.request_key(body)
+        path = Path(self.config.cache_dir) / key[:2] / f"{key}.json" if self.config.cache_dir else None
         if path is not None and path.exists():
             try:
                 value = parse(json.loads(path.read_text())["reply"])

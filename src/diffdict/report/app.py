@@ -1,17 +1,10 @@
 """``diffdict app``: an interactive feature app, like the SDXL Turbo paper's demo.
 
-- **Generate**: type a prompt, see the image and its most active features, each as a
-  heatmap of where it fires (the site read during generation, encoded by the dictionary).
-- **Edit**: pick a feature and a strength, paint a region (or give a pixel box
-  ``x0,y0,x1,y1``), and see the image with ``strength * a_i * d_i`` added there
-  (:class:`diffdict.interventions.Add`), next to the original.
-- **Browse**: a feature's top images with heatmaps and its explanation (from an
-  ``interpret`` folder, or computed from the store).
-
-The logic lives in :class:`AppBackend` (plain Python, testable without Gradio);
-:func:`build_app` wraps it in a Gradio ``Blocks``. Gradio is optional: without it the
-command stops with one line naming the ``app`` extra. The server binds 127.0.0.1 unless
-told otherwise.
+**Generate** shows a prompt's image and its most active features as heatmaps; **Edit** adds
+``strength * a_i * d_i`` to a feature in a painted region or pixel box; **Browse** shows a
+feature's top images and explanation. The logic is :class:`AppBackend` (testable without
+Gradio); :func:`build_app` wraps it in Gradio ``Blocks``. Gradio is optional; the server
+binds 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -21,9 +14,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from diffdict.capture import CAPTURE_MODES, capture_mode_of
+from diffdict.capture import CAPTURE_MODES, ReadHook, capture_mode_of
+from diffdict.dictionaries import load_dictionary
 from diffdict.errors import DiffdictError
+from diffdict.feature_stats import (encode_dense, ensure_feature_stats, recorded_store, require_recorded_store,
+                                    saved_feature_stats, site_space)
+from diffdict.hosts import DEFAULT_HOST, host_for_store, load_host
+from diffdict.imaging import load_png
+from diffdict.interpret.run import dictionary_site, load_for_store, load_interpretation, resolve_run
+from diffdict.interpret.stats import ActivationStats, compute_activation_stats
+from diffdict.interpret.visualize import overlay_heatmap
 
 DISPLAY = 256  # pixels: images are shown upscaled to about this size
 
@@ -53,8 +55,6 @@ class AppBackend:
                  records: dict[int, dict] | None = None, interpret_dir: str | Path | None = None,
                  stats=None, seed: int = 0, top_k: int = 6, num_steps: int | None = None,
                  guidance: float | None = None):
-        from diffdict.feature_stats import site_space
-
         self.host, self.dictionary, self.site, self.store = host, dictionary, site, store
         info = host.site(site)
         self.grid = info.grid
@@ -62,34 +62,26 @@ class AppBackend:
         settings = (store.settings if store is not None else None) or {}
         capture_settings = settings.get("capture") or {}
         generation = settings.get("generation") or {}
-        self.capture = capture_mode_of(capture_settings)
+        mode = capture_mode_of(capture_settings)
+        self.capture = mode if mode in CAPTURE_MODES else None  # as hooks and edits take it
         self.read_steps = capture_settings.get("steps")
         self.num_steps = num_steps if num_steps is not None else generation.get("num_steps")
         self.guidance = guidance if guidance is not None else generation.get("guidance")
-        self.typical = typical
-        self.records = records or {}
+        self.typical, self.records, self.stats, self.seed, self.top_k = typical, records or {}, stats, seed, top_k
         self.interpret_dir = Path(interpret_dir) if interpret_dir else None
-        self.stats = stats
-        self.seed = seed
-        self.top_k = top_k
         self.last_maps: dict[str, torch.Tensor] = {}
         self._originals: dict[tuple, np.ndarray] = {}
 
-    # -- generate and read --------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompt: str, seed: int | None = None) -> tuple[np.ndarray, list[tuple[np.ndarray, str]], list[int]]:
         """(image, [(heatmap overlay, caption)] of the most active features, their ids)."""
-        from diffdict.capture import ReadHook
-        from diffdict.feature_stats import encode_dense
-
         seed = self.seed if seed is None else int(seed)
         seen: list[torch.Tensor] = []
 
         def read(x, step):
             seen.append(x[0].detach().float().cpu().clone())
 
-        hook = ReadHook(self.site, read, capture=self.capture if self.capture in CAPTURE_MODES else None,
-                        steps=self.read_steps)
+        hook = ReadHook(self.site, read, capture=self.capture, steps=self.read_steps)
         with self.host.hooks([hook]):
             image = self.host.generate([prompt], seed=seed, steps=self.num_steps, guidance=self.guidance)[0]
         if not seen:
@@ -98,8 +90,6 @@ class AppBackend:
         maps = codes.T.reshape(-1, *self.grid)  # (n, rows, cols)
         strength = maps.flatten(1).amax(1)
         order = [int(f) for f in torch.argsort(strength, descending=True)[: self.top_k] if strength[f] > 0]
-        from diffdict.interpret.visualize import overlay_heatmap
-
         tiles = []
         for f in order:
             label = f"feature {f} · max {float(strength[f]):.3g}"
@@ -110,7 +100,6 @@ class AppBackend:
         self.last_maps = {"prompt": prompt, "maps": maps}
         return image, tiles, order
 
-    # -- edit ---------------------------------------------------------------------------
     def typical_activation(self, feature: int) -> float:
         if self.typical is not None and float(self.typical[feature]) > 0:
             return float(self.typical[feature])
@@ -143,15 +132,12 @@ class AppBackend:
             self._originals = {key: generate(self.host, [prompt], [], **kwargs)[0]}  # keep the last one
         original = self._originals[key]
         add = Add(self.site, self.dictionary, feature, float(strength), activation=self.typical_activation(feature),
-                  mask=mask, capture=self.capture if self.capture in CAPTURE_MODES else None)
+                  mask=mask, capture=self.capture)
         edited = generate(self.host, [prompt], [add], **kwargs)[0]
         return original, edited
 
-    # -- browse -------------------------------------------------------------------------
     def browse(self, feature: int) -> tuple[list[tuple[np.ndarray, str]], str]:
         """Top images with heatmaps and a description of a feature."""
-        from diffdict.imaging import load_png
-
         feature = int(feature)
         record = self.records.get(feature)
         if record is not None and self.interpret_dir is not None:
@@ -165,8 +151,6 @@ class AppBackend:
                                if isinstance(v, dict) and isinstance(v.get("score"), (int, float)))
             return tiles, f"Feature {feature}: {explanation}" + (f" ({scores})" if scores else "")
         if self.stats is not None and self.store is not None:
-            from diffdict.interpret.visualize import overlay_heatmap
-
             examples = self.stats.top_examples(feature)
             if not examples:
                 return [], f"Feature {feature} never fired on the store"
@@ -181,11 +165,10 @@ class AppBackend:
 
 def painted_mask(editor_value: Any) -> np.ndarray | None:
     """The painted region of a Gradio ImageEditor value, as an (H, W) float mask."""
-    if editor_value is None or not isinstance(editor_value, dict):
+    if not isinstance(editor_value, dict):
         return None
-    layers = editor_value.get("layers") or []
     mask = None
-    for layer in layers:
+    for layer in editor_value.get("layers") or []:
         if layer is None:
             continue
         arr = np.asarray(layer)
@@ -201,19 +184,12 @@ def painted_mask(editor_value: Any) -> np.ndarray | None:
 
 def make_backend(run, store=None, interpret_dir=None, site=None, member=None, model=None, model_path=None, seed=0,
                  host=None) -> AppBackend:
-    from diffdict.dictionaries import load_dictionary
-    from diffdict.feature_stats import load_feature_stats
-    from diffdict.hosts import host_for_store
-    from diffdict.interpret.run import dictionary_site, load_for_store, resolve_run
-
-    from diffdict.feature_stats import ensure_feature_stats, recorded_store, require_recorded_store
+    from diffdict.store import open_store
 
     store_obj = None
     if store is None and recorded_store(resolve_run(run, member)) is not None:
         store = require_recorded_store(resolve_run(run, member))  # the store it was trained on
     if store is not None:
-        from diffdict.store import open_store
-
         store_obj = open_store(store)
         dictionary, folder, site = load_for_store(run, store_obj, site, member)
     else:
@@ -226,41 +202,23 @@ def make_backend(run, store=None, interpret_dir=None, site=None, member=None, mo
         if store_obj is not None and model is None:
             host = host_for_store(store_obj, model_path)
         else:
-            from diffdict.hosts import DEFAULT_HOST, load_host
-
             host = load_host(model or DEFAULT_HOST, model=model_path)
-    typical = None
     if store_obj is not None:
         saved = ensure_feature_stats(folder, dictionary, store=store_obj, site=site)
     else:
-        try:
-            saved = load_feature_stats(folder, dictionary, required=False)
-        except DiffdictError:
-            saved = None
+        saved = saved_feature_stats(folder, dictionary)
     records: dict[int, dict] = {}
     stats = None
     if interpret_dir is not None:
-        from diffdict.interpret.run import load_interpretation
-
-        _, recs = load_interpretation(interpret_dir)
-        records = {int(r["feature"]): r for r in recs}
+        records = {int(r["feature"]): r for r in load_interpretation(interpret_dir)[1]}
         stats_dir = Path(interpret_dir) / "stats"
         if (stats_dir / "stats.json").exists():
-            from diffdict.interpret.stats import ActivationStats
-
             stats = ActivationStats.load(stats_dir)
     if stats is None and store_obj is not None and store_obj.has_images:
-        from tqdm import tqdm
-
-        from diffdict.interpret.stats import compute_activation_stats
-
         with tqdm(total=store_obj.num_tokens(site), unit="tok", unit_scale=True, desc="top images") as bar:
             stats = compute_activation_stats(store_obj, dictionary, site, top_n=8,
                                              progress=lambda done, total: bar.update(done - bar.n))
-    if saved is not None:
-        typical = saved.mean_activation
-    elif stats is not None:
-        typical = stats.mean_activation
+    typical = (saved or stats).mean_activation if (saved or stats) is not None else None
     return AppBackend(host, dictionary, site, store=store_obj, typical=typical, records=records,
                       interpret_dir=interpret_dir, stats=stats, seed=seed)
 
@@ -277,9 +235,8 @@ def build_app(run=None, store=None, interpret_dir=None, site=None, member=None, 
             image, tiles, order = backend.generate(prompt or "", int(seed_value or 0))
         except DiffdictError as error:
             raise gr.Error(str(error))
-        choice = order[0] if order else 0
-        return (_upscale(image), tiles, ", ".join(str(f) for f in order) or "(no feature fires)", choice,
-                _upscale(image))
+        return (_upscale(image), tiles, ", ".join(str(f) for f in order) or "(no feature fires)",
+                order[0] if order else 0, _upscale(image))
 
     def on_edit(prompt, feature, strength, box, editor, seed_value):
         mask = box if (box or "").strip() else painted_mask(editor)
@@ -296,10 +253,9 @@ def build_app(run=None, store=None, interpret_dir=None, site=None, member=None, 
 
     def on_browse(feature):
         try:
-            tiles, text = backend.browse(int(feature))
+            return backend.browse(int(feature))
         except (DiffdictError, ValueError) as error:
             raise gr.Error(str(error))
-        return tiles, text
 
     with gr.Blocks(title="diffdict features", analytics_enabled=False) as app:
         gr.Markdown(f"## diffdict · {backend.dictionary.kind} dictionary with {n} features at site `{backend.site}`")
@@ -337,18 +293,14 @@ def build_app(run=None, store=None, interpret_dir=None, site=None, member=None, 
     return app
 
 
-def offline_theme():
-    """Gradio's default theme with system fonts: the page asks no font CDN for anything."""
-    gr = require_gradio()
-    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                             font_mono=["ui-monospace", "Consolas", "monospace"])
-
-
 def launch_app(app, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
                prevent_thread_lock: bool = False):
     """Serve the app (127.0.0.1 unless ``host`` says otherwise; no share link unless asked)."""
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    # Gradio's default theme with system fonts: the page asks no font CDN for anything
+    theme = require_gradio().themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                                            font_mono=["ui-monospace", "Consolas", "monospace"])
     return app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
-                      theme=offline_theme(), ssr_mode=False, quiet=True)
+                      theme=theme, ssr_mode=False, quiet=True)

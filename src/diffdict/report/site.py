@@ -60,15 +60,6 @@ def _copy(src_root: Path | None, rel: str | None, out: Path) -> str | None:
     return f"img/{dest.name}"
 
 
-def _score_names(records: list[dict]) -> list[str]:
-    names: list[str] = []
-    for r in records:
-        for name in (r.get("scores") or {}):
-            if name not in names:
-                names.append(name)
-    return names
-
-
 def _feature_page(record: dict, index: dict, images: dict[str, str], neighbours: tuple[int | None, int | None]) -> str:
     f = int(record["feature"])
     scores = []
@@ -95,7 +86,7 @@ def write_site(out: str | Path, index: dict, records: list[dict], source: str | 
     (out / "features").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "style.css", asset("style.css"))
     atomic_write_text(out / "sort.js", asset("sort.js"))
-    score_names = _score_names(records)
+    score_names = list(dict.fromkeys(name for r in records for name in (r.get("scores") or {})))
     ids = [int(r["feature"]) for r in records]
     rows = []
     for i, record in enumerate(records):
@@ -128,12 +119,7 @@ def build_report(run: str | Path, out: str | Path, interpret_dir: str | Path | N
     dictionary was trained on; a store without images gives a table of the feature
     statistics (computed from it when missing and cached with the dictionary)."""
     from diffdict.dictionaries import load_dictionary
-    from diffdict.feature_stats import (
-        ensure_feature_stats,
-        load_feature_stats,
-        recorded_store,
-        require_recorded_store,
-    )
+    from diffdict.feature_stats import ensure_feature_stats, load_feature_stats, recorded_store, require_recorded_store
     from diffdict.interpret.run import interpret, load_interpretation, resolve_run
     from diffdict.store import open_store
 
