@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffdict.bench.detection import Ranked
+from diffdict.bench.detection import Ranked, dense_column
 from diffdict.bench.purity import concept_precision
 
 DETECTOR_F1 = 0.5
@@ -39,15 +39,11 @@ def absorption(selection: Ranked, selection_labels: Tensor, test_item: Tensor, t
         if not bool(has.any()):
             continue
         m = int(main[c])
-        main_value = torch.zeros(n_test)
-        keep = test_feature == m
-        main_value[test_item[keep]] = test_value[keep]
-        missed = has & (main_value < float(threshold[c]))
+        missed = has & (dense_column(test_item, test_feature, test_value, m, n_test) < float(threshold[c]))
         others = specific[:, c].clone()
         others[m] = False
         fired = torch.zeros(n_test, dtype=torch.bool)
-        active = others[test_feature]
-        fired[test_item[active]] = True
+        fired[test_item[others[test_feature]]] = True
         out[c] = float((missed & fired).sum()) / float(has.sum())
     return out
 

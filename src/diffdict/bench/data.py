@@ -37,10 +37,6 @@ class GroundTruth:
     rows: int
     cols: int
 
-    @property
-    def num_prompts(self) -> int:
-        return self.image.shape[0]
-
 
 def ground_truth(store, site: str, seed: int = 0, batch: int = 128) -> GroundTruth:
     """The ground truth of every prompt of ``store`` at ``site``'s token grid."""

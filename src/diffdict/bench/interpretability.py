@@ -12,9 +12,9 @@ import torch
 
 from diffdict.bench.absorption import DETECTOR_F1, absorption, splitting
 from diffdict.bench.data import BENCH_CONCEPTS, Codes, GroundTruth, token_labels
-from diffdict.bench.detection import best_threshold_f1, detect, rank_entries
+from diffdict.bench.detection import best_threshold_f1, detect, rank_entries, split_halves
 from diffdict.bench.purity import concept_purity, precisions, purity
-from diffdict.interpret.groundtruth import CONCEPTS
+from diffdict.interpret.groundtruth import CONCEPTS, _num
 
 COVERAGE_F1 = 0.8
 COVERAGE_AUROC = 0.9
@@ -54,12 +54,8 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
     image_values = codes.image_max[image_entries]
 
     def halves(item, feature, value, in_selection):
-        index_sel = torch.cumsum(in_selection.long(), 0) - 1
-        index_test = torch.cumsum((~in_selection).long(), 0) - 1
-        sel = in_selection[item]
-        return (rank_entries(index_sel[item[sel]], feature[sel], value[sel], n),
-                rank_entries(index_test[item[~sel]], feature[~sel], value[~sel], n),
-                (index_test[item[~sel]], feature[~sel], value[~sel]))
+        selection, test = split_halves(item, feature, value, in_selection)
+        return rank_entries(*selection, n), rank_entries(*test, n), test
 
     tok_sel, tok_test, tok_test_entries = halves(codes.token, codes.feature, codes.value, tok_selection)
     img_sel, img_test, _ = halves(image_entries[0], image_entries[1], image_values, truth.selection)
@@ -129,11 +125,6 @@ def _detectors(f1: torch.Tensor, main: int, most: int = MAX_ERASED) -> list[int]
 def _share(values: torch.Tensor, level: float) -> float:
     finite = values[torch.isfinite(values)]
     return float((finite >= level).double().mean()) if finite.numel() else math.nan
-
-
-def _num(value) -> float | None:
-    value = float(value)
-    return None if math.isnan(value) else value
 
 
 __all__ = ["COVERAGE_F1", "PURE_PRECISION", "interpretability_scores", "interval"]
