@@ -1,10 +1,8 @@
-"""Splitting and absorption (SAEBench's sense, with ground truth instead of a probe).
-
-Splitting: how many features detect a concept (selection-half F1 >= ``DETECTOR_F1``).
-Absorption: on test tokens that have a concept, the share where the concept's main
-feature (the detection choice) stays below its threshold while another feature that is
-*specific* to the concept fires (at least ``SPECIFIC_PRECISION`` of its firings have the
-concept on the selection half; e.g. a "red circle" feature taking over from "red").
+"""Splitting and absorption (SAEBench's sense, with ground truth instead of a probe): how
+many features detect a concept (selection-half F1 >= ``DETECTOR_F1``), and on test tokens
+with the concept, the share where its main feature stays below threshold while a feature
+*specific* to it (``SPECIFIC_PRECISION`` of its firings have it) fires, e.g. a "red circle"
+feature taking over from "red".
 """
 
 from __future__ import annotations

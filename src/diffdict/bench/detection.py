@@ -1,10 +1,8 @@
 """Concept detection: SAEBench's k = 1 sparse probing, scored against ground truth.
 
-For every concept, the single feature whose best-threshold F1 is highest on the
-selection half is chosen, with that threshold; on the test half it is scored by F1 at
-the chosen threshold and by AUROC. At token level an item is a token (its concept mask
-on the token grid); at image level an item is an image (the concept is in it) and a
-feature's value is its maximum over the image's tokens and steps.
+Per concept, the feature and threshold with the best F1 on the selection half, scored on the
+test half by F1 at that threshold and by AUROC; an item is a token, or an image whose value is
+the feature's maximum over its tokens and steps.
 """
 
 from __future__ import annotations

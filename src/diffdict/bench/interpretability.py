@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from diffdict.bench.absorption import DETECTOR_F1, absorption, splitting
-from diffdict.bench.data import BENCH_CONCEPTS, Codes, GroundTruth, token_labels
+from diffdict.bench.data import BENCH_CONCEPTS, Codes, GroundTruth
 from diffdict.bench.detection import best_threshold_f1, detect, rank_entries, split_halves
 from diffdict.bench.purity import concept_purity, precisions, purity
 from diffdict.interpret.groundtruth import CONCEPTS, _num
@@ -29,9 +29,7 @@ def interval(values: Any, seed: int = 0) -> dict[str, float]:
     from diffdict.metrics.causal import mean_interval
 
     x = np.asarray(values, dtype=np.float64).reshape(-1)
-    x = x[np.isfinite(x)]
-    mean, low, high = mean_interval(x, "t", seed=seed)
-    return {"mean": mean, "low": low, "high": high, "n": int(x.size)}
+    return dict(zip(("mean", "low", "high"), mean_interval(x, "t", seed=seed)), n=int(np.isfinite(x).sum()))
 
 
 def _concept_columns(labels: torch.Tensor) -> torch.Tensor:
@@ -47,7 +45,7 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
     ``writers`` may be a function of the selection half's F1 (n_features, concepts; the
     better of token and image level) that returns them."""
     n = codes.n_features
-    tok_labels = _concept_columns(token_labels(truth, codes))
+    tok_labels = _concept_columns(truth.grid[codes.prompt, :, codes.position])  # (tokens, concepts)
     tok_selection = truth.selection[codes.prompt]
     image_labels = _concept_columns(truth.image)
     image_entries = codes.image_max.nonzero(as_tuple=True)
@@ -73,7 +71,7 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
     image_precisions = precisions(img_sel, img_test, image_labels[truth.selection], image_labels[~truth.selection], n,
                                   TOP_IMAGES, TOP_IMAGES // 2)
     token_purity, token_top, token_concept, token_live = purity(token_precisions)
-    image_purity, image_top, image_concept, image_live = purity(image_precisions)
+    image_purity, image_top, image_concept, _ = purity(image_precisions)
     purest, purest_feature = concept_purity(token_precisions)
     absorbed = absorption(tok_sel, tok_labels[tok_selection], *tok_test_entries, tok_labels[~tok_selection],
                           token.feature, token.threshold, n)

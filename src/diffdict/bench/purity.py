@@ -1,19 +1,10 @@
-"""Purity: how precisely a feature's activations pick out one concept.
-
-A live feature's concept (its explanation) is the one most of its ``top`` strongest
-activations have on the selection half; its purity is its precision for that concept on the
-test half **over its whole activation range**: the mean precision of ``bins`` equal-count
-bins by activation (the quantile sampling of SAEBench's and Bills et al.'s automated
-interpretability, with the ground truth as the judge). The **top precision** (of the ``top``
-strongest activations) is reported beside it but does not measure what training bought: in
-clustered data the top activations of *any* direction lie in the cluster at its extreme (on
-``up.1.1`` a random-init TopK twin scores as high as the trained SAE), while further down its
-range a random direction fires on the next cluster and its purity falls (tests).
-
-Ties count fractionally everywhere (the expected precision under a random tie break), so a
-constant feature scores its concept's base rate: density is not rewarded. **Concept purity**
-asks the other way round: per concept, the purest feature for it on the selection half and
-its purity on the test half.
+"""Purity: how precisely a feature's activations pick out one concept (docs/bench.md, "Why
+purity is measured over the whole activation range"): a live feature's precision for its
+concept (the one most of its ``top`` activations have on the selection half) on the test half,
+over its whole activation range as the mean of ``bins`` equal-count bins; the top precision
+beside it, which random directions in clustered data match; and concept purity, per concept
+the purest feature. Ties count fractionally everywhere (the expected precision under a random
+tie break), so a constant feature scores its concept's base rate: density is not rewarded.
 """
 
 from __future__ import annotations

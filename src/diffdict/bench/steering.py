@@ -1,18 +1,12 @@
-"""The causal scores: steering success and erasure, read by the judge (shapes-clip).
+"""The causal scores, read by the judge (shapes-clip; docs/bench.md defines them).
 
-Steering: each concept's steered feature (by default its *writer*, ``runner.concept_writers``)
-is added (s · n · d/|d|, n the norm of the concept's supervised direction) on one-object test
-prompts whose image lacks the concept, over the object's extent for an object attribute and
-everywhere for a scene attribute, at every denoising step. Success = the judge's most likely
-value of the family is the target. Two references at the same norm and mask: a seeded random
-unit direction per prompt, and the supervised concept direction (``runner.concept_directions``),
-the reference a dictionary is measured against. Retain accuracy: the share of the other
-families the judge reads as before.
-
-Erasure (SAeUron, UnlearnCanvas): on prompts that name the concept, every feature that detects
-it (selection F1 >= 0.5, at most ``interpretability.MAX_ERASED``; at least the chosen one) is
-removed from the site (x − Σ z_i d_i); erasure rate = the judge no longer reads the concept;
-the control removes as many random live features.
+Steering: a concept's steered feature is added (s · n · d/|d|, n the norm of the concept's
+supervised direction) on one-object test prompts whose image lacks the concept, over the
+object's box or the whole image, at every step, against a seeded random unit direction and
+the supervised direction at the same norm; success = the judge's most likely value of the
+family is the target. Erasure (SAeUron, UnlearnCanvas): on prompts that name the concept, its
+detectors are removed (x − Σ z_i d_i), against as many random live features. Retain accuracy:
+the share of the other families the judge reads as before.
 """
 
 from __future__ import annotations

@@ -72,11 +72,6 @@ def clip_score(images: Any, texts: str | Sequence[str], backbone: "str | Backbon
     return F.cosine_similarity(image_emb.cpu(), text_emb[index], dim=-1).double().numpy()
 
 
-def _sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
-    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
-    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
-
-
 def frechet_distance(features_a: Any, features_b: Any) -> float:
     """Fréchet distance between Gaussians fitted to two sets of feature vectors (N, f)."""
     fa, fb = (np.asarray(f.detach().cpu() if isinstance(f, Tensor) else f, dtype=np.float64)
@@ -87,7 +82,8 @@ def frechet_distance(features_a: Any, features_b: Any) -> float:
         raise DiffdictError(f"Fréchet distance needs at least 2 samples per set, got {fa.shape[0]} and {fb.shape[0]}")
     mu_a, mu_b = fa.mean(0), fb.mean(0)
     cov_a, cov_b = np.atleast_2d(np.cov(fa, rowvar=False)), np.atleast_2d(np.cov(fb, rowvar=False))
-    root_a = _sqrtm_psd(cov_a)
+    values, vectors = np.linalg.eigh((cov_a + cov_a.T) / 2)
+    root_a = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T  # Σa^½
     # Tr((Σa Σb)^½) = Tr((Σa^½ Σb Σa^½)^½), a symmetric PSD matrix
     middle = root_a @ cov_b @ root_a
     eig = np.linalg.eigvalsh((middle + middle.T) / 2)
