@@ -79,10 +79,6 @@ class CausalStrength:
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, **self.summary}
 
-    def per_prompt(self) -> list[dict[str, float]]:
-        return [{"p_original": float(o), "p_edited": float(e), "p_control": float(c)}
-                for o, e, c in zip(self.original, self.edited, self.control)]
-
 
 def summarize(original: Any, edited: Any, control: Any, interval: str = "t", seed: int = 0) -> dict[str, Any]:
     """Means and intervals of the effect, the control's effect and the strength."""
