@@ -1,10 +1,8 @@
 """The ground-truth benchmark: can a dictionary's features detect, purely represent and
 causally steer the shapes world's concepts, better than untrained weights and the raw basis?
-
-One module per score: ``detection`` (k = 1 probing, token and image level), ``purity``,
-``absorption`` (and splitting), ``steering`` (steering success, erasure); ``data`` holds
-the ground truth and codes they read, ``baselines`` the random-init twin and raw basis,
-``runner`` puts them together with fidelity and stability, ``report`` writes the table.
+One module per score (``detection``, ``purity``, ``absorption``, ``steering``); ``data`` holds
+the ground truth and codes, ``baselines`` the two baselines, ``runner`` runs it all and
+``report`` writes the table.
 """
 
 from __future__ import annotations

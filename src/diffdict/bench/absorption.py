@@ -1,10 +1,8 @@
-"""Splitting and absorption (SAEBench's sense, with ground truth instead of a probe).
-
-Splitting: how many features detect a concept (selection-half F1 >= ``DETECTOR_F1``).
-Absorption: on test tokens that have a concept, the share where the concept's main
-feature (the detection choice) stays below its threshold while another feature that is
-*specific* to the concept fires (at least ``SPECIFIC_PRECISION`` of its firings have the
-concept on the selection half; e.g. a "red circle" feature taking over from "red").
+"""Splitting and absorption (SAEBench's sense, with ground truth instead of a probe): how
+many features detect a concept (selection-half F1 >= ``DETECTOR_F1``), and on test tokens
+with the concept, the share where its main feature stays below threshold while a feature
+*specific* to it (``SPECIFIC_PRECISION`` of its firings have it) fires, e.g. a "red circle"
+feature taking over from "red".
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffdict.bench.detection import Ranked
+from diffdict.bench.detection import Ranked, dense_column
 from diffdict.bench.purity import concept_precision
 
 DETECTOR_F1 = 0.5
@@ -39,15 +37,11 @@ def absorption(selection: Ranked, selection_labels: Tensor, test_item: Tensor, t
         if not bool(has.any()):
             continue
         m = int(main[c])
-        main_value = torch.zeros(n_test)
-        keep = test_feature == m
-        main_value[test_item[keep]] = test_value[keep]
-        missed = has & (main_value < float(threshold[c]))
+        missed = has & (dense_column(test_item, test_feature, test_value, m, n_test) < float(threshold[c]))
         others = specific[:, c].clone()
         others[m] = False
         fired = torch.zeros(n_test, dtype=torch.bool)
-        active = others[test_feature]
-        fired[test_item[active]] = True
+        fired[test_item[others[test_feature]]] = True
         out[c] = float((missed & fired).sum()) / float(has.sum())
     return out
 

@@ -1,11 +1,8 @@
 """The two baselines every benchmark number is reported against, of the dictionary's shape:
-
-- **random-init**: the same architecture and width with untrained weights, initialised as
-  the trainer initialises it (input normalisation and b_dec from a sample of the site);
-  a dictionary that is not an SAE (ITDA, MLP neurons) gets a TopK SAE of its width with
-  k = its L0;
-- **raw basis**: the site's own dimensions, standardised, each sign a feature
-  (2d features, dense), the basis a dictionary must beat to be worth training.
+**random-init**, the same architecture and width untrained, initialised as the trainer does
+(input normalisation and b_dec from a sample of the site; a dictionary that is not an SAE gets
+a TopK SAE of its width with k = its L0), and the **raw basis**, the site's standardised
+dimensions, each sign a feature (2d features, dense): the basis a dictionary must beat.
 """
 
 from __future__ import annotations

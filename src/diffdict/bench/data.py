@@ -1,12 +1,9 @@
-"""What every benchmark metric reads: each token's and each image's ground-truth concepts,
-and a dictionary's non-zero codes on the same tokens.
-
-Ground truth comes from the generated image of each prompt (``interpret.groundtruth``):
-a token *has* a concept when the concept covers at least half of its cell; an image
-*has* it when the concept covers at least ``MIN_IMAGE_PIXELS`` of its pixels. Prompts are
-split in two by a seeded permutation: features and thresholds are chosen on the
-*selection* half and scored on the *test* half, so a random feature scores at chance and
-not at the best of many noisy tries.
+"""What every benchmark metric reads: each token's and image's ground-truth concepts (from
+the prompt's generated image: a token has a concept covering at least ``TOKEN_SHARE`` of its
+cell, an image one covering at least ``MIN_IMAGE_PIXELS`` pixels) and a dictionary's non-zero
+codes on the same tokens. Prompts are split by a seeded permutation: choices are made on the
+*selection* half and scored on the *test* half, so a random feature scores at chance and not
+at the best of many noisy tries.
 """
 
 from __future__ import annotations
@@ -36,10 +33,6 @@ class GroundTruth:
     selection: Tensor  # (P,) bool: the prompt is in the selection half
     rows: int
     cols: int
-
-    @property
-    def num_prompts(self) -> int:
-        return self.image.shape[0]
 
 
 def ground_truth(store, site: str, seed: int = 0, batch: int = 128) -> GroundTruth:
@@ -122,9 +115,4 @@ def dictionary_codes(dictionary, store, site: str, block_tokens: int = 16384, ma
                  image_max, n)
 
 
-def token_labels(truth: GroundTruth, codes: Codes) -> Tensor:
-    """(T, len(CONCEPTS)) bool: the concepts of each encoded token."""
-    return truth.grid[codes.prompt, :, codes.position]
-
-
-__all__ = ["BENCH_CONCEPTS", "Codes", "GroundTruth", "dictionary_codes", "ground_truth", "token_labels"]
+__all__ = ["BENCH_CONCEPTS", "Codes", "GroundTruth", "dictionary_codes", "ground_truth"]

@@ -1,10 +1,8 @@
 """Concept detection: SAEBench's k = 1 sparse probing, scored against ground truth.
 
-For every concept, the single feature whose best-threshold F1 is highest on the
-selection half is chosen, with that threshold; on the test half it is scored by F1 at
-the chosen threshold and by AUROC. At token level an item is a token (its concept mask
-on the token grid); at image level an item is an image (the concept is in it) and a
-feature's value is its maximum over the image's tokens and steps.
+Per concept, the feature and threshold with the best F1 on the selection half, scored on the
+test half by F1 at that threshold and by AUROC; an item is a token, or an image whose value is
+the feature's maximum over its tokens and steps.
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ import torch
 from torch import Tensor
 
 from diffdict.dictionaries.fused import _stable_argsort
+
 
 @dataclass
 class Ranked:
@@ -43,6 +42,15 @@ def entry_order(feature: Tensor, value: Tensor, n_features: int) -> Tensor:
         return torch.sort(key, stable=True).indices
     order = torch.argsort(value, descending=True, stable=True)
     return order[_stable_argsort(feature[order], n_features)]
+
+
+def split_halves(item: Tensor, feature: Tensor, value: Tensor, in_selection: Tensor) -> list[tuple[Tensor, ...]]:
+    """The (item, feature, value) entries of the selection half and the test half, items renumbered per half."""
+    out = []
+    for half in (in_selection, ~in_selection):
+        keep = half[item]
+        out.append(((torch.cumsum(half.long(), 0) - 1)[item[keep]], feature[keep], value[keep]))
+    return out
 
 
 def rank_entries(item: Tensor, feature: Tensor, value: Tensor, n_features: int) -> Ranked:
@@ -144,17 +152,13 @@ def detect(item: Tensor, feature: Tensor, value: Tensor, labels: Tensor, in_sele
     chosen on the selection half, its F1 on the test half). ``ranked``: the selection
     half's entries already ranked (``rank_entries``), and ``best`` their
     ``best_threshold_f1``, when the caller has them."""
-    n_items, C = labels.shape
-    index_sel = torch.cumsum(in_selection.long(), 0) - 1
-    index_test = torch.cumsum((~in_selection).long(), 0) - 1
-    sel = in_selection[item]
+    C = labels.shape[1]
+    selection, (t_item, t_feature, t_value) = split_halves(item, feature, value, in_selection)
     if ranked is None:
-        ranked = rank_entries(index_sel[item[sel]], feature[sel], value[sel], n_features)
+        ranked = rank_entries(*selection, n_features)
     best, threshold = best if best is not None else best_threshold_f1(ranked, labels[in_selection], n_features)
     chosen = best.argmax(0)  # (C,)
     test_labels = labels[~in_selection]
-    test = ~sel
-    t_item, t_feature, t_value = index_test[item[test]], feature[test], value[test]
     n_test = int((~in_selection).sum())
     test_f1, test_auc = np.full(C, np.nan), np.full(C, np.nan)
     for c in range(C):

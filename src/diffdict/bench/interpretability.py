@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from diffdict.bench.absorption import DETECTOR_F1, absorption, splitting
-from diffdict.bench.data import BENCH_CONCEPTS, Codes, GroundTruth, token_labels
-from diffdict.bench.detection import best_threshold_f1, detect, rank_entries
+from diffdict.bench.data import BENCH_CONCEPTS, Codes, GroundTruth
+from diffdict.bench.detection import best_threshold_f1, detect, rank_entries, split_halves
 from diffdict.bench.purity import concept_purity, precisions, purity
-from diffdict.interpret.groundtruth import CONCEPTS
+from diffdict.interpret.groundtruth import CONCEPTS, _num
 
 COVERAGE_F1 = 0.8
 COVERAGE_AUROC = 0.9
@@ -29,9 +29,7 @@ def interval(values: Any, seed: int = 0) -> dict[str, float]:
     from diffdict.metrics.causal import mean_interval
 
     x = np.asarray(values, dtype=np.float64).reshape(-1)
-    x = x[np.isfinite(x)]
-    mean, low, high = mean_interval(x, "t", seed=seed)
-    return {"mean": mean, "low": low, "high": high, "n": int(x.size)}
+    return dict(zip(("mean", "low", "high"), mean_interval(x, "t", seed=seed)), n=int(np.isfinite(x).sum()))
 
 
 def _concept_columns(labels: torch.Tensor) -> torch.Tensor:
@@ -47,19 +45,15 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
     ``writers`` may be a function of the selection half's F1 (n_features, concepts; the
     better of token and image level) that returns them."""
     n = codes.n_features
-    tok_labels = _concept_columns(token_labels(truth, codes))
+    tok_labels = _concept_columns(truth.grid[codes.prompt, :, codes.position])  # (tokens, concepts)
     tok_selection = truth.selection[codes.prompt]
     image_labels = _concept_columns(truth.image)
     image_entries = codes.image_max.nonzero(as_tuple=True)
     image_values = codes.image_max[image_entries]
 
     def halves(item, feature, value, in_selection):
-        index_sel = torch.cumsum(in_selection.long(), 0) - 1
-        index_test = torch.cumsum((~in_selection).long(), 0) - 1
-        sel = in_selection[item]
-        return (rank_entries(index_sel[item[sel]], feature[sel], value[sel], n),
-                rank_entries(index_test[item[~sel]], feature[~sel], value[~sel], n),
-                (index_test[item[~sel]], feature[~sel], value[~sel]))
+        selection, test = split_halves(item, feature, value, in_selection)
+        return rank_entries(*selection, n), rank_entries(*test, n), test
 
     tok_sel, tok_test, tok_test_entries = halves(codes.token, codes.feature, codes.value, tok_selection)
     img_sel, img_test, _ = halves(image_entries[0], image_entries[1], image_values, truth.selection)
@@ -77,7 +71,7 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
     image_precisions = precisions(img_sel, img_test, image_labels[truth.selection], image_labels[~truth.selection], n,
                                   TOP_IMAGES, TOP_IMAGES // 2)
     token_purity, token_top, token_concept, token_live = purity(token_precisions)
-    image_purity, image_top, image_concept, image_live = purity(image_precisions)
+    image_purity, image_top, image_concept, _ = purity(image_precisions)
     purest, purest_feature = concept_purity(token_precisions)
     absorbed = absorption(tok_sel, tok_labels[tok_selection], *tok_test_entries, tok_labels[~tok_selection],
                           token.feature, token.threshold, n)
@@ -129,11 +123,6 @@ def _detectors(f1: torch.Tensor, main: int, most: int = MAX_ERASED) -> list[int]
 def _share(values: torch.Tensor, level: float) -> float:
     finite = values[torch.isfinite(values)]
     return float((finite >= level).double().mean()) if finite.numel() else math.nan
-
-
-def _num(value) -> float | None:
-    value = float(value)
-    return None if math.isnan(value) else value
 
 
 __all__ = ["COVERAGE_F1", "PURE_PRECISION", "interpretability_scores", "interval"]

@@ -1,27 +1,10 @@
-"""Purity: how precisely a feature's activations pick out one concept.
-
-For each live feature, its concept (the explanation) is the one most of its ``top``
-strongest activations have on the selection half (what an explainer is shown), and its
-purity is the precision of its activations for that concept on the test half, **over
-its whole activation range**: the feature's firing items are cut into ``bins``
-equal-count bins by activation and purity is the mean of the bins' precisions, so a
-feature is pure only when its weak activations are about its concept as well as its
-strongest (the quantile sampling of SAEBench's and Bills et al.'s automated
-interpretability, with the ground truth as the judge).
-
-The **top precision** (the share of its ``top`` strongest activations with the concept)
-is reported beside it, and it is not a measure of what training bought: when the data
-are clustered the top activations of *any* direction lie in the cluster at its extreme,
-so random directions are as precise there as learnt features (on the shapes world's
-``up.1.1``, a random-init TopK twin scores as high as the trained SAE). What a random
-direction does not have is a concept below its extreme: further down its range it fires
-on the next cluster, and its purity falls (tests).
-
-Ties count fractionally everywhere (the expected precision under a random tie break), so
-a constant feature scores the base rate of its concept: density is not rewarded.
-
-**Concept purity** asks the question the other way round: for each concept, the purest
-feature for it (chosen on the selection half) and its purity on the test half.
+"""Purity: how precisely a feature's activations pick out one concept (docs/bench.md, "Why
+purity is measured over the whole activation range"): a live feature's precision for its
+concept (the one most of its ``top`` activations have on the selection half) on the test half,
+over its whole activation range as the mean of ``bins`` equal-count bins; the top precision
+beside it, which random directions in clustered data match; and concept purity, per concept
+the purest feature. Ties count fractionally everywhere (the expected precision under a random
+tie break), so a constant feature scores its concept's base rate: density is not rewarded.
 """
 
 from __future__ import annotations

@@ -25,17 +25,17 @@ COLUMNS = (
 )
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def cell(value: Any) -> str:
-    if value is None:
-        return "—"
     if isinstance(value, dict):
         mean, low, high = value.get("mean"), value.get("low"), value.get("high")
-        if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        if _missing(mean):
             return "—"
-        if low is None or (isinstance(low, float) and math.isnan(low)):
-            return f"{mean:.3f}"
-        return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
-    if isinstance(value, float) and math.isnan(value):
+        return f"{mean:.3f}" if _missing(low) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+    if _missing(value):
         return "—"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -73,14 +73,12 @@ def markdown(results: dict[str, Any]) -> str:
               "writer F1 | steered | steered F1 | steering | random | steers |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for concept in BENCH_CONCEPTS:
-        c = concepts[concept]
-        s = steering.get(concept)
+        c, s = concepts[concept], steering.get(concept) or {}
         lines.append(f"| {concept} | {c['token_feature']} | {cell(c['token_f1'])} | {cell(c['token_auroc'])} | "
                      f"{cell(c['image_f1'])} | {c['detectors']} | {cell(c['absorption'])} | "
                      f"{c.get('writer_feature', '—')} | {cell(c.get('writer_cosine'))} | {cell(writer_f1(c))} | "
-                     f"{s['feature'] if s else '—'} | {cell(s.get('writer_f1')) if s else '—'} | "
-                     f"{cell(s['success']) if s else '—'} | {cell(s.get('random')) if s else '—'} | "
-                     f"{('yes' if s.get('steers') else 'no') if s else '—'} |")
+                     f"{s.get('feature', '—')} | {cell(s.get('writer_f1'))} | {cell(s.get('success'))} | "
+                     f"{cell(s.get('random'))} | {('yes' if s.get('steers') else 'no') if s else '—'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -121,9 +119,8 @@ def plots(results: dict[str, Any], folder: Path) -> list[Path]:
         concepts = list(steering)
         fig, ax = plt.subplots(figsize=(10, 4))
         x = np.arange(len(concepts))
-        series = [("dictionary", results["dictionary"]["steering"], "feature_success")]
-        series += [("random direction", results["dictionary"]["steering"], "random_success"),
-                   ("supervised direction", results["dictionary"]["steering"], "supervised_success")]
+        series = [("dictionary", steering, "feature_success"), ("random direction", steering, "random_success"),
+                  ("supervised direction", steering, "supervised_success")]
         series += [(name, r["steering"], "feature_success") for name, r in results["baselines"].items() if "steering" in r]
         width = 0.8 / len(series)
         for i, (name, data, key) in enumerate(series):

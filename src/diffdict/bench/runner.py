@@ -18,8 +18,11 @@ import numpy as np
 import torch
 
 from diffdict.bench.baselines import random_init_twin, raw_basis, site_sample
-from diffdict.bench.data import BACKGROUND_INDEX, BENCH_CONCEPTS, OBJECT_INDEX, GroundTruth, dictionary_codes, ground_truth
+from diffdict.bench.data import (BACKGROUND_INDEX, BENCH_CONCEPTS, OBJECT_INDEX, GroundTruth, dictionary_codes,
+                                 ground_truth)
 from diffdict.bench.interpretability import interpretability_scores, interval
+from diffdict.bench.steering import (Generator, JudgeReadings, erasure_scores, pool_size, scene_value, site_directions,
+                                     steering_pool, steering_scores)
 from diffdict.errors import DiffdictError, require_int
 from diffdict.world.concepts import OBJECT_FAMILIES
 
@@ -59,8 +62,7 @@ class BenchConfig:
         if bad:
             raise DiffdictError(f"unknown baseline {bad[0]!r}; expected {', '.join(BASELINES)}")
         for name in ("steer_prompts", "erase_prompts", "batch_size"):
-            value = getattr(self, name)
-            require_int(value, name.replace("_", "-"), 2 if "prompts" in name else 1)
+            require_int(getattr(self, name), name.replace("_", "-"), 2 if "prompts" in name else 1)
         if not self.strengths or not all(math.isfinite(float(s)) and float(s) > 0 for s in self.strengths):
             raise DiffdictError(f"strengths must be positive numbers, got {list(self.strengths)}")
 
@@ -116,8 +118,6 @@ def concept_directions(store, site: str, truth: GroundTruth, concepts: Sequence[
 
 def direction_cosines(dictionary, supervised: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
     """Per concept, the cosine of every feature's direction with the concept's supervised direction."""
-    from diffdict.bench.steering import site_directions
-
     directions = torch.nn.functional.normalize(site_directions(dictionary, width), dim=1)
     return {concept: directions @ torch.nn.functional.normalize(direction.float(), dim=0)
             for concept, direction in supervised.items()}
@@ -126,14 +126,10 @@ def direction_cosines(dictionary, supervised: dict[str, torch.Tensor], width: in
 def concept_writers(dictionary, supervised: dict[str, torch.Tensor], live: torch.Tensor, width: int,
                     selection_f1: torch.Tensor | None = None) -> dict[str, int]:
     """Per concept, the live feature whose direction is closest (cosine) to the concept's
-    supervised direction: the feature that *writes* the concept. Detection's choice, the
-    feature that *reads* it best, often only reports it (docs/bench.md). With
-    ``selection_f1`` (n_features, len(BENCH_CONCEPTS), the selection half's detection
-    F1), the feature that does both: the largest max(cosine, 0) × F1.
-
-    A feature writes at most one value of a family: it is a candidate for the value of
-    ``supervised`` its direction is closest to (a blue feature at cosine 0.9 with blue and
-    0.7 with purple is blue's, not purple's), unless no live feature is closest to it."""
+    supervised direction: the feature that *writes* it (detection's reader often only
+    reports it, docs/bench.md). With ``selection_f1`` (n_features, len(BENCH_CONCEPTS)), the
+    feature that does both: the largest max(cosine, 0) × F1. A feature writes at most one value
+    of a family, the one its direction is closest to, unless no live feature is closest to it."""
     cosines = direction_cosines(dictionary, supervised, width)
     families: dict[str, list[str]] = {}
     for concept in cosines:
@@ -182,7 +178,6 @@ def stability(dictionary, others: Sequence[Any]) -> dict[str, float] | None:
 def fidelity(shared: Shared, dictionary, prompts: int, seed: int) -> dict[str, float]:
     """Spliced fidelity on one-object test prompts: LPIPS-style distance to the originals
     and the judge's accuracy (share of families read as the prompt says)."""
-    from diffdict.bench.steering import JudgeReadings, scene_value
     from diffdict.interventions import Splice
     from diffdict.world import FAMILIES, caption, single_object_scene
 
@@ -222,22 +217,6 @@ def score_dictionary(shared: Shared, dictionary, config: BenchConfig, others: Se
     concepts = list(config.concepts)
     features = {c: result["concepts"][c]["token_feature" if config.steer_feature == "reader" else "writer_feature"]
                 for c in concepts}
-    result["steering"] = steering = _steering(shared, dictionary, config, concepts, features, log, controls)
-    erased = {c: result["concepts"][c]["detector_features"] for c in concepts}
-    from diffdict.bench.steering import erasure_scores
-
-    result["erasure"] = erasure = erasure_scores(shared.generator, shared.judge, dictionary, concepts, erased, live,
-                                                 config.erase_prompts, config.seed, log, controls)
-    result["fidelity"] = fidelity(shared, dictionary, config.fidelity_prompts, config.seed)
-    result["summary"].update(_causal_summary(steering, erasure, result["concepts"], config.seed, config.steer_feature))
-    result["summary"]["fidelity_lpips"] = result["fidelity"]["lpips"]
-    result["summary"]["fidelity_judge_accuracy"] = result["fidelity"]["judge_accuracy"]
-    return result
-
-
-def _steering(shared, dictionary, config, concepts, features, log, controls):
-    from diffdict.bench.steering import pool_size, site_directions, steering_pool, steering_scores
-
     if shared.pool is None:
         shared.pool = steering_pool(shared.generator, shared.judge, pool_size(config.steer_prompts), config.seed,
                                     (shared.truth.rows, shared.truth.cols))
@@ -245,12 +224,20 @@ def _steering(shared, dictionary, config, concepts, features, log, controls):
     directions = {"feature": {c: rows[features[c]] for c in concepts}}
     if controls:
         directions["supervised"] = shared.supervised
-    steering = steering_scores(shared.generator, shared.judge, shared.pool, concepts, directions,
-                               {c: float(shared.supervised[c].norm()) for c in concepts}, config.strengths,
-                               config.steer_prompts, config.seed, log, random=controls)
+    result["steering"] = steering = steering_scores(
+        shared.generator, shared.judge, shared.pool, concepts, directions,
+        {c: float(shared.supervised[c].norm()) for c in concepts}, config.strengths, config.steer_prompts, config.seed,
+        log, random=controls)
     for concept in concepts:
         steering[concept]["feature"] = features[concept]
-    return steering
+    erased = {c: result["concepts"][c]["detector_features"] for c in concepts}
+    result["erasure"] = erasure = erasure_scores(shared.generator, shared.judge, dictionary, concepts, erased, live,
+                                                 config.erase_prompts, config.seed, log, controls)
+    result["fidelity"] = fidelity(shared, dictionary, config.fidelity_prompts, config.seed)
+    result["summary"].update(_causal_summary(steering, erasure, result["concepts"], config.seed, config.steer_feature))
+    result["summary"]["fidelity_lpips"] = result["fidelity"]["lpips"]
+    result["summary"]["fidelity_judge_accuracy"] = result["fidelity"]["judge_accuracy"]
+    return result
 
 
 def writer_f1(concept: dict[str, Any], steer_feature: str = "writer") -> float | None:
@@ -303,11 +290,6 @@ def _causal_summary(steering: dict, erasure: dict, concepts: dict, seed: int,
     return out
 
 
-#: headline scores compared with the baselines: (key in summary, how the pairs are formed)
-HEADLINE = ("token_f1", "image_f1", "token_purity", "image_purity", "token_top_precision", "concept_purity",
-            "steer_feature", "erase_feature")
-
-
 def per_concept(result: dict, key: str) -> np.ndarray:
     """One score per benchmark concept, NaN where it is undefined."""
     return np.array([np.nan if result["concepts"][c][key] is None else result["concepts"][c][key]
@@ -357,7 +339,6 @@ def run_bench(dictionary, store, site: str, config: BenchConfig | None = None, h
     truth = ground_truth(store, site, seed=config.seed)
     shared = Shared(store, site, truth, site_sample(store, site, seed=config.seed))
     if config.causal:
-        from diffdict.bench.steering import Generator
         from diffdict.capture import capture_mode_of
 
         if host is None or judge is None:
@@ -387,5 +368,5 @@ def run_bench(dictionary, store, site: str, config: BenchConfig | None = None, h
     return results
 
 
-__all__ = ["BASELINES", "BenchConfig", "HEADLINE", "STEER_FAMILIES", "concept_directions", "differences", "run_bench",
+__all__ = ["BASELINES", "BenchConfig", "STEER_FAMILIES", "concept_directions", "differences", "run_bench",
            "score_dictionary", "stability", "typical_activations"]

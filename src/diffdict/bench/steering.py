@@ -1,25 +1,18 @@
-"""The causal scores: steering success and erasure, read by the judge (shapes-clip).
+"""The causal scores, read by the judge (shapes-clip; docs/bench.md defines them).
 
-Steering: for each concept, its *writer* (the live feature whose direction is closest to
-the concept's supervised direction, ``runner.concept_writers``) is added (s · n · d/|d|,
-n the norm of the concept's supervised direction) on one-object test prompts whose image lacks the concept, over the
-object's extent for an object attribute and everywhere for a scene attribute, at every
-denoising step. Success = the judge's most likely value of the family is the target.
-Two references at the same norm and mask: a random unit direction per prompt (seeded),
-and the supervised concept direction (difference of the mean activation of tokens with
-and without the concept, among object tokens for object attributes, background tokens
-for scene attributes, on the selection half), the reference a dictionary is measured
-against. Retain accuracy: the share of the other families the judge reads as before.
-
-Erasure (SAeUron, UnlearnCanvas): on prompts that name the concept, every feature that
-detects it (selection F1 >= 0.5, at most ``interpretability.MAX_ERASED``; at least the chosen one) is
-removed from the site (x − Σ z_i d_i); erasure rate = the judge no longer reads the
-concept; the control removes as many random live features.
+Steering: a concept's steered feature is added (s · n · d/|d|, n the norm of the concept's
+supervised direction) on one-object test prompts whose image lacks the concept, over the
+object's box or the whole image, at every step, against a seeded random unit direction and
+the supervised direction at the same norm; success = the judge's most likely value of the
+family is the target. Erasure (SAeUron, UnlearnCanvas): on prompts that name the concept, its
+detectors are removed (x − Σ z_i d_i), against as many random live features. Retain accuracy:
+the share of the other families the judge reads as before.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Sequence
 
 import numpy as np
@@ -39,10 +32,7 @@ class RowwiseAdd(Intervention):
 
     deltas: Any = None
     row_weights: Any = None
-
-    @property
-    def name(self) -> str:
-        return "rowwise-add"
+    name = "rowwise-add"
 
     def apply(self, x: Tensor, step: int | None) -> Tensor:
         rows = list(self._batch_rows) if self._batch_rows is not None else list(range(x.shape[0]))
@@ -59,10 +49,7 @@ class RowwiseErase(Intervention):
 
     dictionary: Any = None
     erased: Any = None
-
-    @property
-    def name(self) -> str:
-        return "rowwise-erase"
+    name = "rowwise-erase"
 
     def prepare(self, host, info, capture) -> None:
         from diffdict.feature_stats import site_space
@@ -122,12 +109,6 @@ def object_weights(image: np.ndarray, prompt: str, grid: tuple[int, int]) -> Ten
     return resolve_mask(box, grid, (h, w))
 
 
-def unit_rows(count: int, d: int, seed: int) -> Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    v = torch.randn(count, d, generator=generator)
-    return v / v.norm(dim=1, keepdim=True)
-
-
 @dataclass
 class Generator:
     """Generates images of one host at fixed settings, each prompt from its own noise seed."""
@@ -153,6 +134,7 @@ class Generator:
         if key is not None:
             self.originals[key] = images
         return images
+
 
 @dataclass
 class SteeringPool:
@@ -203,12 +185,10 @@ def steering_scores(generator: Generator, judge, pool: SteeringPool, concepts: S
                     directions: dict[str, dict[str, Tensor]], norms: dict[str, float], strengths: Sequence[float],
                     prompts: int, seed: int, log=print, random: bool = True) -> dict[str, Any]:
     """Per concept and strength s: success and retain accuracy of adding s · n_c · u to the
-    prompts lacking the concept, for each method's unit direction u (``directions``:
-    method → concept → direction) and, with ``random``, a seeded random unit direction per
-    prompt; n_c = ``norms[concept]``, the norm of the concept's supervised direction, so an
-    edit's size depends on the concept, never on the dictionary, and the random control is
-    the same for every dictionary steered on the pool. Per concept and method: the best
-    strength and the cross-fitted successes."""
+    prompts lacking the concept, for each method's unit direction u (``directions``: method →
+    concept → direction) and, with ``random``, a seeded random unit direction per prompt.
+    n_c = ``norms[concept]`` (the supervised direction's norm): an edit's size and the random
+    control never depend on the dictionary. Per method: best strength, cross-fitted successes."""
     methods = list(directions) + (["random"] if random else [])
     out: dict[str, Any] = {}
     for ci, concept in enumerate(concepts):
@@ -219,7 +199,9 @@ def steering_scores(generator: Generator, judge, pool: SteeringPool, concepts: S
         norm = float(norms[concept])
         width = generator.width
         units = {m: torch.nn.functional.normalize(directions[m][concept].float(), dim=0) for m in directions}
-        random_units = unit_rows(len(pool.prompts), width, seed * 1_000_003 + 7919 * (ci + 1))
+        random_units = torch.randn(len(pool.prompts), width,
+                                   generator=torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (ci + 1)))
+        random_units = random_units / random_units.norm(dim=1, keepdim=True)
         row_weights = pool.weights[rows] if family in OBJECT_FAMILIES else None
         before = JudgeReadings({k: v[rows] for k, v in pool.readings.values.items()})
         entry: dict[str, Any] = {"edit_norm": norm, "prompts": len(rows), "strengths": {}}
@@ -238,9 +220,8 @@ def steering_scores(generator: Generator, judge, pool: SteeringPool, concepts: S
                 f"{m} {np.mean(v['success']) if rows else float('nan'):.2f}" for m, v in by_method.items()))
         for method in methods:
             best, success, retain = cross_fitted({s: v[method] for s, v in entry["strengths"].items()})
-            entry[f"{method}_best_strength"] = float(best)
-            entry[f"{method}_success"] = success
-            entry[f"{method}_retain"] = retain
+            entry.update({f"{method}_best_strength": float(best), f"{method}_success": success,
+                          f"{method}_retain": retain})
         out[concept] = entry
     return out
 
@@ -268,8 +249,7 @@ def cross_fitted(by_strength: dict[str, dict[str, list[float]]]) -> tuple[str, l
     success, retain = [0.0] * n, [0.0] * n
     for half, strength in zip(halves, chosen):
         for i in half:
-            success[i] = by_strength[strength]["success"][i]
-            retain[i] = by_strength[strength]["retain"][i]
+            success[i], retain[i] = by_strength[strength]["success"][i], by_strength[strength]["retain"][i]
     return best, success, retain
 
 
@@ -284,12 +264,8 @@ def erasure_scores(generator: Generator, judge, dictionary, concepts: Sequence[s
     for ci, concept in enumerate(concepts):
         family, _, value = concept.partition(":")
         target = FAMILIES[family].index(value.replace("_", " "))
-        scenes, index = [], 0
-        while len(scenes) < prompts and index < 200 * prompts:
-            scene = single_object_scene(seed + 1, index, "test")
-            index += 1
-            if scene_value(scene, family) == value.replace("_", " "):
-                scenes.append(scene)
+        candidates = (single_object_scene(seed + 1, i, "test") for i in range(200 * prompts))
+        scenes = list(islice((s for s in candidates if scene_value(s, family) == value.replace("_", " ")), prompts))
         texts = [caption(s) for s in scenes]
         seeds = [seed + 90_000 + 1000 * ci + i for i in range(len(texts))]
         originals = generator(texts, seeds)
@@ -300,12 +276,11 @@ def erasure_scores(generator: Generator, judge, dictionary, concepts: Sequence[s
         result = {"features": chosen, "prompts": int(keep.sum())}
         for method in ("feature", "random") if controls else ("feature",):
             mask = torch.zeros(len(texts), dictionary.n_features, dtype=torch.bool)
-            for i in range(len(texts)):
-                if method == "feature":
-                    mask[i, chosen] = True
-                else:
-                    pick = live_ids[torch.randperm(live_ids.numel(), generator=generator_random)[: len(chosen)]]
-                    mask[i, pick] = True
+            if method == "feature":
+                mask[:, chosen] = True
+            else:
+                for row in mask:
+                    row[live_ids[torch.randperm(live_ids.numel(), generator=generator_random)[: len(chosen)]]] = True
             edit = RowwiseErase(generator.site, capture=generator.capture, dictionary=dictionary, erased=mask)
             images = generator(texts, seeds, edit)
             after = JudgeReadings.of(judge, images)

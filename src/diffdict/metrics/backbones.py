@@ -1,24 +1,20 @@
 """Image backbones that the image metrics read images with, behind one small interface.
 
-``shapes-clip`` (the default) is the project's own offline model of the shapes world.
-For real models: ``open-clip`` (CLIP score, embeddings, Fréchet features; package
-``open_clip_torch``), ``lpips`` (the learned perceptual distance; package ``lpips``) and
-``inception`` (Inception-v3 pool features for FID; package ``pytorch-fid``), and ``clip``
-(a transformers CLIP folder or hub id, :class:`TransformersClipBackbone`). These come
-from the optional extra ``diffdict[metrics]`` and are imported only when asked for; a
-missing one is one clear error naming the extra.
-
-A backbone provides what it can of: ``feature_maps`` (for the LPIPS-style distance),
-``perceptual_distance``, ``image_embeddings`` / ``text_embeddings`` (CLIP score),
-``fid_features`` and ``read(images, target)`` (the probability, or score, that a concept
-or text is true of each image, for causal strength). Images are uint8 (N, H, W, 3)
-arrays or tensors.
+``shapes-clip`` (the default) is the project's own offline model of the shapes world;
+``open-clip``, ``lpips`` and ``inception`` (packages ``open_clip_torch``, ``lpips``,
+``pytorch-fid``) come from the optional extra ``diffdict[metrics]`` and are imported only
+when asked for, a missing one failing with one line naming the extra; ``clip`` is a
+transformers CLIP folder or hub id. A backbone provides what it can of ``feature_maps``,
+``perceptual_distance``, ``image_embeddings`` / ``text_embeddings``, ``fid_features`` and
+``read(images, target)`` (the probability, or score, that a concept or text is true of
+each image). Images are uint8 (N, H, W, 3) arrays or tensors.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,14 +37,10 @@ def require(module: str, package: str, backbone: str) -> Any:
     except ImportError as error:
         missing = getattr(error, "name", None)
         if missing and missing != module.split(".")[0] and not module.startswith(missing):
-            raise DiffdictError(
-                f"backbone {backbone!r}: importing {package!r} failed because {missing!r} is missing; "
-                f"pip install 'diffdict[{EXTRA}]'"
-            ) from None
-        raise DiffdictError(
-            f"backbone {backbone!r} needs the package {package!r}, which is not installed: "
-            f"pip install 'diffdict[{EXTRA}]' (or pip install {package})"
-        ) from None
+            raise DiffdictError(f"backbone {backbone!r}: importing {package!r} failed because {missing!r} is missing; "
+                                f"pip install 'diffdict[{EXTRA}]'") from None
+        raise DiffdictError(f"backbone {backbone!r} needs the package {package!r}, which is not installed: "
+                            f"pip install 'diffdict[{EXTRA}]' (or pip install {package})") from None
 
 
 def as_uint8(images: Any) -> Tensor:
@@ -74,8 +66,7 @@ def lpips_style(maps_a: Sequence[Tensor], maps_b: Sequence[Tensor], eps: float =
     for fa, fb in zip(maps_a, maps_b):
         if fa.shape != fb.shape or fa.ndim != 4:
             raise DiffdictError(f"feature maps differ or are not (N, C, H, W): {tuple(fa.shape)} and {tuple(fb.shape)}")
-        na = fa.double() / (fa.double().pow(2).sum(1, keepdim=True).sqrt() + eps)
-        nb = fb.double() / (fb.double().pow(2).sum(1, keepdim=True).sqrt() + eps)
+        na, nb = (f.double() / (f.double().pow(2).sum(1, keepdim=True).sqrt() + eps) for f in (fa, fb))
         layer = (na - nb).pow(2).sum(1).mean(dim=(1, 2))
         total = layer if total is None else total + layer
     return total
@@ -157,36 +148,23 @@ def is_concept(target: str) -> bool:
     return bool(sep) and family in FAMILIES and value.replace("_", " ") in FAMILIES[family]
 
 
-class OpenClipBackbone(Backbone):
-    """open_clip models (``model``, ``pretrained`` as open_clip names them). ``read`` is
-    the CLIP score (cosine similarity) of the target text: CLIP gives no calibrated
-    probability."""
+_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's preprocessing, when the model has none
+_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 
-    name = "open-clip"
 
-    def __init__(self, model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k", device: str | None = None):
-        open_clip = require("open_clip", "open_clip_torch", self.name)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, _, _ = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=self.device)
-        self.model.eval()
-        self.tokenizer = open_clip.get_tokenizer(model)
-        size = getattr(self.model.visual, "image_size", 224)
-        self.size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-        cfg = getattr(self.model.visual, "preprocess_cfg", None) or {}
-        self.mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))).view(1, 3, 1, 1)
-        self.std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))).view(1, 3, 1, 1)
+def _device(device: str | None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    def _pixels(self, images) -> Tensor:
+
+class _ClipLike(Backbone):
+    """What the CLIP backbones share: pixels resized to ``size`` and normalised by
+    ``mean`` / ``std``; Fréchet features are the image embeddings; ``read`` is the CLIP
+    score (cosine similarity) of the target text, CLIP giving no calibrated probability."""
+
+    def _pixels(self, images: Any) -> Tensor:
         x = F.interpolate(to_unit_range(images), size=self.size, mode="bicubic", antialias=True, align_corners=False)
         return ((x.clamp(0, 1) - self.mean) / self.std).to(self.device)
-
-    @torch.no_grad()
-    def image_embeddings(self, images):
-        return F.normalize(self.model.encode_image(self._pixels(images)).float(), dim=-1).cpu()
-
-    @torch.no_grad()
-    def text_embeddings(self, texts):
-        return F.normalize(self.model.encode_text(self.tokenizer(list(texts)).to(self.device)).float(), dim=-1).cpu()
 
     @torch.no_grad()
     def fid_features(self, images):
@@ -197,6 +175,32 @@ class OpenClipBackbone(Backbone):
         return (self.image_embeddings(images) @ self.text_embeddings([target]).T)[:, 0]
 
 
+class OpenClipBackbone(_ClipLike):
+    """open_clip models (``model``, ``pretrained`` as open_clip names them)."""
+
+    name = "open-clip"
+
+    def __init__(self, model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k", device: str | None = None):
+        open_clip = require("open_clip", "open_clip_torch", self.name)
+        self.device = _device(device)
+        self.model, _, _ = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=self.device)
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model)
+        size = getattr(self.model.visual, "image_size", 224)
+        self.size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        cfg = getattr(self.model.visual, "preprocess_cfg", None) or {}
+        self.mean = torch.tensor(cfg.get("mean", _MEAN)).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg.get("std", _STD)).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def image_embeddings(self, images):
+        return F.normalize(self.model.encode_image(self._pixels(images)).float(), dim=-1).cpu()
+
+    @torch.no_grad()
+    def text_embeddings(self, texts):
+        return F.normalize(self.model.encode_text(self.tokenizer(list(texts)).to(self.device)).float(), dim=-1).cpu()
+
+
 class LpipsBackbone(Backbone):
     """The learned LPIPS distance (Zhang et al. 2018), ``net`` alex / vgg / squeeze."""
 
@@ -204,7 +208,7 @@ class LpipsBackbone(Backbone):
 
     def __init__(self, net: str = "alex", device: str | None = None):
         lpips = require("lpips", "lpips", self.name)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = _device(device)
         self.model = lpips.LPIPS(net=net, verbose=False).to(self.device).eval()
 
     @torch.no_grad()
@@ -221,7 +225,7 @@ class InceptionBackbone(Backbone):
 
     def __init__(self, device: str | None = None):
         module = require("pytorch_fid.inception", "pytorch-fid", self.name)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = _device(device)
         block = module.InceptionV3.BLOCK_INDEX_BY_DIM[2048]
         self.model = module.InceptionV3([block]).to(self.device).eval()
 
@@ -230,16 +234,10 @@ class InceptionBackbone(Backbone):
         return self.model(to_unit_range(images).to(self.device))[0].flatten(1).float().cpu()
 
 
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's preprocessing, when the folder has none
-_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class TransformersClipBackbone(Backbone):
+class TransformersClipBackbone(_ClipLike):
     """A CLIP backbone from a transformers ``CLIPModel`` folder or hub id (``clip``):
     transformers is a core dependency, so it works offline from any ``save_pretrained``
-    folder or the Hugging Face cache. ``read`` is the CLIP score (cosine similarity of
-    image and text embeddings); ``feature_maps`` are the vision transformer's patch
+    folder or the Hugging Face cache. ``feature_maps`` are the vision transformer's patch
     tokens per layer."""
 
     name = "clip"
@@ -247,22 +245,22 @@ class TransformersClipBackbone(Backbone):
     def __init__(self, path: str = DEFAULT_CLIP, device: str | None = None):
         from transformers import AutoTokenizer, CLIPModel
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = _device(device)
         try:
             self.model = CLIPModel.from_pretrained(str(path)).to(self.device).eval()
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise DiffdictError(f"cannot load the CLIP backbone from {str(path)!r}: {first}") from None
-        self.size = int(self.model.config.vision_config.image_size)
-        mean, std = _preprocessing(Path(str(path)))
+        side = int(self.model.config.vision_config.image_size)
+        self.size = (side, side)
+        mean, std = _MEAN, _STD
+        config = Path(str(path)) / "preprocessor_config.json"
+        if config.is_file():
+            data = json.loads(config.read_text())
+            mean, std = tuple(data.get("image_mean", _MEAN)), tuple(data.get("image_std", _STD))
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
-
-    def _pixels(self, images: Any) -> Tensor:
-        x = F.interpolate(to_unit_range(images), size=(self.size, self.size), mode="bicubic", antialias=True,
-                          align_corners=False)
-        return ((x.clamp(0, 1) - self.mean) / self.std).to(self.device)
 
     @torch.no_grad()
     def image_embeddings(self, images):
@@ -276,27 +274,11 @@ class TransformersClipBackbone(Backbone):
         return F.normalize(self.model.text_projection(pooled).float(), dim=-1).cpu()
 
     @torch.no_grad()
-    def fid_features(self, images):
-        return self.image_embeddings(images)
-
-    @torch.no_grad()
     def feature_maps(self, images):
         hidden = self.model.vision_model(pixel_values=self._pixels(images), output_hidden_states=True).hidden_states
-        side = self.size // int(self.model.config.vision_config.patch_size)
+        side = self.size[0] // int(self.model.config.vision_config.patch_size)
         # patch tokens (the class token first is dropped) as (N, C, side, side) maps, one per layer
         return [h[:, 1:].float().cpu().transpose(1, 2).reshape(h.shape[0], -1, side, side) for h in hidden[1:]]
-
-    @torch.no_grad()
-    def read(self, images, target):
-        return (self.image_embeddings(images) @ self.text_embeddings([target]).T)[:, 0]
-
-
-def _preprocessing(folder: Path) -> tuple[tuple, tuple]:
-    config = folder / "preprocessor_config.json"
-    if config.is_file():
-        data = json.loads(config.read_text())
-        return tuple(data.get("image_mean", _MEAN)), tuple(data.get("image_std", _STD))
-    return _MEAN, _STD
 
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {
@@ -330,23 +312,14 @@ def backbone_available(name: str) -> tuple[bool, str]:
     packages = {"open-clip": ("open_clip", "open_clip_torch"), "lpips": ("lpips", "lpips"),
                 "inception": ("pytorch_fid", "pytorch-fid")}
     if name == "shapes-clip":
-        from importlib import resources
-
         path = resources.files("diffdict.models.weights").joinpath("shapes-clip", "model.safetensors")
         return (path.is_file(), "" if path.is_file() else "shapes-clip weights are not shipped yet")
     if name not in packages:
         return False, f"unknown backbone {name!r}"
     module, package = packages[name]
-    import importlib.util
-
     if importlib.util.find_spec(module) is None:
         return False, f"{package} is not installed (pip install 'diffdict[{EXTRA}]')"
     return True, ""
-
-
-def shapes_clip_refusal(host_name: str) -> str:
-    return (f"the shapes-clip backbone reads only shapes-world images, not {host_name}'s; "
-            "use --backbone open-clip (the CLIP backbone) or --backbone none")
 
 
 def resolve_backbone(name: "str | Backbone | None", host_name: str, needed: bool = False,
@@ -364,7 +337,8 @@ def resolve_backbone(name: "str | Backbone | None", host_name: str, needed: bool
     if not isinstance(name, str):
         return name
     if name in ("shapes-clip", "shapes_clip") and real:
-        raise DiffdictError(shapes_clip_refusal(host_name))
+        raise DiffdictError(f"the shapes-clip backbone reads only shapes-world images, not {host_name}'s; "
+                            "use --backbone open-clip (the CLIP backbone) or --backbone none")
     if name != "auto":
         return name
     choice = "open-clip" if real else "shapes-clip"
@@ -377,22 +351,6 @@ def resolve_backbone(name: "str | Backbone | None", host_name: str, needed: bool
     return None
 
 
-__all__ = [
-    "BACKBONES",
-    "Backbone",
-    "DEFAULT_BACKBONE",
-    "EXTRA",
-    "InceptionBackbone",
-    "LpipsBackbone",
-    "OpenClipBackbone",
-    "ShapesClipBackbone",
-    "TransformersClipBackbone",
-    "as_uint8",
-    "backbone_available",
-    "is_concept",
-    "load_backbone",
-    "lpips_style",
-    "resolve_backbone",
-    "shapes_clip_refusal",
-    "to_unit_range",
-]
+__all__ = ["BACKBONES", "Backbone", "DEFAULT_BACKBONE", "EXTRA", "InceptionBackbone", "LpipsBackbone",
+           "OpenClipBackbone", "ShapesClipBackbone", "TransformersClipBackbone", "as_uint8", "backbone_available",
+           "is_concept", "load_backbone", "lpips_style", "resolve_backbone", "to_unit_range"]

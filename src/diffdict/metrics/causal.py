@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from diffdict.hosts import HostModel
     from diffdict.interventions import Intervention
 
+
 def mean_interval(values: Any, method: str = "t", level: float = 0.95, seed: int = 0,
                   resamples: int = 2000) -> tuple[float, float, float]:
     """(mean, low, high): a ``level`` confidence interval of the mean of the finite
@@ -78,10 +79,6 @@ class CausalStrength:
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, **self.summary}
 
-    def per_prompt(self) -> list[dict[str, float]]:
-        return [{"p_original": float(o), "p_edited": float(e), "p_control": float(c)}
-                for o, e, c in zip(self.original, self.edited, self.control)]
-
 
 def summarize(original: Any, edited: Any, control: Any, interval: str = "t", seed: int = 0) -> dict[str, Any]:
     """Means and intervals of the effect, the control's effect and the strength."""
@@ -109,21 +106,11 @@ def read_target(images: Any, target: str, backbone: "str | Backbone | None" = No
     return torch.cat(parts).numpy()
 
 
-def causal_strength(
-    host: "HostModel",
-    intervention: "Intervention",
-    target: str,
-    prompts: Sequence[str],
-    seed: int = 0,
-    control_seed: int | None = None,
-    backbone: "str | Backbone | None" = None,
-    num_steps: int | None = None,
-    guidance: float | None = None,
-    batch_size: int = 16,
-    interval: str = "t",
-    original: Any = None,
-    edited: Any = None,
-) -> tuple[CausalStrength, dict[str, np.ndarray]]:
+def causal_strength(host: "HostModel", intervention: "Intervention", target: str, prompts: Sequence[str], seed: int = 0,
+                    control_seed: int | None = None, backbone: "str | Backbone | None" = None,
+                    num_steps: int | None = None, guidance: float | None = None, batch_size: int = 16,
+                    interval: str = "t", original: Any = None, edited: Any = None
+                    ) -> tuple[CausalStrength, dict[str, np.ndarray]]:
     """Measure how much ``intervention`` raises ``target`` over a random control.
 
     Returns the result and the images (``original``, ``edited``, ``control``); images
@@ -138,17 +125,11 @@ def causal_strength(
         original = generate(host, prompts, [], **kwargs)
     if edited is None:
         edited = generate(host, prompts, [intervention], **kwargs)
-    control_images = generate(host, prompts, [RandomDirection(intervention, seed if control_seed is None else control_seed)],
-                              **kwargs)
+    control = RandomDirection(intervention, seed if control_seed is None else control_seed)
+    control_images = generate(host, prompts, [control], **kwargs)
     model = load_backbone(backbone)
-    result = CausalStrength(
-        target,
-        read_target(original, target, model),
-        read_target(edited, target, model),
-        read_target(control_images, target, model),
-        interval=interval,
-        seed=seed,
-    )
+    result = CausalStrength(target, read_target(original, target, model), read_target(edited, target, model),
+                            read_target(control_images, target, model), interval=interval, seed=seed)
     return result, {"original": np.asarray(original), "edited": np.asarray(edited), "control": control_images}
 
 

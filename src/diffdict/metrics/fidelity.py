@@ -25,26 +25,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from diffdict.hosts import HostModel
 
 
-def _summary(values: np.ndarray) -> dict[str, float]:
-    mean, low, high = mean_interval(values)
-    return {"mean": mean, "low": low, "high": high}
-
-
-def spliced_fidelity(
-    host: "HostModel",
-    dictionary: "Dictionary",
-    site: str,
-    prompts: Sequence[str],
-    seed: int = 0,
-    capture: str | None = None,
-    steps: Any = None,
-    num_steps: int | None = None,
-    guidance: float | None = None,
-    backbone: "str | Backbone | None" = "shapes-clip",
-    batch_size: int = 16,
-    detail: bool = False,
-    return_images: bool = False,
-) -> dict[str, Any]:
+def spliced_fidelity(host: "HostModel", dictionary: "Dictionary", site: str, prompts: Sequence[str], seed: int = 0,
+                     capture: str | None = None, steps: Any = None, num_steps: int | None = None,
+                     guidance: float | None = None, backbone: "str | Backbone | None" = "shapes-clip",
+                     batch_size: int = 16, detail: bool = False, return_images: bool = False) -> dict[str, Any]:
     """Fidelity of generating with ``site`` spliced by ``dictionary``.
 
     Returns flat means (floats, ready to merge into reconstruction metrics):
@@ -75,30 +59,23 @@ def fidelity_metrics(original: np.ndarray, spliced: np.ndarray, prompts: Sequenc
     if backbone is not None:
         model = load_backbone(backbone)
         per["spliced_perceptual"] = perceptual_distance(original, spliced, model)
-        before = clip_score(original, list(prompts), model)
-        after = clip_score(spliced, list(prompts), model)
-        per["clip_score_original"], per["clip_score_spliced"] = before, after
+        per["clip_score_original"] = before = clip_score(original, list(prompts), model)
+        per["clip_score_spliced"] = after = clip_score(spliced, list(prompts), model)
         per["clip_score_drop"] = before - after
     out: dict[str, Any] = {name: float(values.mean()) for name, values in per.items()}
     out["fidelity_prompts"] = len(prompts)
     if detail:
-        out["intervals"] = {name: _summary(values) for name, values in per.items()}
+        out["intervals"] = {name: dict(zip(("mean", "low", "high"), mean_interval(values)))
+                            for name, values in per.items()}
         out["per_image"] = [{name: float(values[i]) for name, values in per.items()} for i in range(len(prompts))]
     if return_images:
         out["original"], out["spliced"] = original, spliced
     return out
 
 
-def store_fidelity(
-    store: Any,
-    site: str,
-    prompts: int | Sequence[str] = 16,
-    seed: int = 0,
-    backbone: "str | Backbone | None" = "auto",
-    host: "HostModel | None" = None,
-    model_path: str | None = None,
-    batch_size: int = 16,
-) -> Callable[["Dictionary"], dict[str, Any]]:
+def store_fidelity(store: Any, site: str, prompts: int | Sequence[str] = 16, seed: int = 0,
+                   backbone: "str | Backbone | None" = "auto", host: "HostModel | None" = None,
+                   model_path: str | None = None, batch_size: int = 16) -> Callable[["Dictionary"], dict[str, Any]]:
     """A ``dictionary -> metrics`` function (``diffdict.evaluate``'s ``fidelity``) for
     dictionaries trained on ``site`` of ``store``: generates as the store was made (model,
     denoising steps, guidance, capture mode), splicing at the captured steps, on

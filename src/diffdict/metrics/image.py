@@ -1,17 +1,11 @@
 """Image metrics: pixel and perceptual distances, CLIP score, Fréchet distance.
 
-- :func:`perceptual_distance`: LPIPS-style, from a backbone's multi-layer feature maps:
-  per layer, unit-normalise each location's feature vector, take the squared difference
-  summed over channels, average over positions; sum over layers (Zhang et al. 2018 with
-  uniform layer weights). The ``lpips`` backbone gives the learned LPIPS instead.
-- :func:`clip_score`: cosine similarity between image and text embeddings.
-- :func:`frechet_distance`: ‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½) between two sets of
-  feature vectors, the matrix square root via symmetric eigendecompositions (numpy, no
-  scipy); :func:`fid` reads the features with a backbone (shapes-clip offline,
-  ``inception`` for the usual FID).
-- :func:`pixel_mae`, :func:`pixel_mse`: per-image pixel distances in [0, 1] units.
-
-Distances are returned as float64 numpy arrays with one value per image pair.
+:func:`perceptual_distance` is LPIPS-style (``backbones.lpips_style``: Zhang et al. 2018 with
+uniform layer weights; the ``lpips`` backbone gives the learned LPIPS instead);
+:func:`frechet_distance` is ‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½), the matrix square root by
+symmetric eigendecompositions (numpy, no scipy), and :func:`fid` reads its features with a
+backbone (``inception`` for the usual FID). Distances are float64 numpy arrays with one value
+per image pair; pixel distances are in [0, 1] units.
 """
 
 from __future__ import annotations
@@ -47,10 +41,8 @@ def pixel_mse(a: Any, b: Any) -> np.ndarray:
 
 
 def _batched(fn, a: Tensor, b: Tensor | None, batch_size: int) -> Tensor:
-    parts = []
-    for start in range(0, a.shape[0], batch_size):
-        stop = start + batch_size
-        parts.append(fn(a[start:stop]) if b is None else fn(a[start:stop], b[start:stop]))
+    parts = [fn(a[i:i + batch_size]) if b is None else fn(a[i:i + batch_size], b[i:i + batch_size])
+             for i in range(0, a.shape[0], batch_size)]
     return torch.cat([p.reshape(p.shape[0], -1) if p.ndim > 1 else p for p in parts])
 
 
@@ -59,8 +51,7 @@ def perceptual_distance(a: Any, b: Any, backbone: "str | Backbone | None" = None
     """LPIPS-style distance per image pair (0 for identical images)."""
     a, b = _pair(a, b)
     model = load_backbone(backbone)
-    out = _batched(lambda x, y: model.perceptual_distance(x, y).reshape(-1), a, b, batch_size)
-    out = out.double().numpy()
+    out = _batched(lambda x, y: model.perceptual_distance(x, y).reshape(-1), a, b, batch_size).double().numpy()
     out[(a == b).flatten(1).all(1).numpy()] = 0.0  # exact zero for identical images
     return out
 
@@ -81,23 +72,18 @@ def clip_score(images: Any, texts: str | Sequence[str], backbone: "str | Backbon
     return F.cosine_similarity(image_emb.cpu(), text_emb[index], dim=-1).double().numpy()
 
 
-def _sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
-    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
-    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
-
-
 def frechet_distance(features_a: Any, features_b: Any) -> float:
     """Fréchet distance between Gaussians fitted to two sets of feature vectors (N, f)."""
-    fa = np.asarray(features_a.detach().cpu() if isinstance(features_a, Tensor) else features_a, dtype=np.float64)
-    fb = np.asarray(features_b.detach().cpu() if isinstance(features_b, Tensor) else features_b, dtype=np.float64)
+    fa, fb = (np.asarray(f.detach().cpu() if isinstance(f, Tensor) else f, dtype=np.float64)
+              for f in (features_a, features_b))
     if fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1]:
         raise DiffdictError(f"Fréchet distance needs two (N, f) feature sets of one width, got {fa.shape} and {fb.shape}")
     if fa.shape[0] < 2 or fb.shape[0] < 2:
         raise DiffdictError(f"Fréchet distance needs at least 2 samples per set, got {fa.shape[0]} and {fb.shape[0]}")
     mu_a, mu_b = fa.mean(0), fb.mean(0)
-    cov_a, cov_b = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
-    cov_a, cov_b = np.atleast_2d(cov_a), np.atleast_2d(cov_b)
-    root_a = _sqrtm_psd(cov_a)
+    cov_a, cov_b = np.atleast_2d(np.cov(fa, rowvar=False)), np.atleast_2d(np.cov(fb, rowvar=False))
+    values, vectors = np.linalg.eigh((cov_a + cov_a.T) / 2)
+    root_a = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T  # Σa^½
     # Tr((Σa Σb)^½) = Tr((Σa^½ Σb Σa^½)^½), a symmetric PSD matrix
     middle = root_a @ cov_b @ root_a
     eig = np.linalg.eigvalsh((middle + middle.T) / 2)

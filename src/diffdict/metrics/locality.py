@@ -21,14 +21,12 @@ import numpy as np
 import torch
 
 from diffdict.errors import DiffdictError
-from diffdict.metrics.backbones import as_uint8
+from diffdict.metrics.image import _pair
 
 
 def change_map(original: Any, edited: Any) -> np.ndarray:
     """(N, H, W) per-pixel change: mean |Δ| over channels, in [0, 1]."""
-    a, b = as_uint8(original), as_uint8(edited)
-    if a.shape != b.shape:
-        raise DiffdictError(f"image sets differ in shape: {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = _pair(original, edited)
     return ((a.double() - b.double()).abs().mean(-1) / 255.0).numpy()
 
 
@@ -40,17 +38,9 @@ def mask_distances(mask: np.ndarray) -> np.ndarray:
     inside = np.argwhere(mask > 0)
     if inside.size == 0:
         raise DiffdictError("the mask covers no token")
-    rows, cols = mask.shape
-    rr, cc = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    grid = np.stack([rr.reshape(-1), cc.reshape(-1)], 1)  # (T, 2)
+    grid = np.indices(mask.shape).reshape(2, -1).T  # (T, 2)
     dist = np.abs(grid[:, None, :] - inside[None, :, :]).sum(-1).min(1)
-    return dist.reshape(rows, cols).astype(np.float64)
-
-
-def pixel_token_index(image_hw: tuple[int, int], grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column of the token covering each pixel row / pixel column."""
-    (h, w), (rows, cols) = image_hw, grid
-    return (np.arange(h) * rows) // h, (np.arange(w) * cols) // w
+    return dist.reshape(mask.shape).astype(np.float64)
 
 
 def manhattan_locality(original: Any, edited: Any, mask: Any, threshold: float = 0.0) -> dict[str, np.ndarray]:
@@ -66,7 +56,7 @@ def manhattan_locality(original: Any, edited: Any, mask: Any, threshold: float =
         change = np.where(change > threshold, change, 0.0)
     n, h, w = change.shape
     dist = mask_distances(mask)
-    row_of, col_of = pixel_token_index((h, w), mask.shape)
+    row_of, col_of = (np.arange(h) * mask.shape[0]) // h, (np.arange(w) * mask.shape[1]) // w  # each pixel's token
     pixel_dist = dist[row_of][:, col_of]  # (H, W)
     pixel_inside = (mask > 0)[row_of][:, col_of]
     total = change.reshape(n, -1).sum(1)
@@ -78,4 +68,4 @@ def manhattan_locality(original: Any, edited: Any, mask: Any, threshold: float =
     return {"distance": distance, "inside_share": share, "total_change": total}
 
 
-__all__ = ["change_map", "manhattan_locality", "mask_distances", "pixel_token_index"]
+__all__ = ["change_map", "manhattan_locality", "mask_distances"]
