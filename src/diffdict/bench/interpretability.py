@@ -14,7 +14,7 @@ from diffdict.bench.absorption import DETECTOR_F1, absorption, splitting
 from diffdict.bench.data import BENCH_CONCEPTS, Codes, GroundTruth
 from diffdict.bench.detection import best_threshold_f1, detect, rank_entries, split_halves
 from diffdict.bench.purity import concept_purity, precisions, purity
-from diffdict.interpret.groundtruth import CONCEPTS, _num
+from diffdict.interpret.groundtruth import CONCEPTS, float_or_none
 
 COVERAGE_F1 = 0.8
 COVERAGE_AUROC = 0.9
@@ -81,17 +81,17 @@ def interpretability_scores(codes: Codes, truth: GroundTruth, seed: int = 0,
     for c, name in enumerate(BENCH_CONCEPTS):
         per_concept[name] = {
             "token_feature": int(token.feature[c]), "token_threshold": float(token.threshold[c]),
-            "token_f1": _num(token.test_f1[c]), "token_auroc": _num(token.test_auroc[c]),
-            "token_selection_f1": _num(token.selection_f1[c]),
-            "image_feature": int(image.feature[c]), "image_f1": _num(image.test_f1[c]),
-            "image_auroc": _num(image.test_auroc[c]),
-            "detectors": int(split[c]), "absorption": _num(absorbed[c]),
-            "purest_feature": int(purest_feature[c]), "concept_purity": _num(purest[c]),
+            "token_f1": float_or_none(token.test_f1[c]), "token_auroc": float_or_none(token.test_auroc[c]),
+            "token_selection_f1": float_or_none(token.selection_f1[c]),
+            "image_feature": int(image.feature[c]), "image_f1": float_or_none(image.test_f1[c]),
+            "image_auroc": float_or_none(image.test_auroc[c]),
+            "detectors": int(split[c]), "absorption": float_or_none(absorbed[c]),
+            "purest_feature": int(purest_feature[c]), "concept_purity": float_or_none(purest[c]),
             "detector_features": _detectors(token.all_selection_f1[:, c], int(token.feature[c])),
         }
         if c in forced:
-            per_concept[name].update(writer_feature=forced[c], writer_token_f1=_num(token.extra_test_f1[c]),
-                                     writer_image_f1=_num(image.extra_test_f1[c]))
+            per_concept[name].update(writer_feature=forced[c], writer_token_f1=float_or_none(token.extra_test_f1[c]),
+                                     writer_image_f1=float_or_none(image.extra_test_f1[c]))
     # a concept is covered when a feature detects it accurately (F1) *and* discriminates
     # (AUROC): at image level a common concept gets a high F1 from a feature that is always on
     detected = ((np.nan_to_num(token.test_f1) >= COVERAGE_F1) & (np.nan_to_num(token.test_auroc) >= COVERAGE_AUROC)) | \

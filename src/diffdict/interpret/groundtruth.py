@@ -304,12 +304,12 @@ def oracle_results(context, features: list[int], block_tokens: int = 16384,
             cache[feature] = {
                 "concept": CONCEPTS[c],
                 "phrase": concept_phrase(CONCEPTS[c]),
-                "auroc": _num(auc[sc, i, c]),
-                "f1": _num(f1[sc, i, c, t]),
+                "auroc": float_or_none(auc[sc, i, c]),
+                "f1": float_or_none(f1[sc, i, c, t]),
                 "threshold": threshold,
-                "auroc_explain_half": _num(auc[ex, i, c]),
+                "auroc_explain_half": float_or_none(auc[ex, i, c]),
                 "held_out": held_out,
-                "runners_up": [{"concept": CONCEPTS[j], "auroc": _num(auc[ex, i, j])} for j in ranked[1:]],
+                "runners_up": [{"concept": CONCEPTS[j], "auroc": float_or_none(auc[ex, i, j])} for j in ranked[1:]],
                 "concept_tokens": int(tables.concept_tokens[sc, c]),
                 "tokens": int(tables.tokens[sc]),
             }
@@ -326,6 +326,7 @@ def require_prompts_and_images(store, who: str) -> list[str]:
     return store.prompts
 
 
-def _num(value) -> float | None:
+def float_or_none(value) -> float | None:
+    """``value`` as a float, None where it is NaN (JSON has no NaN)."""
     value = float(value)
     return None if math.isnan(value) else value
