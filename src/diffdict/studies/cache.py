@@ -92,18 +92,13 @@ class Cache:
     def folder(self, kind: str, settings: dict[str, Any], build: Callable[[Path], None]) -> Path:
         """The entry's folder, made by ``build(tmp_folder)`` when it is not cached."""
         found = self.lookup(kind, settings)
-        if found is not None:
-            return found
-        with self.locked(kind, [settings]):
-            found = self.lookup(kind, settings)  # built by another process while this one waited
-            if found is not None:
-                return found
-            return self._build(kind, settings, build)
+        if found is None:
+            with self.locked(kind, [settings]):  # another process may have built it while this one waited
+                found = self.lookup(kind, settings) or self._build(kind, settings, build)
+        return found
 
     def _build(self, kind: str, settings: dict[str, Any], build: Callable[[Path], None]) -> Path:
-        final = self.path(kind, settings)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        final, tmp = self._tmp(kind, settings)
         began = time.monotonic()
         self._nested.append(0.0)
         try:
@@ -120,6 +115,12 @@ class Cache:
                 self._nested[-1] += spent
         self._save_stats()
         return final
+
+    def _tmp(self, kind: str, settings: dict[str, Any]) -> tuple[Path, Path]:
+        """The entry's final folder and a new temporary folder beside it."""
+        final = self.path(kind, settings)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return final, Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
 
     @contextmanager
     def locked(self, kind: str, settings_list: list[dict[str, Any]]) -> Iterator[None]:
@@ -140,9 +141,7 @@ class Cache:
         """Move a finished folder (e.g. one member of a trained grid) into the cache;
         ``seconds``: what making it cost, counted for ``kind``."""
         self.seconds[kind] += seconds
-        final = self.path(kind, settings)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        final, tmp = self._tmp(kind, settings)
         os.rmdir(tmp)
         shutil.move(str(source), str(tmp))
         self._commit(tmp, final, kind, settings)

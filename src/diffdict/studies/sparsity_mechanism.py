@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from diffdict.options import option
 from diffdict.studies.base import StudyContext
-from diffdict.studies.dictionary_study import DictionaryStudy, DictionaryStudyConfig, Trained
+from diffdict.studies.dictionary_study import DictionaryStudy, DictionaryStudyConfig
 from diffdict.studies.stages import Member
 
 DEFAULT_MECHANISMS = ("topk", "soft-threshold", "relu-l1", "relu", "batchtopk", "jumprelu", "matryoshka-batchtopk")
@@ -73,14 +73,8 @@ class SparsityMechanism(DictionaryStudy):
                 members.append(Member.of(mechanism, mechanism))
         return members
 
-    def build(self, ctx: StudyContext, site: str, seed: int, train_store, eval_store) -> list[Trained]:
-        if site not in self.matched:
-            return super().build(ctx, site, seed, train_store, eval_store)
-        from diffdict.studies.dictionary_study import trained_folder
-        from diffdict.studies.stages import train_members
-
-        folders = train_members(ctx, train_store, site, list(self.matched[site].values()), seed)
-        return [trained_folder(member, folder, eval_store, site) for member, folder in folders.items()]
+    def site_members(self, ctx: StudyContext, site: str) -> list[Member]:
+        return list(self.matched[site].values()) if site in self.matched else self.members(ctx.config)
 
     def select(self, ctx: StudyContext, site: str, seed: int, results: dict) -> list[tuple[str, Member]]:
         if site in self.matched:
