@@ -19,7 +19,6 @@ from typing import Any, Callable, ClassVar, Iterable
 from diffdict.options import option
 
 
-# -- config -------------------------------------------------------------------------------
 def _host_names() -> list[str]:
     from diffdict.hosts import HOSTS
 
@@ -71,7 +70,6 @@ class StudyConfig:
         return [self.seed + i for i in range(self.seeds)]
 
 
-# -- metrics, records, the study ------------------------------------------------------------
 @dataclass(frozen=True)
 class Metric:
     """A table column: ``lo``/``hi`` bound any correct value; ``better`` says which way is good."""
@@ -99,8 +97,6 @@ class Record:
 
 
 class Study:
-    """Base class of the studies; see the module docstring."""
-
     name: ClassVar[str]
     title: ClassVar[str]
     question: ClassVar[str]  # what the study answers, one sentence
@@ -137,10 +133,9 @@ class Study:
 
 
 
-# -- the running context --------------------------------------------------------------------
 class StudyContext:
-    """What a study's runner works with: its config, output folder, the cache, the host
-    model and the judge (built on first use, or injected), and what it has recorded."""
+    """A study run: config, output folder, cache, host and judge (built on first use, or
+    injected), and what it has recorded."""
 
     def __init__(self, study: Study, config: StudyConfig, out: Path, cache, host=None, judge=None,
                  log: Callable[[str], None] | None = None):

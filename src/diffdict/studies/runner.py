@@ -103,9 +103,8 @@ def execute(study: Study, config: StudyConfig, out: str | Path, cache: Cache, ho
 def run_study(name: str, out: str | Path, options: dict[str, Any] | None = None, quick: bool = False,
               cache_dir: str | Path | None = None, host=None, judge=None,
               log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Resolve the config of study ``name`` (``options``: CLI strings or Python values)
-    and run it into ``out``; the cache defaults to ``out/cache``. With ``jobs`` > 1 helper
-    processes share the work (``studies.parallel``)."""
+    """Resolve the config of study ``name`` (``options``: CLI strings or Python values) and run
+    it into ``out``; the cache defaults to ``out/cache``; ``jobs`` > 1: see ``studies.parallel``."""
     study = get_study(name)
     config = resolve(study.Config, options, quick)
     cache_root = Path(cache_dir if cache_dir is not None else Path(out) / "cache")
@@ -143,10 +142,10 @@ def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool 
             studies: list[str] | None = None, cache_dir: str | Path | None = None, host=None, judge=None,
             log: Callable[[str], None] | None = None, browsers: bool = True,
             browser_features: int | None = None) -> dict[str, Any]:
-    """Every study (or ``studies``) into ``out/<study>/``, one shared cache, and the
-    report ``out/index.html`` with a feature browser of ``browser_features`` features
-    (default 32, 8 with ``quick``) per dictionary. With ``jobs`` > 1 (the default on a
-    CPU with two cores or more) helper processes share the work (``studies.parallel``)."""
+    """Every study (or ``studies``) into ``out/<study>/``, one shared cache, and the report
+    ``out/index.html`` with a feature browser of ``browser_features`` features (default 32, 8
+    with ``quick``) per dictionary; ``jobs`` > 1 (the default on a CPU with two cores or more):
+    see ``studies.parallel``."""
     out = Path(out)
     options, configs = _resolve_all(options, quick, studies)
     cache_root = Path(cache_dir if cache_dir is not None else out / "cache")

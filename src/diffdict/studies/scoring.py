@@ -30,11 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def interpretability(ctx: "StudyContext", dictionary, store, site: str, seed: int) -> dict[str, Any]:
-    """The benchmark's ground-truth scores (``diffdict.bench``) on the eval store: mean
-    detection F1 over concepts (token and image level), purity of the live features,
-    concept purity (each concept's purest feature), coverage; the CLIP score of the chosen
-    features' top images with their concept's phrase; per concept the chosen feature, its F1
-    and typical activation. NaN without ground truth (real models)."""
+    """The benchmark's ground-truth scores (``diffdict.bench``) on the eval store, the CLIP
+    score of the chosen features' top images, and per concept the chosen feature, its F1 and
+    typical activation. NaN without ground truth (real models)."""
     from diffdict.bench.data import BENCH_CONCEPTS, dictionary_codes
     from diffdict.bench.interpretability import interpretability_scores
     from diffdict.bench.runner import concept_directions, concept_writers, typical_activations
@@ -77,9 +75,9 @@ _GROUND_TRUTH: dict[tuple, Any] = {}
 
 
 def study_ground_truth(ctx: "StudyContext", store, site: str):
-    """The ground truth of a store's site (kept in memory: every dictionary of a study
-    reads the same eval store; the split is the study's seed, so every variant and seed
-    is scored on the same test half)."""
+    """The ground truth of a store's site, kept in memory (every dictionary of a study reads the
+    same eval store); the split is the study's seed, so every variant and seed is scored on the
+    same test half."""
     from diffdict.bench.data import ground_truth
 
     key = (store.digest, site, ctx.config.seed)
@@ -123,8 +121,8 @@ def _nan(value) -> float:
 
 
 def reconstruction(ctx: "StudyContext", dictionary_key: dict, load, eval_store, site: str) -> dict[str, float]:
-    """mse, fvu, explained variance, L0 and dead fraction of one dictionary on the eval
-    store (cached): what a study chooses members by, e.g. the one matching an L0."""
+    """Reconstruction metrics of one dictionary on the eval store (cached): what a study
+    chooses members by, e.g. the one matching an L0."""
     settings = {"dictionary": dictionary_key, "store": eval_store.digest, "site": site}
     return ctx.cache.json("reconstruction", settings, lambda: reconstruction_metrics(load(), eval_store, site))
 
@@ -151,19 +149,14 @@ BENCH_VERSION = 5
 def steering_features(evaluation_result: dict, concepts: Sequence[str]) -> list[dict[str, Any]]:
     """The features to steer: for each concept its writer (the feature closest to the
     concept's direction), with its typical activation; best-detected writers first."""
-    chosen = []
-    for c in concepts:
-        entry = evaluation_result["concepts"].get(c)
-        if entry is not None and "writer" in entry:
-            chosen.append({"concept": c, "phrase": entry["phrase"], "feature": entry["writer"],
-                           "activation": entry["writer_activation"], "token_f1": entry["writer_f1"],
-                           "edit_norm": entry["edit_norm"]})
+    entries = [(c, evaluation_result["concepts"].get(c) or {}) for c in concepts]
+    chosen = [{"concept": c, "phrase": e["phrase"], "feature": e["writer"], "activation": e["writer_activation"],
+               "token_f1": e["writer_f1"], "edit_norm": e["edit_norm"]} for c, e in entries if "writer" in e]
     return sorted(chosen, key=lambda f: (-(f["token_f1"] if not math.isnan(f["token_f1"]) else -1.0), f["concept"]))
 
 
 def steering_pool(ctx: "StudyContext", site: str):
-    """The one-object prompts every dictionary of the study is steered on, with their
-    unedited images (cached) and what the judge reads in them."""
+    """The one-object prompts every dictionary is steered on, with their unedited images (cached)."""
     from diffdict.bench.steering import pool_size, steering_pool as make_pool
 
     count = pool_size(ctx.config.steer_prompts)
@@ -214,9 +207,7 @@ def steering(ctx: "StudyContext", dictionary_key: dict, load, edit_site: str, ev
     causal = [a - b for a, b in zip(success, random)]
     return {"steer_success": float(np.mean(success)) if success else math.nan,
             "causal_strength": float(np.mean(causal)) if causal else math.nan,
-            "items": {"steer_success": success, "causal_strength": causal},
-            "per_concept": {c: {"success": float(np.mean(per_concept[c])) if per_concept[c] else None,
-                                "random": float(np.mean(controls[c])) if controls[c] else None} for c in concepts}}
+            "items": {"steer_success": success, "causal_strength": causal}}
 
 
 def _steering_scores(ctx: "StudyContext", edit_site: str, concepts: list[str], directions: dict,
@@ -289,5 +280,5 @@ def spliced_fidelity(ctx: "StudyContext", dictionary_key: dict, load, edit_site:
 
 
 __all__ = ["clip_interpretability", "clip_scores", "evaluation", "interpretability", "reconstruction",
-           "spliced_fidelity", "steering",
-           "steering_controls", "steering_features", "steering_pool", "study_generator", "study_ground_truth"]
+           "spliced_fidelity", "steering", "steering_controls", "steering_features", "steering_pool",
+           "study_generator", "study_ground_truth"]

@@ -40,7 +40,6 @@ DEFAULT_SITES: dict[str, tuple[str, ...]] = {
 DEFAULT_CAPTURE: dict[str, str] = {"flux-schnell": "output"}
 
 
-# -- host, judge, sites ------------------------------------------------------------------------
 def load_study_host(config):
     from diffdict.hosts import load_host
 
@@ -78,17 +77,15 @@ _JUDGE_FINGERPRINTS: dict[int, tuple[Any, str]] = {}
 def judge_fingerprint(judge) -> str:
     """The judge's name and a hash of its weights (computed once per judge object)."""
     known = _JUDGE_FINGERPRINTS.get(id(judge))
-    if known is not None and known[0] is judge:
-        return known[1]
-    model = getattr(judge, "model", None)
-    value = f"{judge.name}:{weights_fingerprint(model.state_dict())}" if isinstance(model, torch.nn.Module) else judge.name
-    _JUDGE_FINGERPRINTS[id(judge)] = (judge, value)
-    return value
+    if known is None or known[0] is not judge:
+        model = getattr(judge, "model", None)
+        weights = f":{weights_fingerprint(model.state_dict())}" if isinstance(model, torch.nn.Module) else ""
+        known = _JUDGE_FINGERPRINTS[id(judge)] = (judge, judge.name + weights)
+    return known[1]
 
 
 def study_sites(host, sites: Sequence[str]) -> list[str]:
-    """``sites`` checked against the host (one clear error for an unknown one), or the
-    host's default study sites."""
+    """``sites`` checked against the host (one clear error for an unknown one), or its default study sites."""
     sites = sites or DEFAULT_SITES.get(host.name) or block_sites(host)[:1]
     for site in sites:
         if host.site(site).kind == "mlp":
@@ -102,18 +99,15 @@ def block_sites(host) -> list[str]:
 
 
 def study_capture(ctx: "StudyContext") -> str:
-    """The capture mode the study reads and edits at block sites (``--capture``, else the
-    host's default)."""
+    """The capture mode read and edited at block sites (``--capture``, else the host's default)."""
     return ctx.config.capture or DEFAULT_CAPTURE.get(ctx.host.name, "update")
 
 
 def site_capture(ctx: "StudyContext", site: str) -> str | None:
-    """The capture mode of an edit at ``site``: None at an MLP site (its neurons), else
-    :func:`study_capture`."""
+    """None at an MLP site (its neurons), else :func:`study_capture`."""
     return None if ctx.host.site(site).kind == "mlp" else study_capture(ctx)
 
 
-# -- prompts, stores, images ---------------------------------------------------------------------
 PURPOSES = ("train", "eval", "edit")
 
 
@@ -143,9 +137,9 @@ def generation_settings(ctx: "StudyContext") -> dict:
 
 def activation_store(ctx: "StudyContext", purpose: str, count: int, sites: Sequence[str],
                      capture: str | None = None):
-    """A store of capture mode ``capture`` (default :func:`study_capture`) at ``sites``
-    over ``count`` prompts (cached), opened. The cache settings name the mode ``"what"``,
-    as they always have, so that existing cache entries stay valid."""
+    """The store of ``capture`` (default :func:`study_capture`) at ``sites`` over ``count``
+    prompts (cached), opened. Its settings name the mode ``"what"``, as they always have, so
+    that existing cache entries stay valid."""
     from diffdict.collect import collect
     from diffdict.store import open_store
 
@@ -194,7 +188,6 @@ def cached_images(ctx: "StudyContext", kind: str, settings: dict, make: Callable
     return load_tensors(ctx.cache.folder(kind, settings, build) / "images.safetensors")["images"].numpy()
 
 
-# -- members and training ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Member:
     """One dictionary to train: an architecture and its sparsity options (``k``, ``l1``,
@@ -309,7 +302,6 @@ def build_seconds(folder: Path) -> float:
     return seconds
 
 
-# -- dictionaries on a site: SAE / ITDA folders, or the block's MLP neurons -----------------------
 def neuron_dictionary(host, site: str, k: int):
     """The MLP neurons of ``site``'s block as a dictionary (top-k codes; decoder = the
     output projection), for hosts whose ``NAME.mlp`` site is ``ff.net.0`` of a diffusers
@@ -327,7 +319,6 @@ def neuron_dictionary(host, site: str, k: int):
                             else out_proj.bias.detach().float().cpu(), k=min(k, info.d))
 
 
-# -- evaluation -----------------------------------------------------------------------------------
 @torch.no_grad()
 def reconstruction_metrics(dictionary, store, site: str) -> dict[str, float]:
     """mse, fvu, explained_variance, l0, dead_fraction on the store's tokens. A neuron
