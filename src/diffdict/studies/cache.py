@@ -46,16 +46,19 @@ ENTRY_FILE = "entry.json"
 RESULT_FILE = "result.json"
 
 
-def _jsonable(obj: Any) -> Any:
+def _map_leaves(obj: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``obj`` with ``leaf`` applied to every value that is not a dict, list or tuple."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): _map_leaves(v, leaf) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return repr(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+        return [_map_leaves(v, leaf) for v in obj]
+    return leaf(obj)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Non-finite floats as their text ("nan", "inf", "-inf": JSON has none), paths as text."""
+    return _map_leaves(obj, lambda v: repr(v) if isinstance(v, float) and not math.isfinite(v)
+                       else str(v) if isinstance(v, Path) else v)
 
 
 def settings_key(kind: str, settings: dict[str, Any]) -> str:
@@ -172,23 +175,13 @@ class Cache:
 
         path = self.folder(kind, settings, build)
         try:
-            return _restore_floats(read_json(path / RESULT_FILE))
+            return _map_leaves(read_json(path / RESULT_FILE), lambda v: float(v) if v in ("nan", "inf", "-inf") else v)
         except DiffdictError:
             raise DiffdictError(f"cache entry {path} is damaged; delete it and rerun") from None
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {"hits": dict(self.hits), "computed": dict(self.computed),
                 "seconds": {kind: round(t, 1) for kind, t in self.seconds.items()}}
-
-
-def _restore_floats(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _restore_floats(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_restore_floats(v) for v in obj]
-    if obj in ("nan", "inf", "-inf"):
-        return float(obj)
-    return obj
 
 
 __all__ = ["CACHE_VERSION", "Cache", "settings_key", "text_digest"]

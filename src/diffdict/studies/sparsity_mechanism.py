@@ -80,12 +80,9 @@ class SparsityMechanism(DictionaryStudy):
         if site in self.matched:
             return list(self.matched[site].items())
         target = math.log(ctx.config.k)
-        best: dict[str, tuple[float, Member]] = {}
-        for member, result in results.items():
-            distance = abs(math.log(max(result["l0"], 1e-6)) - target)
-            if member.label not in best or distance < best[member.label][0]:
-                best[member.label] = (distance, member)
-        self.matched[site] = {label: member for label, (_, member) in best.items()}
+        self.matched[site] = {label: min((m for m in results if m.label == label),  # the first of equals
+                                         key=lambda m: abs(math.log(max(results[m]["l0"], 1e-6)) - target))
+                              for label in dict.fromkeys(m.label for m in results)}
         for label, member in self.matched[site].items():
             knob = KNOBS.get(member.arch, (None,))[0]
             if knob is not None:

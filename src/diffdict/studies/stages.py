@@ -210,13 +210,12 @@ def training_settings(ctx: "StudyContext", store_path: Path, site: str, member: 
     from diffdict.train import TrainSettings
 
     c = ctx.config
-    options = dict(member.options)
     settings = TrainSettings(
         acts=str(store_path), site=site, arch=[member.arch], expansion=[float(c.expansion)], lr=[float(c.lr)],
         normalization=[c.normalization], batch_size=c.train_batch, tokens=c.tokens, seed=seed,
         dead_window=c.dead_window, init_tokens=min(c.tokens, 16384), bf16=False, itda_tokens=c.itda_tokens,
     )
-    for name, value in options.items():
+    for name, value in member.options:
         if name not in ("auxk", "k", "l1", "l0_coef", "theta", "tau", "l0"):
             raise ValueError(f"unknown member option {name!r}")  # a study bug
         setattr(settings, name, [value])
