@@ -2,8 +2,9 @@
 
 A :class:`Study` has a ``Config`` dataclass (fields declared with :func:`diffdict.options.option`,
 validated once at the edge by :func:`diffdict.options.resolve`, so a runner can trust it), the
-``metrics`` of its table, ``rows(ctx)``, and ``run(ctx)``, which calls ``ctx.record(row, seed,
-metric=value, ...)``; the cache, the table with error bars, plots and ``config.json`` are shared.
+``metrics`` of its table, ``labels(config)`` (the variants: a row each per site) or ``rows(ctx)``,
+and ``run(ctx)``, which calls ``ctx.record(row, seed, metric=value, ...)``; the cache, the table
+with error bars, plots and ``config.json`` are shared.
 """
 
 from __future__ import annotations

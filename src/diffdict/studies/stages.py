@@ -5,7 +5,8 @@
 Everything here is generic over the host model; only the concept oracle (ground-truth
 interpretability) is shapes-world specific, and it and every metric that needs a feature's
 explanation are NaN for real models. Members not in the cache are trained together in one
-pass; each is cached on its own (its weights do not depend on the other members of its pass).
+pass; each is cached on its own, keyed by the store's digest and its full training settings
+(site and seed among them): its weights do not depend on the other members of its pass.
 """
 
 from __future__ import annotations
