@@ -1,16 +1,10 @@
 """What a study is: a typed config, a runner that records per-seed results, and a table.
 
-A study is a subclass of :class:`Study` with a ``Config`` dataclass (fields declared with
-:func:`diffdict.options.option`: default, help, ``--quick`` value, and the checks each
-value must pass), the ``metrics`` its table reports and ``rows(config)``, the variants it
-compares. Its ``run(ctx)`` calls ``ctx.record(row, seed, metric=value, ...)``; everything
-else (resolving and validating the config, the cache, the table with error bars, plots,
-``config.json``) is shared. Adding a study is one module plus one line in
-``diffdict.studies.STUDIES``.
-
-Config values are validated at the edge, once: :func:`diffdict.options.resolve` turns
-flag texts, config-file values or Python values into the typed dataclass and checks
-list-valued options member by member, so a study's runner can trust its config.
+A :class:`Study` has a ``Config`` dataclass (fields declared with :func:`diffdict.options.option`,
+validated once at the edge by :func:`diffdict.options.resolve`, so a runner can trust it), the
+``metrics`` of its table, ``labels(config)`` (the variants: a row each per site) or ``rows(ctx)``,
+and ``run(ctx)``, which calls ``ctx.record(row, seed, metric=value, ...)``; the cache, the table
+with error bars, plots and ``config.json`` are shared.
 """
 
 from __future__ import annotations
@@ -26,7 +20,6 @@ from typing import Any, Callable, ClassVar, Iterable
 from diffdict.options import option
 
 
-# -- config -------------------------------------------------------------------------------
 def _host_names() -> list[str]:
     from diffdict.hosts import HOSTS
 
@@ -69,7 +62,7 @@ class StudyConfig:
     quick: bool = option(False, "a much smaller smoke version", cli=False)
 
     def check(self) -> None:
-        """Cross-field checks (subclasses extend); member checks are done already."""
+        """Cross-field checks (subclasses extend)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -78,7 +71,6 @@ class StudyConfig:
         return [self.seed + i for i in range(self.seeds)]
 
 
-# -- metrics, records, the study ------------------------------------------------------------
 @dataclass(frozen=True)
 class Metric:
     """A table column: ``lo``/``hi`` bound any correct value; ``better`` says which way is good."""
@@ -106,8 +98,6 @@ class Record:
 
 
 class Study:
-    """Base class of the studies; see the module docstring."""
-
     name: ClassVar[str]
     title: ClassVar[str]
     question: ClassVar[str]  # what the study answers, one sentence
@@ -116,19 +106,22 @@ class Study:
     #: the row every other row is compared with (the paper's choice), or None
     reference: ClassVar[str | None] = None
 
+    def row_name(self, ctx: "StudyContext", row: str, site: str) -> str:
+        return row if len(ctx.sites) == 1 else f"{row} @ {site}"
+
     def reference_row(self, ctx: "StudyContext", row: str) -> str | None:
         """The row ``row`` is compared with: the reference at the same site."""
-        if self.reference is None:
-            return None
-        suffix = row.partition(" @ ")[2]
-        return f"{self.reference} @ {suffix}" if suffix else self.reference
+        return None if self.reference is None else self.row_name(ctx, self.reference, row.partition(" @ ")[2])
 
-    def rows(self, ctx: "StudyContext") -> list[str]:
-        """The rows (variants) the study's table will have, in order."""
+    def labels(self, config: StudyConfig) -> list[str]:
+        """The variants compared at each site."""
         raise NotImplementedError
 
+    def rows(self, ctx: "StudyContext") -> list[str]:
+        """The rows of the table, in order: each variant at each site."""
+        return [self.row_name(ctx, label, site) for site in ctx.sites for label in self.labels(ctx.config)]
+
     def sites(self, ctx: "StudyContext") -> list[str]:
-        """The sites the study reads (default: the configured ones, or the host's default)."""
         return ctx.sites
 
     def run(self, ctx: "StudyContext") -> None:
@@ -139,17 +132,11 @@ class Study:
 
         return [metric_bars(table, self.metrics, out / "metrics.png", title=self.title)]
 
-    def metric(self, name: str) -> Metric:
-        for m in self.metrics:
-            if m.name == name:
-                return m
-        raise KeyError(name)
 
 
-# -- the running context --------------------------------------------------------------------
 class StudyContext:
-    """What a study's runner works with: its config, output folder, the cache, the host
-    model and the judge (built on first use, or injected), and what it has recorded."""
+    """A study run: config, output folder, cache, host and judge (built on first use, or
+    injected), and what it has recorded."""
 
     def __init__(self, study: Study, config: StudyConfig, out: Path, cache, host=None, judge=None,
                  log: Callable[[str], None] | None = None):
@@ -164,7 +151,6 @@ class StudyContext:
         self.started = time.monotonic()
         self._log = log if log is not None else (lambda message: print(message, file=sys.stderr, flush=True))
 
-    # -- lazily built heavy objects ---------------------------------------------------------
     @property
     def host(self):
         if self._host is None:
@@ -183,7 +169,6 @@ class StudyContext:
 
     @property
     def sites(self) -> list[str]:
-        """The configured sites checked against the host (or its default study sites)."""
         from diffdict.studies.stages import study_sites
 
         return study_sites(self.host, self.config.sites)
@@ -194,7 +179,6 @@ class StudyContext:
         items = list(items)
         return items[::-1] if self.helper else items
 
-    # -- recording --------------------------------------------------------------------------
     def log(self, message: str) -> None:
         elapsed = time.monotonic() - self.started
         self._log(f"[{self.study.name} {elapsed:6.1f}s] {message}")

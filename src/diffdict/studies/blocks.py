@@ -27,6 +27,7 @@ from diffdict.studies.stages import (
     generate_images,
     generation_settings,
     judge_fingerprint,
+    nan_mean,
     original_images,
     study_prompts,
 )
@@ -58,10 +59,6 @@ def concept_readings(judge, images: np.ndarray) -> dict[str, torch.Tensor]:
         texts = [concept_phrase(f"{family}:{v}") for v in values]
         out[family] = torch.softmax(100 * image_emb @ judge.text_embeddings(texts).float().T, -1)
     return out
-
-
-def _nanmean(values: np.ndarray) -> float:
-    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
 
 
 def detail_share(original: np.ndarray, edited: np.ndarray) -> float:
@@ -119,7 +116,7 @@ class Blocks(Study):
             "style": float(np.mean([flips[f"flip_{f}"] for f in STYLE if f"flip_{f}" in flips])),
             "detail": detail_share(original, ablated),
             "lpips": float(perceptual_distance(original, ablated, ctx.judge).mean()),
-            "clip_drop": _nanmean(clip_scores(ctx.judge, original, prompts) - clip_scores(ctx.judge, ablated, prompts)),
+            "clip_drop": nan_mean(clip_scores(ctx.judge, original, prompts) - clip_scores(ctx.judge, ablated, prompts)),
         }
 
     def plot(self, ctx: StudyContext, table, out: Path) -> list[Path]:

@@ -46,16 +46,19 @@ ENTRY_FILE = "entry.json"
 RESULT_FILE = "result.json"
 
 
-def _jsonable(obj: Any) -> Any:
+def _map_leaves(obj: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``obj`` with ``leaf`` applied to every value that is not a dict, list or tuple."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): _map_leaves(v, leaf) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return repr(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+        return [_map_leaves(v, leaf) for v in obj]
+    return leaf(obj)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Non-finite floats as their text ("nan", "inf", "-inf": JSON has none), paths as text."""
+    return _map_leaves(obj, lambda v: repr(v) if isinstance(v, float) and not math.isfinite(v)
+                       else str(v) if isinstance(v, Path) else v)
 
 
 def settings_key(kind: str, settings: dict[str, Any]) -> str:
@@ -92,18 +95,13 @@ class Cache:
     def folder(self, kind: str, settings: dict[str, Any], build: Callable[[Path], None]) -> Path:
         """The entry's folder, made by ``build(tmp_folder)`` when it is not cached."""
         found = self.lookup(kind, settings)
-        if found is not None:
-            return found
-        with self.locked(kind, [settings]):
-            found = self.lookup(kind, settings)  # built by another process while this one waited
-            if found is not None:
-                return found
-            return self._build(kind, settings, build)
+        if found is None:
+            with self.locked(kind, [settings]):  # another process may have built it while this one waited
+                found = self.lookup(kind, settings) or self._build(kind, settings, build)
+        return found
 
     def _build(self, kind: str, settings: dict[str, Any], build: Callable[[Path], None]) -> Path:
-        final = self.path(kind, settings)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        final, tmp = self._tmp(kind, settings)
         began = time.monotonic()
         self._nested.append(0.0)
         try:
@@ -120,6 +118,12 @@ class Cache:
                 self._nested[-1] += spent
         self._save_stats()
         return final
+
+    def _tmp(self, kind: str, settings: dict[str, Any]) -> tuple[Path, Path]:
+        """The entry's final folder and a new temporary folder beside it."""
+        final = self.path(kind, settings)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return final, Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
 
     @contextmanager
     def locked(self, kind: str, settings_list: list[dict[str, Any]]) -> Iterator[None]:
@@ -140,9 +144,7 @@ class Cache:
         """Move a finished folder (e.g. one member of a trained grid) into the cache;
         ``seconds``: what making it cost, counted for ``kind``."""
         self.seconds[kind] += seconds
-        final = self.path(kind, settings)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        final, tmp = self._tmp(kind, settings)
         os.rmdir(tmp)
         shutil.move(str(source), str(tmp))
         self._commit(tmp, final, kind, settings)
@@ -173,23 +175,13 @@ class Cache:
 
         path = self.folder(kind, settings, build)
         try:
-            return _restore_floats(read_json(path / RESULT_FILE))
+            return _map_leaves(read_json(path / RESULT_FILE), lambda v: float(v) if v in ("nan", "inf", "-inf") else v)
         except DiffdictError:
             raise DiffdictError(f"cache entry {path} is damaged; delete it and rerun") from None
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {"hits": dict(self.hits), "computed": dict(self.computed),
                 "seconds": {kind: round(t, 1) for kind, t in self.seconds.items()}}
-
-
-def _restore_floats(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _restore_floats(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_restore_floats(v) for v in obj]
-    if obj in ("nan", "inf", "-inf"):
-        return float(obj)
-    return obj
 
 
 __all__ = ["CACHE_VERSION", "Cache", "settings_key", "text_digest"]

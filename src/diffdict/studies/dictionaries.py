@@ -41,12 +41,9 @@ class Dictionaries(DictionaryStudy):
     )
 
     def members(self, config: DictionariesConfig) -> list[Member]:
-        out = []
-        if "sae" in config.kinds:
-            out.append(Member.of("topk", LABELS["sae"], k=config.k, auxk=True))
-        if "itda" in config.kinds:
-            out.append(Member.of("itda", LABELS["itda"], l0=config.k, tau=config.tau))
-        return out
+        members = {"sae": Member.of("topk", LABELS["sae"], k=config.k, auxk=True),
+                   "itda": Member.of("itda", LABELS["itda"], l0=config.k, tau=config.tau)}
+        return [members[kind] for kind in ("sae", "itda") if kind in config.kinds]
 
     def labels(self, config: DictionariesConfig) -> list[str]:
         return [LABELS[kind] for kind in config.kinds]
@@ -58,11 +55,8 @@ class Dictionaries(DictionaryStudy):
             mlp_store = activation_store(ctx, "eval", ctx.config.eval_prompts, [site], capture="mlp")
             mlp_site = f"{site}.mlp"
             key = {"neurons": mlp_site, "host": ctx.host.describe(), "k": k}
-            trained.append(Trained(
-                Member.of("neurons", LABELS["neurons"], k=k), key,
-                load=lambda: neuron_dictionary(ctx.host, site, k), eval_store=mlp_store, eval_site=mlp_site,
-                edit_site=mlp_site,
-            ))
+            trained.append(Trained(Member.of("neurons", LABELS["neurons"], k=k), key,
+                                   lambda: neuron_dictionary(ctx.host, site, k), mlp_store, mlp_site, mlp_site))
         return trained
 
     def extra_metrics(self, ctx: StudyContext, t: Trained, result: dict) -> dict[str, float]:

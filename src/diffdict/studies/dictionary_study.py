@@ -111,21 +111,19 @@ class DictionaryStudy(Study):
     def labels(self, config: DictionaryStudyConfig) -> list[str]:
         return list(dict.fromkeys(m.label for m in self.members(config)))
 
-    def rows(self, ctx: StudyContext) -> list[str]:
-        return [self.row_name(ctx, label, site) for site in ctx.sites for label in self.labels(ctx.config)]
-
     def select(self, ctx: StudyContext, site: str, seed: int, results: dict[Member, dict]) -> list[tuple[str, Member]]:
         """(row, member) pairs of one seed's table, chosen on each member's reconstruction
         metrics (``results``; e.g. the one closest to an L0); default every member under
         its label. Only the chosen members are scored further."""
         return [(member.label, member) for member in results]
 
-    def row_name(self, ctx: StudyContext, row: str, site: str) -> str:
-        return row if len(ctx.sites) == 1 else f"{row} @ {site}"
+    def site_members(self, ctx: StudyContext, site: str) -> list[Member]:
+        """The members trained at ``site`` (default: every member)."""
+        return self.members(ctx.config)
 
     def build(self, ctx: StudyContext, site: str, seed: int, train_store, eval_store) -> list[Trained]:
         """The dictionaries of one seed (default: the members, trained or from the cache)."""
-        folders = train_members(ctx, train_store, site, self.members(ctx.config), seed)
+        folders = train_members(ctx, train_store, site, self.site_members(ctx, site), seed)
         return [trained_folder(member, folder, eval_store, site) for member, folder in folders.items()]
 
     def run(self, ctx: StudyContext) -> None:
@@ -133,10 +131,9 @@ class DictionaryStudy(Study):
         for site in ctx.sites:
             stores = {purpose: activation_store(ctx, purpose, count, [site])
                       for purpose, count in ctx.order([("train", config.train_prompts), ("eval", config.eval_prompts)])}
-            train_store, eval_store = stores["train"], stores["eval"]
             seeds = config.seed_list()
             for seed in seeds[:1] + ctx.order(seeds[1:]):  # the first seed first: a study may calibrate on it
-                trained = {t.member: t for t in self.build(ctx, site, seed, train_store, eval_store)}
+                trained = {t.member: t for t in self.build(ctx, site, seed, stores["train"], stores["eval"])}
                 recon = {m: reconstruction(ctx, t.key, t.load, t.eval_store, t.eval_site) for m, t in trained.items()}
                 chosen = self.select(ctx, site, seed, recon)
                 results = {}
@@ -145,24 +142,17 @@ class DictionaryStudy(Study):
                     results[member] = evaluation(ctx, t.key, t.load, t.eval_store, t.eval_site, seed)
                 for row, member in ctx.order(chosen):
                     t, result = trained[member], results[member]
+                    steered = steering(ctx, t.key, t.load, t.edit_site, result, seed)
                     values = {m.name: result[m.name] for m in RECONSTRUCTION + INTERPRETABILITY}
-                    items = dict(result.get("items", {}))
-                    generation = self.generation_metrics(ctx, t, result, seed)
-                    items.update(generation.pop("items", {}))
-                    values.update(generation)
-                    values.update(self.extra_metrics(ctx, t, result))
+                    values.update(steer_success=steered["steer_success"], causal_strength=steered["causal_strength"],
+                                  **spliced_fidelity(ctx, t.key, t.load, t.edit_site),
+                                  **self.extra_metrics(ctx, t, result))
                     name = self.row_name(ctx, row, site)
-                    ctx.record(name, seed, items=items, **values)
+                    ctx.record(name, seed, items={**result.get("items", {}), **steered["items"]}, **values)
                     if t.folder is not None:
                         ctx.extras.setdefault("dictionaries", {}).setdefault(name, []).append(
                             {"folder": str(t.folder), "store": str(t.eval_store.path), "site": t.eval_site})
                 self.after_seed(ctx, site, seed, trained, results)
-
-    # -- hooks for the studies -------------------------------------------------------------------
-    def generation_metrics(self, ctx: StudyContext, t: Trained, result: dict, seed: int) -> dict:
-        steered = steering(ctx, t.key, t.load, t.edit_site, result, seed)
-        return {"steer_success": steered["steer_success"], "causal_strength": steered["causal_strength"],
-                "items": steered["items"], **spliced_fidelity(ctx, t.key, t.load, t.edit_site)}
 
     def extra_metrics(self, ctx: StudyContext, t: Trained, result: dict) -> dict[str, float]:
         return {}

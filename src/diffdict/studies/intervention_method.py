@@ -8,11 +8,7 @@ strength.
 - ``latent-drop``: the same without the error: masked tokens become the edited
   reconstruction.
 
-Per method: perceptual distance to the unedited image, Manhattan locality (mean token
-distance of the change from the mask) and the share of the change inside the mask, CLIP
-similarity of the edited image with the feature's explanation, the Fréchet distance of
-the edited set against the unedited one, and causal strength against a random direction
-with the same per-token norm as the method's own change.
+The random direction of causal strength has the same per-token norm as the method's own change.
 """
 
 from __future__ import annotations
@@ -32,6 +28,7 @@ from diffdict.studies.stages import (
     generate_images,
     generation_settings,
     judge_fingerprint,
+    nan_mean,
     original_images,
     site_capture,
     study_prompts,
@@ -82,11 +79,8 @@ class InterventionMethod(Study):
         Metric("causal_strength", "causal strength", -1, 1, "higher", "p(concept | edit) - p(concept | random)"),
     )
 
-    def rows(self, ctx: StudyContext) -> list[str]:
-        return [self.row_name(ctx, method, site) for site in ctx.sites for method in ctx.config.methods]
-
-    def row_name(self, ctx: StudyContext, method: str, site: str) -> str:
-        return method if len(ctx.sites) == 1 else f"{method} @ {site}"
+    def labels(self, config: InterventionMethodConfig) -> list[str]:
+        return list(config.methods)
 
     def run(self, ctx: StudyContext) -> None:
         from diffdict.interventions import PixelBox
@@ -130,17 +124,18 @@ class InterventionMethod(Study):
         grid = ctx.host.site(site).grid
         token_mask = resolve_mask(mask, grid, ctx.host.image_size).numpy().reshape(grid)
         edited_sets, lpips, distance, inside, similarity, strength = [], [], [], [], [], []
+
+        def edit(feature: dict):
+            return make_edit(method, site, dictionary, feature, ctx.config.strength, mask, site_capture(ctx, site))
+
         for feature in features:
-            capture = site_capture(ctx, site)
-            edited = generate_images(ctx, prompts, [make_edit(method, site, dictionary, feature, ctx.config.strength,
-                                                              mask, capture)])
-            control = generate_images(ctx, prompts, [RandomDirection(make_edit(
-                method, site, dictionary, feature, ctx.config.strength, mask, capture), seed)])
+            edited = generate_images(ctx, prompts, [edit(feature)])
+            control = generate_images(ctx, prompts, [RandomDirection(edit(feature), seed)])
             edited_sets.append(edited)
             lpips.append(perceptual_distance(original, edited, ctx.judge).mean())
             locality = manhattan_locality(original, edited, token_mask)
             distance.append(locality["distance"].mean())
-            inside.append(np.nanmean(locality["inside_share"]) if np.isfinite(locality["inside_share"]).any() else np.nan)
+            inside.append(nan_mean(locality["inside_share"]))
             if feature.get("concept"):
                 similarity.append(np.nanmean(clip_scores(ctx.judge, edited, feature["phrase"])))
                 strength.append((read_target(edited, feature["concept"], ctx.judge)

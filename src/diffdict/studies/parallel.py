@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def threads_per_job(config, jobs: int) -> int | None:
 
 class Helpers:
     """``count`` helper processes of one study run (a context manager: leaving it stops
-    them); ``seconds()`` is their compute time by cache step.
+    them and removes their folders); ``seconds()`` is their compute time by cache step.
 
     A helper is a fresh interpreter started with its settings in a JSON file (not
     multiprocessing: that would import the caller's main script again, and torch's threads
@@ -74,7 +75,7 @@ class Helpers:
         JSON values), and ``verify``, whether stores are verified on read."""
         self.folder = Path(run_args["cache_root"]) / HELPERS_FOLDER / str(os.getpid())
         self.processes: list[tuple[subprocess.Popen, Path]] = []
-        self._seconds: dict[str, float] = {}
+        self._seconds: Counter[str] = Counter()
         run_args = json.loads(json.dumps(run_args, default=str))  # paths as text
         for index in range(count):
             scratch = self.folder / str(index)
@@ -90,10 +91,7 @@ class Helpers:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop the helpers and keep their compute time (``seconds()``)."""
+        """Stop the helpers, keep their compute time (``seconds()``) and remove their folders."""
         for process, _ in self.processes:
             if process.poll() is None:
                 process.terminate()
@@ -103,20 +101,15 @@ class Helpers:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        self._seconds = {}
         for _, scratch in self.processes:
-            stats = scratch / "stats.json"
-            if stats.exists():
-                for kind, seconds in read_json(stats).get("seconds", {}).items():
-                    self._seconds[kind] = self._seconds.get(kind, 0.0) + seconds
+            if (scratch / "stats.json").exists():
+                self._seconds.update(read_json(scratch / "stats.json").get("seconds", {}))
+        shutil.rmtree(self.folder, ignore_errors=True)
+        _remove_empty(self.folder.parent)
 
     def seconds(self) -> dict[str, float]:
         """The helpers' compute time by cache step (entries they completed), once stopped."""
         return dict(self._seconds)
-
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-        _remove_empty(self.folder.parent)
 
 
 def _remove_empty(*folders: Path) -> None:
@@ -148,11 +141,11 @@ def helper_main() -> None:
     settings = read_json(scratch / "settings.json")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds, so a half-built entry is removed
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the main process, which stops the helper
-    _exit_with_parent(settings["parent"])
-    if settings["threads"]:
-        torch.set_num_threads(settings["threads"])
-    run = settings["run"]
-    try:
+    try:  # from here on a SIGTERM (the watch below fires at once if the main process is gone) tidies up
+        _exit_with_parent(settings["parent"])
+        if settings["threads"]:
+            torch.set_num_threads(settings["threads"])
+        run = settings["run"]
         with verification(run.pop("verify")):
             run_studies(scratch / "out", **run, stats_file=scratch / "stats.json", helper=True,
                         log=lambda message: print(message, flush=True))

@@ -24,10 +24,10 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def metric_bars(table, metrics, path: Path, title: str = "", names: Sequence[str] | None = None) -> Path:
+def metric_bars(table, metrics, path: Path, title: str = "") -> Path:
     """One bar chart per metric: a bar per row at the mean, the 95% interval as error bar
     (the std when there is no interval), and the per-seed values as dots."""
-    shown = [m for m in metrics if m.name in table.columns() and (names is None or m.name in names)]
+    shown = [m for m in metrics if m.name in table.columns()]
     columns = min(3, max(1, len(shown)))
     rows = max(1, math.ceil(len(shown) / columns))
     width = max(3.2, 0.55 * len(table.rows) + 1.5)
@@ -64,8 +64,7 @@ def curves(series: dict[str, list[list[list[float]]]], path: Path, title: str, x
             continue
         length = min(len(r) for r in runs)
         stacked = np.stack([r[:length] for r in runs])
-        xs = stacked[0, :, 0]
-        ys = stacked[:, :, 1]
+        xs, ys = stacked[0, :, 0], stacked[:, :, 1]
         line, = ax.plot(xs, ys.mean(0), label=row)
         if len(runs) > 1:
             ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)

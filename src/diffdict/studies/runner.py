@@ -20,7 +20,7 @@ import dataclasses
 import importlib
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,6 +61,8 @@ def execute(study: Study, config: StudyConfig, out: str | Path, cache: Cache, ho
             log: Callable[[str], None] | None = None, helper: bool = False) -> dict[str, Any]:
     """Run ``study`` with a resolved ``config`` into ``out``; return what results.json holds.
     ``helper``: work through the study backwards (see ``studies.parallel``)."""
+    from diffdict.studies.stages import generation_settings, judge_name
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DiffdictError(f"--out {out} exists and is not a folder")
@@ -68,17 +70,13 @@ def execute(study: Study, config: StudyConfig, out: str | Path, cache: Cache, ho
     ctx = StudyContext(study, config, out, cache, host=host, judge=judge, log=log)
     ctx.helper = helper
     if judge is None:
-        from diffdict.studies.stages import judge_name
-
         judge_name(config)  # a judge that cannot read this host's images is refused before any work
     rows = study.rows(ctx)  # checks the sites against the host before any work
-    from diffdict.studies.stages import generation_settings, has_ground_truth
-
     resolved = {"study": study.name, **config.to_dict(),
                 "resolved": {"sites": study.sites(ctx), "rows": rows, "host": ctx.host.describe(),
                              "generation": generation_settings(ctx), "judge": ctx.judge.name}}
     write_json(out / "config.json", resolved)
-    hits_before, computed_before, seconds_before = Counter(cache.hits), Counter(cache.computed), Counter(cache.seconds)
+    before = {name: Counter(getattr(cache, name)) for name in ("hits", "computed", "seconds")}
     began = time.monotonic()
     ctx.log(f"start: {study.title}")
     with _torch_threads(config.threads):
@@ -86,16 +84,15 @@ def execute(study: Study, config: StudyConfig, out: str | Path, cache: Cache, ho
     table = Table.from_records(ctx.records, rows, study.metrics, lambda row: study.reference_row(ctx, row))
     table.write(out, study.title, ctx.notes)
     plots = [p.name for p in study.plot(ctx, table, out)]
+    spent = {name: Counter(getattr(cache, name)) - counts for name, counts in before.items()}
     results = {
         "study": study.name, "title": study.title, "question": study.question,
         "rows": table.rows, "metrics": [_metric_json(m) for m in study.metrics],
-        "summary": table.summary(), "differences": table.differences_summary(), "per_seed": table.per_seed, "curves": ctx.curves, "notes": ctx.notes,
-        "extras": ctx.extras, "plots": plots, "seconds": time.monotonic() - began,
-        "ground_truth": has_ground_truth(ctx.host),
-        "trained": ctx.trained,
-        "cache": {"hits": dict(Counter(cache.hits) - hits_before),
-                  "computed": dict(Counter(cache.computed) - computed_before),
-                  "seconds": {kind: round(t, 1) for kind, t in (Counter(cache.seconds) - seconds_before).items()}},
+        "summary": table.summary(), "differences": table.differences_summary(), "per_seed": table.per_seed,
+        "curves": ctx.curves, "notes": ctx.notes, "extras": ctx.extras, "plots": plots,
+        "seconds": time.monotonic() - began, "ground_truth": ctx.host.shapes_world, "trained": ctx.trained,
+        "cache": {"hits": dict(spent["hits"]), "computed": dict(spent["computed"]),
+                  "seconds": {kind: round(t, 1) for kind, t in spent["seconds"].items()}},
     }
     write_json(out / "results.json", results)
     ctx.log(f"done in {results['seconds']:.1f}s: {out / 'table.md'} (trained {ctx.trained}, "
@@ -106,14 +103,12 @@ def execute(study: Study, config: StudyConfig, out: str | Path, cache: Cache, ho
 def run_study(name: str, out: str | Path, options: dict[str, Any] | None = None, quick: bool = False,
               cache_dir: str | Path | None = None, host=None, judge=None,
               log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Resolve the config of study ``name`` (``options``: CLI strings or Python values)
-    and run it into ``out``; the cache defaults to ``out/cache``. With ``jobs`` > 1 helper
-    processes share the work (``studies.parallel``)."""
+    """Resolve the config of study ``name`` (``options``: CLI strings or Python values) and run
+    it into ``out``; the cache defaults to ``out/cache``; ``jobs`` > 1: see ``studies.parallel``."""
     study = get_study(name)
     config = resolve(study.Config, options, quick)
     cache_root = Path(cache_dir if cache_dir is not None else Path(out) / "cache")
-    with _helpers(config, {name: config}, options, quick, cache_root, browsers=False,
-                  injected=host is not None or judge is not None) as helpers:
+    with _helpers(config, [name], options, quick, cache_root, False, None, host, judge) as helpers:
         with _torch_threads(threads_per_job(config, _jobs(helpers))):
             results = execute(study, config, out, Cache(cache_root), host=host, judge=judge, log=log)
     if helpers is not None:
@@ -122,43 +117,40 @@ def run_study(name: str, out: str | Path, options: dict[str, Any] | None = None,
     return results
 
 
+def _fields(config_class: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(config_class)}
+
+
 def all_options() -> set[str]:
     """Options that some study takes (``study all`` passes each study those it has)."""
-    return {f.name for name in STUDIES for f in dataclasses.fields(get_study(name).Config)}
+    return set().union(*(_fields(get_study(name).Config) for name in STUDIES))
 
 
 def _resolve_all(options: dict[str, Any] | None, quick: bool, studies: list[str] | None):
     """Each study's resolved config (so every one is checked before anything runs)."""
     options = canonical_options([get_study(n).Config for n in STUDIES], options or {})
     options = {k: v for k, v in options.items() if v is not None}
-    names = list(studies) if studies else list(STUDIES)
-    for name in names:
-        get_study(name)
+    chosen = {name: get_study(name).Config for name in (studies or STUDIES)}
     unknown = sorted(set(options) - all_options())
     if unknown:
         raise DiffdictError(f"no study takes the option --{unknown[0].replace('_', '-')}")
-    configs = {}
-    for name in names:
-        study = get_study(name)
-        known = {f.name for f in dataclasses.fields(study.Config)}
-        configs[name] = resolve(study.Config, {k: v for k, v in options.items() if k in known}, quick)
-    return options, configs
+    return options, {name: resolve(config_class, {k: v for k, v in options.items() if k in _fields(config_class)},
+                                   quick) for name, config_class in chosen.items()}
 
 
 def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool = False,
             studies: list[str] | None = None, cache_dir: str | Path | None = None, host=None, judge=None,
             log: Callable[[str], None] | None = None, browsers: bool = True,
             browser_features: int | None = None) -> dict[str, Any]:
-    """Every study (or ``studies``) into ``out/<study>/``, one shared cache, and the
-    report ``out/index.html`` with a feature browser of ``browser_features`` features
-    (default 32, 8 with ``quick``) per dictionary. With ``jobs`` > 1 (the default on a
-    CPU with two cores or more) helper processes share the work (``studies.parallel``)."""
+    """Every study (or ``studies``) into ``out/<study>/``, one shared cache, and the report
+    ``out/index.html`` with a feature browser of ``browser_features`` features (default 32, 8
+    with ``quick``) per dictionary; ``jobs`` > 1 (the default on a CPU with two cores or more):
+    see ``studies.parallel``."""
     out = Path(out)
     options, configs = _resolve_all(options, quick, studies)
     cache_root = Path(cache_dir if cache_dir is not None else out / "cache")
-    first = next(iter(configs.values()))
-    with _helpers(first, configs, options, quick, cache_root, browsers, browser_features,
-                  injected=host is not None or judge is not None) as helpers:
+    with _helpers(next(iter(configs.values())), list(configs), options, quick, cache_root, browsers,
+                  browser_features, host, judge) as helpers:
         summary = run_studies(out, options, quick, list(configs), cache_root, host, judge, log, browsers,
                               browser_features, configs=configs, jobs=_jobs(helpers))
     _add_helper_seconds(summary["seconds_by_step"], helpers)
@@ -173,8 +165,12 @@ def run_studies(out: Path, options: dict[str, Any], quick: bool, names: list[str
                 browser_features: int | None = None, configs: dict | None = None, stats_file: Path | None = None,
                 helper: bool = False, jobs: int = 1) -> dict[str, Any]:
     """The studies ``names`` one after the other (a helper: in reverse), then the feature
-    browsers and the report ``out/index.html``; returns the summary (``run_all`` writes it). ``jobs``: the processes of the run (each
-    takes its share of the cores unless the config says ``threads``)."""
+    browsers and the report ``out/index.html``; returns the summary (``run_all`` writes it).
+    ``jobs``: the processes of the run (each takes its share of the cores unless the config
+    says ``threads``)."""
+    from diffdict.studies.report import feature_browsers, write_index
+    from diffdict.studies.stages import load_judge, load_study_host
+
     if configs is None:
         options, configs = _resolve_all(options, quick, names)
     order = list(configs)[::-1] if helper else list(configs)
@@ -183,26 +179,20 @@ def run_studies(out: Path, options: dict[str, Any], quick: bool, names: list[str
     first = configs[order[0]]
     with _torch_threads(threads_per_job(first, jobs)):
         # one host and one judge for every study (their model and judge options are shared)
-        from diffdict.studies.stages import load_judge, load_study_host
-
         host = host if host is not None else load_study_host(first)
         judge = judge if judge is not None else load_judge(first)
         results = {name: execute(get_study(name), configs[name], out / name, cache, host=host, judge=judge, log=log,
                                  helper=helper)
                    for name in order}
-        summary = {"studies": {name: {"seconds": r["seconds"], "trained": r["trained"], "cache": r["cache"]}
-                               for name, r in results.items()},
-                   "seconds": time.monotonic() - began, "quick": quick}
         if browsers:
-            from diffdict.studies.report import feature_browsers
-
             count = browser_features if browser_features is not None else (8 if quick else 32)
-            summary["browsers"] = feature_browsers(out, results, cache, judge=judge, max_features=count, log=log)
-    from diffdict.studies.report import write_index
-
+            links = feature_browsers(out, results, cache, judge=judge, max_features=count, log=log)
     results = {name: results[name] for name in configs}
-    summary["studies"] = {name: summary["studies"][name] for name in configs}
-    summary["seconds"] = time.monotonic() - began
+    summary = {"studies": {name: {"seconds": r["seconds"], "trained": r["trained"], "cache": r["cache"]}
+                           for name, r in results.items()},
+               "seconds": time.monotonic() - began, "quick": quick}
+    if browsers:
+        summary["browsers"] = links
     summary["seconds_by_step"] = cache.stats()["seconds"]
     write_index(out, results, summary)
     return summary
@@ -220,35 +210,27 @@ def _torch_threads(count: int | None):
         torch.set_num_threads(before)
 
 
-@contextmanager
-def _helpers(config: StudyConfig, configs: dict, options, quick: bool, cache_root: Path, browsers: bool,
-             browser_features: int | None = None, injected: bool = False):
-    """The helper processes of a run with ``config.jobs`` > 1 (None when there are none;
-    a host or judge given as an object cannot be rebuilt in a helper)."""
+def _helpers(config: StudyConfig, names: list[str], options, quick: bool, cache_root: Path, browsers: bool,
+             browser_features: int | None, host, judge):
+    """The helper processes of a run with ``config.jobs`` > 1 (a context manager giving None
+    when there are none; a host or judge given as an object cannot be rebuilt in a helper)."""
     from diffdict.store import reads_verified
 
     jobs = job_count(config)
-    if jobs < 2 or injected:
-        yield None
-        return
-    helpers = Helpers(jobs - 1, threads_per_job(config, jobs), options=options, quick=quick,
-                      names=list(configs), cache_root=cache_root, browsers=browsers,
-                      browser_features=browser_features, verify=reads_verified())
-    try:
-        yield helpers
-    finally:
-        helpers.stop()
-        helpers.remove()
+    if jobs < 2 or host is not None or judge is not None:
+        return nullcontext()
+    return Helpers(jobs - 1, threads_per_job(config, jobs), options=options, quick=quick, names=names,
+                   cache_root=cache_root, browsers=browsers, browser_features=browser_features,
+                   verify=reads_verified())
 
 
 def _jobs(helpers: Helpers | None) -> int:
     return 1 + (len(helpers.processes) if helpers is not None else 0)
 
 
-def _add_helper_seconds(seconds: dict[str, float], helpers) -> None:
-    if helpers is not None:
-        for kind, spent in helpers.seconds().items():
-            seconds[kind] = round(seconds.get(kind, 0.0) + spent, 1)
+def _add_helper_seconds(seconds: dict[str, float], helpers: Helpers | None) -> None:
+    for kind, spent in (helpers.seconds() if helpers is not None else {}).items():
+        seconds[kind] = round(seconds.get(kind, 0.0) + spent, 1)
 
 
 __all__ = ["STUDIES", "all_options", "execute", "get_study", "run_all", "run_study", "run_studies"]

@@ -6,7 +6,6 @@ strength of each concept's writer, and spliced fidelity."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -14,10 +13,11 @@ import torch
 
 from diffdict.studies.cache import text_digest
 from diffdict.studies.stages import (
+    cached_images,
     generate_images,
     generation_settings,
-    has_ground_truth,
     judge_fingerprint,
+    nan_mean,
     original_images,
     reconstruction_metrics,
     site_capture,
@@ -30,38 +30,33 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def interpretability(ctx: "StudyContext", dictionary, store, site: str, seed: int) -> dict[str, Any]:
-    """The benchmark's ground-truth scores (``diffdict.bench``) on the eval store: mean
-    detection F1 over concepts (token and image level), purity of the live features,
-    concept purity (each concept's purest feature), coverage; the CLIP score of the chosen features' top images with their concept's
-    phrase; per concept the chosen feature, its F1 and typical activation. NaN without
-    ground truth (real models)."""
+    """The benchmark's ground-truth scores (``diffdict.bench``) on the eval store, the CLIP
+    score of the chosen features' top images, and per concept the chosen feature, its F1 and
+    typical activation. NaN without ground truth (real models)."""
     from diffdict.bench.data import BENCH_CONCEPTS, dictionary_codes
     from diffdict.bench.interpretability import interpretability_scores
     from diffdict.bench.runner import concept_directions, concept_writers, typical_activations
     from diffdict.interpret.groundtruth import concept_phrase
 
-    result: dict[str, Any] = {"detect_f1": math.nan, "detect_f1_image": math.nan, "purity": math.nan,
-                              "concept_purity": math.nan, "coverage": math.nan, "clip_score": math.nan, "items": {}, "concepts": {}}
+    result: dict[str, Any] = {name: math.nan for name in ("detect_f1", "detect_f1_image", "purity", "concept_purity",
+                                                          "coverage", "clip_score")}
+    result.update(items={}, concepts={})
     codes = dictionary_codes(dictionary, store, site, seed=seed)
-    if not has_ground_truth(ctx.host):
+    counts = torch.bincount(codes.feature, minlength=codes.n_features)
+    typical = typical_activations(codes)
+    if not ctx.host.shapes_world:
         # no concepts to steer towards: the most frequent features, for the edits that need no target
-        counts = torch.bincount(codes.feature, minlength=codes.n_features)
-        typical = typical_activations(codes)
         result["frequent"] = [{"feature": int(f), "activation": float(typical[f]), "concept": None, "phrase": None}
                               for f in torch.argsort(counts, descending=True, stable=True)[:16] if counts[f] > 0]
         return result
     truth = study_ground_truth(ctx, store, site)
-    live = torch.bincount(codes.feature, minlength=codes.n_features) > 0
-    steered = list(ctx.config.steer_concepts)
-    supervised = concept_directions(store, site, truth, steered)
-    writers = concept_writers(dictionary, supervised, live, store.d(site))
+    supervised = concept_directions(store, site, truth, list(ctx.config.steer_concepts))
+    writers = concept_writers(dictionary, supervised, counts > 0, store.d(site))
     scores = interpretability_scores(codes, truth, seed, writers)
-    typical = typical_activations(codes)
-    summary = scores["summary"]
+    summary, concepts = scores["summary"], scores["concepts"]
     result.update(detect_f1=summary["token_f1"]["mean"], detect_f1_image=summary["image_f1"]["mean"],
                   purity=summary["token_purity"]["mean"], concept_purity=summary["concept_purity"]["mean"],
                   coverage=summary["coverage"])
-    concepts = scores["concepts"]
     result["items"] = {key: [_nan(concepts[c][field]) for c in BENCH_CONCEPTS]
                        for key, field in (("detect_f1", "token_f1"), ("detect_f1_image", "image_f1"),
                                           ("concept_purity", "concept_purity"))}
@@ -80,9 +75,9 @@ _GROUND_TRUTH: dict[tuple, Any] = {}
 
 
 def study_ground_truth(ctx: "StudyContext", store, site: str):
-    """The ground truth of a store's site (kept in memory: every dictionary of a study
-    reads the same eval store; the split is the study's seed, so every variant and seed
-    is scored on the same test half)."""
+    """The ground truth of a store's site, kept in memory (every dictionary of a study reads the
+    same eval store); the split is the study's seed, so every variant and seed is scored on the
+    same test half."""
     from diffdict.bench.data import ground_truth
 
     key = (store.digest, site, ctx.config.seed)
@@ -126,8 +121,8 @@ def _nan(value) -> float:
 
 
 def reconstruction(ctx: "StudyContext", dictionary_key: dict, load, eval_store, site: str) -> dict[str, float]:
-    """mse, fvu, explained variance, L0 and dead fraction of one dictionary on the eval
-    store (cached): what a study chooses members by, e.g. the one matching an L0."""
+    """Reconstruction metrics of one dictionary on the eval store (cached): what a study
+    chooses members by, e.g. the one matching an L0."""
     settings = {"dictionary": dictionary_key, "store": eval_store.digest, "site": site}
     return ctx.cache.json("reconstruction", settings, lambda: reconstruction_metrics(load(), eval_store, site))
 
@@ -137,8 +132,8 @@ def evaluation(ctx: "StudyContext", dictionary_key: dict, load, eval_store, site
     settings = {"dictionary": dictionary_key, "store": eval_store.digest, "site": site, "seed": seed,
                 "split_seed": ctx.config.seed, "clip_features": ctx.config.clip_features, "bench": BENCH_VERSION,
                 "steer_concepts": list(ctx.config.steer_concepts),
-                "judge": judge_fingerprint(ctx.judge) if has_ground_truth(ctx.host) else None,
-                "oracle": has_ground_truth(ctx.host)}
+                "judge": judge_fingerprint(ctx.judge) if ctx.host.shapes_world else None,
+                "oracle": ctx.host.shapes_world}
 
     def compute() -> dict:
         return {**reconstruction(ctx, dictionary_key, load, eval_store, site),
@@ -154,33 +149,24 @@ BENCH_VERSION = 5
 def steering_features(evaluation_result: dict, concepts: Sequence[str]) -> list[dict[str, Any]]:
     """The features to steer: for each concept its writer (the feature closest to the
     concept's direction), with its typical activation; best-detected writers first."""
-    chosen = []
-    for c in concepts:
-        entry = evaluation_result["concepts"].get(c)
-        if entry is not None and "writer" in entry:
-            chosen.append({"concept": c, "phrase": entry["phrase"], "feature": entry["writer"],
-                           "activation": entry["writer_activation"], "token_f1": entry["writer_f1"],
-                           "edit_norm": entry["edit_norm"]})
+    entries = [(c, evaluation_result["concepts"].get(c) or {}) for c in concepts]
+    chosen = [{"concept": c, "phrase": e["phrase"], "feature": e["writer"], "activation": e["writer_activation"],
+               "token_f1": e["writer_f1"], "edit_norm": e["edit_norm"]} for c, e in entries if "writer" in e]
     return sorted(chosen, key=lambda f: (-(f["token_f1"] if not math.isnan(f["token_f1"]) else -1.0), f["concept"]))
 
 
 def steering_pool(ctx: "StudyContext", site: str):
-    """The one-object prompts every dictionary of the study is steered on, with their
-    unedited images (cached) and what the judge reads in them."""
+    """The one-object prompts every dictionary is steered on, with their unedited images (cached)."""
     from diffdict.bench.steering import pool_size, steering_pool as make_pool
-    from diffdict.io import load_tensors, save_tensors
 
     count = pool_size(ctx.config.steer_prompts)
     generator = study_generator(ctx, site)
     settings = {"host": ctx.host.describe(), "pool": count, "seed": ctx.config.seed, **generation_settings(ctx)}
 
-    def build(folder: Path) -> None:
-        pool = make_pool(generator, ctx.judge, count, ctx.config.seed, ctx.host.site(site).grid)
-        save_tensors(folder / "images.safetensors", {"images": torch.from_numpy(pool.originals)})
+    def pool(**originals: Any):
+        return make_pool(generator, ctx.judge, count, ctx.config.seed, ctx.host.site(site).grid, **originals)
 
-    folder = ctx.cache.folder("steer-pool", settings, build)
-    originals = load_tensors(folder / "images.safetensors")["images"].numpy()
-    return make_pool(generator, ctx.judge, count, ctx.config.seed, ctx.host.site(site).grid, originals=originals)
+    return pool(originals=cached_images(ctx, "steer-pool", settings, lambda: pool().originals))
 
 
 def study_generator(ctx: "StudyContext", site: str):
@@ -199,7 +185,7 @@ def steering(ctx: "StudyContext", dictionary_key: dict, load, edit_site: str, ev
     the same norm, per trial (cached). The prompts, their noise and the random directions
     are the study's (``--seed``), the same for every variant, so trials pair up across
     variants and the random control is generated once (``steering_controls``)."""
-    if not has_ground_truth(ctx.host) or not evaluation_result.get("concepts"):
+    if not ctx.host.shapes_world or not evaluation_result.get("concepts"):
         return {"steer_success": math.nan, "causal_strength": math.nan, "items": {}}
     features = steering_features(evaluation_result, ctx.config.steer_concepts)
     concepts = [f["concept"] for f in features]
@@ -207,13 +193,11 @@ def steering(ctx: "StudyContext", dictionary_key: dict, load, edit_site: str, ev
     settings = {"dictionary": dictionary_key, "site": edit_site, "features": features, **_steering_settings(ctx)}
 
     def compute() -> dict:
-        from diffdict.bench.steering import site_directions, steering_scores
+        from diffdict.bench.steering import site_directions
 
         rows = site_directions(load(), ctx.host.site(edit_site).d)
-        scores = steering_scores(study_generator(ctx, edit_site), ctx.judge, steering_pool(ctx, edit_site), concepts,
-                                 {"feature": {f["concept"]: rows[f["feature"]] for f in features}}, norms,
-                                 [ctx.config.strength], ctx.config.steer_prompts, ctx.config.seed,
-                                 log=lambda line: None, random=False)
+        scores = _steering_scores(ctx, edit_site, concepts, {"feature": {f["concept"]: rows[f["feature"]]
+                                                                         for f in features}}, norms, random=False)
         return {c: scores[c]["feature_success"] for c in concepts}
 
     per_concept = ctx.cache.json("steering", settings, compute)
@@ -223,9 +207,16 @@ def steering(ctx: "StudyContext", dictionary_key: dict, load, edit_site: str, ev
     causal = [a - b for a, b in zip(success, random)]
     return {"steer_success": float(np.mean(success)) if success else math.nan,
             "causal_strength": float(np.mean(causal)) if causal else math.nan,
-            "items": {"steer_success": success, "causal_strength": causal},
-            "per_concept": {c: {"success": float(np.mean(per_concept[c])) if per_concept[c] else None,
-                                "random": float(np.mean(controls[c])) if controls[c] else None} for c in concepts}}
+            "items": {"steer_success": success, "causal_strength": causal}}
+
+
+def _steering_scores(ctx: "StudyContext", edit_site: str, concepts: list[str], directions: dict,
+                     norms: dict[str, float], **kwargs: Any) -> dict:
+    from diffdict.bench.steering import steering_scores
+
+    return steering_scores(study_generator(ctx, edit_site), ctx.judge, steering_pool(ctx, edit_site), concepts,
+                           directions, norms, [ctx.config.strength], ctx.config.steer_prompts, ctx.config.seed,
+                           log=lambda line: None, **kwargs)
 
 
 def _steering_settings(ctx: "StudyContext") -> dict[str, Any]:
@@ -240,15 +231,12 @@ def steering_controls(ctx: "StudyContext", edit_site: str, norms: dict[str, floa
     in the benchmark's order, which seeds each one's random directions, so a study run on
     its own draws the same ones as inside ``study all``."""
     from diffdict.bench.data import BENCH_CONCEPTS
-    from diffdict.bench.steering import steering_scores
 
     settings = {"site": edit_site, "norms": norms, **_steering_settings(ctx)}
     concepts = sorted(norms, key=BENCH_CONCEPTS.index)
 
     def compute() -> dict:
-        scores = steering_scores(study_generator(ctx, edit_site), ctx.judge, steering_pool(ctx, edit_site), concepts,
-                                 {}, norms, [ctx.config.strength], ctx.config.steer_prompts, ctx.config.seed,
-                                 log=lambda line: None)
+        scores = _steering_scores(ctx, edit_site, concepts, {}, norms)
         return {c: scores[c]["random_success"] for c in concepts}
 
     return ctx.cache.json("steer-controls", settings, compute)
@@ -286,11 +274,11 @@ def spliced_fidelity(ctx: "StudyContext", dictionary_key: dict, load, edit_site:
         spliced = generate_images(ctx, prompts, [Splice(edit_site, load(), capture=site_capture(ctx, edit_site))])
         drop = clip_scores(ctx.judge, original, prompts) - clip_scores(ctx.judge, spliced, prompts)
         return {"fidelity_lpips": float(perceptual_distance(original, spliced, ctx.judge).mean()),
-                "fidelity_clip_drop": float(np.nanmean(drop)) if np.isfinite(drop).any() else math.nan}
+                "fidelity_clip_drop": nan_mean(drop)}
 
     return ctx.cache.json("fidelity", settings, compute)
 
 
 __all__ = ["clip_interpretability", "clip_scores", "evaluation", "interpretability", "reconstruction",
-           "spliced_fidelity", "steering",
-           "steering_controls", "steering_features", "steering_pool", "study_generator", "study_ground_truth"]
+           "spliced_fidelity", "steering", "steering_controls", "steering_features", "steering_pool",
+           "study_generator", "study_ground_truth"]

@@ -22,8 +22,7 @@ class SparsityLevel(DictionaryStudy):
 
     def reference_row(self, ctx, row: str) -> str | None:
         """k = the config's k (the paper's 10 by default)."""
-        suffix = row.partition(" @ ")[2]
-        return f"k={ctx.config.k}" + (f" @ {suffix}" if suffix else "")
+        return self.row_name(ctx, f"k={ctx.config.k}", row.partition(" @ ")[2])
 
     def members(self, config: SparsityLevelConfig) -> list[Member]:
         return [Member.of("topk", f"k={k}", k=k, auxk=True) for k in config.ks]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from diffdict.options import option
 from diffdict.studies.base import StudyContext
-from diffdict.studies.dictionary_study import DictionaryStudy, DictionaryStudyConfig, Trained
+from diffdict.studies.dictionary_study import DictionaryStudy, DictionaryStudyConfig
 from diffdict.studies.stages import Member
 
 DEFAULT_MECHANISMS = ("topk", "soft-threshold", "relu-l1", "relu", "batchtopk", "jumprelu", "matryoshka-batchtopk")
@@ -73,25 +73,16 @@ class SparsityMechanism(DictionaryStudy):
                 members.append(Member.of(mechanism, mechanism))
         return members
 
-    def build(self, ctx: StudyContext, site: str, seed: int, train_store, eval_store) -> list[Trained]:
-        if site not in self.matched:
-            return super().build(ctx, site, seed, train_store, eval_store)
-        from diffdict.studies.dictionary_study import trained_folder
-        from diffdict.studies.stages import train_members
-
-        folders = train_members(ctx, train_store, site, list(self.matched[site].values()), seed)
-        return [trained_folder(member, folder, eval_store, site) for member, folder in folders.items()]
+    def site_members(self, ctx: StudyContext, site: str) -> list[Member]:
+        return list(self.matched[site].values()) if site in self.matched else self.members(ctx.config)
 
     def select(self, ctx: StudyContext, site: str, seed: int, results: dict) -> list[tuple[str, Member]]:
         if site in self.matched:
             return list(self.matched[site].items())
         target = math.log(ctx.config.k)
-        best: dict[str, tuple[float, Member]] = {}
-        for member, result in results.items():
-            distance = abs(math.log(max(result["l0"], 1e-6)) - target)
-            if member.label not in best or distance < best[member.label][0]:
-                best[member.label] = (distance, member)
-        self.matched[site] = {label: member for label, (_, member) in best.items()}
+        self.matched[site] = {label: min((m for m in results if m.label == label),  # the first of equals
+                                         key=lambda m: abs(math.log(max(results[m]["l0"], 1e-6)) - target))
+                              for label in dict.fromkeys(m.label for m in results)}
         for label, member in self.matched[site].items():
             knob = KNOBS.get(member.arch, (None,))[0]
             if knob is not None:

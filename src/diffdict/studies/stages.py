@@ -1,28 +1,23 @@
 """The stages studies share, each cached by exactly the settings it depends on.
 
-    prompts ──collect──▶ store ──train (grid, one pass)──▶ dictionaries ──evaluate──▶ metrics
-                                                               │
-             interpretability (concept oracle, CLIP score) ◀──┤   (scoring.py)
-             causal strength, spliced fidelity (generation) ◀─┘
+    prompts ──collect──▶ store ──train (grid, one pass)──▶ dictionaries ──evaluate (scoring.py)──▶ metrics
 
-Everything here is generic over the host model; the only shapes-world specific piece is
-the concept oracle (ground-truth interpretability), which is NaN for real models, as is
-every metric that needs a feature's explanation (there is none without the oracle).
-
-Training: a study asks for *members* (an architecture and its options); those not in the
-cache are trained together in one pass by :func:`diffdict.train.train` (an explicit
-member list), and each trained member is cached on its own, keyed by the store's digest,
-the site, the member's full training settings and the seed. A member's weights do not depend on the other members of its pass.
+Everything here is generic over the host model; only the concept oracle (ground-truth
+interpretability) is shapes-world specific, and it and every metric that needs a feature's
+explanation are NaN for real models. Members not in the cache are trained together in one
+pass; each is cached on its own, keyed by the store's digest and its full training settings
+(site and seed among them): its weights do not depend on the other members of its pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +41,6 @@ DEFAULT_SITES: dict[str, tuple[str, ...]] = {
 DEFAULT_CAPTURE: dict[str, str] = {"flux-schnell": "output"}
 
 
-# -- host, judge, sites ------------------------------------------------------------------------
 def load_study_host(config):
     from diffdict.hosts import load_host
 
@@ -84,22 +78,18 @@ _JUDGE_FINGERPRINTS: dict[int, tuple[Any, str]] = {}
 def judge_fingerprint(judge) -> str:
     """The judge's name and a hash of its weights (computed once per judge object)."""
     known = _JUDGE_FINGERPRINTS.get(id(judge))
-    if known is not None and known[0] is judge:
-        return known[1]
-    model = getattr(judge, "model", None)
-    value = f"{judge.name}:{weights_fingerprint(model.state_dict())}" if isinstance(model, torch.nn.Module) else judge.name
-    _JUDGE_FINGERPRINTS[id(judge)] = (judge, value)
-    return value
+    if known is None or known[0] is not judge:
+        model = getattr(judge, "model", None)
+        weights = f":{weights_fingerprint(model.state_dict())}" if isinstance(model, torch.nn.Module) else ""
+        known = _JUDGE_FINGERPRINTS[id(judge)] = (judge, judge.name + weights)
+    return known[1]
 
 
 def study_sites(host, sites: Sequence[str]) -> list[str]:
-    """``sites`` checked against the host (one clear error for an unknown one), or the
-    host's default study sites."""
-    if not sites:
-        sites = DEFAULT_SITES.get(host.name) or tuple(n for n, i in host.sites().items() if i.kind != "mlp")[:1]
+    """``sites`` checked against the host (one clear error for an unknown one), or its default study sites."""
+    sites = sites or DEFAULT_SITES.get(host.name) or block_sites(host)[:1]
     for site in sites:
-        info = host.site(site)
-        if info.kind == "mlp":
+        if host.site(site).kind == "mlp":
             raise DiffdictError(f"site {site!r} holds MLP neurons; studies read block sites (e.g. "
                                 f"{site.removesuffix('.mlp')}) and take the neurons from them")
     return list(sites)
@@ -110,23 +100,15 @@ def block_sites(host) -> list[str]:
 
 
 def study_capture(ctx: "StudyContext") -> str:
-    """The capture mode the study reads and edits at block sites (``--capture``, else the
-    host's default)."""
+    """The capture mode read and edited at block sites (``--capture``, else the host's default)."""
     return ctx.config.capture or DEFAULT_CAPTURE.get(ctx.host.name, "update")
 
 
 def site_capture(ctx: "StudyContext", site: str) -> str | None:
-    """The capture mode of an edit at ``site``: None at an MLP site (its neurons), else
-    :func:`study_capture`."""
+    """None at an MLP site (its neurons), else :func:`study_capture`."""
     return None if ctx.host.site(site).kind == "mlp" else study_capture(ctx)
 
 
-def has_ground_truth(host) -> bool:
-    """Whether the concept oracle applies: the host draws the shapes world."""
-    return host.shapes_world
-
-
-# -- prompts, stores, images ---------------------------------------------------------------------
 PURPOSES = ("train", "eval", "edit")
 
 
@@ -156,9 +138,9 @@ def generation_settings(ctx: "StudyContext") -> dict:
 
 def activation_store(ctx: "StudyContext", purpose: str, count: int, sites: Sequence[str],
                      capture: str | None = None):
-    """A store of capture mode ``capture`` (default :func:`study_capture`) at ``sites``
-    over ``count`` prompts (cached), opened. The cache settings name the mode ``"what"``,
-    as they always have, so that existing cache entries stay valid."""
+    """The store of ``capture`` (default :func:`study_capture`) at ``sites`` over ``count``
+    prompts (cached), opened. Its settings name the mode ``"what"``, as they always have, so
+    that existing cache entries stay valid."""
     from diffdict.collect import collect
     from diffdict.store import open_store
 
@@ -187,20 +169,26 @@ def generate_images(ctx: "StudyContext", prompts: Sequence[str], interventions: 
 
 def original_images(ctx: "StudyContext", prompts: Sequence[str], seed_offset: int = 0) -> np.ndarray:
     """Unedited generations (cached: every study compares against the same originals)."""
-    from diffdict.io import load_tensors, save_tensors
-
     settings = {"host": ctx.host.describe(), "prompts": text_digest(list(prompts)), "n": len(prompts),
                 "seed": ctx.config.seed + seed_offset, **generation_settings(ctx)}
+    return cached_images(ctx, "images", settings, lambda: generate_images(ctx, prompts, seed_offset=seed_offset))
+
+
+def nan_mean(values) -> float:
+    """The mean ignoring NaN (NaN when no value is finite)."""
+    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+
+def cached_images(ctx: "StudyContext", kind: str, settings: dict, make: Callable[[], np.ndarray]) -> np.ndarray:
+    """The images ``make()`` returns, cached as the entry's ``images.safetensors``."""
+    from diffdict.io import load_tensors, save_tensors
 
     def build(folder: Path) -> None:
-        images = generate_images(ctx, prompts, seed_offset=seed_offset)
-        save_tensors(folder / "images.safetensors", {"images": torch.from_numpy(images)})
+        save_tensors(folder / "images.safetensors", {"images": torch.from_numpy(make())})
 
-    folder = ctx.cache.folder("images", settings, build)
-    return load_tensors(folder / "images.safetensors")["images"].numpy()
+    return load_tensors(ctx.cache.folder(kind, settings, build) / "images.safetensors")["images"].numpy()
 
 
-# -- members and training ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Member:
     """One dictionary to train: an architecture and its sparsity options (``k``, ``l1``,
@@ -223,13 +211,12 @@ def training_settings(ctx: "StudyContext", store_path: Path, site: str, member: 
     from diffdict.train import TrainSettings
 
     c = ctx.config
-    options = dict(member.options)
     settings = TrainSettings(
         acts=str(store_path), site=site, arch=[member.arch], expansion=[float(c.expansion)], lr=[float(c.lr)],
         normalization=[c.normalization], batch_size=c.train_batch, tokens=c.tokens, seed=seed,
         dead_window=c.dead_window, init_tokens=min(c.tokens, 16384), bf16=False, itda_tokens=c.itda_tokens,
     )
-    for name, value in options.items():
+    for name, value in member.options:
         if name not in ("auxk", "k", "l1", "l0_coef", "theta", "tau", "l0"):
             raise ValueError(f"unknown member option {name!r}")  # a study bug
         setattr(settings, name, [value])
@@ -248,60 +235,53 @@ def train_members(ctx: "StudyContext", store, site: str, members: Sequence[Membe
     ``metrics.jsonl``): cached ones as they are, the rest trained together in one pass
     (the members of a study at one seed share the data, batches and schedule; each
     member's weights do not depend on what else is in the pass)."""
-    found: dict[Member, Path] = {}
     keys = {}
     for member in members:
         settings = training_settings(ctx, store.path, site, member, seed)
         keys[member] = ({"store": store.digest, "member": _member_key(settings)}, settings)
-        path = ctx.cache.lookup("dictionary", keys[member][0])
-        if path is not None:
-            found[member] = path
+    found = {m: path for m, (key, _) in keys.items() if (path := ctx.cache.lookup("dictionary", key)) is not None}
     if len(found) < len(keys):
         # another process sharing the cache may be training some of them: wait for it
         with ctx.cache.locked("dictionary", [key for member, (key, _) in keys.items() if member not in found]):
-            _train_missing(ctx, store, site, seed, keys, found)
-    return {member: found[member] for member in members}
+            missing: dict[str, tuple[Member, dict, Any]] = {}  # by the member's cache key
+            for member, (key, settings) in keys.items():
+                if member not in found:
+                    path = ctx.cache.lookup("dictionary", key)
+                    if path is not None:
+                        found[member] = path
+                    else:
+                        missing.setdefault(text_digest(key), (member, key, settings))
+            if missing:
+                _train_missing(ctx, site, seed, missing, found)
+    # a member listed twice is trained once
+    return {member: found.get(member) or ctx.cache.path("dictionary", keys[member][0]) for member in members}
 
 
-def _train_missing(ctx: "StudyContext", store, site: str, seed: int, keys: dict, found: dict[Member, Path]) -> None:
+def _train_missing(ctx: "StudyContext", site: str, seed: int, missing: dict, found: dict[Member, Path]) -> None:
     from diffdict.io import write_json
     from diffdict.train import grid_members, train
 
-    missing: dict[str, tuple[Member, dict, Any]] = {}  # by the member's cache key
-    for member, (key, settings) in keys.items():
-        if member in found:
-            continue
-        path = ctx.cache.lookup("dictionary", key)
-        if path is not None:
-            found[member] = path
-        else:
-            missing.setdefault(text_digest(key), (member, key, settings))
-    if missing:
-        # each member as its own one-member grid describes it, under a distinct folder name
-        specs = {}
-        for index, (digest, (member, _, settings)) in enumerate(missing.items()):
-            (spec,) = grid_members(settings)
-            specs[digest] = dataclasses.replace(spec, name=f"{index:02d}-{spec.name}")
-        shared = next(iter(missing.values()))[2]
-        ctx.log(f"training {len(missing)} dictionar{'y' if len(missing) == 1 else 'ies'} on {site}, seed {seed}: "
-                + ", ".join(member.label for member, _, _ in missing.values()))
-        log_every = max(1, shared.total_steps // 20)
-        with tempfile.TemporaryDirectory(dir=ctx.cache.root) as tmp:
-            began = time.perf_counter()
-            folders = train(shared, Path(tmp) / "run", checkpoint_every=shared.total_steps, log_every=log_every,
-                            progress=False, members=list(specs.values()),
-                            device=str(ctx.host.device) if ctx.host.device.type == "cuda" else "cpu")
-            seconds = time.perf_counter() - began
-            ctx.trained += len(missing)
-            for digest, (member, key, _) in missing.items():
-                folder = folders[specs[digest].name]
-                for checkpoint in folder.glob("checkpoint-*.safetensors"):
-                    checkpoint.unlink()
-                write_json(folder / "pass.json", {"members": len(missing), "seconds": seconds})
-                found[member] = ctx.cache.put("dictionary", key, folder, seconds=seconds / len(missing))
-    for member in keys:  # a member listed twice is trained once
-        if member not in found:
-            found[member] = ctx.cache.path("dictionary", keys[member][0])
+    # each member as its own one-member grid describes it, under a distinct folder name
+    specs = {}
+    for index, (digest, (member, _, settings)) in enumerate(missing.items()):
+        (spec,) = grid_members(settings)
+        specs[digest] = dataclasses.replace(spec, name=f"{index:02d}-{spec.name}")
+    shared = next(iter(missing.values()))[2]
+    ctx.log(f"training {len(missing)} dictionar{'y' if len(missing) == 1 else 'ies'} on {site}, seed {seed}: "
+            + ", ".join(member.label for member, _, _ in missing.values()))
+    with tempfile.TemporaryDirectory(dir=ctx.cache.root) as tmp:
+        began = time.perf_counter()
+        folders = train(shared, Path(tmp) / "run", checkpoint_every=shared.total_steps,
+                        log_every=max(1, shared.total_steps // 20), progress=False, members=list(specs.values()),
+                        device=str(ctx.host.device) if ctx.host.device.type == "cuda" else "cpu")
+        seconds = time.perf_counter() - began
+        ctx.trained += len(missing)
+        for digest, (member, key, _) in missing.items():
+            folder = folders[specs[digest].name]
+            for checkpoint in folder.glob("checkpoint-*.safetensors"):
+                checkpoint.unlink()
+            write_json(folder / "pass.json", {"members": len(missing), "seconds": seconds})
+            found[member] = ctx.cache.put("dictionary", key, folder, seconds=seconds / len(missing))
 
 
 def read_training_log(folder: Path) -> list[dict]:
@@ -322,7 +302,6 @@ def build_seconds(folder: Path) -> float:
     return seconds
 
 
-# -- dictionaries on a site: SAE / ITDA folders, or the block's MLP neurons -----------------------
 def neuron_dictionary(host, site: str, k: int):
     """The MLP neurons of ``site``'s block as a dictionary (top-k codes; decoder = the
     output projection), for hosts whose ``NAME.mlp`` site is ``ff.net.0`` of a diffusers
@@ -340,7 +319,6 @@ def neuron_dictionary(host, site: str, k: int):
                             else out_proj.bias.detach().float().cpu(), k=min(k, info.d))
 
 
-# -- evaluation -----------------------------------------------------------------------------------
 @torch.no_grad()
 def reconstruction_metrics(dictionary, store, site: str) -> dict[str, float]:
     """mse, fvu, explained_variance, l0, dead_fraction on the store's tokens. A neuron
@@ -363,8 +341,8 @@ def reconstruction_metrics(dictionary, store, site: str) -> dict[str, float]:
 
 
 __all__ = [
-    "DEFAULT_CAPTURE", "DEFAULT_SITES", "Member", "activation_store", "block_sites", "build_seconds",
-    "generate_images", "generation_settings", "has_ground_truth", "judge_fingerprint", "load_judge", "load_study_host",
+    "DEFAULT_CAPTURE", "DEFAULT_SITES", "Member", "activation_store", "block_sites", "build_seconds", "cached_images",
+    "generate_images", "generation_settings", "judge_fingerprint", "load_judge", "load_study_host", "nan_mean",
     "neuron_dictionary", "original_images", "read_training_log", "reconstruction_metrics", "site_capture",
     "study_capture", "study_prompts", "study_sites", "train_members", "training_settings",
 ]

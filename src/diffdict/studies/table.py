@@ -19,6 +19,7 @@ from typing import Sequence
 from diffdict.io import atomic_write_text
 from diffdict.metrics.causal import mean_interval
 
+
 @dataclass(frozen=True)
 class Cell:
     mean: float
@@ -54,23 +55,16 @@ class Table:
     """rows x metrics cells over the seeds; built by :meth:`from_records`."""
 
     def __init__(self, rows: list[str], metrics, cells: dict[tuple[str, str], Cell], per_seed: list[dict],
-                 differences: dict[tuple[str, str], Cell] | None = None, references: dict[str, str] | None = None):
+                 differences: dict[tuple[str, str], Cell], references: dict[str, str]):
         self.rows, self.metrics, self.cells, self.per_seed = rows, list(metrics), cells, per_seed
-        self.differences = differences or {}
-        self.references = references or {}
+        self.differences, self.references = differences, references
 
     @classmethod
     def from_records(cls, records, rows: Sequence[str], metrics, reference_of=None) -> "Table":
         """``reference_of(row)``: the row to compare ``row`` with (None: no comparison)."""
-        rows = list(rows)
-        for record in records:
-            if record.row not in rows:
-                rows.append(record.row)
-        cells = {}
-        for row in rows:
-            for metric in metrics:
-                values = [r.values[metric.name] for r in records if r.row == row and metric.name in r.values]
-                cells[(row, metric.name)] = Cell.of(values)
+        rows = list(rows) + list(dict.fromkeys(r.row for r in records if r.row not in rows))
+        cells = {(row, m.name): Cell.of([r.values[m.name] for r in records if r.row == row and m.name in r.values])
+                 for row in rows for m in metrics}
         per_seed = [{"row": r.row, "seed": r.seed, **r.values} for r in records]
         references = {row: ref for row in rows if reference_of is not None
                       and (ref := reference_of(row)) is not None and ref != row and ref in rows}
@@ -88,43 +82,35 @@ class Table:
 
     def markdown(self, title: str | None = None) -> str:
         shown = [m for m in self.metrics if m.name in self.columns()]
-        lines = []
-        if title:
-            lines += [f"### {title}", ""]
-        header = ["variant"] + [m.label + {"higher": " ↑", "lower": " ↓"}.get(m.better or "", "") for m in shown]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join(["---"] + ["---:"] * len(shown)) + "|")
-        for row in self.rows:
-            cells = []
-            for metric in shown:
-                c = self.cell(row, metric.name)
-                if c.n == 0:
-                    cells.append("n/a")
-                elif c.n == 1:
-                    cells.append(fmt(c.mean))
-                else:
-                    cells.append(f"{fmt(c.mean)} ± {fmt(c.std)} [{fmt(c.low)}, {fmt(c.high)}]")
-            lines.append("| " + " | ".join([row] + cells) + " |")
+        lines = [f"### {title}", ""] if title else []
+        lines += _markdown_table(["variant"] + [m.label + {"higher": " ↑", "lower": " ↓"}.get(m.better or "", "")
+                                                for m in shown],
+                                 [[row] + [self._text(self.cell(row, m.name)) for m in shown] for row in self.rows])
         n = max((c.n for c in self.cells.values()), default=0)
         lines += ["", f"mean ± std over {n} seed(s) [95% t-interval of the mean]; ↑/↓: higher/lower is better."]
-        differing = [m for m in shown if any(self.differences.get((r, m.name), Cell.of([])).n >= 2 for r in self.references)]
+        differing = [m for m in shown if any(self.differences[(r, m.name)].n >= 2 for r in self.references)]
         if differing:
-            lines += ["", f"Difference from the reference (row minus {', '.join(sorted(set(self.references.values())))}), "
+            references = ", ".join(sorted(set(self.references.values())))
+            lines += ["", f"Difference from the reference (row minus {references}), "
                           "paired over seeds and, where a metric is a mean over concepts or steering trials, over "
-                          "those [95% t-interval]; **bold**: the interval excludes 0 (n: pairs).", "",
-                      "| variant | " + " | ".join(m.label for m in differing) + " |",
-                      "|" + "|".join(["---"] + ["---:"] * len(differing)) + "|"]
-            for row in self.references:
-                cells = []
-                for metric in differing:
-                    d = self.differences[(row, metric.name)]
-                    if d.n < 2:
-                        cells.append("n/a")
-                        continue
-                    text = f"{d.mean:+.3g} [{d.low:+.3g}, {d.high:+.3g}] (n {d.n})"
-                    cells.append(f"**{text}**" if self.excludes_zero(row, metric.name) else text)
-                lines.append("| " + " | ".join([row] + cells) + " |")
+                          "those [95% t-interval]; **bold**: the interval excludes 0 (n: pairs).", ""]
+            lines += _markdown_table(["variant"] + [m.label for m in differing],
+                                     [[row] + [self._difference_text(row, m.name) for m in differing]
+                                      for row in self.references])
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _text(c: Cell) -> str:
+        if c.n < 2:
+            return fmt(c.mean) if c.n else "n/a"
+        return f"{fmt(c.mean)} ± {fmt(c.std)} [{fmt(c.low)}, {fmt(c.high)}]"
+
+    def _difference_text(self, row: str, metric: str) -> str:
+        d = self.differences[(row, metric)]
+        if d.n < 2:
+            return "n/a"
+        text = f"{d.mean:+.3g} [{d.low:+.3g}, {d.high:+.3g}] (n {d.n})"
+        return f"**{text}**" if self.excludes_zero(row, metric) else text
 
     def excludes_zero(self, row: str, metric: str) -> bool:
         d = self.differences.get((row, metric))
@@ -133,17 +119,11 @@ class Table:
     def csv(self) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        header = ["variant"]
-        for metric in self.metrics:
-            header += [f"{metric.name}_mean", f"{metric.name}_std", f"{metric.name}_ci95_low",
-                       f"{metric.name}_ci95_high", f"{metric.name}_n"]
-        writer.writerow(header)
+        writer.writerow(["variant"] + [f"{m.name}_{stat}" for m in self.metrics
+                                       for stat in ("mean", "std", "ci95_low", "ci95_high", "n")])
         for row in self.rows:
-            line: list = [row]
-            for metric in self.metrics:
-                c = self.cell(row, metric.name)
-                line += [repr(c.mean), repr(c.std), repr(c.low), repr(c.high), c.n]
-            writer.writerow(line)
+            cells = [self.cell(row, m.name) for m in self.metrics]
+            writer.writerow([row] + [v for c in cells for v in (*map(repr, (c.mean, c.std, c.low, c.high)), c.n)])
         return buffer.getvalue()
 
     def summary(self) -> dict:
@@ -162,6 +142,11 @@ class Table:
             text += "\n" + "\n".join(f"- {note}" for note in notes) + "\n"
         atomic_write_text(out / "table.md", text)
         atomic_write_text(out / "table.csv", self.csv())
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows)]
 
 
 def paired_difference(records, row: str, reference: str, metric: str) -> Cell:
