@@ -33,7 +33,7 @@ from diffdict.feature_stats import site_space
 from diffdict.interpret.stats import iter_prompt_blocks, sparse_entries
 from diffdict.world import BACKGROUNDS, COLORS, REGIONS, concept_names, parse_caption
 from diffdict.world.phrases import concept_text as concept_phrase  # a concept in the world's words
-from diffdict.world.render import TEXTURE_CONTRAST
+from diffdict.world.render import TEXTURE_CONTRAST, cell_overlap
 
 CHROMA_THRESHOLD = 60
 CONCEPTS: list[str] = concept_names()
@@ -148,21 +148,14 @@ def pixel_concepts(image: np.ndarray, prompt: str) -> np.ndarray:
     return masks
 
 
-def _pool_matrix(size: int, cells: int) -> np.ndarray:
-    edges = np.arange(size + 1, dtype=np.float64)
-    cell = size / cells
-    lo = np.arange(cells)[:, None] * cell
-    overlap = np.clip(np.minimum(lo + cell, edges[None, 1:]) - np.maximum(lo, edges[None, :-1]), 0, None)
-    return overlap / cell
-
-
 def grid_coverage(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """Pixel masks (..., H, W) read at a (rows, cols) token grid: covered fraction per cell."""
     rows, cols = grid
     h, w = masks.shape[-2:]
     if rows > h or cols > w:
         raise DiffdictError(f"token grid {rows}x{cols} is finer than the {h}x{w} image")
-    return np.einsum("gh,...hw,kw->...gk", _pool_matrix(h, rows), masks.astype(np.float64), _pool_matrix(w, cols)).astype(np.float32)
+    return np.einsum("gh,...hw,kw->...gk", cell_overlap(h, rows), masks.astype(np.float64),
+                     cell_overlap(w, cols)).astype(np.float32)
 
 
 def token_concepts(images: np.ndarray, prompts: list[str], grid: tuple[int, int]) -> np.ndarray:

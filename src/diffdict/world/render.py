@@ -114,7 +114,7 @@ def render_batch(scenes: list[Scene], size: int = DEFAULT_SIZE) -> np.ndarray:
     return np.stack([render(s, size).image for s in scenes]) if scenes else np.zeros((0, size, size, 3), np.uint8)
 
 
-def _overlap_matrix(size: int, grid: int) -> np.ndarray:
+def cell_overlap(size: int, grid: int) -> np.ndarray:
     """(grid, size) matrix: fraction of cell g covered by pixel p (rows sum to 1)."""
     edges = np.arange(size + 1, dtype=np.float64)
     cell = size / grid
@@ -132,5 +132,5 @@ def concept_grid(mask: np.ndarray, grid: int) -> np.ndarray:
         raise DiffdictError(f"masks must be square; got {mask.shape[-2:]}")
     if grid < 1 or grid > size:
         raise DiffdictError(f"token grid {grid} must be between 1 and the image size {size}")
-    weights = _overlap_matrix(size, grid)
+    weights = cell_overlap(size, grid)
     return np.einsum("gh,...hw,kw->...gk", weights, mask.astype(np.float64), weights).astype(np.float32)
