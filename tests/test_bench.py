@@ -422,6 +422,25 @@ def test_bench_bad_input_gets_one_line(toy_bench_data, tmp_path, capsys, extra, 
     assert not (tmp_path / "out" / "bench.json").exists()
 
 
+def test_bench_generates_with_the_toy_weights_the_store_recorded(toy_bench_data, tmp_path, capsys):
+    """Causal scores on a given store regenerate with the model that made it: other toy
+    weights are refused in one line, not silently used."""
+    import torch
+
+    from diffdict.cli import main
+    from diffdict.models import ToyDiffusion
+
+    other = ToyDiffusion.from_pretrained(None)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    other.save_pretrained(tmp_path / "other-toy", dtype=torch.float32)
+    code = main(["bench", "--run", str(toy_bench_data / "sae"), "--store", str(toy_bench_data / "store"),
+                 "--site", "up.1.1", "--model-path", str(tmp_path / "other-toy"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "was collected with toy weights" in err[0]
+    assert not (tmp_path / "out" / "bench.json").exists()
+
+
 def test_bench_refuses_a_missing_run(tmp_path, capsys):
     from diffdict.cli import main
 

@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     parser.add_argument("--fidelity-prompts", type=int, default=16, help="prompts for spliced fidelity (default: 16)")
     parser.add_argument("--baselines", default="random-init,raw-basis", help="baselines (default: random-init,raw-basis)")
     parser.add_argument("--no-causal", action="store_true", help="skip the scores that generate images")
-    parser.add_argument("--model-path", default=None, help="toy model folder (default: the shipped weights)")
+    parser.add_argument("--model-path", default=None, help="toy model folder (default: the one the store recorded, else the shipped weights)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per generation batch (default: 64)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt split, prompts, noise and controls")
@@ -110,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
     if config.causal:
         from diffdict.metrics import load_backbone
 
-        host = host or _toy_host(args.model_path)
+        if host is None:  # the toy model the store recorded (its weights checked), else the given or shipped one
+            from diffdict.hosts import host_for_store
+
+            host = host_for_store(store, args.model_path) if store.settings.get("model") else _toy_host(args.model_path)
         judge = load_backbone("shapes-clip")
     results = run_bench(dictionary, store, site, config, host=host, judge=judge, others=others,
                         log=lambda line: print(line, flush=True))
