@@ -186,14 +186,12 @@ def fidelity(shared: Shared, dictionary, prompts: int, seed: int) -> dict[str, f
     seeds = [seed + 70_000 + i for i in range(prompts)]
     original = shared.generator(texts, seeds)
     spliced = shared.generator(texts, seeds, Splice(shared.site, dictionary, capture=shared.generator.capture))
-    readings = {"original": JudgeReadings.of(shared.judge, original), "spliced": JudgeReadings.of(shared.judge, spliced)}
-    accuracy = {}
-    for name, reading in readings.items():
-        right = [reading.values[f] == np.array([FAMILIES[f].index(scene_value(s, f)) for s in scenes]) for f in FAMILIES]
-        accuracy[name] = float(np.mean(right))
+    truth = {f: np.array([FAMILIES[f].index(scene_value(s, f)) for s in scenes]) for f in FAMILIES}
+    before, after = (float(np.mean([reading.values[f] == truth[f] for f in FAMILIES]))
+                     for reading in (JudgeReadings.of(shared.judge, original), JudgeReadings.of(shared.judge, spliced)))
     lpips = shared.judge.perceptual_distance(original, spliced)
-    return {"lpips": float(torch.as_tensor(lpips).float().mean()), "judge_accuracy": accuracy["spliced"],
-            "judge_accuracy_original": accuracy["original"]}
+    return {"lpips": float(torch.as_tensor(lpips).float().mean()), "judge_accuracy": after,
+            "judge_accuracy_original": before}
 
 
 def score_dictionary(shared: Shared, dictionary, config: BenchConfig, others: Sequence[Any] = (),

@@ -22,15 +22,8 @@ import torch.nn.functional as F
 from diffdict.options import option
 from diffdict.studies.base import Metric, Study, StudyConfig, StudyContext
 from diffdict.studies.cache import text_digest
-from diffdict.studies.stages import (
-    block_sites,
-    generate_images,
-    generation_settings,
-    judge_fingerprint,
-    nan_mean,
-    original_images,
-    study_prompts,
-)
+from diffdict.studies.stages import (block_sites, generate_images, generation_settings, judge_fingerprint, nan_mean,
+                                     original_images, study_prompts)
 from diffdict.studies.scoring import clip_scores
 
 COMPOSITION = ("shape", "size", "region", "n_objects")

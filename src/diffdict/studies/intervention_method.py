@@ -22,18 +22,8 @@ from diffdict.errors import DiffdictError
 from diffdict.options import option
 from diffdict.studies.base import Metric, Study, StudyContext
 from diffdict.studies.dictionary_study import DictionaryStudyConfig, trained_folder
-from diffdict.studies.stages import (
-    Member,
-    activation_store,
-    generate_images,
-    generation_settings,
-    judge_fingerprint,
-    nan_mean,
-    original_images,
-    site_capture,
-    study_prompts,
-    train_members,
-)
+from diffdict.studies.stages import (Member, activation_store, generate_images, generation_settings, judge_fingerprint,
+                                     nan_mean, original_images, site_capture, study_prompts, train_members)
 from diffdict.studies.scoring import clip_scores, evaluation, steering_features
 from diffdict.studies.cache import text_digest
 
@@ -52,16 +42,6 @@ class InterventionMethodConfig(DictionaryStudyConfig):
         if len(self.mask) != 4 or not (self.mask[0] < self.mask[2] and self.mask[1] < self.mask[3]):
             raise DiffdictError(f"--mask: expected x0,y0,x1,y1 with x0 < x1 and y0 < y1 (fractions), got "
                                 f"{','.join(map(str, self.mask))}")
-
-
-def make_edit(method: str, site: str, dictionary, feature: dict, strength: float, mask, capture: str | None):
-    from diffdict.interventions import Add, LatentEdit
-
-    common = dict(feature=feature["feature"], strength=strength, activation=feature["activation"], mask=mask,
-                  capture=capture)
-    if method == "add":
-        return Add(site, dictionary, **common)
-    return LatentEdit(site, dictionary, op="set", keep_error=method == "latent-keep", **common)
 
 
 class InterventionMethod(Study):
@@ -114,7 +94,7 @@ class InterventionMethod(Study):
 
     def measure(self, ctx: StudyContext, method: str, site: str, dictionary, features: list[dict], prompts,
                 mask, seed: int) -> dict[str, float]:
-        from diffdict.interventions import RandomDirection, resolve_mask
+        from diffdict.interventions import Add, LatentEdit, RandomDirection, resolve_mask
         from diffdict.metrics.causal import read_target
         from diffdict.metrics.image import fid, perceptual_distance
         from diffdict.metrics.locality import manhattan_locality
@@ -126,7 +106,11 @@ class InterventionMethod(Study):
         edited_sets, lpips, distance, inside, similarity, strength = [], [], [], [], [], []
 
         def edit(feature: dict):
-            return make_edit(method, site, dictionary, feature, ctx.config.strength, mask, site_capture(ctx, site))
+            common = dict(feature=feature["feature"], strength=ctx.config.strength, activation=feature["activation"],
+                          mask=mask, capture=site_capture(ctx, site))
+            if method == "add":
+                return Add(site, dictionary, **common)
+            return LatentEdit(site, dictionary, op="set", keep_error=method == "latent-keep", **common)
 
         for feature in features:
             edited = generate_images(ctx, prompts, [edit(feature)])

@@ -63,8 +63,8 @@ def threads_per_job(config, jobs: int) -> int | None:
 
 
 class Helpers:
-    """``count`` helper processes of one study run (a context manager: leaving it stops
-    them and removes their folders); ``seconds()`` is their compute time by cache step.
+    """``count`` helper processes (maybe none) of one study run (a context manager: leaving it
+    stops them, adds their compute time by cache step to ``seconds`` and removes their folders).
 
     A helper is a fresh interpreter started with its settings in a JSON file (not
     multiprocessing: that would import the caller's main script again, and torch's threads
@@ -75,7 +75,8 @@ class Helpers:
         JSON values), and ``verify``, whether stores are verified on read."""
         self.folder = Path(run_args["cache_root"]) / HELPERS_FOLDER / str(os.getpid())
         self.processes: list[tuple[subprocess.Popen, Path]] = []
-        self._seconds: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
+        self.jobs = 1 + count  # the processes of the run: the main one and the helpers
         run_args = json.loads(json.dumps(run_args, default=str))  # paths as text
         for index in range(count):
             scratch = self.folder / str(index)
@@ -91,7 +92,6 @@ class Helpers:
         return self
 
     def __exit__(self, *exc) -> None:
-        """Stop the helpers, keep their compute time (``seconds()``) and remove their folders."""
         for process, _ in self.processes:
             if process.poll() is None:
                 process.terminate()
@@ -103,13 +103,9 @@ class Helpers:
                 process.wait()
         for _, scratch in self.processes:
             if (scratch / "stats.json").exists():
-                self._seconds.update(read_json(scratch / "stats.json").get("seconds", {}))
+                self.seconds.update(read_json(scratch / "stats.json").get("seconds", {}))
         shutil.rmtree(self.folder, ignore_errors=True)
         _remove_empty(self.folder.parent)
-
-    def seconds(self) -> dict[str, float]:
-        """The helpers' compute time by cache step (entries they completed), once stopped."""
-        return dict(self._seconds)
 
 
 def _remove_empty(*folders: Path) -> None:

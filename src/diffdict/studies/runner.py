@@ -20,7 +20,7 @@ import dataclasses
 import importlib
 import time
 from collections import Counter
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -109,9 +109,9 @@ def run_study(name: str, out: str | Path, options: dict[str, Any] | None = None,
     config = resolve(study.Config, options, quick)
     cache_root = Path(cache_dir if cache_dir is not None else Path(out) / "cache")
     with _helpers(config, [name], options, quick, cache_root, False, None, host, judge) as helpers:
-        with _torch_threads(threads_per_job(config, _jobs(helpers))):
+        with _torch_threads(threads_per_job(config, helpers.jobs)):
             results = execute(study, config, out, Cache(cache_root), host=host, judge=judge, log=log)
-    if helpers is not None:
+    if helpers.processes:
         _add_helper_seconds(results["cache"]["seconds"], helpers)
         write_json(Path(out) / "results.json", results)
     return results
@@ -121,17 +121,12 @@ def _fields(config_class: type) -> set[str]:
     return {f.name for f in dataclasses.fields(config_class)}
 
 
-def all_options() -> set[str]:
-    """Options that some study takes (``study all`` passes each study those it has)."""
-    return set().union(*(_fields(get_study(name).Config) for name in STUDIES))
-
-
 def _resolve_all(options: dict[str, Any] | None, quick: bool, studies: list[str] | None):
     """Each study's resolved config (so every one is checked before anything runs)."""
-    options = canonical_options([get_study(n).Config for n in STUDIES], options or {})
-    options = {k: v for k, v in options.items() if v is not None}
+    every = [get_study(n).Config for n in STUDIES]
+    options = {k: v for k, v in canonical_options(every, options or {}).items() if v is not None}
     chosen = {name: get_study(name).Config for name in (studies or STUDIES)}
-    unknown = sorted(set(options) - all_options())
+    unknown = sorted(set(options) - set().union(*map(_fields, every)))  # study all passes each study its own
     if unknown:
         raise DiffdictError(f"no study takes the option --{unknown[0].replace('_', '-')}")
     return options, {name: resolve(config_class, {k: v for k, v in options.items() if k in _fields(config_class)},
@@ -152,10 +147,10 @@ def run_all(out: str | Path, options: dict[str, Any] | None = None, quick: bool 
     with _helpers(next(iter(configs.values())), list(configs), options, quick, cache_root, browsers,
                   browser_features, host, judge) as helpers:
         summary = run_studies(out, options, quick, list(configs), cache_root, host, judge, log, browsers,
-                              browser_features, configs=configs, jobs=_jobs(helpers))
+                              browser_features, configs=configs, jobs=helpers.jobs)
     _add_helper_seconds(summary["seconds_by_step"], helpers)
     summary["seconds_by_step"] = dict(sorted(summary["seconds_by_step"].items(), key=lambda item: -item[1]))
-    summary["jobs"] = _jobs(helpers)
+    summary["jobs"] = helpers.jobs
     write_json(out / "summary.json", summary)
     return summary
 
@@ -211,26 +206,21 @@ def _torch_threads(count: int | None):
 
 
 def _helpers(config: StudyConfig, names: list[str], options, quick: bool, cache_root: Path, browsers: bool,
-             browser_features: int | None, host, judge):
-    """The helper processes of a run with ``config.jobs`` > 1 (a context manager giving None
-    when there are none; a host or judge given as an object cannot be rebuilt in a helper)."""
+             browser_features: int | None, host, judge) -> Helpers:
+    """The helper processes of a run: ``config.jobs`` - 1, or none when a host or judge is
+    given as an object (it cannot be rebuilt in a helper)."""
     from diffdict.store import reads_verified
 
     jobs = job_count(config)
-    if jobs < 2 or host is not None or judge is not None:
-        return nullcontext()
-    return Helpers(jobs - 1, threads_per_job(config, jobs), options=options, quick=quick, names=names,
+    count = 0 if host is not None or judge is not None else jobs - 1
+    return Helpers(count, threads_per_job(config, jobs), options=options, quick=quick, names=names,
                    cache_root=cache_root, browsers=browsers, browser_features=browser_features,
                    verify=reads_verified())
 
 
-def _jobs(helpers: Helpers | None) -> int:
-    return 1 + (len(helpers.processes) if helpers is not None else 0)
-
-
-def _add_helper_seconds(seconds: dict[str, float], helpers: Helpers | None) -> None:
-    for kind, spent in (helpers.seconds() if helpers is not None else {}).items():
+def _add_helper_seconds(seconds: dict[str, float], helpers: Helpers) -> None:
+    for kind, spent in helpers.seconds.items():
         seconds[kind] = round(seconds.get(kind, 0.0) + spent, 1)
 
 
-__all__ = ["STUDIES", "all_options", "execute", "get_study", "run_all", "run_study", "run_studies"]
+__all__ = ["STUDIES", "execute", "get_study", "run_all", "run_study", "run_studies"]

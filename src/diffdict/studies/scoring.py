@@ -12,17 +12,8 @@ import numpy as np
 import torch
 
 from diffdict.studies.cache import text_digest
-from diffdict.studies.stages import (
-    cached_images,
-    generate_images,
-    generation_settings,
-    judge_fingerprint,
-    nan_mean,
-    original_images,
-    reconstruction_metrics,
-    site_capture,
-    study_prompts,
-)
+from diffdict.studies.stages import (cached_images, generate_images, generation_settings, judge_fingerprint, nan_mean,
+                                     original_images, reconstruction_metrics, site_capture, study_prompts)
 
 
 if TYPE_CHECKING:  # pragma: no cover

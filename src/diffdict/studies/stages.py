@@ -223,13 +223,6 @@ def training_settings(ctx: "StudyContext", store_path: Path, site: str, member: 
     return settings
 
 
-def _member_key(settings) -> dict:
-    """What a member's weights depend on: its settings minus where the store lies."""
-    data = settings.to_json()
-    data.pop("acts")
-    return data
-
-
 def train_members(ctx: "StudyContext", store, site: str, members: Sequence[Member], seed: int) -> dict[Member, Path]:
     """Each member's dictionary folder (``config.json``, ``model.safetensors``,
     ``metrics.jsonl``): cached ones as they are, the rest trained together in one pass
@@ -238,7 +231,9 @@ def train_members(ctx: "StudyContext", store, site: str, members: Sequence[Membe
     keys = {}
     for member in members:
         settings = training_settings(ctx, store.path, site, member, seed)
-        keys[member] = ({"store": store.digest, "member": _member_key(settings)}, settings)
+        # what a member's weights depend on: its settings minus where the store lies
+        key = {k: v for k, v in settings.to_json().items() if k != "acts"}
+        keys[member] = ({"store": store.digest, "member": key}, settings)
     found = {m: path for m, (key, _) in keys.items() if (path := ctx.cache.lookup("dictionary", key)) is not None}
     if len(found) < len(keys):
         # another process sharing the cache may be training some of them: wait for it
