@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from diffdict.dictionaries.base import Dictionary, SparseCodes, register_kind
-from diffdict.dictionaries.fused import sparse_decode
 from diffdict.errors import DiffdictError, require_int
 
 PURSUITS = ("mp", "gp")
@@ -153,10 +152,7 @@ class ITDA(Dictionary):
     def decode(self, codes: Tensor | SparseCodes) -> Tensor:
         if isinstance(codes, SparseCodes) and self.n_features == 0:
             return codes.values.new_zeros(codes.values.shape[0], self.d_in)
-        self.check_codes(codes)
-        if isinstance(codes, SparseCodes):
-            return sparse_decode(codes.values, codes.indices, self.atoms)
-        return codes @ self.atoms
+        return self._decode_rows(codes, self.atoms)
 
     @torch.no_grad()
     def add_atoms(self, vectors: Tensor, labels: dict[str, Tensor] | None = None) -> int:

@@ -187,10 +187,7 @@ class SparseAutoencoder(Dictionary):
                            self.mechanism.topk, self.bf16)
 
     def decode(self, codes: Tensor | SparseCodes) -> Tensor:
-        self.check_codes(codes)
-        sparse = isinstance(codes, SparseCodes)
-        recon = sparse_decode(codes.values, codes.indices, self.W_dec) if sparse else codes @ self.W_dec
-        return self.denormalize(recon + self.b_dec)
+        return self.denormalize(self._decode_rows(codes, self.W_dec) + self.b_dec)
 
     @torch.no_grad()
     def initialize(self, sample: Tensor, b_dec_init: str = "geometric-median") -> float:

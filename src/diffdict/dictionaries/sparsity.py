@@ -89,9 +89,6 @@ class Mechanism(nn.Module):
     def options(self) -> dict[str, Any]:
         return {}
 
-    def forward(self, pre: Tensor) -> Tensor:
-        raise NotImplementedError
-
     def penalty(self, pre: Tensor, codes: Tensor, decoder_norms: Tensor) -> Tensor:
         return codes.new_zeros(())
 
