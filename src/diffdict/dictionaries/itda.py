@@ -58,22 +58,21 @@ def matching_pursuit(x: Tensor, atoms: Tensor, l0: int, gram: Tensor | None = No
     return codes
 
 
-def gradient_pursuit(x: Tensor, atoms: Tensor, l0: int, nonnegative: bool = True) -> SparseCodes:
-    """(Non-negative) gradient pursuit of x (B, d) on unit-norm atoms (m, d): codes (B, l0)."""
+def gradient_pursuit(x: Tensor, atoms: Tensor, l0: int) -> SparseCodes:
+    """Non-negative gradient pursuit of x (B, d) on unit-norm atoms (m, d): codes (B, l0)."""
     values, indices = codes = _zero_codes(x, l0)
     if atoms.shape[0] == 0:
         return codes
     residual = x.clone()
     for step in range(l0):
         corr = residual @ atoms.t()
-        indices[:, step] = corr.argmax(1) if nonnegative else corr.abs().argmax(1)
+        indices[:, step] = corr.argmax(1)
         chosen = atoms[indices[:, : step + 1]]  # (B, s, d)
         grad = torch.bmm(chosen, residual.unsqueeze(2)).squeeze(2)  # (B, s) = −∂½‖r‖²/∂codes
         along = torch.bmm(grad.unsqueeze(1), chosen).squeeze(1)  # (B, d)
         step_size = grad.pow(2).sum(1) / along.pow(2).sum(1).clamp_min(1e-30)
         values[:, : step + 1] += step_size.unsqueeze(1) * grad
-        if nonnegative:
-            values.clamp_(min=0)
+        values.clamp_(min=0)
         residual = x - torch.bmm(values[:, : step + 1].unsqueeze(1), chosen).squeeze(1)
     return codes
 

@@ -131,18 +131,13 @@ class TopK(Mechanism):
 def _batch_cutoff(acts: Tensor, count: int) -> Tensor:
     """The count-th largest of acts: under torch.distributed, of every rank's acts
     together (count per rank), so that data-parallel training keeps the top k·B of the
-    global batch as one process would."""
+    global batch as one process would. Every rank holds an equal share of the batch (the
+    trainer splits it evenly), so every rank's candidates have the same size."""
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     top = acts.topk(min(count * world, acts.numel()), sorted=False).values
     if world > 1:
-        size = torch.tensor([top.numel()], device=top.device)
-        sizes = [torch.empty_like(size) for _ in range(world)]
-        dist.all_gather(sizes, size)
-        longest = int(max(int(s) for s in sizes))
-        padded = torch.full((longest,), float("-inf"), dtype=top.dtype, device=top.device)
-        padded[: top.numel()] = top
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
+        parts = [torch.empty_like(top) for _ in range(world)]
+        dist.all_gather(parts, top)
         top = torch.cat(parts)
     return top.topk(min(count * world, top.numel()), sorted=False).values.min()
 
