@@ -171,9 +171,9 @@ class SparseAutoencoder(Dictionary):
         return self.mechanism.topk is not None
 
     def encode(self, x: Tensor) -> Tensor:
-        self.check_input(x)
         if self.uses_fused_topk:
             return self.encode_sparse(x).to_dense(self.n_features)
+        self.check_input(x)
         return self.mechanism(self.pre_activations(self.normalize(x)))
 
     def encode_sparse(self, x: Tensor) -> SparseCodes:

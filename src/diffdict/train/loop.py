@@ -211,14 +211,13 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
             del normalized
             fired = _check_finite(results, batch, members, source, comm, step, out, last_checkpoint)
             _all_reduce_gradients(members, comm)
-            global_tokens = settings.batch_size
             for index, (member, result, member_fired) in enumerate(zip(members, results, fired)):
                 began = time.perf_counter()
-                member.step(step, member_fired, global_tokens)
+                member.step(step, member_fired, settings.batch_size)
                 metrics.sums[index] += result.sums()
                 metrics.seconds[index] += result.seconds + time.perf_counter() - began
-            metrics.tokens += global_tokens
-            metrics.tokens_total += global_tokens
+            metrics.tokens += settings.batch_size
+            metrics.tokens_total += settings.batch_size
             metrics.steps += 1
             bar.update(1)
             done = step + 1
