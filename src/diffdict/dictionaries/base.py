@@ -82,17 +82,11 @@ class Dictionary(nn.Module):
     """Base class: subclasses set ``kind`` and implement the abstract methods."""
 
     kind: ClassVar[str]
+    d_in: int  # attributes or properties of every dictionary
+    n_features: int
     #: where the dictionary came from (see ``provenance.py``): written into config.json by
     #: ``save`` when set, read back by ``load_dictionary``; None when nothing recorded it
     provenance: dict[str, Any] | None = None
-
-    @property
-    def d_in(self) -> int:
-        raise NotImplementedError
-
-    @property
-    def n_features(self) -> int:
-        raise NotImplementedError
 
     @property
     def decoder_directions(self) -> Tensor:

@@ -92,7 +92,7 @@ class ITDA(Dictionary):
             raise DiffdictError(f"unknown ITDA pursuit {pursuit!r}; expected one of {', '.join(PURSUITS)}")
         if max_atoms is not None and max_atoms < 1:
             raise DiffdictError(f"max_atoms must be positive, got {max_atoms}")
-        self._d_in = d_in
+        self.d_in = d_in
         self.l0, self.tau, self.pursuit = l0, float(tau), pursuit
         self.chunk_tokens = int(chunk_tokens)
         self.max_atoms = max_atoms
@@ -100,10 +100,6 @@ class ITDA(Dictionary):
         self.labels: dict[str, Tensor] = {k: v.long().clone() for k, v in (labels or {}).items()}
         self._gram: Tensor | None = None
         self.eval()
-
-    @property
-    def d_in(self) -> int:
-        return self._d_in
 
     @property
     def n_features(self) -> int:

@@ -84,7 +84,7 @@ class SparseAutoencoder(Dictionary):
                 raise DiffdictError(f"give the width or a positive expansion factor, got expansion={expansion!r}")
             n_features = int(round(expansion * d_in))
         require_int(n_features, "width")
-        self._d_in, self._n_features = d_in, n_features
+        self.d_in, self.n_features = d_in, n_features
         self.mechanism = make_mechanism(mechanism, n_features, **(mechanism_options or {}))
         self.normalization = normalization_name(normalization)
         self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
@@ -105,14 +105,6 @@ class SparseAutoencoder(Dictionary):
         self.register_buffer("input_mean", torch.zeros(d_in))
         self.register_buffer("input_scale", torch.ones(d_in))
         self.eval()
-
-    @property
-    def d_in(self) -> int:
-        return self._d_in
-
-    @property
-    def n_features(self) -> int:
-        return self._n_features
 
     @property
     def W_enc(self) -> Tensor:
