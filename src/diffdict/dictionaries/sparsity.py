@@ -241,10 +241,6 @@ class SoftThreshold(ReLUL1):
             self.threshold.clamp_(min=0)
 
 
-def _rectangle(u: Tensor) -> Tensor:
-    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
-
-
 class _JumpFunction(torch.autograd.Function):
     """JumpReLU pre · H(pre − θ): ∂/∂pre = H(pre − θ), ∂/∂θ = −(θ/ε) K((pre − θ)/ε)
     (rectangle K); with ``step`` the step H(pre − θ): ∂/∂pre = 0, ∂/∂θ = −(1/ε) K(...)."""
@@ -261,7 +257,8 @@ class _JumpFunction(torch.autograd.Function):
         eps = ctx.bandwidth
         grad_pre = None if ctx.step else grad * (pre > threshold)
         scale = 1.0 / eps if ctx.step else threshold / eps
-        grad_threshold = -scale * _rectangle((pre - threshold) / eps) * grad
+        u = (pre - threshold) / eps
+        grad_threshold = -scale * ((u > -0.5) & (u < 0.5)).to(u.dtype) * grad  # rectangle kernel K(u)
         return grad_pre, grad_threshold.sum(0), None, None
 
 

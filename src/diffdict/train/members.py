@@ -158,8 +158,3 @@ class ITDAMember:
         self.model.labels = {k: v.clone() for k, v in state["labels"].items()}
         self.model._gram = None
         self.tokens_built = int(state["tokens_built"])
-
-
-def _make_member(spec: MemberSpec, settings: TrainSettings, d: int, device: torch.device):
-    kind = ITDAMember if spec.arch == "itda" else SAEMember
-    return kind(spec, settings, d, device)
