@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from diffdict.dictionaries.base import Dictionary, SparseCodes, load_dictionary
-from diffdict.dictionaries.data import ActivationSource, open_activations
+from diffdict.dictionaries.data import ActivationSource, StoreSource, open_activations
 from diffdict.errors import DiffdictError
 from diffdict.train import run_members
 
@@ -91,13 +91,9 @@ def evaluate_run(run_dir: str | Path, acts: str | Path | ActivationSource, *, si
     return results
 
 
-DEFAULT_FIDELITY_PROMPTS = 16
-
-
 def store_fidelity_for(source: ActivationSource, prompts: int | None, seed: int = 0,
                        model_path: str | None = None) -> FidelityFn | None:
     """The spliced-fidelity function for activations ``source`` (see :func:`evaluate_run`)."""
-    from diffdict.dictionaries.data import StoreSource
     from diffdict.metrics.fidelity import store_fidelity
 
     if prompts is not None and prompts < 0:
@@ -110,5 +106,4 @@ def store_fidelity_for(source: ActivationSource, prompts: int | None, seed: int 
             return None
         raise DiffdictError(f"spliced fidelity needs a store made by a host model; {source.name} records none "
                             "(use --fidelity-prompts 0)")
-    return store_fidelity(source.store, source.site, prompts=prompts or DEFAULT_FIDELITY_PROMPTS, seed=seed,
-                          model_path=model_path)
+    return store_fidelity(source.store, source.site, prompts=prompts or 16, seed=seed, model_path=model_path)

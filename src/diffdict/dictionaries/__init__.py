@@ -5,7 +5,6 @@ mechanism is an SAE architecture for ``diffdict train --arch``, as is ``itda``.
 """
 
 from diffdict.dictionaries.base import DICTIONARY_KINDS, Dictionary, SparseCodes, load_dictionary
-from diffdict.dictionaries import foreign  # noqa: F401  (registers the sparsify and SAE Lens readers)
 from diffdict.dictionaries.fused import sparse_decode, topk_encode
 from diffdict.dictionaries.itda import ITDA, gradient_pursuit, matching_pursuit
 from diffdict.dictionaries.matryoshka import MatryoshkaBatchTopK  # registers matryoshka-batchtopk

@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from diffdict.dictionaries.fused import sparse_decode
 from diffdict.errors import DiffdictError
 from diffdict.io import load_tensors, read_json, save_tensors, sha256_file, write_json
 
@@ -33,15 +34,6 @@ DICTIONARY_KINDS: dict[str, type["Dictionary"]] = {}
 def register_kind(cls: type["Dictionary"]) -> type["Dictionary"]:
     DICTIONARY_KINDS[cls.kind] = cls
     return cls
-
-
-#: folder layouts of other libraries (``cfg.json`` + a weights file) that :func:`load_dictionary`
-#: reads, tried in order: (label, weights file name, loader); ``foreign.py`` registers them
-FOREIGN_FORMATS: list[tuple[str, str, Callable[[Path], "Dictionary"]]] = []
-
-
-def register_foreign_format(label: str, weights: str, load: Callable[[Path], "Dictionary"]) -> None:
-    FOREIGN_FORMATS.append((label, weights, load))
 
 
 @torch.no_grad()
@@ -90,17 +82,11 @@ class Dictionary(nn.Module):
     """Base class: subclasses set ``kind`` and implement the abstract methods."""
 
     kind: ClassVar[str]
+    d_in: int  # attributes or properties of every dictionary
+    n_features: int
     #: where the dictionary came from (see ``provenance.py``): written into config.json by
     #: ``save`` when set, read back by ``load_dictionary``; None when nothing recorded it
     provenance: dict[str, Any] | None = None
-
-    @property
-    def d_in(self) -> int:
-        raise NotImplementedError
-
-    @property
-    def n_features(self) -> int:
-        raise NotImplementedError
 
     @property
     def decoder_directions(self) -> Tensor:
@@ -152,6 +138,13 @@ class Dictionary(nn.Module):
         elif codes.ndim != 2 or codes.shape[1] != self.n_features:
             raise DiffdictError(f"codes have shape {tuple(codes.shape)}, expected (tokens, {self.n_features})")
 
+    def _decode_rows(self, codes: Tensor | SparseCodes, rows: Tensor) -> Tensor:
+        """Σ codes · rows (n_features, d) for checked dense or sparse codes."""
+        self.check_codes(codes)
+        if isinstance(codes, SparseCodes):
+            return sparse_decode(codes.values, codes.indices, rows)
+        return codes @ rows
+
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -181,7 +174,8 @@ def load_dictionary(folder: str | Path) -> Dictionary:
     if (folder / CONFIG_FILE).exists():
         config = read_json(folder / CONFIG_FILE)
         config = config if isinstance(config, dict) else {}
-        _check_checksums(folder, config)
+        _check_weights_checksum(folder, check_config_checksum(folder, config))
+        config.pop(CHECKSUMS_FIELD, None)
         recorded, kind = config.pop(PROVENANCE_FIELD, None), config.pop("kind", None)
         if kind not in DICTIONARY_KINDS:
             raise DiffdictError(
@@ -196,6 +190,8 @@ def load_dictionary(folder: str | Path) -> Dictionary:
         if isinstance(recorded, dict):
             dictionary.provenance = recorded
         return dictionary
+    from diffdict.dictionaries.foreign import FOREIGN_FORMATS
+
     for _, weights, load in FOREIGN_FORMATS:
         if (folder / weights).exists():
             return load(folder)
@@ -222,12 +218,9 @@ def check_config_checksum(folder: Path, config: dict) -> dict | None:
     return record
 
 
-def _check_checksums(folder: Path, config: dict) -> None:
-    """The config's fields and the weights file must hash to what the config records (a
-    record it removes from ``config``). Folders saved before records existed have none;
-    :func:`_check_round_trip` still checks them against their own shapes."""
-    record = check_config_checksum(folder, config)
-    config.pop(CHECKSUMS_FIELD, None)
+def _check_weights_checksum(folder: Path, record: dict | None) -> None:
+    """Folders saved before checksum records existed have none; :func:`_check_round_trip`
+    still checks them against their own shapes."""
     if record is None:
         return
     weights = folder / WEIGHTS_FILE

@@ -140,10 +140,8 @@ class ArraySource(ActivationSource):
 
 class StoreSource(ActivationSource):
     def __init__(self, path: Path, site: str | None):
-        try:
-            from diffdict.store import open_store
-        except ImportError:
-            raise DiffdictError("reading an activation store needs diffdict.store, which is not available") from None
+        from diffdict.store import open_store
+
         self.store = open_store(path)
         sites = self.store.sites
         if site is None:

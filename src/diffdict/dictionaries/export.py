@@ -21,7 +21,6 @@ TopK dictionaries alone; anything a format cannot express is refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +42,11 @@ SAE_LENS_FORMAT_VERSION = "6.0.0"
 SAE_LENS_ARCHITECTURES = {mechanism: architecture for architecture, mechanism in SAE_LENS_MECHANISMS.items()}
 
 
-@dataclass
-class PlainSAE:
-    """An SAE as both libraries compute it (module docstring): float32 tensors under SAE
-    Lens names, the activation (``topk``, ``jumprelu`` or ``relu``) and its k."""
-
-    tensors: dict[str, Tensor]
-    activation: str
-    k: int | None = None
-
-
-def plain_form(sae: SparseAutoencoder) -> PlainSAE:
-    """The SAE with its input normalisation and b_dec folded in; refuses mechanisms that
-    no plain activation expresses."""
+def plain_form(sae: SparseAutoencoder) -> tuple[dict[str, Tensor], str]:
+    """The SAE as both libraries compute it (module docstring): float32 tensors under SAE
+    Lens names with the input normalisation and b_dec folded in, and the activation
+    (``topk``, ``jumprelu`` or ``relu``; TopK's k is the mechanism's). Refuses mechanisms
+    that no plain activation expresses."""
     if not isinstance(sae, SparseAutoencoder):
         raise DiffdictError(f"only SAEs can be exported to SAE Lens or sparsify, not {sae.kind} dictionaries")
     mechanism = sae.mechanism
@@ -69,9 +60,8 @@ def plain_form(sae: SparseAutoencoder) -> PlainSAE:
     if not sae.apply_b_dec_to_input:
         b_enc = b_enc + b_dec @ W_enc
     extra: dict[str, Tensor] = {}
-    k = None
     if name == "topk":
-        activation, k = "topk", mechanism.topk
+        activation = "topk"
     elif name in ("batchtopk", "matryoshka-batchtopk"):
         # Inference is ReLU(pre) · H(pre − max(θ, 0)): a JumpReLU with θ on every feature.
         activation = "jumprelu"
@@ -90,28 +80,28 @@ def plain_form(sae: SparseAutoencoder) -> PlainSAE:
         raise DiffdictError(f"the sparsity mechanism {name!r} has no SAE Lens or sparsify equivalent")
     tensors = {"W_enc": W_enc / scale.unsqueeze(1), "b_enc": b_enc, "W_dec": W_dec * scale,
                "b_dec": b_dec * scale + mean, **extra}
-    return PlainSAE({key: value.float().contiguous() for key, value in tensors.items()}, activation, k)
+    return {key: value.float().contiguous() for key, value in tensors.items()}, activation
 
 
-def _sae_lens_config(sae: SparseAutoencoder, plain: PlainSAE, metadata: dict[str, Any]) -> dict[str, Any]:
+def _sae_lens_config(sae: SparseAutoencoder, activation: str, metadata: dict[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "architecture": SAE_LENS_ARCHITECTURES[plain.activation],
+        "architecture": SAE_LENS_ARCHITECTURES[activation],
         "d_in": sae.d_in, "d_sae": sae.n_features, "dtype": "float32", "device": "cpu",
         "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
         "metadata": {"sae_lens_version": SAE_LENS_FORMAT_VERSION, **metadata},
     }
-    if plain.activation == "topk":
-        config.update(k=plain.k, rescale_acts_by_decoder_norm=False)
+    if activation == "topk":
+        config.update(k=sae.mechanism.topk, rescale_acts_by_decoder_norm=False)
     return config
 
 
-def _sparsify_config(sae: SparseAutoencoder, plain: PlainSAE) -> dict[str, Any]:
-    if plain.activation != "topk":
-        inference = f" (a {plain.activation} at inference)" if plain.activation != sae.mechanism.name else ""
+def _sparsify_config(sae: SparseAutoencoder, tensors: dict[str, Tensor], activation: str) -> dict[str, Any]:
+    if activation != "topk":
+        inference = f" (a {activation} at inference)" if activation != sae.mechanism.name else ""
         raise DiffdictError(f"sparsify has TopK activations only; a {sae.mechanism.name} SAE{inference} "
                             "cannot be expressed; export it with --format saelens")
-    unit_rows = bool(torch.allclose(plain.tensors["W_dec"].norm(dim=1), torch.ones(sae.n_features), atol=1e-5))
-    return {"activation": "topk", "k": plain.k, "num_latents": sae.n_features, "d_in": sae.d_in,
+    unit_rows = bool(torch.allclose(tensors["W_dec"].norm(dim=1), torch.ones(sae.n_features), atol=1e-5))
+    return {"activation": "topk", "k": sae.mechanism.topk, "num_latents": sae.n_features, "d_in": sae.d_in,
             "normalize_decoder": unit_rows, "multi_topk": False, "skip_connection": False, "transcode": False}
 
 
@@ -122,13 +112,12 @@ def export_dictionary(dictionary: Dictionary, folder: str | Path, format: str,
     goes into the config's metadata."""
     if format not in EXPORT_FORMATS:
         raise DiffdictError(f"unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
-    plain = plain_form(dictionary)
+    tensors, activation = plain_form(dictionary)
     if format == "saelens":
-        config = _sae_lens_config(dictionary, plain, {k: v for k, v in (metadata or {}).items() if v is not None})
-        tensors = plain.tensors
+        config = _sae_lens_config(dictionary, activation, {k: v for k, v in (metadata or {}).items() if v is not None})
     else:
-        config = _sparsify_config(dictionary, plain)
-        tensors = to_sparsify_layout(plain.tensors)
+        config = _sparsify_config(dictionary, tensors, activation)
+        tensors = to_sparsify_layout(tensors)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise DiffdictError(f"{folder} is a file, not a folder")

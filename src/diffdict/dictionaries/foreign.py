@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from diffdict.dictionaries.base import register_foreign_format
 from diffdict.dictionaries.sae import SparseAutoencoder
 from diffdict.errors import DiffdictError
 from diffdict.io import load_tensors, read_json
@@ -105,5 +104,5 @@ def load_sae_lens(folder: str | Path) -> SparseAutoencoder:
     return sae
 
 
-register_foreign_format("sparsify", SPARSIFY_WEIGHTS, load_sparsify)
-register_foreign_format("SAE Lens", SAE_LENS_WEIGHTS, load_sae_lens)
+# the folder layouts load_dictionary reads besides its own, tried in order: (label, weights file, loader)
+FOREIGN_FORMATS = (("sparsify", SPARSIFY_WEIGHTS, load_sparsify), ("SAE Lens", SAE_LENS_WEIGHTS, load_sae_lens))

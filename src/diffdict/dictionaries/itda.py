@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from diffdict.dictionaries.base import Dictionary, SparseCodes, register_kind
-from diffdict.dictionaries.fused import sparse_decode
 from diffdict.errors import DiffdictError, require_int
 
 PURSUITS = ("mp", "gp")
@@ -59,22 +58,21 @@ def matching_pursuit(x: Tensor, atoms: Tensor, l0: int, gram: Tensor | None = No
     return codes
 
 
-def gradient_pursuit(x: Tensor, atoms: Tensor, l0: int, nonnegative: bool = True) -> SparseCodes:
-    """(Non-negative) gradient pursuit of x (B, d) on unit-norm atoms (m, d): codes (B, l0)."""
+def gradient_pursuit(x: Tensor, atoms: Tensor, l0: int) -> SparseCodes:
+    """Non-negative gradient pursuit of x (B, d) on unit-norm atoms (m, d): codes (B, l0)."""
     values, indices = codes = _zero_codes(x, l0)
     if atoms.shape[0] == 0:
         return codes
     residual = x.clone()
     for step in range(l0):
         corr = residual @ atoms.t()
-        indices[:, step] = corr.argmax(1) if nonnegative else corr.abs().argmax(1)
+        indices[:, step] = corr.argmax(1)
         chosen = atoms[indices[:, : step + 1]]  # (B, s, d)
         grad = torch.bmm(chosen, residual.unsqueeze(2)).squeeze(2)  # (B, s) = −∂½‖r‖²/∂codes
         along = torch.bmm(grad.unsqueeze(1), chosen).squeeze(1)  # (B, d)
         step_size = grad.pow(2).sum(1) / along.pow(2).sum(1).clamp_min(1e-30)
         values[:, : step + 1] += step_size.unsqueeze(1) * grad
-        if nonnegative:
-            values.clamp_(min=0)
+        values.clamp_(min=0)
         residual = x - torch.bmm(values[:, : step + 1].unsqueeze(1), chosen).squeeze(1)
     return codes
 
@@ -94,7 +92,7 @@ class ITDA(Dictionary):
             raise DiffdictError(f"unknown ITDA pursuit {pursuit!r}; expected one of {', '.join(PURSUITS)}")
         if max_atoms is not None and max_atoms < 1:
             raise DiffdictError(f"max_atoms must be positive, got {max_atoms}")
-        self._d_in = d_in
+        self.d_in = d_in
         self.l0, self.tau, self.pursuit = l0, float(tau), pursuit
         self.chunk_tokens = int(chunk_tokens)
         self.max_atoms = max_atoms
@@ -102,10 +100,6 @@ class ITDA(Dictionary):
         self.labels: dict[str, Tensor] = {k: v.long().clone() for k, v in (labels or {}).items()}
         self._gram: Tensor | None = None
         self.eval()
-
-    @property
-    def d_in(self) -> int:
-        return self._d_in
 
     @property
     def n_features(self) -> int:
@@ -153,10 +147,7 @@ class ITDA(Dictionary):
     def decode(self, codes: Tensor | SparseCodes) -> Tensor:
         if isinstance(codes, SparseCodes) and self.n_features == 0:
             return codes.values.new_zeros(codes.values.shape[0], self.d_in)
-        self.check_codes(codes)
-        if isinstance(codes, SparseCodes):
-            return sparse_decode(codes.values, codes.indices, self.atoms)
-        return codes @ self.atoms
+        return self._decode_rows(codes, self.atoms)
 
     @torch.no_grad()
     def add_atoms(self, vectors: Tensor, labels: dict[str, Tensor] | None = None) -> int:

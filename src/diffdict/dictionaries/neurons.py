@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffdict.dictionaries.base import Dictionary, SparseCodes, register_kind
-from diffdict.dictionaries.fused import sparse_decode
 from diffdict.errors import DiffdictError, require_int
 
 ACTIVATIONS = {
@@ -101,6 +100,4 @@ class NeuronDictionary(Dictionary):
         return self.encode_activations(self.neuron_activations(h))
 
     def decode(self, codes: Tensor | SparseCodes) -> Tensor:
-        self.check_codes(codes)
-        sparse = isinstance(codes, SparseCodes)
-        return (sparse_decode(codes.values, codes.indices, self.W_dec) if sparse else codes @ self.W_dec) + self.b_dec
+        return self._decode_rows(codes, self.W_dec) + self.b_dec

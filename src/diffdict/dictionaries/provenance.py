@@ -44,16 +44,14 @@ def training_provenance(source: "ActivationSource", acts: str, seed: int) -> dic
     """The record of a training pass over ``source`` (opened from ``acts``), less
     ``tokens``, which the trainer sets at each save."""
     store = getattr(source, "store", None)
-    if store is None:
-        return {"version": PROVENANCE_VERSION, "site": getattr(source, "site", None), "what": None, "model": None,
-                "model_weights": None, "host": None, "generation": None, "store": None, "store_digest": None,
-                "acts": str(Path(acts).resolve()), "seed": seed}
-    settings = store.settings or {}
+    settings = (store.settings if store is not None else None) or {}
     host = settings.get("host") or {}
-    return {"version": PROVENANCE_VERSION, "site": source.site, "what": capture_mode_of(settings.get("capture")),
-            "model": settings.get("model"), "model_weights": host.get("weights"), "host": host or None,
-            "generation": settings.get("generation"), "store": str(Path(store.path).resolve()),
-            "store_digest": store.digest, "acts": None, "seed": seed}
+    return {"version": PROVENANCE_VERSION, "site": getattr(source, "site", None),
+            "what": capture_mode_of(settings.get("capture")), "model": settings.get("model"),
+            "model_weights": host.get("weights"), "host": host or None, "generation": settings.get("generation"),
+            "store": str(Path(store.path).resolve()) if store is not None else None,
+            "store_digest": store.digest if store is not None else None,
+            "acts": None if store is not None else str(Path(acts).resolve()), "seed": seed}
 
 
 def read_provenance(folder: str | Path) -> dict[str, Any]:
@@ -61,21 +59,11 @@ def read_provenance(folder: str | Path) -> dict[str, Any]:
     provenance (see the module's docstring), else :func:`legacy_provenance`. Keys that
     nothing records are absent or None."""
     folder = Path(folder)
-    recorded = recorded_provenance(folder)
-    return dict(recorded) if recorded is not None else legacy_provenance(folder)
-
-
-def recorded_provenance(folder: Path) -> dict[str, Any] | None:
-    """The ``provenance`` block of ``folder/config.json`` (None without one); a block that
-    does not match the config's checksum is refused."""
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        return None
-    config = read_json(path)
+    config = read_json(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else None
     if not isinstance(config, dict) or not isinstance(config.get(PROVENANCE_FIELD), dict):
-        return None
-    check_config_checksum(folder, config)
-    return config[PROVENANCE_FIELD]
+        return legacy_provenance(folder)
+    check_config_checksum(folder, config)  # an edited record is refused
+    return dict(config[PROVENANCE_FIELD])
 
 
 def legacy_provenance(folder: str | Path) -> dict[str, Any]:
@@ -167,5 +155,4 @@ def _store_record(store: Path | None, single_site: bool) -> dict[str, Any]:
     return {k: v for k, v in found.items() if v is not None}
 
 
-__all__ = ["PROVENANCE_VERSION", "legacy_provenance", "read_provenance",
-           "recorded_provenance", "training_provenance"]
+__all__ = ["PROVENANCE_VERSION", "legacy_provenance", "read_provenance", "training_provenance"]

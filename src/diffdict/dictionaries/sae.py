@@ -84,7 +84,7 @@ class SparseAutoencoder(Dictionary):
                 raise DiffdictError(f"give the width or a positive expansion factor, got expansion={expansion!r}")
             n_features = int(round(expansion * d_in))
         require_int(n_features, "width")
-        self._d_in, self._n_features = d_in, n_features
+        self.d_in, self.n_features = d_in, n_features
         self.mechanism = make_mechanism(mechanism, n_features, **(mechanism_options or {}))
         self.normalization = normalization_name(normalization)
         self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
@@ -105,14 +105,6 @@ class SparseAutoencoder(Dictionary):
         self.register_buffer("input_mean", torch.zeros(d_in))
         self.register_buffer("input_scale", torch.ones(d_in))
         self.eval()
-
-    @property
-    def d_in(self) -> int:
-        return self._d_in
-
-    @property
-    def n_features(self) -> int:
-        return self._n_features
 
     @property
     def W_enc(self) -> Tensor:
@@ -171,9 +163,9 @@ class SparseAutoencoder(Dictionary):
         return self.mechanism.topk is not None
 
     def encode(self, x: Tensor) -> Tensor:
-        self.check_input(x)
         if self.uses_fused_topk:
             return self.encode_sparse(x).to_dense(self.n_features)
+        self.check_input(x)
         return self.mechanism(self.pre_activations(self.normalize(x)))
 
     def encode_sparse(self, x: Tensor) -> SparseCodes:
@@ -187,10 +179,7 @@ class SparseAutoencoder(Dictionary):
                            self.mechanism.topk, self.bf16)
 
     def decode(self, codes: Tensor | SparseCodes) -> Tensor:
-        self.check_codes(codes)
-        sparse = isinstance(codes, SparseCodes)
-        recon = sparse_decode(codes.values, codes.indices, self.W_dec) if sparse else codes @ self.W_dec
-        return self.denormalize(recon + self.b_dec)
+        return self.denormalize(self._decode_rows(codes, self.W_dec) + self.b_dec)
 
     @torch.no_grad()
     def initialize(self, sample: Tensor, b_dec_init: str = "geometric-median") -> float:

@@ -89,9 +89,6 @@ class Mechanism(nn.Module):
     def options(self) -> dict[str, Any]:
         return {}
 
-    def forward(self, pre: Tensor) -> Tensor:
-        raise NotImplementedError
-
     def penalty(self, pre: Tensor, codes: Tensor, decoder_norms: Tensor) -> Tensor:
         return codes.new_zeros(())
 
@@ -134,18 +131,13 @@ class TopK(Mechanism):
 def _batch_cutoff(acts: Tensor, count: int) -> Tensor:
     """The count-th largest of acts: under torch.distributed, of every rank's acts
     together (count per rank), so that data-parallel training keeps the top k·B of the
-    global batch as one process would."""
+    global batch as one process would. Every rank holds an equal share of the batch (the
+    trainer splits it evenly), so every rank's candidates have the same size."""
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     top = acts.topk(min(count * world, acts.numel()), sorted=False).values
     if world > 1:
-        size = torch.tensor([top.numel()], device=top.device)
-        sizes = [torch.empty_like(size) for _ in range(world)]
-        dist.all_gather(sizes, size)
-        longest = int(max(int(s) for s in sizes))
-        padded = torch.full((longest,), float("-inf"), dtype=top.dtype, device=top.device)
-        padded[: top.numel()] = top
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
+        parts = [torch.empty_like(top) for _ in range(world)]
+        dist.all_gather(parts, top)
         top = torch.cat(parts)
     return top.topk(min(count * world, top.numel()), sorted=False).values.min()
 
@@ -249,10 +241,6 @@ class SoftThreshold(ReLUL1):
             self.threshold.clamp_(min=0)
 
 
-def _rectangle(u: Tensor) -> Tensor:
-    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
-
-
 class _JumpFunction(torch.autograd.Function):
     """JumpReLU pre · H(pre − θ): ∂/∂pre = H(pre − θ), ∂/∂θ = −(θ/ε) K((pre − θ)/ε)
     (rectangle K); with ``step`` the step H(pre − θ): ∂/∂pre = 0, ∂/∂θ = −(1/ε) K(...)."""
@@ -269,7 +257,8 @@ class _JumpFunction(torch.autograd.Function):
         eps = ctx.bandwidth
         grad_pre = None if ctx.step else grad * (pre > threshold)
         scale = 1.0 / eps if ctx.step else threshold / eps
-        grad_threshold = -scale * _rectangle((pre - threshold) / eps) * grad
+        u = (pre - threshold) / eps
+        grad_threshold = -scale * ((u > -0.5) & (u < 0.5)).to(u.dtype) * grad  # rectangle kernel K(u)
         return grad_pre, grad_threshold.sum(0), None, None
 
 

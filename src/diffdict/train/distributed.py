@@ -11,8 +11,6 @@ import torch.distributed as dist
 
 
 class _Distributed:
-    """The process group, or a single process."""
-
     def __init__(self, device: torch.device):
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))

@@ -18,7 +18,7 @@ from diffdict.dictionaries.provenance import training_provenance
 from diffdict.errors import DiffdictError
 from diffdict.io import load_checkpoint, read_json, save_checkpoint, write_json
 from diffdict.train.distributed import _all_reduce_gradients, _Distributed
-from diffdict.train.members import StepResult, _make_member
+from diffdict.train.members import ITDAMember, SAEMember, StepResult
 from diffdict.train.run import MEMBER_FILE, METRICS_FILE, SETTINGS_FILE, STATE_FILE, _read_run, _truncate_metrics
 from diffdict.train.settings import MemberSpec, TrainSettings, members_of
 
@@ -132,7 +132,7 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
     total = settings.total_steps
     if start >= total:  # finished: the dictionaries are saved and there is nothing to resume
         return {spec.name: out / spec.name for spec in specs}
-    members = [_make_member(spec, settings, d, device) for spec in specs]
+    members = [(ITDAMember if spec.arch == "itda" else SAEMember)(spec, settings, d, device) for spec in specs]
     writer = comm.rank == 0
     if writer:
         out.mkdir(parents=True, exist_ok=True)
@@ -211,14 +211,13 @@ def _train(settings, out, source: ActivationSource, comm: _Distributed, device, 
             del normalized
             fired = _check_finite(results, batch, members, source, comm, step, out, last_checkpoint)
             _all_reduce_gradients(members, comm)
-            global_tokens = settings.batch_size
             for index, (member, result, member_fired) in enumerate(zip(members, results, fired)):
                 began = time.perf_counter()
-                member.step(step, member_fired, global_tokens)
+                member.step(step, member_fired, settings.batch_size)
                 metrics.sums[index] += result.sums()
                 metrics.seconds[index] += result.seconds + time.perf_counter() - began
-            metrics.tokens += global_tokens
-            metrics.tokens_total += global_tokens
+            metrics.tokens += settings.batch_size
+            metrics.tokens_total += settings.batch_size
             metrics.steps += 1
             bar.update(1)
             done = step + 1

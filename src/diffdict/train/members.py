@@ -31,12 +31,10 @@ class StepResult:
     l0: torch.Tensor | float = 0.0  # codes per token × tokens
     seconds: float = 0.0
 
-    #: the order of the sums in the loop's metrics table
-    SUMS = ("sq_error", "aux_loss", "penalty", "l0")
-
     def sums(self) -> torch.Tensor:
-        return torch.stack([torch.as_tensor(getattr(self, name), dtype=torch.float64, device=self.finite.device)
-                            for name in self.SUMS])
+        """The sums in the order of the loop's metrics table."""
+        return torch.stack([torch.as_tensor(value, dtype=torch.float64, device=self.finite.device)
+                            for value in (self.sq_error, self.aux_loss, self.penalty, self.l0)])
 
 
 class SAEMember:
@@ -160,8 +158,3 @@ class ITDAMember:
         self.model.labels = {k: v.clone() for k, v in state["labels"].items()}
         self.model._gram = None
         self.tokens_built = int(state["tokens_built"])
-
-
-def _make_member(spec: MemberSpec, settings: TrainSettings, d: int, device: torch.device):
-    kind = ITDAMember if spec.arch == "itda" else SAEMember
-    return kind(spec, settings, d, device)
