@@ -46,9 +46,6 @@ WHATS = CAPTURE_MODES
 #: what a recorded token's metadata holds (a store's "meta" columns, in this order)
 META_FIELDS = ("prompt_id", "step", "row", "col")
 
-#: kinds of site, i.e. how the module's native tensors map to the (B, T, d) token layout
-SITE_KINDS = ("unet-block", "dit-block", "mlp")
-
 
 @dataclass(frozen=True)
 class SiteInfo:
@@ -57,7 +54,7 @@ class SiteInfo:
     ``d`` is the width of a token; ``grid`` the (rows, cols) of the image token grid at
     the host's image size (T = rows * cols tokens, row-major); ``module`` the dotted path
     of the hooked module (first component a component of the host: ``unet``,
-    ``transformer``); ``kind`` one of ``SITE_KINDS``: ``unet-block`` (a
+    ``transformer``); ``kind`` a key of ``LAYOUTS``: ``unet-block`` (a
     Transformer2DModel, native NCHW), ``dit-block`` (a FLUX block, image-stream tokens),
     ``mlp`` (an MLP's hidden units; image tokens are the last T of the sequence).
     """
@@ -262,10 +259,6 @@ class _Entry:
     info: SiteInfo
     mode: str  # update | output | mlp
 
-    def active(self, step: int | None) -> bool:
-        steps = self.hook.steps
-        return steps is None or (step is not None and step in steps)
-
 
 def resolve(host: "HostModel", hook: ReadHook | EditHook) -> _Entry:
     """The site a hook acts on and its mode (``capture`` None picks by site kind)."""
@@ -279,7 +272,7 @@ def resolve(host: "HostModel", hook: ReadHook | EditHook) -> _Entry:
 def _dispatcher(host: "HostModel", layout: _Layout, entries: list[_Entry]):
     def forward_hook(module, args, kwargs, output):
         step = host.current_step
-        active = [e for e in entries if e.active(step)]
+        active = [e for e in entries if e.hook.steps is None or step in e.hook.steps]  # step None: not in any
         if not active:
             return None
         out_tokens = layout.outputs(output)
@@ -301,25 +294,19 @@ def _dispatcher(host: "HostModel", layout: _Layout, entries: list[_Entry]):
                 x = current[rows].float() - in_tokens[rows].float()
             else:
                 x = current[rows].float()
-            if isinstance(entry.hook, ReadHook):
-                entry.hook.fn(x, step)
-                continue
             new = entry.hook.fn(x, step)
+            if isinstance(entry.hook, ReadHook):
+                continue
             if not isinstance(new, torch.Tensor) or new.shape != x.shape:
                 shape = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
                 raise DiffdictError(
                     f"edit hook at site {entry.info.name} returned {shape}, expected a tensor of shape {tuple(x.shape)}"
                 )
-            if entry.mode == "update":
-                value = current[rows].float() + (new.to(x.dtype) - x)
-            else:
-                value = new
+            value = current[rows].float() + (new.to(x.dtype) - x) if entry.mode == "update" else new
             if edited is None:
                 edited = out_tokens.clone()
             edited[rows] = value.to(edited.dtype)
-        if edited is None:
-            return None
-        return layout.replace(output, edited)
+        return None if edited is None else layout.replace(output, edited)
 
     return forward_hook
 

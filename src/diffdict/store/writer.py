@@ -6,6 +6,7 @@ complete; ``finalize`` assembles the manifest. See :mod:`diffdict.store`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -23,8 +24,7 @@ from diffdict.io import atomic_target
 from diffdict.store.format import (
     CHUNKS_DIR, DEFAULT_CHUNK_SIZE, DTYPES, FORMAT, HEADER_FILE, IMAGES_DIR, MANIFEST_FILE, META_FIELDS,
     SHARDS_DIR, _TMP_SUFFIX, _build_manifest, _content_sha256, _Described, _describe_os_error, _file_metadata,
-    _header_differences, _header_key, _images_rel, _make_header, _read_described, _record_rel, _sha256_bytes,
-    _shard_rel,
+    _header_differences, _header_key, _images_rel, _make_header, _read_described, _record_rel, _shard_rel,
 )
 
 
@@ -373,7 +373,7 @@ class StoreWriter(_Described):
         return {
             "file": rel,
             "bytes": len(data),
-            "sha256": _sha256_bytes(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
             "xxh3": xxhash.xxh3_128_hexdigest(data),
             "content_sha256": _content_sha256(list(tensors.values())),
         }
