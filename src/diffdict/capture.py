@@ -159,27 +159,7 @@ class EditHook(_Hook):
 
 # -- native layout <-> tokens ----------------------------------------------------------
 def _unet_out(output):
-    if isinstance(output, tuple):
-        return output[0]
-    if hasattr(output, "sample"):
-        return output.sample
-    return output
-
-
-def _unet_replace(output, new):
-    if isinstance(output, tuple):
-        return (new,) + tuple(output[1:])
-    if hasattr(output, "sample"):
-        return type(output)(sample=new)
-    return new
-
-
-def _first_arg(args, kwargs, name="hidden_states"):
-    if name in kwargs:
-        return kwargs[name]
-    if args:
-        return args[0]
-    raise DiffdictError(f"cannot find the block input {name!r} in the hooked call")
+    return output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
 
 
 class _Layout:
@@ -187,6 +167,14 @@ class _Layout:
 
     def __init__(self, info: SiteInfo):
         self.info = info
+
+    def inputs(self, args, kwargs):
+        """The block's input (``hidden_states``); only ever asked of a block site (an MLP has no update)."""
+        if "hidden_states" in kwargs:
+            return kwargs["hidden_states"]
+        if args:
+            return args[0]
+        raise DiffdictError("cannot find the block input 'hidden_states' in the hooked call")
 
     def check_tokens(self, t: int, exact: bool = True) -> None:
         if (t != self.info.tokens) if exact else (t < self.info.tokens):
@@ -198,8 +186,7 @@ class _Layout:
 
 class _UNetLayout(_Layout):
     def inputs(self, args, kwargs):
-        x = _first_arg(args, kwargs)
-        return x.flatten(2).transpose(1, 2)
+        return super().inputs(args, kwargs).flatten(2).transpose(1, 2)
 
     def outputs(self, output):
         x = _unet_out(output)
@@ -209,17 +196,16 @@ class _UNetLayout(_Layout):
         return x.flatten(2).transpose(1, 2)
 
     def replace(self, output, tokens):
-        native = _unet_out(output)
-        b, c, h, w = native.shape
-        return _unet_replace(output, tokens.transpose(1, 2).reshape(b, c, h, w).contiguous())
+        b, c, h, w = _unet_out(output).shape
+        new = tokens.transpose(1, 2).reshape(b, c, h, w).contiguous()
+        if isinstance(output, tuple):
+            return (new,) + tuple(output[1:])
+        return type(output)(sample=new) if hasattr(output, "sample") else new
 
 
 class _DiTLayout(_Layout):
     """FLUX double and single blocks: forward(hidden_states=image, encoder_hidden_states=text)
     returns (text, image)."""
-
-    def inputs(self, args, kwargs):
-        return _first_arg(args, kwargs)
 
     def outputs(self, output):
         x = output[1]
@@ -233,9 +219,6 @@ class _DiTLayout(_Layout):
 class _MLPLayout(_Layout):
     """Hidden units (B, T_all, m); the image tokens are the last T (FLUX single blocks put
     the text tokens first)."""
-
-    def inputs(self, args, kwargs):  # pragma: no cover - guarded by resolve_site
-        raise DiffdictError(f"site {self.info.name} holds MLP neurons, which have no update")
 
     def outputs(self, output):
         x = output[0] if isinstance(output, tuple) else output
