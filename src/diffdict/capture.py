@@ -93,14 +93,14 @@ def parse_steps(spec: Any) -> frozenset[int] | None:
         return None
     if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
         spec = [int(spec)]
-    if isinstance(spec, str):
-        text = spec.strip().lower()
-        if text in ("all", ""):
-            return None
-        steps: set[int] = set()
-        for part in text.split(","):
-            part = part.strip()
-            try:
+    try:
+        if isinstance(spec, str):
+            text = spec.strip().lower()
+            if text in ("all", ""):
+                return None
+            steps: set[int] = set()
+            for part in text.split(","):
+                part = part.strip()
                 if "-" in part[1:]:
                     cut = part.index("-", 1)
                     lo, hi = int(part[:cut]), int(part[cut + 1:])
@@ -109,10 +109,7 @@ def parse_steps(spec: Any) -> frozenset[int] | None:
                     steps.update(range(lo, hi + 1))
                 elif part:
                     steps.add(int(part))
-            except ValueError:
-                raise DiffdictError(f"bad steps {spec!r}: expected 'all', a range like 0-3 or a list like 0,2,5") from None
-        spec = steps
-    try:
+            spec = steps
         steps = frozenset(int(s) for s in spec)
     except (TypeError, ValueError):
         raise DiffdictError(f"bad steps {spec!r}: expected 'all', a range like 0-3 or a list like 0,2,5") from None
@@ -348,13 +345,12 @@ class Recorder:
         self._records: dict[str, list[tuple[int, torch.Tensor]]] = {name: [] for name in self.infos}
 
     def hooks(self) -> list[ReadHook]:
-        mode = self.capture
         out = []
         for name, info in self.infos.items():
             def record(x, step, _name=name):
                 self._records[_name].append((-1 if step is None else int(step), x.detach().clone()))
 
-            out.append(ReadHook(name, record, capture="mlp" if info.kind == "mlp" else mode,
+            out.append(ReadHook(name, record, capture="mlp" if info.kind == "mlp" else self.capture,
                                 steps=self.steps, half=self.half))
         return out
 

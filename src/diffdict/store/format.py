@@ -133,7 +133,7 @@ def _make_header(
     if extra:
         raise DiffdictError(f"token grid given for unknown site(s) {', '.join(extra)}; sites are {', '.join(sorted(sites))}")
     if prompts is not None:
-        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+        if not isinstance(prompts, (list, tuple)):
             raise DiffdictError(f"prompts must be a list of strings, got {type(prompts).__name__}")
         if not prompts:
             raise DiffdictError("no prompts given: a store needs at least one prompt")

@@ -308,8 +308,7 @@ class Store(_Described):
             parts.append(self._read_rows(file, "acts", a - offset, b - offset).to(dtype))
             metas.append(self._read_rows(file, "meta", a - offset, b - offset))
             self._confirm([file])  # before the rows leave the store
-        d = self.d(site)
-        acts = torch.cat(parts) if parts else torch.empty(0, d, dtype=dtype)
+        acts = torch.cat(parts) if parts else torch.empty(0, self.d(site), dtype=dtype)
         meta = torch.cat(metas) if metas else torch.empty(0, len(META_FIELDS), dtype=torch.int32)
         return acts, _meta_dict(meta)
 
