@@ -217,7 +217,7 @@ class StoreWriter(_Described):
         require_int(rank, "rank", 0, world_size - 1)
         return [i for i in range(rank, self.num_chunks, world_size) if not self.is_complete(i)]
 
-    def _prepare(self, index: int, acts: dict, meta: dict, images: Any) -> tuple[dict, Any]:
+    def _prepare(self, index: int, ids: range, acts: dict, meta: dict, images: Any) -> tuple[dict, Any]:
         sites = self._header["sites"]
         if not isinstance(acts, dict):
             raise DiffdictError(f"acts must be a dict site -> tensor, got {type(acts).__name__}")
@@ -230,7 +230,6 @@ class StoreWriter(_Described):
             missing = sorted(set(sites) - set(given))
             if missing:
                 raise DiffdictError(f"chunk {index}: no {what} for site {missing[0]!r}; every chunk needs all sites ({', '.join(sorted(sites))})")
-        ids = self.chunk_prompt_ids(index)
         store_dtype = DTYPES[self.dtype]
         label = "prompt id" if self._header["prompts"] is not None else "row"
         prepared = {}
@@ -325,8 +324,8 @@ class StoreWriter(_Described):
         full, permission) the chunk's partial files are removed and it stays incomplete.
         """
         index = self._check_index(chunk_index)
-        prepared, image_tensor = self._prepare(index, acts, meta, images)
         ids = self.chunk_prompt_ids(index)
+        prepared, image_tensor = self._prepare(index, ids, acts, meta, images)
         record: dict[str, Any] = {"format": FORMAT, "store_key": self._key, "chunk": index,
                                   "prompt_ids": [ids.start, ids.stop], "sites": {}, "images": None}
         finals: list[Path] = []
