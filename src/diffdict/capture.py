@@ -405,11 +405,9 @@ def capture(
 ) -> tuple[np.ndarray, dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
     """Generate ``prompts`` and record capture mode ``capture`` at ``sites``: (images, acts, meta)."""
     recorder = Recorder(host, sites, capture, steps)
-    ids = list(prompt_ids) if prompt_ids is not None else list(range(len(prompts)))
     with host.hooks(recorder.hooks()):
         images = host.generate(prompts, seed=seed, seeds=seeds, steps=num_steps, guidance=guidance)
-    acts, meta = recorder.take(ids)
-    return images, acts, meta
+    return (images, *recorder.take(range(len(prompts)) if prompt_ids is None else prompt_ids))
 
 
 __all__ = ["HALVES", "ReadHook", "EditHook", "Recorder", "capture", "install_hooks", "parse_steps", "resolve"]

@@ -263,18 +263,15 @@ class StoreWriter(_Described):
                     )
                 columns.append(column.detach().cpu().to(torch.int64))
             pid, step, row, col = columns
-            if n:
-                checks = (
+            for column, low, high, what in (
                     (pid, ids.start, ids.stop, f"{label} (chunk {index} holds {ids.start}..{ids.stop - 1})"),
                     (step, 0, 2**31, "step (expected >= 0)"),
                     (row, 0, rows, f"row (grid {rows}x{cols})"),
-                    (col, 0, cols, f"col (grid {rows}x{cols})"),
-                )
-                for column, low, high, what in checks:
-                    bad = (column < low) | (column >= high)
-                    if bool(bad.any()):
-                        first = int(bad.nonzero()[0, 0])
-                        raise DiffdictError(f"site {site!r}: bad {what}: {int(column[first])} at token {first}")
+                    (col, 0, cols, f"col (grid {rows}x{cols})")):
+                bad = (column < low) | (column >= high)  # nothing for an empty chunk
+                if bool(bad.any()):
+                    first = int(bad.nonzero()[0, 0])
+                    raise DiffdictError(f"site {site!r}: bad {what}: {int(column[first])} at token {first}")
             x = x.detach().cpu()
             first = _first_non_finite(x)
             if first is not None:
