@@ -46,9 +46,6 @@ WHATS = CAPTURE_MODES
 #: what a recorded token's metadata holds (a store's "meta" columns, in this order)
 META_FIELDS = ("prompt_id", "step", "row", "col")
 
-#: kinds of site, i.e. how the module's native tensors map to the (B, T, d) token layout
-SITE_KINDS = ("unet-block", "dit-block", "mlp")
-
 
 @dataclass(frozen=True)
 class SiteInfo:
@@ -57,7 +54,7 @@ class SiteInfo:
     ``d`` is the width of a token; ``grid`` the (rows, cols) of the image token grid at
     the host's image size (T = rows * cols tokens, row-major); ``module`` the dotted path
     of the hooked module (first component a component of the host: ``unet``,
-    ``transformer``); ``kind`` one of ``SITE_KINDS``: ``unet-block`` (a
+    ``transformer``); ``kind`` a key of ``LAYOUTS``: ``unet-block`` (a
     Transformer2DModel, native NCHW), ``dit-block`` (a FLUX block, image-stream tokens),
     ``mlp`` (an MLP's hidden units; image tokens are the last T of the sequence).
     """
@@ -96,14 +93,14 @@ def parse_steps(spec: Any) -> frozenset[int] | None:
         return None
     if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
         spec = [int(spec)]
-    if isinstance(spec, str):
-        text = spec.strip().lower()
-        if text in ("all", ""):
-            return None
-        steps: set[int] = set()
-        for part in text.split(","):
-            part = part.strip()
-            try:
+    try:
+        if isinstance(spec, str):
+            text = spec.strip().lower()
+            if text in ("all", ""):
+                return None
+            steps: set[int] = set()
+            for part in text.split(","):
+                part = part.strip()
                 if "-" in part[1:]:
                     cut = part.index("-", 1)
                     lo, hi = int(part[:cut]), int(part[cut + 1:])
@@ -112,10 +109,7 @@ def parse_steps(spec: Any) -> frozenset[int] | None:
                     steps.update(range(lo, hi + 1))
                 elif part:
                     steps.add(int(part))
-            except ValueError:
-                raise DiffdictError(f"bad steps {spec!r}: expected 'all', a range like 0-3 or a list like 0,2,5") from None
-        spec = steps
-    try:
+            spec = steps
         steps = frozenset(int(s) for s in spec)
     except (TypeError, ValueError):
         raise DiffdictError(f"bad steps {spec!r}: expected 'all', a range like 0-3 or a list like 0,2,5") from None
@@ -162,27 +156,7 @@ class EditHook(_Hook):
 
 # -- native layout <-> tokens ----------------------------------------------------------
 def _unet_out(output):
-    if isinstance(output, tuple):
-        return output[0]
-    if hasattr(output, "sample"):
-        return output.sample
-    return output
-
-
-def _unet_replace(output, new):
-    if isinstance(output, tuple):
-        return (new,) + tuple(output[1:])
-    if hasattr(output, "sample"):
-        return type(output)(sample=new)
-    return new
-
-
-def _first_arg(args, kwargs, name="hidden_states"):
-    if name in kwargs:
-        return kwargs[name]
-    if args:
-        return args[0]
-    raise DiffdictError(f"cannot find the block input {name!r} in the hooked call")
+    return output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
 
 
 class _Layout:
@@ -190,6 +164,14 @@ class _Layout:
 
     def __init__(self, info: SiteInfo):
         self.info = info
+
+    def inputs(self, args, kwargs):
+        """The block's input (``hidden_states``); only ever asked of a block site (an MLP has no update)."""
+        if "hidden_states" in kwargs:
+            return kwargs["hidden_states"]
+        if args:
+            return args[0]
+        raise DiffdictError("cannot find the block input 'hidden_states' in the hooked call")
 
     def check_tokens(self, t: int, exact: bool = True) -> None:
         if (t != self.info.tokens) if exact else (t < self.info.tokens):
@@ -201,8 +183,7 @@ class _Layout:
 
 class _UNetLayout(_Layout):
     def inputs(self, args, kwargs):
-        x = _first_arg(args, kwargs)
-        return x.flatten(2).transpose(1, 2)
+        return super().inputs(args, kwargs).flatten(2).transpose(1, 2)
 
     def outputs(self, output):
         x = _unet_out(output)
@@ -212,17 +193,16 @@ class _UNetLayout(_Layout):
         return x.flatten(2).transpose(1, 2)
 
     def replace(self, output, tokens):
-        native = _unet_out(output)
-        b, c, h, w = native.shape
-        return _unet_replace(output, tokens.transpose(1, 2).reshape(b, c, h, w).contiguous())
+        b, c, h, w = _unet_out(output).shape
+        new = tokens.transpose(1, 2).reshape(b, c, h, w).contiguous()
+        if isinstance(output, tuple):
+            return (new,) + tuple(output[1:])
+        return type(output)(sample=new) if hasattr(output, "sample") else new
 
 
 class _DiTLayout(_Layout):
     """FLUX double and single blocks: forward(hidden_states=image, encoder_hidden_states=text)
     returns (text, image)."""
-
-    def inputs(self, args, kwargs):
-        return _first_arg(args, kwargs)
 
     def outputs(self, output):
         x = output[1]
@@ -236,9 +216,6 @@ class _DiTLayout(_Layout):
 class _MLPLayout(_Layout):
     """Hidden units (B, T_all, m); the image tokens are the last T (FLUX single blocks put
     the text tokens first)."""
-
-    def inputs(self, args, kwargs):  # pragma: no cover - guarded by resolve_site
-        raise DiffdictError(f"site {self.info.name} holds MLP neurons, which have no update")
 
     def outputs(self, output):
         x = output[0] if isinstance(output, tuple) else output
@@ -262,10 +239,6 @@ class _Entry:
     info: SiteInfo
     mode: str  # update | output | mlp
 
-    def active(self, step: int | None) -> bool:
-        steps = self.hook.steps
-        return steps is None or (step is not None and step in steps)
-
 
 def resolve(host: "HostModel", hook: ReadHook | EditHook) -> _Entry:
     """The site a hook acts on and its mode (``capture`` None picks by site kind)."""
@@ -279,7 +252,7 @@ def resolve(host: "HostModel", hook: ReadHook | EditHook) -> _Entry:
 def _dispatcher(host: "HostModel", layout: _Layout, entries: list[_Entry]):
     def forward_hook(module, args, kwargs, output):
         step = host.current_step
-        active = [e for e in entries if e.active(step)]
+        active = [e for e in entries if e.hook.steps is None or step in e.hook.steps]  # step None: not in any
         if not active:
             return None
         out_tokens = layout.outputs(output)
@@ -301,25 +274,19 @@ def _dispatcher(host: "HostModel", layout: _Layout, entries: list[_Entry]):
                 x = current[rows].float() - in_tokens[rows].float()
             else:
                 x = current[rows].float()
-            if isinstance(entry.hook, ReadHook):
-                entry.hook.fn(x, step)
-                continue
             new = entry.hook.fn(x, step)
+            if isinstance(entry.hook, ReadHook):
+                continue
             if not isinstance(new, torch.Tensor) or new.shape != x.shape:
                 shape = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
                 raise DiffdictError(
                     f"edit hook at site {entry.info.name} returned {shape}, expected a tensor of shape {tuple(x.shape)}"
                 )
-            if entry.mode == "update":
-                value = current[rows].float() + (new.to(x.dtype) - x)
-            else:
-                value = new
+            value = current[rows].float() + (new.to(x.dtype) - x) if entry.mode == "update" else new
             if edited is None:
                 edited = out_tokens.clone()
             edited[rows] = value.to(edited.dtype)
-        if edited is None:
-            return None
-        return layout.replace(output, edited)
+        return None if edited is None else layout.replace(output, edited)
 
     return forward_hook
 
@@ -378,13 +345,12 @@ class Recorder:
         self._records: dict[str, list[tuple[int, torch.Tensor]]] = {name: [] for name in self.infos}
 
     def hooks(self) -> list[ReadHook]:
-        mode = self.capture
         out = []
         for name, info in self.infos.items():
             def record(x, step, _name=name):
                 self._records[_name].append((-1 if step is None else int(step), x.detach().clone()))
 
-            out.append(ReadHook(name, record, capture="mlp" if info.kind == "mlp" else mode,
+            out.append(ReadHook(name, record, capture="mlp" if info.kind == "mlp" else self.capture,
                                 steps=self.steps, half=self.half))
         return out
 
@@ -439,11 +405,9 @@ def capture(
 ) -> tuple[np.ndarray, dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
     """Generate ``prompts`` and record capture mode ``capture`` at ``sites``: (images, acts, meta)."""
     recorder = Recorder(host, sites, capture, steps)
-    ids = list(prompt_ids) if prompt_ids is not None else list(range(len(prompts)))
     with host.hooks(recorder.hooks()):
         images = host.generate(prompts, seed=seed, seeds=seeds, steps=num_steps, guidance=guidance)
-    acts, meta = recorder.take(ids)
-    return images, acts, meta
+    return (images, *recorder.take(range(len(prompts)) if prompt_ids is None else prompt_ids))
 
 
 __all__ = ["HALVES", "ReadHook", "EditHook", "Recorder", "capture", "install_hooks", "parse_steps", "resolve"]

@@ -66,7 +66,7 @@ def steps_to_capture(spec: str | Collection[int] | None, num_steps: int) -> list
             raise DiffdictError(
                 f"step {step} out of range: the run has {num_steps} denoising step(s), numbered 0..{num_steps - 1}"
             )
-    return sorted(set(steps))
+    return sorted(steps)
 
 
 def collect_settings(host: HostModel, capture: str, steps: list[int], num_steps: int, guidance: float,

@@ -108,16 +108,13 @@ def claim_output_folder(path: str | Path, command: str, own_files: tuple[str, ..
     return path
 
 
+_OS_ERRORS = {errno.ENOSPC: "disk full", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+              errno.EROFS: "read-only file system"}
+
+
 def describe_os_error(error: OSError) -> str:
     """An OS error in a few words, with the file it names."""
-    if error.errno == errno.ENOSPC:
-        what = "disk full"
-    elif error.errno in (errno.EACCES, errno.EPERM):
-        what = "permission denied"
-    elif error.errno == errno.EROFS:
-        what = "read-only file system"
-    else:
-        what = error.strerror or str(error)
+    what = _OS_ERRORS.get(error.errno) or error.strerror or str(error)
     return what + (f" ({error.filename})" if getattr(error, "filename", None) else "")
 
 

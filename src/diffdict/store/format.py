@@ -41,10 +41,6 @@ def _canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _content_sha256(tensors: Sequence[torch.Tensor]) -> str:
     """sha256 over dtypes, shapes and raw bytes: independent of the file format."""
     digest = hashlib.sha256()
@@ -77,20 +73,16 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1] if prefix else "(value)": obj}
 
 
-def _chunk_name(index: int) -> str:
-    return f"{index:06d}"
-
-
 def _shard_rel(site: str, index: int) -> str:
-    return f"{SHARDS_DIR}/{site}/{_chunk_name(index)}.safetensors"
+    return f"{SHARDS_DIR}/{site}/{index:06d}.safetensors"
 
 
 def _images_rel(index: int) -> str:
-    return f"{IMAGES_DIR}/{_chunk_name(index)}.safetensors"
+    return f"{IMAGES_DIR}/{index:06d}.safetensors"
 
 
 def _record_rel(index: int) -> str:
-    return f"{CHUNKS_DIR}/{_chunk_name(index)}.json"
+    return f"{CHUNKS_DIR}/{index:06d}.json"
 
 
 def _read_described(path: Path, file: Path, what: str) -> dict:
@@ -141,7 +133,7 @@ def _make_header(
     if extra:
         raise DiffdictError(f"token grid given for unknown site(s) {', '.join(extra)}; sites are {', '.join(sorted(sites))}")
     if prompts is not None:
-        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+        if not isinstance(prompts, (list, tuple)):
             raise DiffdictError(f"prompts must be a list of strings, got {type(prompts).__name__}")
         if not prompts:
             raise DiffdictError("no prompts given: a store needs at least one prompt")
@@ -168,7 +160,7 @@ def _make_header(
 
 
 def _header_key(header: dict) -> str:
-    return _sha256_bytes(_canonical_json(header).encode())
+    return hashlib.sha256(_canonical_json(header).encode()).hexdigest()
 
 
 def _header_differences(old: dict, new: dict) -> list[str]:

@@ -26,7 +26,7 @@ import torch
 import xxhash
 
 from diffdict.errors import DiffdictError, require_int
-from diffdict.store.format import DTYPES, META_FIELDS, _FAST_HASH, _describe_os_error, _meta_dict
+from diffdict.store.format import DEFAULT_BUFFER_TOKENS, DTYPES, META_FIELDS, _FAST_HASH, _describe_os_error, _meta_dict
 
 if TYPE_CHECKING:
     from diffdict.store.reader import Store
@@ -337,16 +337,25 @@ class _ShardFile:
 
 
 class BatchIterator:
-    """Iterator over batches of one site; see :meth:`Store.iter_batches`.
+    """``Store.iter_batches(site, batch_size, ...)``: batches (B, d) of ``site``; every token exactly once per epoch.
+
+    With ``shuffle`` the shards are cut into blocks of ``block_tokens`` (default
+    buffer_tokens // 32), read in a random order determined by (seed, epoch), and mixed
+    in a buffer of at most ``buffer_tokens`` tokens: memory is bounded by the buffer
+    (buffer_tokens x d in the store dtype, plus one block and one batch), not by the
+    store. Batches are converted to ``dtype`` (float32) as they are emitted. ``rank``/``world_size``
+    give each data-parallel process a disjoint share of the blocks. Yields a tensor, or
+    ``(tensor, meta)`` with ``with_meta``.
 
     Exposes what it holds: ``buffer_tokens`` (rows of its buffer), ``block_tokens`` (the
     most tokens read at once), ``peak_buffered`` (most tokens held so far), ``num_tokens``
     (tokens it will yield) and ``len()`` (batches it will yield).
     """
 
-    def __init__(self, store: Store, site: str, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
-                 buffer_tokens: int, with_meta: bool, block_tokens: int | None, drop_last: bool,
-                 rank: int, world_size: int, dtype: torch.dtype):
+    def __init__(self, store: Store, site: str, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
+                 buffer_tokens: int = DEFAULT_BUFFER_TOKENS, with_meta: bool = False, *,
+                 block_tokens: int | None = None, drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 dtype: torch.dtype = torch.float32):
         for name, value, low in (("batch size", batch_size, 1), ("buffer_tokens", buffer_tokens, 1),
                                  ("seed", seed, 0), ("epoch", epoch, 0), ("world size", world_size, 1)):
             require_int(value, name, low)

@@ -3,6 +3,7 @@ digest, path containment), then :class:`Store` and :func:`open_store`."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import torch
 
 from diffdict.errors import DiffdictError
 from diffdict.store.format import (
-    CHUNKS_DIR, DEFAULT_BUFFER_TOKENS, DTYPES, FORMAT, HEADER_FILE, MANIFEST_FILE, META_FIELDS, _FAST_HASH,
+    CHUNKS_DIR, DTYPES, FORMAT, HEADER_FILE, MANIFEST_FILE, META_FIELDS, _FAST_HASH,
     _HEADER_FIELDS, _IMAGE_FIELDS, _MANIFEST_FIELDS, _RECORD_FIELDS, _SHARD_FIELDS, _compute_digest, _Described,
     _described, _header_key, _images_rel, _meta_dict, _read_described, _read_json_file, _record_rel, _shard_rel,
 )
@@ -307,42 +308,11 @@ class Store(_Described):
             parts.append(self._read_rows(file, "acts", a - offset, b - offset).to(dtype))
             metas.append(self._read_rows(file, "meta", a - offset, b - offset))
             self._confirm([file])  # before the rows leave the store
-        d = self.d(site)
-        acts = torch.cat(parts) if parts else torch.empty(0, d, dtype=dtype)
+        acts = torch.cat(parts) if parts else torch.empty(0, self.d(site), dtype=dtype)
         meta = torch.cat(metas) if metas else torch.empty(0, len(META_FIELDS), dtype=torch.int32)
         return acts, _meta_dict(meta)
 
-    def iter_batches(
-        self,
-        site: str,
-        batch_size: int,
-        shuffle: bool = True,
-        seed: int = 0,
-        epoch: int = 0,
-        buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
-        with_meta: bool = False,
-        *,
-        block_tokens: int | None = None,
-        drop_last: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-        dtype: torch.dtype = torch.float32,
-    ) -> "BatchIterator":
-        """Stream batches (B, d) of ``site``; every token exactly once per epoch.
-
-        With ``shuffle`` the shards are cut into blocks of ``block_tokens`` (default
-        buffer_tokens // 32), read in a random order determined by (seed, epoch), and mixed
-        in a buffer of at most ``buffer_tokens`` tokens: memory is bounded by the buffer
-        (buffer_tokens x d in the store dtype, plus one block and one batch), not by the
-        store. Batches are converted to ``dtype`` (float32) as they are emitted. ``rank``/``world_size``
-        give each data-parallel process a disjoint share of the blocks. Yields a tensor, or
-        ``(tensor, meta)`` with ``with_meta``.
-        """
-        return BatchIterator(
-            self, site, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, buffer_tokens=buffer_tokens,
-            with_meta=with_meta, block_tokens=block_tokens, drop_last=drop_last, rank=rank,
-            world_size=world_size, dtype=dtype,
-        )
+    iter_batches = functools.partialmethod(BatchIterator)  # store.iter_batches(site, batch_size, ...)
 
     def images(self, prompt_ids: Iterable[int] | int) -> np.ndarray:
         """Generated images of the given prompt ids: uint8 (n, H, W, 3)."""
@@ -380,4 +350,3 @@ def open_store(path: str | Path, verify: bool | None = None) -> Store:
     path, manifest = _load_manifest(path)
     _raise_first(_manifest_problems(path, manifest, read_records=verify))
     return Store(path, manifest, verify=verify)
-

@@ -6,6 +6,7 @@ complete; ``finalize`` assembles the manifest. See :mod:`diffdict.store`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -23,8 +24,7 @@ from diffdict.io import atomic_target
 from diffdict.store.format import (
     CHUNKS_DIR, DEFAULT_CHUNK_SIZE, DTYPES, FORMAT, HEADER_FILE, IMAGES_DIR, MANIFEST_FILE, META_FIELDS,
     SHARDS_DIR, _TMP_SUFFIX, _build_manifest, _content_sha256, _Described, _describe_os_error, _file_metadata,
-    _header_differences, _header_key, _images_rel, _make_header, _read_described, _record_rel, _sha256_bytes,
-    _shard_rel,
+    _header_differences, _header_key, _images_rel, _make_header, _read_described, _record_rel, _shard_rel,
 )
 
 
@@ -217,7 +217,7 @@ class StoreWriter(_Described):
         require_int(rank, "rank", 0, world_size - 1)
         return [i for i in range(rank, self.num_chunks, world_size) if not self.is_complete(i)]
 
-    def _prepare(self, index: int, acts: dict, meta: dict, images: Any) -> tuple[dict, Any]:
+    def _prepare(self, index: int, ids: range, acts: dict, meta: dict, images: Any) -> tuple[dict, Any]:
         sites = self._header["sites"]
         if not isinstance(acts, dict):
             raise DiffdictError(f"acts must be a dict site -> tensor, got {type(acts).__name__}")
@@ -230,7 +230,6 @@ class StoreWriter(_Described):
             missing = sorted(set(sites) - set(given))
             if missing:
                 raise DiffdictError(f"chunk {index}: no {what} for site {missing[0]!r}; every chunk needs all sites ({', '.join(sorted(sites))})")
-        ids = self.chunk_prompt_ids(index)
         store_dtype = DTYPES[self.dtype]
         label = "prompt id" if self._header["prompts"] is not None else "row"
         prepared = {}
@@ -264,18 +263,15 @@ class StoreWriter(_Described):
                     )
                 columns.append(column.detach().cpu().to(torch.int64))
             pid, step, row, col = columns
-            if n:
-                checks = (
+            for column, low, high, what in (
                     (pid, ids.start, ids.stop, f"{label} (chunk {index} holds {ids.start}..{ids.stop - 1})"),
                     (step, 0, 2**31, "step (expected >= 0)"),
                     (row, 0, rows, f"row (grid {rows}x{cols})"),
-                    (col, 0, cols, f"col (grid {rows}x{cols})"),
-                )
-                for column, low, high, what in checks:
-                    bad = (column < low) | (column >= high)
-                    if bool(bad.any()):
-                        first = int(bad.nonzero()[0, 0])
-                        raise DiffdictError(f"site {site!r}: bad {what}: {int(column[first])} at token {first}")
+                    (col, 0, cols, f"col (grid {rows}x{cols})")):
+                bad = (column < low) | (column >= high)  # nothing for an empty chunk
+                if bool(bad.any()):
+                    first = int(bad.nonzero()[0, 0])
+                    raise DiffdictError(f"site {site!r}: bad {what}: {int(column[first])} at token {first}")
             x = x.detach().cpu()
             first = _first_non_finite(x)
             if first is not None:
@@ -325,8 +321,8 @@ class StoreWriter(_Described):
         full, permission) the chunk's partial files are removed and it stays incomplete.
         """
         index = self._check_index(chunk_index)
-        prepared, image_tensor = self._prepare(index, acts, meta, images)
         ids = self.chunk_prompt_ids(index)
+        prepared, image_tensor = self._prepare(index, ids, acts, meta, images)
         record: dict[str, Any] = {"format": FORMAT, "store_key": self._key, "chunk": index,
                                   "prompt_ids": [ids.start, ids.stop], "sites": {}, "images": None}
         finals: list[Path] = []
@@ -373,7 +369,7 @@ class StoreWriter(_Described):
         return {
             "file": rel,
             "bytes": len(data),
-            "sha256": _sha256_bytes(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
             "xxh3": xxhash.xxh3_128_hexdigest(data),
             "content_sha256": _content_sha256(list(tensors.values())),
         }
