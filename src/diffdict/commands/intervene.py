@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         single_dictionary_folder,
     )
     from diffdict.hosts import DEFAULT_HOST
-    from diffdict.interventions import Ablate, Add, Icon, LatentEdit, Splice
+    from diffdict.interventions import MODES, Ablate, LatentEdit, Splice
     from diffdict.io import claim_output_folder
     from diffdict.metrics.backbones import resolve_backbone
     from diffdict.interventions.experiments import format_summary, run_intervention, save_intervention_report
@@ -171,13 +171,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: --prompts {args.prompts} samples shapes-world captions; give real prompts with --prompt or a file")
     placement = dict(mask=args.mask, steps=args.steps, capture=capture)
     feature = dict(activation=args.activation, stats=stats)
-    if args.mode == "add":
-        intervention = Add(site, dictionary, args.feature, args.strength, **feature, **placement)
+    if args.mode in ("add", "icon"):
+        intervention = MODES[args.mode](site, dictionary, args.feature, args.strength, **feature, **placement)
     elif args.mode == "latent":
         intervention = LatentEdit(site, dictionary, args.feature, args.strength, args.op,
                                   keep_error=not args.drop_error, **feature, **placement)
-    elif args.mode == "icon":
-        intervention = Icon(site, dictionary, args.feature, args.strength, **feature, **placement)
     elif args.mode == "splice":
         intervention = Splice(site, dictionary, stats=stats, **placement)
     else:

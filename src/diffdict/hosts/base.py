@@ -53,6 +53,16 @@ def check_device(device: str | torch.device | None) -> str:
     return str(device)
 
 
+def noise_seeds(prompts: Sequence[str], seed: int = 0, seeds: Sequence[int] | None = None) -> list[int]:
+    """Image i's noise seed: ``seeds[i]``, default ``seed + i`` (so an image does not depend on its batch)."""
+    if not prompts:
+        raise DiffdictError("no prompts to generate")
+    seeds = [int(s) for s in seeds] if seeds is not None else [seed + i for i in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise DiffdictError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+    return seeds
+
+
 class HostModel:
     """Base class of host-model adapters. Subclasses implement ``sites``,
     ``components``, ``uses_cfg``, ``check_prompts``, ``describe`` and ``_generate``."""
@@ -162,12 +172,8 @@ class HostModel:
         """uint8 images (N, H, W, 3). Image i starts from noise seeded by ``seeds[i]``
         (default ``seed + i``), independent of the rest of its batch."""
         prompts = list(prompts)
-        if not prompts:
-            raise DiffdictError("no prompts to generate")
+        seeds = noise_seeds(prompts, seed, seeds)
         self.check_prompts(prompts)
-        seeds = [int(s) for s in seeds] if seeds is not None else [seed + i for i in range(len(prompts))]
-        if len(seeds) != len(prompts):
-            raise DiffdictError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
         steps = self.default_steps if steps is None else int(steps)
         guidance = self.default_guidance if guidance is None else float(guidance)
         if steps < 1:
