@@ -43,9 +43,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
     if args.prompt:
         return list(args.prompt)
-    if args.prompts_file is not None:
-        if not args.prompts_file.exists():
-            raise DiffdictError(f"prompt file not found: {args.prompts_file}")
+    if args.prompts_file is not None:  # validate.text_file checked that it exists
         prompts = [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
         if not prompts:
             raise DiffdictError(f"prompt file {args.prompts_file} has no prompts")

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -185,11 +184,9 @@ class HostModel:
             self._cfg_active = False
             self._step = None
 
-    @contextmanager
-    def hooks(self, hooks: Sequence["ReadHook | EditHook"]) -> Iterator[None]:
+    def hooks(self, hooks: Sequence["ReadHook | EditHook"]) -> ContextManager:
         """Install read/edit hooks (:mod:`diffdict.capture`) for the duration of the block."""
-        with install_hooks(self, list(hooks)):
-            yield
+        return install_hooks(self, list(hooks))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}: {len(self.sites())} sites>"

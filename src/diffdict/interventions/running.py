@@ -3,7 +3,7 @@ them, and a feature's icon."""
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
@@ -28,9 +28,7 @@ def intervene(host: "HostModel", interventions: Sequence[Intervention], num_step
         if not isinstance(intervention, Intervention):
             raise DiffdictError(f"expected an intervention, got {type(intervention).__name__}")
         hooks.extend(intervention.bind(host, num_steps if num_steps is not None else host.default_steps))
-    with ExitStack() as stack:
-        if hooks:
-            stack.enter_context(host.hooks(hooks))
+    with host.hooks(hooks):
         yield
 
 
