@@ -114,18 +114,12 @@ def run(args: argparse.Namespace) -> int:
 
     from diffdict.capture import capture_mode_of
     from diffdict.dictionaries import load_dictionary
-    from diffdict.feature_stats import (
-        dictionary_metadata,
-        ensure_feature_stats,
-        recorded_host,
-        recorded_store,
-        require_recorded_store,
-        single_dictionary_folder,
-    )
+    from diffdict.feature_stats import (dictionary_metadata, ensure_feature_stats, load_feature_stats, recorded_host,
+                                        recorded_store, require_recorded_store, single_dictionary_folder)
     from diffdict.hosts import DEFAULT_HOST
     from diffdict.interventions import MODES, Ablate, LatentEdit, Splice
     from diffdict.io import claim_output_folder
-    from diffdict.metrics.backbones import resolve_backbone
+    from diffdict.metrics.backbones import load_backbone, resolve_backbone
     from diffdict.interventions.experiments import format_summary, run_intervention, save_intervention_report
 
     check_mode_options(args)
@@ -149,8 +143,6 @@ def run(args: argparse.Namespace) -> int:
     if args.backbone_path is not None:
         if backbone not in ("clip", "shapes-clip"):
             raise DiffdictError(f"--backbone-path applies to --backbone clip or shapes-clip, not {backbone}")
-        from diffdict.metrics.backbones import load_backbone
-
         backbone = load_backbone(backbone, path=args.backbone_path)
     prompts = common.prompts_from_args(args) if (args.prompt or args.prompts) else [""] * args.count
     stats = None
@@ -159,8 +151,6 @@ def run(args: argparse.Namespace) -> int:
         if needs_activation and args.activation is None:
             stats = ensure_feature_stats(folder, dictionary, store=args.store, site=meta.get("site"))
         else:
-            from diffdict.feature_stats import load_feature_stats
-
             stats = load_feature_stats(folder, dictionary, required=False)
     host = common.host_from_args(args, meta.get("model"), recorded if host_name == recorded.get("model") else None)
     if host.name == recorded.get("model"):  # generate as the store did unless told otherwise
