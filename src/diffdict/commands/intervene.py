@@ -21,6 +21,7 @@ import argparse
 
 from diffdict.commands import common, validate
 from diffdict.errors import DiffdictError
+from diffdict.options import flag
 
 
 #: the options each mode reads (beyond site, mask, steps and capture); the rest are refused
@@ -94,9 +95,8 @@ def check_mode_options(args: argparse.Namespace) -> None:
     for option in ("feature", "strength", "activation", "op", "drop_error", "ablate_scale", "count"):
         value = getattr(args, option)
         if value is not None and option not in wanted:
-            flag = "--" + option.replace("_", "-")
-            takes = ", ".join("--" + o.replace("_", "-") for o in wanted) or "no feature options"
-            raise DiffdictError(f"{flag} does not apply to --mode {args.mode} (it takes {takes})")
+            takes = ", ".join(map(flag, wanted)) or "no feature options"
+            raise DiffdictError(f"{flag(option)} does not apply to --mode {args.mode} (it takes {takes})")
         if value is None and option in _MODE_DEFAULTS:
             setattr(args, option, _MODE_DEFAULTS[option])
     if "feature" in wanted and args.feature is None:
