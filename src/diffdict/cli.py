@@ -21,23 +21,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from diffdict.errors import DiffdictError  # noqa: E402
 
-COMMAND_MODULES = [
-    "diffdict.commands.collect",
-    "diffdict.commands.generate",
-    "diffdict.commands.world",
-    "diffdict.commands.store",
-    "diffdict.commands.feature_stats",
-    "diffdict.commands.intervene",
-    "diffdict.commands.ablate_block",
-    "diffdict.commands.train",
-    "diffdict.commands.export",
-    "diffdict.commands.evaluate",
-    "diffdict.commands.bench",
-    "diffdict.commands.interpret",
-    "diffdict.commands.report",
-    "diffdict.commands.app",
-    "diffdict.commands.study",
-]
+COMMAND_MODULES = [f"diffdict.commands.{name}" for name in (
+    "collect", "generate", "world", "store", "feature_stats", "intervene", "ablate_block", "train", "export",
+    "evaluate", "bench", "interpret", "report", "app", "study")]
 
 
 class ArgumentParser(argparse.ArgumentParser):

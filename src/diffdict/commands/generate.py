@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 
 from diffdict.commands import common, validate
-from diffdict.errors import DiffdictError
 from diffdict.imaging import display_scale, image_grid, save_png
 
 
@@ -39,17 +38,13 @@ def register(subparsers) -> None:
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
+    from diffdict.collect import read_prompts
     from diffdict.world import sample_prompts
 
     if args.prompt:
         return list(args.prompt)
-    if args.prompts_file is not None:
-        if not args.prompts_file.exists():
-            raise DiffdictError(f"prompt file not found: {args.prompts_file}")
-        prompts = [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
-        if not prompts:
-            raise DiffdictError(f"prompt file {args.prompts_file} has no prompts")
-        return prompts
+    if args.prompts_file is not None:  # validate.text_file checked that it is an existing UTF-8 file
+        return read_prompts(str(args.prompts_file))
     return sample_prompts(args.sample, seed=args.seed, split=args.split)
 
 

@@ -21,6 +21,7 @@ import argparse
 
 from diffdict.commands import common, validate
 from diffdict.errors import DiffdictError
+from diffdict.options import flag
 
 
 #: the options each mode reads (beyond site, mask, steps and capture); the rest are refused
@@ -94,9 +95,8 @@ def check_mode_options(args: argparse.Namespace) -> None:
     for option in ("feature", "strength", "activation", "op", "drop_error", "ablate_scale", "count"):
         value = getattr(args, option)
         if value is not None and option not in wanted:
-            flag = "--" + option.replace("_", "-")
-            takes = ", ".join("--" + o.replace("_", "-") for o in wanted) or "no feature options"
-            raise DiffdictError(f"{flag} does not apply to --mode {args.mode} (it takes {takes})")
+            takes = ", ".join(map(flag, wanted)) or "no feature options"
+            raise DiffdictError(f"{flag(option)} does not apply to --mode {args.mode} (it takes {takes})")
         if value is None and option in _MODE_DEFAULTS:
             setattr(args, option, _MODE_DEFAULTS[option])
     if "feature" in wanted and args.feature is None:
@@ -114,18 +114,12 @@ def run(args: argparse.Namespace) -> int:
 
     from diffdict.capture import capture_mode_of
     from diffdict.dictionaries import load_dictionary
-    from diffdict.feature_stats import (
-        dictionary_metadata,
-        ensure_feature_stats,
-        recorded_host,
-        recorded_store,
-        require_recorded_store,
-        single_dictionary_folder,
-    )
+    from diffdict.feature_stats import (dictionary_metadata, ensure_feature_stats, load_feature_stats, recorded_host,
+                                        recorded_store, require_recorded_store, single_dictionary_folder)
     from diffdict.hosts import DEFAULT_HOST
-    from diffdict.interventions import Ablate, Add, Icon, LatentEdit, Splice
+    from diffdict.interventions import MODES, Ablate, LatentEdit, Splice
     from diffdict.io import claim_output_folder
-    from diffdict.metrics.backbones import resolve_backbone
+    from diffdict.metrics.backbones import load_backbone, resolve_backbone
     from diffdict.interventions.experiments import format_summary, run_intervention, save_intervention_report
 
     check_mode_options(args)
@@ -149,8 +143,6 @@ def run(args: argparse.Namespace) -> int:
     if args.backbone_path is not None:
         if backbone not in ("clip", "shapes-clip"):
             raise DiffdictError(f"--backbone-path applies to --backbone clip or shapes-clip, not {backbone}")
-        from diffdict.metrics.backbones import load_backbone
-
         backbone = load_backbone(backbone, path=args.backbone_path)
     prompts = common.prompts_from_args(args) if (args.prompt or args.prompts) else [""] * args.count
     stats = None
@@ -159,8 +151,6 @@ def run(args: argparse.Namespace) -> int:
         if needs_activation and args.activation is None:
             stats = ensure_feature_stats(folder, dictionary, store=args.store, site=meta.get("site"))
         else:
-            from diffdict.feature_stats import load_feature_stats
-
             stats = load_feature_stats(folder, dictionary, required=False)
     host = common.host_from_args(args, meta.get("model"), recorded if host_name == recorded.get("model") else None)
     if host.name == recorded.get("model"):  # generate as the store did unless told otherwise
@@ -171,13 +161,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: --prompts {args.prompts} samples shapes-world captions; give real prompts with --prompt or a file")
     placement = dict(mask=args.mask, steps=args.steps, capture=capture)
     feature = dict(activation=args.activation, stats=stats)
-    if args.mode == "add":
-        intervention = Add(site, dictionary, args.feature, args.strength, **feature, **placement)
+    if args.mode in ("add", "icon"):
+        intervention = MODES[args.mode](site, dictionary, args.feature, args.strength, **feature, **placement)
     elif args.mode == "latent":
         intervention = LatentEdit(site, dictionary, args.feature, args.strength, args.op,
                                   keep_error=not args.drop_error, **feature, **placement)
-    elif args.mode == "icon":
-        intervention = Icon(site, dictionary, args.feature, args.strength, **feature, **placement)
     elif args.mode == "splice":
         intervention = Splice(site, dictionary, stats=stats, **placement)
     else:

@@ -10,11 +10,11 @@ from diffdict.store import DTYPES, import_array, store_info, verify_store
 
 
 def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
-    return str(n)
+    return f"{n:.1f} TB"
 
 
 def _info(args: argparse.Namespace) -> int:

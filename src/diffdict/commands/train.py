@@ -19,7 +19,7 @@ from pathlib import Path
 
 from diffdict.commands import common, validate
 from diffdict.errors import DiffdictError
-from diffdict.options import add_arguments, convert, load_config_file, options_of
+from diffdict.options import add_arguments, convert, flag as option_flag, load_config_file, options_of
 
 
 def _mechanism_flags() -> dict:
@@ -37,7 +37,7 @@ def _mechanism_option(name: str, flag, value):
     try:
         return [flag.parse(part.strip()) for part in text.split(",") if part.strip()] if flag.grid else flag.parse(text)
     except ValueError:
-        raise DiffdictError(f"--{name.replace('_', '-')}: cannot read {text!r}") from None
+        raise DiffdictError(f"{option_flag(name)}: cannot read {text!r}") from None
 
 
 def register(subparsers) -> None:
@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     )
     add_arguments(parser, TrainSettings, placeholders={"mechanisms": ", ".join(MECHANISMS)}, metavars=False)
     for name, flag in _mechanism_flags().items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=flag.help)
+        parser.add_argument(option_flag(name), dest=name, default=None, help=flag.help)
     parser.add_argument("--config", metavar="FILE",
                         help="a TOML file of the options above (batch_size = 4096, k = [16, 32]); flags override it")
     parser.add_argument("--out", required=True, type=validate.out_folder, help="run folder (created, or resumed)")
@@ -87,7 +87,7 @@ def settings_from_args(args: argparse.Namespace):
         for name, value in {**given, **mechanism_options}.items():
             if stored.get(name) != value:
                 raise DiffdictError(
-                    f"--{name.replace('_', '-')} {value} differs from the run's {stored.get(name)}; "
+                    f"{option_flag(name)} {value} differs from the run's {stored.get(name)}; "
                     "--resume continues a run with its own settings"
                 )
         return settings

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +50,16 @@ def check_device(device: str | torch.device | None) -> str:
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise DiffdictError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
     return str(device)
+
+
+def noise_seeds(prompts: Sequence[str], seed: int = 0, seeds: Sequence[int] | None = None) -> list[int]:
+    """Image i's noise seed: ``seeds[i]``, default ``seed + i`` (so an image does not depend on its batch)."""
+    if not prompts:
+        raise DiffdictError("no prompts to generate")
+    seeds = [int(s) for s in seeds] if seeds is not None else [seed + i for i in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise DiffdictError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+    return seeds
 
 
 class HostModel:
@@ -162,12 +171,8 @@ class HostModel:
         """uint8 images (N, H, W, 3). Image i starts from noise seeded by ``seeds[i]``
         (default ``seed + i``), independent of the rest of its batch."""
         prompts = list(prompts)
-        if not prompts:
-            raise DiffdictError("no prompts to generate")
+        seeds = noise_seeds(prompts, seed, seeds)
         self.check_prompts(prompts)
-        seeds = [int(s) for s in seeds] if seeds is not None else [seed + i for i in range(len(prompts))]
-        if len(seeds) != len(prompts):
-            raise DiffdictError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
         steps = self.default_steps if steps is None else int(steps)
         guidance = self.default_guidance if guidance is None else float(guidance)
         if steps < 1:
@@ -179,11 +184,9 @@ class HostModel:
             self._cfg_active = False
             self._step = None
 
-    @contextmanager
-    def hooks(self, hooks: Sequence["ReadHook | EditHook"]) -> Iterator[None]:
+    def hooks(self, hooks: Sequence["ReadHook | EditHook"]) -> ContextManager:
         """Install read/edit hooks (:mod:`diffdict.capture`) for the duration of the block."""
-        with install_hooks(self, list(hooks)):
-            yield
+        return install_hooks(self, list(hooks))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}: {len(self.sites())} sites>"

@@ -21,13 +21,6 @@ from diffdict.hosts.base import HostModel, check_device, parse_dtype
 QUANTIZE_CHOICES = ("nf4",)
 
 
-def require_bitsandbytes() -> None:
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise DiffdictError(
-            "quantize='nf4' needs bitsandbytes, which is not installed; install the extra: pip install 'diffdict[real]'"
-        )
-
-
 def nf4_config(dtype: torch.dtype, components: list[str]):
     """diffusers' pipeline-level BitsAndBytes NF4 config for ``components`` (lazy import)."""
     try:
@@ -97,7 +90,9 @@ class PipelineHost(HostModel):
         if variant:
             kwargs["variant"] = variant
         if self.quantize == "nf4":
-            require_bitsandbytes()
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise DiffdictError("quantize='nf4' needs bitsandbytes, which is not installed; "
+                                    "install the extra: pip install 'diffdict[real]'")
             if torch.device(self.device_name).type != "cuda":
                 raise DiffdictError("quantize='nf4' needs a CUDA device (bitsandbytes 4-bit kernels)")
             kwargs["quantization_config"] = nf4_config(self.torch_dtype, self.quantize_components)

@@ -23,8 +23,6 @@ from diffdict.hosts.unet import unet_sites
 class UNetPipelineHost(PipelineHost):
     """A diffusers pipeline whose denoiser is a ``UNet2DConditionModel``."""
 
-    denoiser = "unet"
-
     def sites(self) -> dict[str, SiteInfo]:
         scale = int(self.pipe.vae_scale_factor)
         return unet_sites(self.pipe.unet, (self._size[0] // scale, self._size[1] // scale))

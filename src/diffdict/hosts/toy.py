@@ -53,8 +53,7 @@ class ToyHost(HostModel):
         if image_size is not None:
             self.model.check_image_size(int(image_size))
         self._fingerprint: str | None = None
-        size = self.model.config.image_size
-        self._sites = unet_sites(self.model.unet, (size, size))
+        self._sites = unet_sites(self.model.unet, self.image_size)
 
     @property
     def image_size(self) -> tuple[int, int]:

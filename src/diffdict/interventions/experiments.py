@@ -18,10 +18,11 @@ from diffdict.interventions.edits import Ablate, Intervention
 from diffdict.interventions.running import generate
 from diffdict.io import write_json
 from diffdict.metrics.backbones import Backbone, load_backbone, resolve_backbone
-from diffdict.world.phrases import concept_text
 from diffdict.metrics.causal import causal_strength, mean_interval, read_target
 from diffdict.metrics.image import clip_score, perceptual_distance, pixel_mae
 from diffdict.metrics.locality import change_map, manhattan_locality
+from diffdict.world import FAMILIES
+from diffdict.world.phrases import concept_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffdict.hosts import HostModel
@@ -202,8 +203,6 @@ def block_ablation(host: "HostModel", sites: Sequence[str], prompts: Sequence[st
     plus the ``top`` concepts that rose and fell most, and pixel / perceptual distances.
     Another backbone (a real model's CLIP) gives the distances only, ``none`` the pixel
     distance only. Also returns the images (``images``: original and per site)."""
-    from diffdict.world import FAMILIES
-
     sites = list(sites)
     if not sites:
         raise DiffdictError("no sites to ablate")
@@ -231,19 +230,19 @@ def block_ablation(host: "HostModel", sites: Sequence[str], prompts: Sequence[st
             distances["perceptual"] = perceptual_distance(original, ablated, model)
         entry: dict[str, Any] = dict(_aggregate(distances))
         if concepts:
-            entry.update(_concept_changes(before, model.read_concepts(ablated), FAMILIES, top))
+            entry.update(_concept_changes(before, model.read_concepts(ablated), top))
         result["sites"][site] = entry
     result["images"] = images
     return result
 
 
-def _concept_changes(before: dict, after_tensors: dict, families_values: dict, top: int) -> dict[str, Any]:
+def _concept_changes(before: dict, after_tensors: dict, top: int) -> dict[str, Any]:
     """Per concept family: mean |Δp| and the share of images whose most likely value changed;
     the ``top`` concepts that rose and fell most."""
     after = {k: v.double().cpu().numpy() for k, v in after_tensors.items()}
     families = {}
     changes = []
-    for family, values in families_values.items():
+    for family, values in FAMILIES.items():
         delta = after[family] - before[family]
         flipped = (after[family].argmax(1) != before[family].argmax(1))
         families[family] = {"mean_abs_change": float(np.abs(delta).mean()), "label_change_rate": float(flipped.mean())}
@@ -261,8 +260,6 @@ def _concept_changes(before: dict, after_tensors: dict, families_values: dict, t
 def ablation_table(result: dict[str, Any]) -> str:
     """A markdown table of :func:`block_ablation`: per site, each family's mean |Δp| and
     label change rate."""
-    from diffdict.world import FAMILIES
-
     entries = result["sites"]
     if not all("families" in entry for entry in entries.values()):  # a real model: distances only
         lines = ["| site | pixel MAE | perceptual |", "|---|---|---|"]

@@ -3,7 +3,7 @@ them, and a feature's icon."""
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
@@ -11,6 +11,7 @@ import numpy as np
 from diffdict.capture import EditHook
 from diffdict.errors import DiffdictError, require_int
 from diffdict.feature_stats import FeatureStats
+from diffdict.hosts.base import noise_seeds
 from diffdict.interventions.edits import Icon, Intervention
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,9 +28,7 @@ def intervene(host: "HostModel", interventions: Sequence[Intervention], num_step
         if not isinstance(intervention, Intervention):
             raise DiffdictError(f"expected an intervention, got {type(intervention).__name__}")
         hooks.extend(intervention.bind(host, num_steps if num_steps is not None else host.default_steps))
-    with ExitStack() as stack:
-        if hooks:
-            stack.enter_context(host.hooks(hooks))
+    with host.hooks(hooks):
         yield
 
 
@@ -39,12 +38,8 @@ def generate(host: "HostModel", prompts: Sequence[str], interventions: Sequence[
     """uint8 images (N, H, W, 3) of ``prompts`` under ``interventions`` (none: the
     originals). Image i starts from the noise of seed ``seed + i`` (or ``seeds[i]``)."""
     prompts = list(prompts)
-    if not prompts:
-        raise DiffdictError("no prompts to generate")
+    seeds = noise_seeds(prompts, seed, seeds)
     require_int(batch_size, "batch size")
-    seeds = [int(s) for s in seeds] if seeds is not None else [seed + i for i in range(len(prompts))]
-    if len(seeds) != len(prompts):
-        raise DiffdictError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
     num_steps = host.default_steps if num_steps is None else int(num_steps)
     out = []
     with intervene(host, interventions, num_steps):

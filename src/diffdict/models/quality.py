@@ -53,21 +53,20 @@ def evaluate_toy_model(toy: ToyDiffusion, clip: ShapesClip, prompts: int = 500, 
             seconds_total += time.perf_counter() - t0
         images = np.concatenate(images)
         generated_total += len(images)
-        labels = clip.read_labels(images)
-        by_family = accuracy_by_family(labels, [_truth(s) for s in scenes])
+        truths = [_truth(s) for s in scenes]
+        by_family = accuracy_by_family(clip.read_labels(images), truths)
         for name, family in GENERATION_METRICS.items():
             metrics[prefix + name] = by_family[family]
         metrics[prefix + "clip_score"] = float(torch.diagonal(clip.similarity(images, texts)).mean())
         samples[split] = images[:32]
         if split == "heldout":
-            rendered_labels = clip.read_labels(render_batch(scenes))
-            rendered = accuracy_by_family(rendered_labels, [_truth(s) for s in scenes])
+            rendered = accuracy_by_family(clip.read_labels(render_batch(scenes)), truths)
             metrics["clip_rendered_accuracy"] = float(np.mean(list(rendered.values())))
             metrics["clip_rendered_accuracy_by_family"] = rendered
     metrics["images_per_s"] = generated_total / seconds_total
     if out is not None:
         out = Path(out)
         write_json(out / "metrics.json", metrics)
-        save_png(out / "samples_test.png", image_grid(samples["test"], columns=8, scale=4))
-        save_png(out / "samples_heldout.png", image_grid(samples["heldout"], columns=8, scale=4))
+        for split, images in samples.items():
+            save_png(out / f"samples_{split}.png", image_grid(images, columns=8, scale=4))
     return metrics

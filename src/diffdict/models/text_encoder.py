@@ -28,9 +28,6 @@ class TextEncoderConfig:
     layers: int = 2
     heads: int = 4
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 class TextEncoder(nn.Module):
     def __init__(self, config: TextEncoderConfig):

@@ -19,9 +19,9 @@ from typing import Callable
 import numpy as np
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
-from torch import nn
 
 from diffdict.errors import DiffdictError
+from diffdict.hosts.base import noise_seeds
 from diffdict.models.text_encoder import ModelConfig, ShippedModel, TextEncoder, TextEncoderConfig
 from diffdict.world import DEFAULT_SIZE
 
@@ -75,17 +75,9 @@ class ToyDiffusion(ShippedModel):
         self.current_step: int | None = None
 
     # -- sampling ---------------------------------------------------------------------
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        return self.text_encoder.encode_prompts(prompts)
-
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
-
-    def initial_noise(self, seeds: list[int]) -> torch.Tensor:
-        size = self.config.image_size
-        noise = [torch.randn(3, size, size, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        return torch.stack(noise).to(self.device)
 
     def check_image_size(self, size: int) -> None:
         levels = len(self.config.block_out_channels) - 1
@@ -95,13 +87,6 @@ class ToyDiffusion(ShippedModel):
                 f"(sizes must also be multiples of {2 ** levels})"
             )
 
-    def inference_scheduler(self, steps: int) -> DPMSolverMultistepScheduler:
-        if steps < 1 or steps > 1000:
-            raise DiffdictError(f"number of denoising steps {steps} must be between 1 and 1000")
-        scheduler = DPMSolverMultistepScheduler(**SCHEDULER_CONFIG, algorithm_type="dpmsolver++")
-        scheduler.set_timesteps(steps)
-        return scheduler
-
     @torch.no_grad()
     def generate(self, prompts: list[str], seed: int = 0, seeds: list[int] | None = None, steps: int = 10,
                  guidance: float = 3.0, image_size: int | None = None,
@@ -110,14 +95,17 @@ class ToyDiffusion(ShippedModel):
         (default ``seed + i``), so an image does not depend on its batch. With
         ``guidance`` > 1 the UNet runs on [unconditional; conditional] halves."""
         self.check_image_size(image_size or self.config.image_size)
-        seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
-        if len(seeds) != len(prompts):
-            raise DiffdictError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-        cond = self.encode(prompts)
+        seeds = noise_seeds(prompts, seed, seeds)
+        cond = self.text_encoder.encode_prompts(prompts)
         use_cfg = guidance != 1.0
-        context = torch.cat([self.encode([""] * len(prompts)), cond]) if use_cfg else cond
-        scheduler = self.inference_scheduler(steps)
-        sample = self.initial_noise(seeds) * scheduler.init_noise_sigma
+        context = torch.cat([self.text_encoder.encode_prompts([""] * len(prompts)), cond]) if use_cfg else cond
+        if steps < 1 or steps > 1000:
+            raise DiffdictError(f"number of denoising steps {steps} must be between 1 and 1000")
+        scheduler = DPMSolverMultistepScheduler(**SCHEDULER_CONFIG, algorithm_type="dpmsolver++")
+        scheduler.set_timesteps(steps)
+        size = self.config.image_size
+        noise = [torch.randn(3, size, size, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        sample = torch.stack(noise).to(self.device) * scheduler.init_noise_sigma
         try:
             for step, t in enumerate(scheduler.timesteps):
                 self.current_step = step

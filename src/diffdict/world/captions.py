@@ -24,15 +24,9 @@ CONTEXT_LENGTH = 32
 _TEXTURE_BY_ADJ = {adj: name for name, adj in TEXTURES.items()}
 _STRUCTURE_WORDS = ("a", "at", "the", "and", "on", "background")
 _REGION_WORDS = ("top", "bottom", "left", "right", "center")
-
-
-def vocabulary() -> list[str]:
-    """All words a prompt may use; index 0 is the padding token (the empty prompt)."""
-    words = [PAD, *_STRUCTURE_WORDS, *SIZES, *COLORS, *SHAPES, *_REGION_WORDS, *BACKGROUNDS, *_TEXTURE_BY_ADJ]
-    return list(dict.fromkeys(words))
-
-
-VOCAB = vocabulary()
+#: all words a prompt may use; index 0 is the padding token (the empty prompt)
+VOCAB = list(dict.fromkeys([PAD, *_STRUCTURE_WORDS, *SIZES, *COLORS, *SHAPES, *_REGION_WORDS, *BACKGROUNDS,
+                            *_TEXTURE_BY_ADJ]))
 WORD_TO_ID = {w: i for i, w in enumerate(VOCAB)}
 
 

@@ -86,7 +86,7 @@ def render(scene: Scene, size: int = DEFAULT_SIZE) -> Rendered:
 
     insides = [shape_inside(obj, x, y, size) for obj in scene.objects]
     masks = {name: np.zeros((size, size), np.float32) for name in concept_names()}
-    covered = np.zeros_like(insides[0]) if insides else np.zeros(x.shape, bool)
+    covered = np.zeros(x.shape, bool)
     # later objects are drawn on top: an object's visible part excludes those after it
     for i, (obj, inside) in enumerate(zip(scene.objects, insides)):
         visible_sub = inside.copy()
