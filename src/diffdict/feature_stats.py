@@ -300,14 +300,19 @@ def is_dictionary_folder(folder: Path) -> bool:
     return folder.is_dir() and any((folder / a).exists() and (folder / b).exists() for a, b in _DICTIONARY_MARKERS)
 
 
+def found_dictionaries(path: Path) -> list[Path]:
+    """``[path]`` when it is a dictionary folder, else its member dictionary folders (maybe none)."""
+    if is_dictionary_folder(path):
+        return [path]
+    return sorted(p for p in path.iterdir() if is_dictionary_folder(p)) if path.is_dir() else []
+
+
 def dictionary_folders(path: str | Path) -> list[Path]:
     """A dictionary folder itself, or the member folders of a training run (``RUN/<member>/``)."""
     path = Path(path)
     if not path.exists():
         raise DiffdictError(f"dictionary or run folder not found: {path}")
-    if is_dictionary_folder(path):
-        return [path]
-    members = sorted(p for p in path.iterdir() if is_dictionary_folder(p)) if path.is_dir() else []
+    members = found_dictionaries(path)
     if not members:
         raise DiffdictError(f"{path} holds no dictionary: expected {CONFIG_FILE} + {WEIGHTS_FILE} in it or in its member folders")
     return members
