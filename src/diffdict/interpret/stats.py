@@ -28,8 +28,8 @@ from torch import Tensor
 from diffdict.capture import capture_mode_of
 from diffdict.errors import DiffdictError, require_int
 from diffdict.feature_stats import FeatureStats as BaseStats
-from diffdict.feature_stats import (FeatureStatsAccumulator, encode_codes, load_feature_stats, save_feature_stats,
-                                    site_space)
+from diffdict.feature_stats import (FeatureStatsAccumulator, coalesced_entries, encode_codes, load_feature_stats,
+                                    save_feature_stats, site_space)
 from diffdict.io import load_tensors, read_json, save_tensors, weights_fingerprint, write_json
 
 RANK_BY = ("max", "mean")
@@ -154,21 +154,10 @@ class ActivationStats:
 @torch.no_grad()
 def sparse_entries(dictionary, x: Tensor, space: str = "dense", accumulator: FeatureStatsAccumulator | None = None
                    ) -> tuple[Tensor, Tensor, Tensor]:
-    """Non-zero codes of a batch as flat (token, feature, value) tensors, one entry per
-    (token, feature) (repeated indices, as matching pursuit gives, are summed)."""
-    codes = encode_codes(dictionary, x.float(), space)
+    """The :func:`~diffdict.feature_stats.coalesced_entries` (token, feature, value) of a batch."""
+    token, feature, value = coalesced_entries(encode_codes(dictionary, x.float(), space), dictionary.n_features)
     if accumulator is not None:
-        accumulator.update(codes)
-    values, indices = codes.values.float(), codes.indices.long()
-    keep = values != 0
-    token = torch.arange(x.shape[0]).unsqueeze(1).expand_as(indices)[keep]
-    feature, value = indices[keep], values[keep]
-    n = dictionary.n_features
-    key = token * n + feature
-    unique, inverse = torch.unique(key, return_inverse=True)
-    if unique.numel() != key.numel():
-        value = torch.zeros(unique.numel()).index_add_(0, inverse, value)
-        token, feature = unique // n, unique % n
+        accumulator.add(x.shape[0], feature, value)
     return token, feature, value
 
 
