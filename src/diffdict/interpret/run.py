@@ -98,12 +98,6 @@ def load_for_store(run: str | Path, store, site: str | None = None, member: str 
     return dictionary, folder, site
 
 
-def typical_activations(folder: Path, dictionary, stats: ActivationStats) -> torch.Tensor:
-    """a_i per feature: the statistics saved with the dictionary when there are some for these
-    weights, else those of this pass (the same definition)."""
-    return (saved_feature_stats(folder, dictionary) or stats.base).mean_activation.float()
-
-
 def parse_features(spec: str | Sequence[int] | None, n_features: int) -> list[int] | None:
     if spec is None:
         return None
@@ -131,8 +125,8 @@ def write_feature_images(view: FeatureView, out: Path, stats: ActivationStats, n
     f = view.feature
 
     def save(name: str, image: np.ndarray) -> None:
-        save_png(feature_file(out / "images", f, f"_{name}.png"), image)
-        view.files[name] = f"images/f{f:06d}_{name}.png"
+        view.files[name] = feature_file("images", f, f"_{name}.png").as_posix()
+        save_png(out / view.files[name], image)
 
     shown = [e for e in view.examples if e.image is not None and e.map is not None][:n_show]
     if scale is None:
@@ -221,7 +215,8 @@ def interpret(run: str | Path, store: str | Path | Any, out: str | Path, explain
     for judge in [explainer_obj, *scorer_objs]:
         if judge is not None:
             judge.prepare(context, chosen)
-    typical = typical_activations(folder, dictionary, stats) if icons else None
+    # a_i per feature: those saved with the dictionary for these weights, else this pass's (the same definition)
+    typical = (saved_feature_stats(folder, dictionary) or stats.base).mean_activation.float() if icons else None
     gallery_prompts = store.prompts[:2] if icons else []
 
     rows = []
