@@ -65,20 +65,6 @@ class VlmConfig:
     max_tokens: int = 64
 
 
-# the VlmConfig fields that interpret's options may set: texts (None or empty keeps the default), numbers
-_TEXT_OPTIONS = ("base_url", "model", "api_key_env", "cache_dir")
-_NUMBER_OPTIONS = {"timeout": float, "max_retries": int, "requests_per_minute": float, "backoff": float}
-
-
-def vlm_client(options: dict) -> VlmClient:
-    """``options["client"]``, else a client configured by the VlmConfig fields in ``options``."""
-    if options.get("client") is not None:
-        return options["client"]
-    given = {k: str(options[k]) for k in _TEXT_OPTIONS if options.get(k)}
-    given |= {k: read(options[k]) for k, read in _NUMBER_OPTIONS.items() if options.get(k) is not None}
-    return VlmClient(VlmConfig(**given))
-
-
 class VlmClient:
     def __init__(self, config: VlmConfig | None = None, sleep: Callable[[float], None] = time.sleep):
         self.config = config or VlmConfig()
@@ -167,6 +153,20 @@ class VlmClient:
             return value
         raise DiffdictError(f"the VLM endpoint {self.url} gave no usable reply after "
                             f"{self.config.max_retries + 1} attempts: {problem}")
+
+
+# the VlmConfig fields that interpret's options may set: texts (None or empty keeps the default), numbers
+_TEXT_OPTIONS = ("base_url", "model", "api_key_env", "cache_dir")
+_NUMBER_OPTIONS = {"timeout": float, "max_retries": int, "requests_per_minute": float, "backoff": float}
+
+
+def vlm_client(options: dict) -> VlmClient:
+    """``options["client"]``, else a client configured by the VlmConfig fields in ``options``."""
+    if options.get("client") is not None:
+        return options["client"]
+    given = {k: str(options[k]) for k in _TEXT_OPTIONS if options.get(k)}
+    given |= {k: read(options[k]) for k, read in _NUMBER_OPTIONS.items() if options.get(k) is not None}
+    return VlmClient(VlmConfig(**given))
 
 
 # credentials an endpoint may echo back in an error body (some echo the request headers)
