@@ -60,9 +60,9 @@ def encode_dense(dictionary: Dictionary, x: Tensor, space: str) -> Tensor:
 
 
 def coalesced_entries(codes: SparseCodes, n_features: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Non-zero codes as flat float32 (token, feature, value) tensors, one entry per (token,
-    feature): a feature repeated within a token (matching pursuit) is summed, as ``decode`` does."""
-    values, indices = codes.values.float(), codes.indices.long()
+    """Non-zero codes as flat (token, feature, value) tensors, one entry per (token, feature):
+    a feature repeated within a token (matching pursuit) is summed, as ``decode`` does."""
+    values, indices = codes.values, codes.indices.long()
     keep = values != 0
     token = torch.arange(values.shape[0], device=values.device).unsqueeze(1).expand_as(indices)[keep]
     feature, value = indices[keep], values[keep]
@@ -70,7 +70,7 @@ def coalesced_entries(codes: SparseCodes, n_features: int) -> tuple[Tensor, Tens
     padded = torch.where(keep, indices, -1 - torch.arange(indices.shape[1], device=indices.device))
     if indices.shape[1] > 1 and bool((padded.sort(-1).values.diff(dim=-1) == 0).any()):
         unique, inverse = torch.unique(token * n_features + feature, return_inverse=True)
-        value = torch.zeros(unique.numel(), device=value.device).index_add_(0, inverse, value)
+        value = torch.zeros(unique.numel(), dtype=value.dtype, device=value.device).index_add_(0, inverse, value)
         token, feature = unique // n_features, unique % n_features
     return token, feature, value
 

@@ -155,7 +155,8 @@ class ActivationStats:
 def sparse_entries(dictionary, x: Tensor, space: str = "dense", accumulator: FeatureStatsAccumulator | None = None
                    ) -> tuple[Tensor, Tensor, Tensor]:
     """The :func:`~diffdict.feature_stats.coalesced_entries` (token, feature, value) of a batch."""
-    token, feature, value = coalesced_entries(encode_codes(dictionary, x.float(), space), dictionary.n_features)
+    codes = encode_codes(dictionary, x.float(), space)
+    token, feature, value = coalesced_entries(codes._replace(values=codes.values.float()), dictionary.n_features)
     if accumulator is not None:
         accumulator.add(x.shape[0], feature, value)
     return token, feature, value
