@@ -59,9 +59,25 @@ def encode_dense(dictionary: Dictionary, x: Tensor, space: str) -> Tensor:
     return dictionary.encode(x)
 
 
+def coalesced_entries(codes: SparseCodes, n_features: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Non-zero codes as flat (token, feature, value) tensors, one entry per (token, feature):
+    a feature repeated within a token (matching pursuit) is summed, as ``decode`` does."""
+    values, indices = codes.values, codes.indices.long()
+    keep = values != 0
+    token = torch.arange(values.shape[0], device=values.device).unsqueeze(1).expand_as(indices)[keep]
+    feature, value = indices[keep], values[keep]
+    # a row sort finds repeats far faster than torch.unique (padding gets distinct negative indices)
+    padded = torch.where(keep, indices, -1 - torch.arange(indices.shape[1], device=indices.device))
+    if indices.shape[1] > 1 and bool((padded.sort(-1).values.diff(dim=-1) == 0).any()):
+        unique, inverse = torch.unique(token * n_features + feature, return_inverse=True)
+        value = torch.zeros(unique.numel(), dtype=value.dtype, device=value.device).index_add_(0, inverse, value)
+        token, feature = unique // n_features, unique % n_features
+    return token, feature, value
+
+
 class FeatureStatsAccumulator:
-    """Streaming per-feature counts, sums and extremes of non-zero sparse codes; a feature
-    index repeated within a token (matching pursuit) is summed first, as ``decode`` does."""
+    """Streaming per-feature counts, sums and extremes of non-zero sparse codes (repeated
+    entries summed first: :func:`coalesced_entries`)."""
 
     def __init__(self, n_features: int):
         self.n_features = int(n_features)
@@ -74,23 +90,16 @@ class FeatureStatsAccumulator:
 
     @torch.no_grad()
     def update(self, codes: SparseCodes) -> None:
-        values, indices = codes.values, codes.indices
-        self.tokens += values.shape[0]
-        if values.numel() == 0:
-            return
-        if values.shape[1] > 1 and bool((indices.sort(-1).values.diff(dim=-1) == 0).any()):
-            keys = (torch.arange(values.shape[0], device=indices.device).unsqueeze(1) * self.n_features
-                    + indices).reshape(-1)
-            unique, inverse = torch.unique(keys, return_inverse=True)
-            values = torch.zeros(unique.shape[0], dtype=values.dtype, device=values.device).index_add_(
-                0, inverse, values.reshape(-1))
-            feats = unique % self.n_features
-        else:
-            values, feats = values.reshape(-1), indices.reshape(-1)
-        keep = values != 0
-        values, feats = values[keep], feats[keep]
-        values = values.detach().to("cpu", torch.float64)
-        feats = feats.detach().to("cpu", torch.int64)
+        _, feats, values = coalesced_entries(codes, self.n_features)
+        self.add(codes.values.shape[0], feats, values)
+
+    @torch.no_grad()
+    def add(self, tokens: int, feats: Tensor, values: Tensor) -> None:
+        """Count ``tokens`` tokens whose codes are the :func:`coalesced_entries` (feats, values)."""
+        self.tokens += tokens
+        keep = values != 0  # repeated entries may add up to zero
+        values = values[keep].detach().to("cpu", torch.float64)
+        feats = feats[keep].detach().to("cpu", torch.int64)
         if feats.numel() == 0:
             return
         self.count += torch.bincount(feats, minlength=self.n_features)
@@ -300,14 +309,19 @@ def is_dictionary_folder(folder: Path) -> bool:
     return folder.is_dir() and any((folder / a).exists() and (folder / b).exists() for a, b in _DICTIONARY_MARKERS)
 
 
+def found_dictionaries(path: Path) -> list[Path]:
+    """``[path]`` when it is a dictionary folder, else its member dictionary folders (maybe none)."""
+    if is_dictionary_folder(path):
+        return [path]
+    return sorted(p for p in path.iterdir() if is_dictionary_folder(p)) if path.is_dir() else []
+
+
 def dictionary_folders(path: str | Path) -> list[Path]:
     """A dictionary folder itself, or the member folders of a training run (``RUN/<member>/``)."""
     path = Path(path)
     if not path.exists():
         raise DiffdictError(f"dictionary or run folder not found: {path}")
-    if is_dictionary_folder(path):
-        return [path]
-    members = sorted(p for p in path.iterdir() if is_dictionary_folder(p)) if path.is_dir() else []
+    members = found_dictionaries(path)
     if not members:
         raise DiffdictError(f"{path} holds no dictionary: expected {CONFIG_FILE} + {WEIGHTS_FILE} in it or in its member folders")
     return members

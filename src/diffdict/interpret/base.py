@@ -18,6 +18,7 @@ import numpy as np
 
 from diffdict.errors import DiffdictError
 from diffdict.interpret.stats import Example, ActivationStats
+from diffdict.interpret.vlm import vlm_client
 
 
 @dataclass
@@ -149,6 +150,8 @@ def _build(registry: dict, kind: str, name: str, options: dict):
         raise DiffdictError(f"unknown {kind} {name!r}; expected one of {', '.join(sorted(registry))}")
     cls = registry[name]
     params = inspect.signature(cls.__init__).parameters
+    if "client" in params:  # a VLM judge: the given client (interpret shares one), else one from the VLM options
+        options = {**options, "client": vlm_client(options)}
     return cls(**{k: v for k, v in options.items() if k in params and v is not None})
 
 

@@ -14,7 +14,7 @@ from diffdict.errors import DiffdictError
 from diffdict.interpret.base import Explainer, Explanation, FeatureView, InterpretContext, register_explainer
 from diffdict.interpret.groundtruth import oracle_results
 from diffdict.interpret.visualize import example_pair
-from diffdict.interpret.vlm import VlmClient, VlmConfig, parse_explanation, user_message
+from diffdict.interpret.vlm import VlmClient, parse_explanation, user_message
 
 EXPLAINER_PROMPT = (
     "We are studying a feature inside a text-to-image diffusion model. Below are {n} images on which the "
@@ -40,30 +40,12 @@ class ConceptOracleExplainer(Explainer):
                                                          "runners_up": result["runners_up"]})
 
 
-def vlm_client(base_url=None, model=None, api_key_env=None, cache_dir=None, timeout=None, max_retries=None,
-               requests_per_minute=None, backoff=None, client=None) -> VlmClient:
-    if client is not None:
-        return client
-    defaults = VlmConfig()
-    config = VlmConfig(
-        base_url=base_url or defaults.base_url, model=model or defaults.model,
-        api_key_env=api_key_env or defaults.api_key_env, cache_dir=str(cache_dir) if cache_dir else None,
-        timeout=defaults.timeout if timeout is None else float(timeout),
-        max_retries=defaults.max_retries if max_retries is None else int(max_retries),
-        requests_per_minute=defaults.requests_per_minute if requests_per_minute is None else float(requests_per_minute),
-        backoff=defaults.backoff if backoff is None else float(backoff),
-    )
-    return VlmClient(config)
-
-
 @register_explainer
 class VlmExplainer(Explainer):
     name = "vlm"
 
-    def __init__(self, base_url=None, model=None, api_key_env=None, cache_dir=None, timeout=None, max_retries=None,
-                 requests_per_minute=None, backoff=None, client=None, n_images: int = 5):
-        self.client = vlm_client(base_url, model, api_key_env, cache_dir, timeout, max_retries, requests_per_minute,
-                                 backoff, client)
+    def __init__(self, client: VlmClient | None = None, n_images: int = 5):
+        self.client = client if client is not None else VlmClient()
         self.n_images = n_images
 
     def explain(self, view: FeatureView) -> Explanation:

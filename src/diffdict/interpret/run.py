@@ -22,20 +22,16 @@ from tqdm import tqdm
 
 from diffdict.dictionaries import load_dictionary, read_provenance
 from diffdict.errors import DiffdictError, require_int
-from diffdict.feature_stats import saved_feature_stats
+from diffdict.feature_stats import found_dictionaries, saved_feature_stats
 from diffdict.hosts import host_for_store, is_real_host
 from diffdict.imaging import display_scale, image_grid, save_png
 from diffdict.interpret.base import FeatureView, InterpretContext, feature_file, make_explainer, make_scorer
 from diffdict.interpret.stats import ActivationStats, compute_activation_stats
 from diffdict.interpret.visualize import gallery, histogram_image, icon_image, overlay_heatmap, top_images_grid
+from diffdict.interpret.vlm import vlm_client
 from diffdict.io import read_json, write_json
 
 INDEX_FILE = "interpret.json"
-
-
-def _is_dictionary_folder(path: Path) -> bool:
-    return any((path / name).exists() for name in ("config.json", "sae.safetensors", "sae_weights.safetensors")) and \
-        any((path / name).exists() for name in ("model.safetensors", "sae.safetensors", "sae_weights.safetensors"))
 
 
 def resolve_run(run: str | Path, member: str | None = None) -> Path:
@@ -49,15 +45,13 @@ def resolve_run(run: str | Path, member: str | None = None) -> Path:
         if not folder.is_dir():
             raise DiffdictError(f"run {run} has no member {member!r}")
         return folder
-    if _is_dictionary_folder(run):
-        return run
-    members = sorted(p.name for p in run.iterdir() if p.is_dir() and _is_dictionary_folder(p))
-    if len(members) == 1:
-        return run / members[0]
-    if members:
-        raise DiffdictError(f"run {run} holds {len(members)} dictionaries ({', '.join(members[:6])}"
-                            f"{', ...' if len(members) > 6 else ''}); choose one with --member")
-    raise DiffdictError(f"{run} is not a dictionary folder (no config.json + model.safetensors) nor a run of them")
+    members = found_dictionaries(run)
+    if not members:
+        raise DiffdictError(f"{run} is not a dictionary folder (no config.json + model.safetensors) nor a run of them")
+    if len(members) > 1:
+        names = ", ".join(p.name for p in members[:6]) + (", ..." if len(members) > 6 else "")
+        raise DiffdictError(f"run {run} holds {len(members)} dictionaries ({names}); choose one with --member")
+    return members[0]
 
 
 def dictionary_site(folder: Path) -> str | None:
@@ -104,12 +98,6 @@ def load_for_store(run: str | Path, store, site: str | None = None, member: str 
     return dictionary, folder, site
 
 
-def typical_activations(folder: Path, dictionary, stats: ActivationStats) -> torch.Tensor:
-    """a_i per feature: the statistics saved with the dictionary when there are some for these
-    weights, else those of this pass (the same definition)."""
-    return (saved_feature_stats(folder, dictionary) or stats.base).mean_activation.float()
-
-
 def parse_features(spec: str | Sequence[int] | None, n_features: int) -> list[int] | None:
     if spec is None:
         return None
@@ -137,8 +125,8 @@ def write_feature_images(view: FeatureView, out: Path, stats: ActivationStats, n
     f = view.feature
 
     def save(name: str, image: np.ndarray) -> None:
-        save_png(feature_file(out / "images", f, f"_{name}.png"), image)
-        view.files[name] = f"images/f{f:06d}_{name}.png"
+        view.files[name] = feature_file("images", f, f"_{name}.png").as_posix()
+        save_png(out / view.files[name], image)
 
     shown = [e for e in view.examples if e.image is not None and e.map is not None][:n_show]
     if scale is None:
@@ -202,11 +190,8 @@ def interpret(run: str | Path, store: str | Path | Any, out: str | Path, explain
     explainer, scorers = shapes_world_judges(store.settings.get("model"), explainer, scorers)
     options = dict(options or {})
     options.setdefault("cache_dir", str(out / "vlm-cache"))
-    if "vlm" in (explainer, *scorers) and options.get("client") is None:
-        from diffdict.interpret.explainers import vlm_client
-
-        keys = ("base_url", "model", "api_key_env", "cache_dir", "timeout", "max_retries", "requests_per_minute", "backoff")
-        options["client"] = vlm_client(**{k: options.get(k) for k in keys})  # one client: one rate limit
+    if "vlm" in (explainer, *scorers):
+        options["client"] = vlm_client(options)  # one client: one rate limit
     explainer_obj = make_explainer(explainer, **options) if explainer else None
     scorer_objs = [make_scorer(name, **options) for name in scorers]
     chosen = parse_features(features, dictionary.n_features)
@@ -230,7 +215,8 @@ def interpret(run: str | Path, store: str | Path | Any, out: str | Path, explain
     for judge in [explainer_obj, *scorer_objs]:
         if judge is not None:
             judge.prepare(context, chosen)
-    typical = typical_activations(folder, dictionary, stats) if icons else None
+    # a_i per feature: those saved with the dictionary for these weights, else this pass's (the same definition)
+    typical = (saved_feature_stats(folder, dictionary) or stats.base).mean_activation.float() if icons else None
     gallery_prompts = store.prompts[:2] if icons else []
 
     rows = []
@@ -256,7 +242,7 @@ def interpret(run: str | Path, store: str | Path | Any, out: str | Path, explain
             "scores": scores,
             "files": view.files,
         }
-        if icons and typical is not None:
+        if icons:
             record["stats"]["typical_activation"] = float(typical[f])
             record["gallery"] = {"prompts": gallery_prompts, "strengths": list(gallery_strengths)}
         write_json(feature_file(out / "features", f, ".json"), record)

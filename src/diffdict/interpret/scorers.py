@@ -22,9 +22,8 @@ import math
 import numpy as np
 
 from diffdict.interpret.base import Explanation, FeatureView, InterpretContext, Scorer, register_scorer
-from diffdict.interpret.explainers import vlm_client
 from diffdict.interpret.groundtruth import CONCEPTS, concept_phrase, oracle_results
-from diffdict.interpret.vlm import parse_score, user_message
+from diffdict.interpret.vlm import VlmClient, parse_score, user_message
 from diffdict.world.captions import PAD, WORD_TO_ID
 
 JUDGE_PROMPT = (
@@ -67,11 +66,9 @@ class ConceptOracleScorer(Scorer):
 class VlmDetectionScorer(Scorer):
     name = "vlm"
 
-    def __init__(self, base_url=None, model=None, api_key_env=None, cache_dir=None, timeout=None, max_retries=None,
-                 requests_per_minute=None, backoff=None, client=None, n_activating: int = 5, n_other: int = 5,
-                 n_shown: int = 5, scale: int = 4):
-        self.client = vlm_client(base_url, model, api_key_env, cache_dir, timeout, max_retries, requests_per_minute,
-                                 backoff, client)
+    def __init__(self, client: VlmClient | None = None, n_activating: int = 5, n_other: int = 5, n_shown: int = 5,
+                 scale: int = 4):
+        self.client = client if client is not None else VlmClient()
         self.n_activating, self.n_other, self.n_shown, self.scale = n_activating, n_other, n_shown, scale
 
     def _judge(self, text: str, image: np.ndarray) -> float:

@@ -28,8 +28,8 @@ from torch import Tensor
 from diffdict.capture import capture_mode_of
 from diffdict.errors import DiffdictError, require_int
 from diffdict.feature_stats import FeatureStats as BaseStats
-from diffdict.feature_stats import (FeatureStatsAccumulator, encode_codes, load_feature_stats, save_feature_stats,
-                                    site_space)
+from diffdict.feature_stats import (FeatureStatsAccumulator, coalesced_entries, encode_codes, load_feature_stats,
+                                    save_feature_stats, site_space)
 from diffdict.io import load_tensors, read_json, save_tensors, weights_fingerprint, write_json
 
 RANK_BY = ("max", "mean")
@@ -37,6 +37,8 @@ HIST_LO, HIST_HI, HIST_BINS = -4.0, 4.0, 64
 HIST_EDGES = torch.linspace(HIST_LO, HIST_HI, HIST_BINS + 1, dtype=torch.float64)  # log10 |activation|
 STATS_TENSORS = "stats.safetensors"
 STATS_JSON = "stats.json"
+_SETTINGS = ("site", "grid", "n_features", "num_tokens", "num_images", "rank_by", "top_n", "min_active")
+_TENSORS = ("hist", "neg_count", "top_scores", "top_prompts", "top_maps", "prompt_offsets")  # the last two optional
 
 
 @dataclass
@@ -125,16 +127,13 @@ class ActivationStats:
         return counts[lo:hi], edges[lo:hi + 1]
 
     def settings(self) -> dict:
-        return {"site": self.site, "grid": list(self.grid), "n_features": self.n_features, "num_tokens": self.num_tokens,
-                "num_images": self.num_images, "rank_by": self.rank_by, "top_n": self.top_n,
-                "min_active": self.min_active, "hist_log10_range": [HIST_LO, HIST_HI, HIST_BINS], **self.extra}
+        return {**{k: getattr(self, k) for k in _SETTINGS}, "grid": list(self.grid),
+                "hist_log10_range": [HIST_LO, HIST_HI, HIST_BINS], **self.extra}
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         save_feature_stats(folder, self.base)
-        tensors = {name: getattr(self, name) for name in ("hist", "neg_count", "top_scores", "top_prompts", "top_maps",
-                                                          "prompt_offsets") if getattr(self, name) is not None}
-        save_tensors(folder / STATS_TENSORS, tensors)
+        save_tensors(folder / STATS_TENSORS, {k: getattr(self, k) for k in _TENSORS if getattr(self, k) is not None})
         write_json(folder / STATS_JSON, self.settings())
 
     @classmethod
@@ -143,35 +142,23 @@ class ActivationStats:
         base = load_feature_stats(folder)
         info = read_json(folder / STATS_JSON)
         t = load_tensors(folder / STATS_TENSORS)
-        known = {"site", "grid", "n_features", "num_tokens", "num_images", "rank_by", "top_n", "min_active",
-                 "hist_log10_range"}
         try:
-            return cls(info["site"], tuple(info["grid"]), info["n_features"], info["num_tokens"], info["num_images"],
-                       info["rank_by"], info["top_n"], info["min_active"], base,
-                       t["hist"], t["neg_count"], t["top_scores"], t["top_prompts"], t.get("top_maps"),
-                       t.get("prompt_offsets"), {k: v for k, v in info.items() if k not in known})
+            settings = {k: info[k] for k in _SETTINGS}
+            tensors = {k: t[k] if k in _TENSORS[:4] else t.get(k) for k in _TENSORS}
         except KeyError as error:
             raise DiffdictError(f"{folder} holds incomplete feature statistics (missing {error})") from None
+        extra = {k: v for k, v in info.items() if k not in (*_SETTINGS, "hist_log10_range")}
+        return cls(**settings | {"grid": tuple(info["grid"])}, base=base, **tensors, extra=extra)
 
 
 @torch.no_grad()
 def sparse_entries(dictionary, x: Tensor, space: str = "dense", accumulator: FeatureStatsAccumulator | None = None
                    ) -> tuple[Tensor, Tensor, Tensor]:
-    """Non-zero codes of a batch as flat (token, feature, value) tensors, one entry per
-    (token, feature) (repeated indices, as matching pursuit gives, are summed)."""
+    """The :func:`~diffdict.feature_stats.coalesced_entries` (token, feature, value) of a batch."""
     codes = encode_codes(dictionary, x.float(), space)
+    token, feature, value = coalesced_entries(codes._replace(values=codes.values.float()), dictionary.n_features)
     if accumulator is not None:
-        accumulator.update(codes)
-    values, indices = codes.values.float(), codes.indices.long()
-    keep = values != 0
-    token = torch.arange(x.shape[0]).unsqueeze(1).expand_as(indices)[keep]
-    feature, value = indices[keep], values[keep]
-    n = dictionary.n_features
-    key = token * n + feature
-    unique, inverse = torch.unique(key, return_inverse=True)
-    if unique.numel() != key.numel():
-        value = torch.zeros(unique.numel()).index_add_(0, inverse, value)
-        token, feature = unique // n, unique % n
+        accumulator.add(x.shape[0], feature, value)
     return token, feature, value
 
 

@@ -155,6 +155,20 @@ class VlmClient:
                             f"{self.config.max_retries + 1} attempts: {problem}")
 
 
+# the VlmConfig fields that interpret's options may set: texts (None or empty keeps the default), numbers
+_TEXT_OPTIONS = ("base_url", "model", "api_key_env", "cache_dir")
+_NUMBER_OPTIONS = {"timeout": float, "max_retries": int, "requests_per_minute": float, "backoff": float}
+
+
+def vlm_client(options: dict) -> VlmClient:
+    """``options["client"]``, else a client configured by the VlmConfig fields in ``options``."""
+    if options.get("client") is not None:
+        return options["client"]
+    given = {k: str(options[k]) for k in _TEXT_OPTIONS if options.get(k)}
+    given |= {k: read(options[k]) for k, read in _NUMBER_OPTIONS.items() if options.get(k) is not None}
+    return VlmClient(VlmConfig(**given))
+
+
 # credentials an endpoint may echo back in an error body (some echo the request headers)
 _CREDENTIAL_PATTERNS = [
     re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=:-]{6,}"),

@@ -186,14 +186,13 @@ def make_backend(run, store=None, interpret_dir=None, site=None, member=None, mo
                  host=None) -> AppBackend:
     from diffdict.store import open_store
 
-    store_obj = None
-    if store is None and recorded_store(resolve_run(run, member)) is not None:
-        store = require_recorded_store(resolve_run(run, member))  # the store it was trained on
+    store_obj, folder = None, resolve_run(run, member)
+    if store is None and recorded_store(folder) is not None:
+        store = require_recorded_store(folder)  # the store it was trained on
     if store is not None:
         store_obj = open_store(store)
         dictionary, folder, site = load_for_store(run, store_obj, site, member)
     else:
-        folder = resolve_run(run, member)
         dictionary = load_dictionary(folder)
         site = site or dictionary_site(folder)
         if site is None:
@@ -203,10 +202,8 @@ def make_backend(run, store=None, interpret_dir=None, site=None, member=None, mo
             host = host_for_store(store_obj, model_path)
         else:
             host = load_host(model or DEFAULT_HOST, model=model_path)
-    if store_obj is not None:
-        saved = ensure_feature_stats(folder, dictionary, store=store_obj, site=site)
-    else:
-        saved = saved_feature_stats(folder, dictionary)
+    saved = (ensure_feature_stats(folder, dictionary, store=store_obj, site=site) if store_obj is not None
+             else saved_feature_stats(folder, dictionary))
     records: dict[int, dict] = {}
     stats = None
     if interpret_dir is not None:
