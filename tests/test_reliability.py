@@ -330,6 +330,9 @@ BAD_ARGS = [
     (["store", "import", "{root}/a.npy", "--out", "{root}/s", "--chunk-tokens", "0"], "--chunk-tokens"),
     (["app", "--run", "{root}/sae", "--port", "70000"], "--port: expected an integer between 1 and 65,535"),
     (["study", "blocks", "--out", "{root}/file.txt"], "is an existing file"),
+    (["bench", "--run", "{root}/sae", "--out", "{root}/b", "--threads", "0"], "--threads: expected an integer at least 1"),
+    (["intervene", "--run", "{root}/sae", "--mode", "icon", "--count", "0", "--out", "{root}/i"],
+     "--count: expected an integer at least 1"),
 ]
 
 

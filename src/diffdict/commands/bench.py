@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from diffdict.commands import validate
 from diffdict.errors import DiffdictError
 
 #: what a benchmark folder holds (an earlier run's folder is reused)
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
     parser.add_argument("--run", required=True, help="dictionary folder (diffdict, SAE Lens or sparsify)")
     parser.add_argument("--site", default=None, help="toy-model site (default: the one the dictionary records)")
     parser.add_argument("--store", default=None, help="a held-out store with images at the site (default: collect one)")
-    parser.add_argument("--prompts", type=int, default=256, help="test-split prompts collected without --store (default: 256)")
+    parser.add_argument("--prompts", type=validate.positive_int, default=256, help="test-split prompts collected without --store (default: 256)")
     parser.add_argument("--compare", default=None,
                         help="comma-separated dictionaries of the same configuration, other seeds (stability)")
     parser.add_argument("--concepts", default=None,
@@ -45,8 +46,8 @@ def register(subparsers) -> None:
     parser.add_argument("--baselines", default="random-init,raw-basis", help="baselines (default: random-init,raw-basis)")
     parser.add_argument("--no-causal", action="store_true", help="skip the scores that generate images")
     parser.add_argument("--model-path", default=None, help="toy model folder (default: the one the store recorded, else the shipped weights)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per generation batch (default: 64)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--batch-size", type=validate.positive_int, default=64, help="images per generation batch (default: 64)")
+    parser.add_argument("--threads", type=validate.positive_int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt split, prompts, noise and controls")
     parser.add_argument("--out", required=True, help="output folder")
     parser.set_defaults(func=run)
@@ -70,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
     from diffdict.store import open_store
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise DiffdictError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     concepts = None if args.concepts is None else [c.strip() for c in args.concepts.split(",") if c.strip()]
     config = BenchConfig(seed=args.seed, causal=not args.no_causal, steer_prompts=args.steer_prompts,
