@@ -1,6 +1,8 @@
-"""User-facing errors: the CLI prints these as one line and exits non-zero."""
+"""User-facing errors (the CLI prints these as one line and exits non-zero) and the argument
+checks every layer shares, from the shipped models up."""
 
 import numbers
+from typing import Sequence
 
 
 class DiffdictError(Exception):
@@ -18,3 +20,13 @@ def require_int(value, what: str, low: int = 1, high: int | None = None, context
         expected = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
         raise DiffdictError(f"bad {what} {value!r}: expected {expected}{context}")
     return int(value)
+
+
+def noise_seeds(prompts: Sequence[str], seed: int = 0, seeds: Sequence[int] | None = None) -> list[int]:
+    """Image i's noise seed: ``seeds[i]``, default ``seed + i`` (so an image does not depend on its batch)."""
+    if not prompts:
+        raise DiffdictError("no prompts to generate")
+    seeds = [int(s) for s in seeds] if seeds is not None else [seed + i for i in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise DiffdictError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+    return seeds

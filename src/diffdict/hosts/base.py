@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from diffdict.capture import CAPTURE_MODES, EditHook, ReadHook, SiteInfo, install_hooks
-from diffdict.errors import DiffdictError
+from diffdict.errors import DiffdictError, noise_seeds
 
 def parse_dtype(name: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
     """``float16`` / ``bfloat16`` / ``float32`` (None: float16 on CUDA, float32 elsewhere)."""
@@ -50,16 +50,6 @@ def check_device(device: str | torch.device | None) -> str:
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise DiffdictError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
     return str(device)
-
-
-def noise_seeds(prompts: Sequence[str], seed: int = 0, seeds: Sequence[int] | None = None) -> list[int]:
-    """Image i's noise seed: ``seeds[i]``, default ``seed + i`` (so an image does not depend on its batch)."""
-    if not prompts:
-        raise DiffdictError("no prompts to generate")
-    seeds = [int(s) for s in seeds] if seeds is not None else [seed + i for i in range(len(prompts))]
-    if len(seeds) != len(prompts):
-        raise DiffdictError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-    return seeds
 
 
 class HostModel:

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from diffdict.capture import EditHook
-from diffdict.errors import DiffdictError, require_int
+from diffdict.errors import DiffdictError, noise_seeds, require_int
 from diffdict.feature_stats import FeatureStats
-from diffdict.hosts.base import noise_seeds
 from diffdict.interventions.edits import Icon, Intervention
 
 if TYPE_CHECKING:  # pragma: no cover

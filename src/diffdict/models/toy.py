@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 
-from diffdict.errors import DiffdictError
-from diffdict.hosts.base import noise_seeds
+from diffdict.errors import DiffdictError, noise_seeds
 from diffdict.models.text_encoder import ModelConfig, ShippedModel, TextEncoder, TextEncoderConfig
 from diffdict.world import DEFAULT_SIZE
 
